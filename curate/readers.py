@@ -1,0 +1,339 @@
+"""Read the URL lists users actually have into one canonical Arrow table.
+
+Formats: parquet, csv, tsv, jsonl and txt (one URL a line), each optionally gzipped (``.gz``); a
+directory or a glob reads every list file in it, sorted by name, as one list. The result has
+``uid``, ``url``, ``caption`` first and every other input column after them, unchanged (a column
+whose name clip-tiers owns gets the ``input_`` prefix).
+
+Everything wrong with the input raises :class:`~curate.errors.InputError` with the file, and the
+row where one applies: missing url column, unreadable or corrupt file, empty list, invalid UTF-8,
+non-string or empty URLs, malformed or duplicate uids.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from curate import schema
+from curate.errors import InputError
+
+FORMATS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".txt": "txt",
+}
+_URL_LIKE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
+
+
+@dataclass(frozen=True)
+class ReadConfig:
+    """Which input columns hold the URL, the caption and (optionally) the uid."""
+
+    url_col: str = "url"
+    caption_col: str = "caption"
+    uid_col: str = "uid"
+    # Force one format for every file instead of inferring it from the suffix.
+    format: str | None = None
+
+
+def list_files(spec: str | os.PathLike | list) -> list[str]:
+    """Expand a file, directory or glob (or a list of them) into the files to read, in order."""
+    specs = spec if isinstance(spec, list | tuple) else [spec]
+    out: list[str] = []
+    for s in specs:
+        s = os.fspath(s)
+        if os.path.isdir(s):
+            found = sorted(str(p) for p in Path(s).iterdir() if p.is_file() and _format_of(str(p), None, strict=False))
+            if not found:
+                raise InputError(f"no URL list files in directory (looked for {', '.join(sorted(FORMATS))})", path=s)
+            out.extend(found)
+        elif any(ch in s for ch in "*?["):
+            found = sorted(p for p in glob.glob(s, recursive=True) if os.path.isfile(p))
+            if not found:
+                raise InputError("glob matches no files", path=s)
+            out.extend(found)
+        elif os.path.isfile(s):
+            out.append(s)
+        else:
+            raise InputError("no such file or directory", path=s)
+    return out
+
+
+def _format_of(path: str, forced: str | None, strict: bool = True) -> str | None:
+    if forced:
+        if forced not in set(FORMATS.values()):
+            raise InputError(f"unknown format {forced!r}; choose one of {sorted(set(FORMATS.values()))}", path=path)
+        return forced
+    name = path[:-3] if path.endswith(".gz") else path
+    fmt = FORMATS.get(Path(name).suffix.lower())
+    if fmt is None and strict:
+        raise InputError(
+            f"cannot tell the format from the file name; expected one of {', '.join(sorted(FORMATS))} "
+            "(optionally .gz), or pass --format",
+            path=path,
+        )
+    return fmt
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if path.endswith(".gz"):
+            data = gzip.decompress(data)
+    except (OSError, EOFError) as e:
+        raise InputError(f"cannot read file: {e}", path=path) from None
+    return data
+
+
+def _decode_utf8(path: str, data: bytes, header_lines: int) -> str:
+    """Decode, or name the line and data row holding the first invalid byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        row = line - header_lines
+        where = f"line {line}" + (f" (data row {row})" if header_lines and row >= 1 else "")
+        raise InputError(f"invalid UTF-8 at {where}, byte offset {e.start}", path=path) from None
+
+
+def _read_delimited(path: str, sep: str, cfg: ReadConfig) -> pa.Table:
+    text = _decode_utf8(path, _read_bytes(path), header_lines=1)
+    if not text.strip():
+        return pa.table({cfg.url_col: pa.array([], pa.string())})
+
+    def parse(has_header: bool) -> pl.DataFrame:
+        try:
+            return pl.read_csv(
+                io.StringIO(text), separator=sep, has_header=has_header, infer_schema=False, quote_char='"'
+            )
+        except (pl.exceptions.PolarsError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"corrupt {'tsv' if sep == chr(9) else 'csv'}: {first}", path=path) from None
+
+    df = parse(True)
+    if cfg.url_col not in df.columns:
+        # Lists such as CC3M's TSV ship without a header: the first row is data. Recognise that when a
+        # header "name" is itself a URL, and name the columns by content.
+        url_idx = [i for i, c in enumerate(df.columns) if _URL_LIKE.match(c)]
+        if len(url_idx) == 1:
+            df = parse(False)
+            names = [f"column_{i}" for i in range(df.width)]
+            names[url_idx[0]] = cfg.url_col
+            if df.width == 2:
+                names[1 - url_idx[0]] = cfg.caption_col
+            df.columns = names
+    return df.to_arrow()
+
+
+def _read_jsonl(path: str) -> pa.Table:
+    data = _read_bytes(path)
+    _decode_utf8(path, data, header_lines=0)
+    if not data.strip():
+        return pa.table({})
+    try:
+        return pajson.read_json(io.BytesIO(data))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise InputError(f"corrupt jsonl: {str(e).strip().splitlines()[0]}", path=path) from None
+
+
+def _read_txt(path: str, cfg: ReadConfig) -> pa.Table:
+    text = _decode_utf8(path, _read_bytes(path), header_lines=0)
+    urls = [line.strip() for line in text.splitlines()]
+    return pa.table({cfg.url_col: pa.array([u for u in urls if u], pa.string())})
+
+
+def _read_parquet(path: str) -> pa.Table:
+    try:
+        if path.endswith(".gz"):
+            return pq.read_table(io.BytesIO(_read_bytes(path)))
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"corrupt or unreadable parquet: {str(e).strip().splitlines()[0]}", path=path) from None
+
+
+def read_file(path: str, cfg: ReadConfig = ReadConfig()) -> pa.Table:
+    """Read one list file as it is (its own column names), with string types normalised."""
+    fmt = _format_of(path, cfg.format)
+    if fmt == "parquet":
+        table = _read_parquet(path)
+    elif fmt == "csv":
+        table = _read_delimited(path, ",", cfg)
+    elif fmt == "tsv":
+        table = _read_delimited(path, "\t", cfg)
+    elif fmt == "jsonl":
+        table = _read_jsonl(path)
+    else:
+        table = _read_txt(path, cfg)
+    return _normalise_strings(table)
+
+
+def _normalise_strings(table: pa.Table) -> pa.Table:
+    cols = []
+    for col in table.columns:
+        t = col.type
+        if pa.types.is_dictionary(t) and _is_stringish(t.value_type):
+            col = col.cast(pa.string())
+        elif _is_stringish(t) and not pa.types.is_string(t):
+            col = col.cast(pa.string())
+        cols.append(col)
+    return pa.table(cols, names=table.column_names)
+
+
+def _is_stringish(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or t == pa.string_view()
+
+
+def _first_index(mask: pa.ChunkedArray | pa.Array) -> int | None:
+    idx = np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool))
+    return int(idx[0]) if len(idx) else None
+
+
+def _check_utf8(path: str, name: str, col: pa.ChunkedArray) -> None:
+    # Parquet does not validate string bytes on read; Arrow's full validation does.
+    offset = 0
+    for chunk in col.chunks:
+        try:
+            chunk.validate(full=True)
+        except pa.ArrowInvalid:
+            for i, v in enumerate(chunk.cast(pa.binary()).to_pylist()):
+                if v is not None:
+                    try:
+                        v.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise InputError(f"invalid UTF-8 in column {name!r}", path=path, row=offset + i + 1) from None
+        offset += len(chunk)
+
+
+def _canonical(path: str, raw: pa.Table, cfg: ReadConfig) -> tuple[pa.Table, bool]:
+    """Rename to uid/url/caption, validate, and keep the rest. Returns (table, had_uid)."""
+    if cfg.url_col not in raw.column_names:
+        cols = ", ".join(raw.column_names) or "none"
+        raise InputError(f"no {cfg.url_col!r} column (columns: {cols}); name it with --url-col", path=path)
+    url = raw.column(cfg.url_col)
+    if pa.types.is_null(url.type) and len(url):
+        raise InputError(f"column {cfg.url_col!r} holds no URLs", path=path, row=1)
+    if not (pa.types.is_string(url.type) or pa.types.is_null(url.type)):
+        raise InputError(f"column {cfg.url_col!r} has type {url.type}; URLs must be strings", path=path)
+    url = url.cast(pa.string())
+    _check_utf8(path, cfg.url_col, url)
+    bad = _first_index(pc.or_(pc.is_null(url), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(url)), 0)))
+    if bad is not None:
+        raise InputError("empty URL", path=path, row=bad + 1)
+
+    if cfg.caption_col in raw.column_names:
+        cap = raw.column(cfg.caption_col)
+        if pa.types.is_null(cap.type):
+            cap = cap.cast(pa.string())
+        if not pa.types.is_string(cap.type):
+            raise InputError(f"column {cfg.caption_col!r} has type {cap.type}; captions must be strings", path=path)
+        _check_utf8(path, cfg.caption_col, cap)
+    else:
+        cap = pa.nulls(len(raw), pa.string())
+
+    had_uid = cfg.uid_col in raw.column_names
+    cols = {schema.URL: url, schema.CAPTION: cap}
+    if had_uid:
+        cols[schema.UID] = _checked_uids(path, raw.column(cfg.uid_col), cfg.uid_col)
+    taken = {cfg.url_col, cfg.caption_col, cfg.uid_col}
+    for name in raw.column_names:
+        if name in taken:
+            continue
+        out = schema.INPUT_PREFIX + name if name in schema.RESERVED else name
+        cols[out] = raw.column(name)
+    return pa.table(cols), had_uid
+
+
+def _checked_uids(path: str, col: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
+    if pa.types.is_integer(col.type):
+        col = col.cast(pa.string())
+    if not pa.types.is_string(col.type):
+        raise InputError(f"column {name!r} has type {col.type}; uids must be strings or integers", path=path)
+    _check_utf8(path, name, col)
+    for i, v in enumerate(col.to_pylist()):
+        if v is None or not schema.UID_PATTERN.match(v):
+            raise InputError(
+                f"uid {v!r} is not a plain token (letters, digits, '_', '.', '-'; at most 128; no leading dot)",
+                path=path,
+                row=i + 1,
+            )
+    return col
+
+
+def read_url_list(spec: str | os.PathLike | list, cfg: ReadConfig = ReadConfig()) -> pa.Table:
+    """Read a URL list (file, directory, glob, or a list of them) into the canonical table.
+
+    Raises :class:`InputError` on anything the job cannot go on with; nothing is silently skipped
+    except blank lines of a txt list.
+    """
+    files = list_files(spec)
+    parts, had_uid, sizes = [], [], []
+    for path in files:
+        table, has = _canonical(path, read_file(path, cfg), cfg)
+        parts.append(table)
+        had_uid.append(has)
+        sizes.append(len(table))
+    if sum(sizes) == 0:
+        raise InputError("empty URL list: no rows", path=files[0] if len(files) == 1 else ", ".join(files))
+    if any(had_uid) and not all(had_uid):
+        lacking = [f for f, h in zip(files, had_uid, strict=True) if not h]
+        raise InputError(f"some files have a {cfg.uid_col!r} column and these do not: {', '.join(lacking)}")
+
+    try:
+        table = pa.concat_tables(parts, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise InputError(f"the files' columns do not agree: {e}", path=", ".join(files)) from None
+
+    if all(had_uid):
+        _reject_duplicate_uids(table.column(schema.UID), files, sizes)
+        uids = table.column(schema.UID)
+    else:
+        uids = pa.array(
+            schema.make_uids(table.column(schema.URL).to_pylist(), table.column(schema.CAPTION).to_pylist()),
+            pa.string(),
+        )
+    rest = [n for n in table.column_names if n not in (schema.UID, schema.URL, schema.CAPTION)]
+    return pa.table(
+        [uids, table.column(schema.URL), table.column(schema.CAPTION)] + [table.column(n) for n in rest],
+        names=[schema.UID, schema.URL, schema.CAPTION] + rest,
+    )
+
+
+def _locate(index: int, files: list[str], sizes: list[int]) -> tuple[str, int]:
+    ends = np.cumsum(sizes)
+    f = int(np.searchsorted(ends, index, side="right"))
+    start = int(ends[f - 1]) if f else 0
+    return files[f], index - start + 1
+
+
+def _reject_duplicate_uids(uids: pa.ChunkedArray, files: list[str], sizes: list[int]) -> None:
+    counts = pc.value_counts(uids)
+    dup_mask = pc.greater(counts.field("counts"), 1)
+    if not pc.any(dup_mask).as_py():
+        return
+    dups = pc.filter(counts.field("values"), dup_mask)
+    first = dups[0].as_py()
+    where = np.flatnonzero(pc.equal(uids, first).to_numpy(zero_copy_only=False))[:2]
+    (f1, r1), (f2, r2) = (_locate(int(i), files, sizes) for i in where)
+    raise InputError(
+        f"duplicate uid {first!r} at {f1} row {r1} and {f2} row {r2} ({len(dups)} duplicated uid(s) in all); "
+        "uids must be unique"
+    )

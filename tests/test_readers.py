@@ -1,0 +1,183 @@
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curate import schema
+from curate.errors import InputError
+from curate.readers import ReadConfig, read_url_list
+from pipelines.cli import main
+
+ROWS = [
+    {"url": "http://a.example/1.jpg", "caption": "a red circle", "source": "x", "score": 0.5},
+    {"url": "http://a.example/2.jpg", "caption": "a blue square", "source": "y", "score": 0.7},
+    {"url": "http://a.example/3.jpg", "caption": None, "source": "z", "score": 0.1},
+]
+
+
+def write(path, fmt, rows=ROWS):
+    if fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif fmt in ("csv", "tsv"):
+        sep = "," if fmt == "csv" else "\t"
+        keys = list(rows[0])
+        lines = [sep.join(keys)] + [sep.join("" if r[k] is None else str(r[k]) for k in keys) for r in rows]
+        path.write_text("\n".join(lines) + "\n")
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif fmt == "txt":
+        path.write_text("".join(r["url"] + "\n\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "tsv", "jsonl", "txt"])
+def test_every_format_reads_to_the_canonical_table(tmp_path, fmt):
+    t = read_url_list(write(tmp_path / f"list.{fmt}", fmt))
+    assert t.column_names[:3] == ["uid", "url", "caption"]
+    assert t.column("url").to_pylist() == [r["url"] for r in ROWS]
+    assert t.schema.field("url").type == pa.string()
+    if fmt == "txt":
+        assert t.column("caption").null_count == 3
+    else:
+        assert t.column("caption").to_pylist()[:2] == ["a red circle", "a blue square"]
+        assert t.column("source").to_pylist() == ["x", "y", "z"]  # extra columns survive
+    assert len(set(t.column("uid").to_pylist())) == 3
+
+
+def test_gzipped_csv_and_custom_column_names(tmp_path):
+    rows = [{"URL": r["url"], "TEXT": r["caption"] or ""} for r in ROWS]
+    p = tmp_path / "list.csv.gz"
+    write(tmp_path / "plain.csv", "csv", rows)
+    p.write_bytes(gzip.compress((tmp_path / "plain.csv").read_bytes()))
+    t = read_url_list(p, ReadConfig(url_col="URL", caption_col="TEXT"))
+    assert t.column("url").to_pylist() == [r["url"] for r in ROWS]
+    assert t.column("caption").to_pylist()[0] == "a red circle"
+
+
+def test_headerless_tsv_like_cc3m(tmp_path):
+    p = tmp_path / "cc3m.tsv"
+    p.write_text("a dog on a beach\thttp://x.example/1.jpg\nthe moon\thttp://x.example/2.jpg\n")
+    t = read_url_list(p)
+    assert t.column("url").to_pylist() == ["http://x.example/1.jpg", "http://x.example/2.jpg"]
+    assert t.column("caption").to_pylist() == ["a dog on a beach", "the moon"]
+
+
+def test_directory_and_glob_read_as_one_list_in_name_order(tmp_path):
+    d = tmp_path / "lists"
+    d.mkdir()
+    write(d / "b.parquet", "parquet", ROWS[1:])
+    write(d / "a.jsonl", "jsonl", ROWS[:1])
+    (d / "README.md").write_text("not a list")
+    for spec in (d, str(d / "*.*[lt]")):
+        t = read_url_list(spec)
+        assert t.column("url").to_pylist() == [r["url"] for r in ROWS]
+
+
+def test_uid_is_stable_and_repeated_pairs_are_disambiguated(tmp_path):
+    rows = [ROWS[0], ROWS[1], ROWS[0]]
+    t1 = read_url_list(write(tmp_path / "a.parquet", "parquet", rows))
+    t2 = read_url_list(write(tmp_path / "b.parquet", "parquet", rows[:2]))
+    uids = t1.column("uid").to_pylist()
+    assert len(set(uids)) == 3
+    assert uids[:2] == t2.column("uid").to_pylist()  # appending a repeat changes no existing uid
+    assert uids == schema.make_uids([r["url"] for r in rows], [r["caption"] for r in rows])
+
+
+def test_input_uid_column_is_used_and_integers_become_strings(tmp_path):
+    rows = [dict(r, uid=i + 10) for i, r in enumerate(ROWS)]
+    t = read_url_list(write(tmp_path / "a.parquet", "parquet", rows))
+    assert t.column("uid").to_pylist() == ["10", "11", "12"]
+
+
+def test_reserved_input_columns_are_prefixed(tmp_path):
+    rows = [dict(r, status="live", width=3) for r in ROWS]
+    t = read_url_list(write(tmp_path / "a.parquet", "parquet", rows))
+    assert "input_status" in t.column_names and "input_width" in t.column_names
+    assert "status" not in t.column_names
+
+
+def _error(spec, cfg=ReadConfig()):
+    with pytest.raises(InputError) as e:
+        read_url_list(spec, cfg)
+    return str(e.value)
+
+
+def test_missing_url_column_names_the_file(tmp_path):
+    p = write(tmp_path / "a.parquet", "parquet", [{"link": "http://x", "caption": "c"}])
+    msg = _error(p)
+    assert str(p) in msg and "'url'" in msg and "link" in msg
+
+
+def test_corrupt_parquet_and_missing_file(tmp_path):
+    p = tmp_path / "bad.parquet"
+    p.write_bytes(b"PAR1 this is not parquet")
+    assert str(p) in _error(p) and "corrupt" in _error(p)
+    assert "no such file" in _error(tmp_path / "nope.csv")
+
+
+def test_empty_list(tmp_path):
+    p = tmp_path / "empty.txt"
+    p.write_text("\n\n")
+    assert "empty URL list" in _error(p)
+    p2 = tmp_path / "zero.parquet"
+    pq.write_table(pa.table({"url": pa.array([], pa.string())}), p2)
+    assert "empty URL list" in _error(p2)
+
+
+def test_invalid_utf8_names_the_row(tmp_path):
+    p = tmp_path / "bad.csv"
+    p.write_bytes(b"url,caption\nhttp://a/1,fine\nhttp://a/2,caf\xe9\n")
+    msg = _error(p)
+    assert str(p) in msg and "line 3" in msg and "data row 2" in msg
+    # Parquet does not validate string bytes on write: we must catch them on read.
+    q = tmp_path / "bad.parquet"
+    arr = pa.array([b"http://a/1", b"http://a/\xff"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"url": arr}), q)
+    msg = _error(q)
+    assert "row 2" in msg and "UTF-8" in msg
+
+
+def test_non_string_and_empty_urls(tmp_path):
+    p = write(tmp_path / "a.parquet", "parquet", [{"url": 1}, {"url": 2}])
+    assert "must be strings" in _error(p)
+    q = tmp_path / "b.jsonl"
+    q.write_text('{"url": "http://a/1"}\n{"url": 5}\n')
+    assert str(q) in _error(q)
+    r = write(tmp_path / "c.parquet", "parquet", [{"url": "http://a/1"}, {"url": " "}])
+    assert "row 2" in _error(r) and "empty URL" in _error(r)
+
+
+def test_malformed_jsonl(tmp_path):
+    q = tmp_path / "b.jsonl"
+    q.write_text('{"url": "http://a/1"}\n{"url": \n')
+    assert "corrupt jsonl" in _error(q)
+
+
+def test_duplicate_and_unsafe_uids(tmp_path):
+    d = tmp_path / "lists"
+    d.mkdir()
+    write(d / "a.parquet", "parquet", [dict(ROWS[0], uid="u1"), dict(ROWS[1], uid="u2")])
+    write(d / "b.parquet", "parquet", [dict(ROWS[2], uid="u1")])
+    msg = _error(d)
+    assert "duplicate uid 'u1'" in msg and "a.parquet row 1" in msg and "b.parquet row 1" in msg
+    p = write(tmp_path / "c.parquet", "parquet", [dict(ROWS[0], uid="../../etc/passwd")])
+    assert "row 1" in _error(p) and "plain token" in _error(p)
+
+
+def test_unknown_suffix_asks_for_format(tmp_path):
+    p = tmp_path / "list.dat"
+    p.write_text("http://a/1\n")
+    assert "--format" in _error(p)
+    assert read_url_list(p, ReadConfig(format="txt")).num_rows == 1
+
+
+def test_cli_check_exits_2_with_one_line_naming_the_file(tmp_path, capsys):
+    p = write(tmp_path / "a.parquet", "parquet", [{"link": "http://x"}])
+    assert main(["check", str(p)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(p) in err and err.startswith("tiers: error:")
+    ok = write(tmp_path / "ok.csv", "csv")
+    assert main(["check", str(ok)]) == 0
+    assert "3 rows" in capsys.readouterr().out
