@@ -110,7 +110,8 @@ ANNOTATIONS = pa.schema(
 STATUS = "status"
 REASON = "reason"  # first failing filter / duplicate kind / download reason
 REASONS = "reasons"  # every failing filter, for analysis
-DUP_OF = "dup_of"
+DUP_OF = "dup_of"  # uid of the kept member of the duplicate cluster
+DUP_KIND = "dup_kind"  # exact | pixels | near | semantic | caption | contamination
 QUALITY = "quality"
 BAND = "band"
 
@@ -125,6 +126,7 @@ DECISION = pa.schema(
         pa.field(REASON, pa.string()),
         pa.field(REASONS, pa.list_(pa.string())),
         pa.field(DUP_OF, pa.string()),
+        pa.field(DUP_KIND, pa.string()),
         pa.field(QUALITY, pa.float32()),
         pa.field(BAND, pa.string()),
     ]
