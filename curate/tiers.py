@@ -1,0 +1,210 @@
+"""Write quality bands as WebDataset shards and the tier manifest.
+
+Input: the sample table (``samples.parquet``: one row per input row) with ``band``, ``shard`` and
+``key`` (where the raw bytes lie) for every sample that has a band. Each band is shuffled with a
+seed derived from the build seed and the band's name, cut into shards of exactly ``shard_size``
+samples (the last one of a band holds the rest), and every shard is one unit of work: written
+under a temporary name, renamed, and marked done with a fingerprint of its sample list. A rerun
+skips shards whose marker matches; a re-cut (``tiers retier``) rewrites only shards whose content
+changed and removes shards a band no longer has. Image bytes are copied from the raw tars as they
+are: never decoded, never re-encoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from curate import code_version, schema, units
+from curate.bands import FILTERED, BandConfig, band_names, tiers
+from curate.errors import InputError
+from curate.manifest import BANDS, FORMAT, MANIFEST, TIERS, brace
+from curate.tarstream import IMAGE_EXTS, TarWriter, index_tar, read_at
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    shard_size: int = 1000  # samples per shard; every shard of a band but its last has exactly this many
+    seed: int = 0
+    workers: int = 4  # threads: the work is reads and writes, which release the GIL
+
+
+def _band_seed(seed: int, band: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{band}".encode(), digest_size=8).digest(), "little")
+
+
+def plan(samples: pa.Table, bands: list[str], cfg: ShardConfig) -> dict[str, list[np.ndarray]]:
+    """Band -> list of shards, each an array of row indices into ``samples``, in write order."""
+    band_col = np.asarray(samples.column(schema.BAND).to_pylist(), dtype=object)
+    uids = np.asarray(samples.column(schema.UID).to_pylist(), dtype=object)
+    out = {}
+    for band in bands:
+        rows = np.flatnonzero(band_col == band)
+        rows = rows[np.argsort(uids[rows], kind="stable")]  # start from an order independent of row order
+        rows = rows[np.random.default_rng(_band_seed(cfg.seed, band)).permutation(len(rows))]
+        out[band] = [rows[k : k + cfg.shard_size] for k in range(0, len(rows), cfg.shard_size)]
+    return out
+
+
+def _raw_index(raw_dir: Path, shards: set[str]) -> dict[str, dict]:
+    out = {}
+    for s in sorted(shards):
+        path = raw_dir / f"{s}.tar"
+        try:
+            out[s] = index_tar(path)
+        except (OSError, tarfile.TarError) as e:
+            raise InputError(f"raw shard unreadable: {e}", path=str(path)) from None
+    return out
+
+
+def _sample_meta(row: dict) -> bytes:
+    meta = {k: row.get(k) for k in (schema.UID, schema.URL, schema.CAPTION, schema.QUALITY, schema.BAND)}
+    return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()
+
+
+def _fingerprint(rows: list[dict]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for r in rows:
+        h.update(_sample_meta(r))
+        h.update(f"{r[schema.SHARD]}/{r[schema.KEY]}".encode())
+    return h.hexdigest()
+
+
+def _write_one(dest: Path, rows: list[dict], raw_dir: Path, index: dict) -> tuple[int, int]:
+    fds: dict[str, int] = {}
+    try:
+        with units.atomic_path(dest) as tmp, open(tmp, "wb", buffering=1 << 20) as f:
+            w = TarWriter(f)
+            for r in rows:
+                shard, key, uid = r[schema.SHARD], r[schema.KEY], r[schema.UID]
+                members = index[shard].get(key)
+                ext = next((e for e in IMAGE_EXTS if members and e in members), None)
+                if ext is None:
+                    raise InputError(f"no image for key {key!r} (uid {uid})", path=str(raw_dir / f"{shard}.tar"))
+                if shard not in fds:
+                    fds[shard] = os.open(raw_dir / f"{shard}.tar", os.O_RDONLY)
+                offset, size = members[ext]
+                w.add(f"{uid}.{ext}", read_at(fds[shard], offset, size))
+                w.add(f"{uid}.txt", (r[schema.CAPTION] or "").encode())
+                w.add(f"{uid}.json", _sample_meta(r))
+            w.close()
+            f.flush()
+            nbytes = w.bytes
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return len(rows), nbytes
+
+
+def write_tiers(
+    build_dir: str | os.PathLike,
+    samples: pa.Table,
+    band_cfg: BandConfig = BandConfig(),
+    shard_cfg: ShardConfig = ShardConfig(),
+    config: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Write ``DIR/tiers/bands/*`` and ``DIR/tiers/manifest.json``; return the manifest."""
+    build_dir = Path(build_dir)
+    raw_dir, out_dir = build_dir / "raw", build_dir / TIERS
+    bands = band_names(band_cfg) + ([FILTERED] if band_cfg.filtered_band else [])
+    if out_dir.exists():
+        units.remove_stale_temporaries(out_dir)
+    shards_of = plan(samples, bands, shard_cfg)
+    _remove_old_bands(out_dir, set(bands))
+    has_band = np.asarray(samples.column(schema.BAND).is_valid().to_numpy(zero_copy_only=False))
+    cols = [schema.UID, schema.URL, schema.CAPTION, schema.QUALITY, schema.BAND, schema.SHARD, schema.KEY]
+    rows = samples.select(cols).to_pylist()
+    index = _raw_index(raw_dir, {rows[i][schema.SHARD] for i in np.flatnonzero(has_band)})
+
+    jobs, manifest_bands = [], {}
+    for band, shard_rows in shards_of.items():
+        names = []
+        for k, idx in enumerate(shard_rows):
+            rel = f"{BANDS}/{band}/{k:06d}.tar"
+            names.append(rel)
+            unit_rows = [rows[i] for i in idx]
+            fp = _fingerprint(unit_rows)
+            marker = units.read_marker(out_dir, f"{band}-{k:06d}")
+            if not (marker and marker.get("fingerprint") == fp and (out_dir / rel).exists()):
+                units.clear_marker(out_dir, f"{band}-{k:06d}")
+                jobs.append((band, k, rel, unit_rows, fp))
+        _remove_extra_shards(out_dir, band, len(shard_rows))
+        q = [rows[i][schema.QUALITY] for idx in shard_rows for i in idx]
+        q = [x for x in q if x is not None]
+        manifest_bands[band] = {
+            "shards": names,
+            "samples": int(sum(len(i) for i in shard_rows)),
+            "quality": [float(min(q)), float(max(q))] if q else [None, None],
+        }
+
+    bar = tqdm(total=len(jobs), desc="writing band shards", unit="shard", disable=not progress or not jobs)
+
+    def run(job):
+        band, k, rel, unit_rows, fp = job
+        n, nbytes = _write_one(out_dir / rel, unit_rows, raw_dir, index)
+        units.mark_done(out_dir, f"{band}-{k:06d}", {"fingerprint": fp, "samples": n, "bytes": nbytes})
+        bar.update(1)
+
+    with ThreadPoolExecutor(max(1, shard_cfg.workers)) as pool:
+        list(pool.map(run, jobs))
+    bar.close()
+
+    for band, info in manifest_bands.items():
+        info["bytes"] = sum(units.read_marker(out_dir, f"{band}-{k:06d}")["bytes"] for k in range(len(info["shards"])))
+    manifest = {
+        "format": FORMAT,
+        "code_version": code_version(),
+        "config": {"bands": asdict(band_cfg), "shards": asdict(shard_cfg), **(config or {})},
+        "bands": manifest_bands,
+        "tiers": _tiers(out_dir, band_cfg, manifest_bands),
+    }
+    with units.atomic_path(out_dir / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest
+
+
+def _tiers(out_dir: Path, band_cfg: BandConfig, bands: dict) -> dict:
+    out = {}
+    for name, members in tiers(band_cfg).items():
+        shards = [s for b in members for s in bands[b]["shards"]]
+        qs = [bands[b]["quality"] for b in members if bands[b]["samples"]]
+        out[name] = {
+            "bands": members,
+            "shards": shards,
+            "samples": sum(bands[b]["samples"] for b in members),
+            "bytes": sum(bands[b]["bytes"] for b in members),
+            "quality": [min(q[0] for q in qs), max(q[1] for q in qs)] if qs else [None, None],
+            "brace": brace([str((out_dir / s).resolve()) for s in shards]),
+        }
+    return out
+
+
+def _remove_extra_shards(out_dir: Path, band: str, keep: int) -> None:
+    d = out_dir / BANDS / band
+    if not d.exists():
+        return
+    for p in d.glob("*.tar"):
+        if p.stem.isdigit() and int(p.stem) >= keep:
+            units.clear_marker(out_dir, f"{band}-{p.stem}")
+            p.unlink()
+
+
+def _remove_old_bands(out_dir: Path, bands: set[str]) -> None:
+    """A re-cut with other edges leaves bands the new cut does not have: remove them and their markers."""
+    root = out_dir / BANDS
+    if not root.exists():
+        return
+    for d in root.iterdir():
+        if d.is_dir() and d.name not in bands:
+            _remove_extra_shards(out_dir, d.name, 0)
+            d.rmdir()

@@ -1,0 +1,154 @@
+import json
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import webdataset as wds
+
+from curate import units
+from curate.bands import BandConfig, assign, band_names, tiers
+from curate.manifest import brace, read_tier
+from curate.tarstream import TarWriter, header
+from curate.tiers import ShardConfig, write_tiers
+
+
+def test_band_cut_is_exact_deterministic_and_tie_broken_by_uid():
+    uids = np.array([f"u{i:03d}" for i in range(100)], dtype=object)
+    q = np.repeat(np.arange(10, dtype=np.float32), 10)  # ten-way ties
+    bands = assign(uids, q)
+    names = band_names(BandConfig())
+    counts = {b: int((bands == b).sum()) for b in names}
+    assert counts == {"q000-010": 10, "q010-020": 10, "q020-030": 10, "q030-040": 10, "q040-050": 10, "q050-100": 50}
+    assert set(uids[bands == "q000-010"]) == {f"u{i:03d}" for i in range(90, 100)}
+    perm = np.random.default_rng(0).permutation(100)
+    assert (assign(uids[perm], q[perm]) == bands[perm]).all()
+
+
+def test_tiers_are_nested_prefixes():
+    t = tiers(BandConfig())
+    assert list(t) == ["top10", "top20", "top30", "top40", "top50", "kept", "unfiltered"]
+    names = list(t.values())
+    assert all(a == b[: len(a)] for a, b in zip(names, names[1:], strict=False))
+    assert t["unfiltered"][-1] == "filtered"
+    with pytest.raises(ValueError):
+        BandConfig(edges=(0.5, 0.2, 1.0)).validate()
+    with pytest.raises(ValueError):
+        BandConfig(edges=(0.5,)).validate()
+
+
+def test_header_refuses_path_like_names():
+    for bad in ("../x.jpg", "/etc/passwd.txt", "a/b.jpg", ".hidden.jpg", "x.exe"):
+        with pytest.raises(ValueError):
+            header(bad, 1)
+
+
+def make_build(tmp_path, n=230, raw_shards=3, filtered=40):
+    """A build dir with raw tars (as img2dataset names members) and a matching sample table."""
+    raw = tmp_path / "raw"
+    raw.mkdir(parents=True)
+    rows = []
+    per = -(-n // raw_shards)
+    for s in range(raw_shards):
+        with open(raw / f"{s:05d}.tar", "wb") as f:
+            w = TarWriter(f)
+            for k in range(s * per, min(n, (s + 1) * per)):
+                key = f"{s:05d}{k:04d}"
+                w.add(f"{key}.jpg", b"\xff\xd8" + k.to_bytes(4, "big") * 50)
+                w.add(f"{key}.txt", f"caption {k}".encode())
+                rows.append(
+                    {
+                        "uid": f"uid{k:04d}",
+                        "url": f"http://x/{k}",
+                        "caption": f"caption {k}",
+                        "shard": f"{s:05d}",
+                        "key": key,
+                        "quality": float(k % 17) / 17,
+                    }
+                )
+            w.close()
+    t = pa.Table.from_pylist(rows)
+    kept = np.arange(n) >= filtered
+    bands = np.full(n, "filtered", dtype=object)
+    bands[kept] = assign(t.column("uid").to_numpy(zero_copy_only=False)[kept], t.column("quality").to_numpy()[kept])
+    bands[:5] = None  # duplicates: no band
+    return t.append_column("band", pa.array(bands.tolist(), pa.string()))
+
+
+def test_write_tiers_bands_disjoint_tiers_nested_shards_uniform_and_readable(tmp_path):
+    samples = make_build(tmp_path)
+    cfg = ShardConfig(shard_size=16, seed=1)
+    m = write_tiers(tmp_path, samples, shard_cfg=cfg, progress=False)
+    seen = {}
+    for band, info in m["bands"].items():
+        sizes = []
+        for rel in info["shards"]:
+            keys = [s["__key__"] for s in wds.WebDataset(str(tmp_path / "tiers" / rel), shardshuffle=False)]
+            sizes.append(len(keys))
+            for s in wds.WebDataset(str(tmp_path / "tiers" / rel), shardshuffle=False):
+                meta = json.loads(s["json"])
+                assert meta["band"] == band and s["txt"].decode() == meta["caption"] and s["jpg"][:2] == b"\xff\xd8"
+            for k in keys:
+                assert k not in seen
+                seen[k] = band
+        assert all(x == 16 for x in sizes[:-1]) and 0 < sizes[-1] <= 16 if sizes else True
+        assert sum(sizes) == info["samples"]
+    assert len(seen) == 225  # 5 duplicates have no band
+    assert m["tiers"]["unfiltered"]["samples"] == 225 and m["tiers"]["kept"]["samples"] == 190
+    order = ["top10", "top20", "top30", "top40", "top50", "kept", "unfiltered"]
+    sizes = [m["tiers"][t]["samples"] for t in order]
+    assert sizes == sorted(sizes)
+    tier = read_tier(tmp_path, "top20")
+    assert tier.samples == m["tiers"]["top20"]["samples"] and all(p.endswith(".tar") for p in tier.shards)
+    assert "{000000.." in m["tiers"]["kept"]["brace"] and "::" in m["tiers"]["kept"]["brace"]
+
+
+def test_bytes_are_copied_not_reencoded_and_rerun_is_identical(tmp_path):
+    samples = make_build(tmp_path)
+    m1 = write_tiers(tmp_path, samples, shard_cfg=ShardConfig(shard_size=20), progress=False)
+    blobs = {p.name: p.read_bytes() for p in (tmp_path / "tiers").rglob("*.tar")}
+    with tarfile.open(tmp_path / "raw" / "00001.tar") as tf:
+        raw = {m.name: tf.extractfile(m).read() for m in tf if m.name.endswith(".jpg")}
+    by_uid = {r["uid"]: raw.get(r["key"] + ".jpg") for r in samples.to_pylist() if r["shard"] == "00001"}
+    for p in (tmp_path / "tiers").rglob("*.tar"):
+        for s in wds.WebDataset(str(p), shardshuffle=False):
+            if s["__key__"] in by_uid:
+                assert s["jpg"] == by_uid[s["__key__"]]
+    # Kill between shards: drop a shard and its marker, leave a stale temporary; rerun heals it.
+    victim = next((tmp_path / "tiers" / "bands" / "q050-100").glob("*.tar"))
+    victim.unlink()
+    (victim.parent / ".000000.tar.deadbeef.tmp").write_bytes(b"partial")
+    m2 = write_tiers(tmp_path, samples, shard_cfg=ShardConfig(shard_size=20), progress=False)
+    assert m1 == m2
+    assert {p.name: p.read_bytes() for p in (tmp_path / "tiers").rglob("*.tar")} == blobs
+    assert not list((tmp_path / "tiers").rglob("*.tmp"))
+
+
+def test_retier_rewrites_only_what_changed(tmp_path):
+    samples = make_build(tmp_path)
+    write_tiers(tmp_path, samples, shard_cfg=ShardConfig(shard_size=20), progress=False)
+    filtered_marker = units.read_marker(tmp_path / "tiers", "filtered-000000")
+    cfg = BandConfig(edges=(0.25, 0.5, 1.0))
+    kept = samples.column("band").to_numpy(zero_copy_only=False)
+    mask = np.array([b not in (None, "filtered") for b in kept])
+    new = kept.copy()
+    new[mask] = assign(
+        samples.column("uid").to_numpy(zero_copy_only=False)[mask], samples.column("quality").to_numpy()[mask], cfg
+    )
+    samples2 = samples.set_column(samples.column_names.index("band"), "band", pa.array(new.tolist(), pa.string()))
+    m = write_tiers(tmp_path, samples2, band_cfg=cfg, shard_cfg=ShardConfig(shard_size=20), progress=False)
+    assert list(m["tiers"]) == ["top25", "top50", "kept", "unfiltered"]
+    assert units.read_marker(tmp_path / "tiers", "filtered-000000") == filtered_marker
+    assert sorted(p.name for p in (tmp_path / "tiers" / "bands").iterdir()) == [
+        "filtered",
+        "q000-025",
+        "q025-050",
+        "q050-100",
+    ]
+
+
+def test_brace_notation():
+    assert (
+        brace(["/d/a/000000.tar", "/d/a/000001.tar", "/d/b/000000.tar"])
+        == "/d/a/{000000..000001}.tar::/d/b/000000.tar"
+    )
