@@ -58,6 +58,9 @@ DOWNLOAD = pa.schema(
 WIDTH = "width"
 HEIGHT = "height"
 ASPECT = "aspect_ratio"  # long side / short side, >= 1
+# The size img2dataset saw before resizing (null when it did not decode); width/height are the stored image's.
+ORIGINAL_WIDTH = "original_width"
+ORIGINAL_HEIGHT = "original_height"
 IMAGE_FORMAT = "image_format"
 IMAGE_BYTES = "image_bytes"
 BLANK_SHARE = "blank_share"  # share of pixels equal (within tolerance) to the dominant colour
@@ -77,6 +80,7 @@ HAS_HTML = "has_html"
 BOILERPLATE = "boilerplate"
 LANG = "lang"
 LANG_SCORE = "lang_score"
+LANG_SCORES = "lang_scores"  # top-k labels -> probability, for "P(en) >= x" rules on short captions
 CLIP_SCORE = "clip_score"
 
 ANNOTATIONS = pa.schema(
@@ -84,6 +88,8 @@ ANNOTATIONS = pa.schema(
         pa.field(WIDTH, pa.int32()),
         pa.field(HEIGHT, pa.int32()),
         pa.field(ASPECT, pa.float32()),
+        pa.field(ORIGINAL_WIDTH, pa.int32()),
+        pa.field(ORIGINAL_HEIGHT, pa.int32()),
         pa.field(IMAGE_FORMAT, pa.string()),
         pa.field(IMAGE_BYTES, pa.int64()),
         pa.field(BLANK_SHARE, pa.float32()),
@@ -102,6 +108,7 @@ ANNOTATIONS = pa.schema(
         pa.field(BOILERPLATE, pa.bool_()),
         pa.field(LANG, pa.string()),
         pa.field(LANG_SCORE, pa.float32()),
+        pa.field(LANG_SCORES, pa.map_(pa.string(), pa.float32())),
         pa.field(CLIP_SCORE, pa.float32()),
     ]
 )
