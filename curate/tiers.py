@@ -80,29 +80,37 @@ def _fingerprint(rows: list[dict]) -> str:
 
 
 def _write_one(dest: Path, rows: list[dict], raw_dir: Path, index: dict) -> tuple[int, int]:
-    fds: dict[str, int] = {}
-    try:
-        with units.atomic_path(dest) as tmp, open(tmp, "wb", buffering=1 << 20) as f:
-            w = TarWriter(f)
-            for r in rows:
-                shard, key, uid = r[schema.SHARD], r[schema.KEY], r[schema.UID]
-                members = index[shard].get(key)
-                ext = next((e for e in IMAGE_EXTS if members and e in members), None)
-                if ext is None:
-                    raise InputError(f"no image for key {key!r} (uid {uid})", path=str(raw_dir / f"{shard}.tar"))
-                if shard not in fds:
-                    fds[shard] = os.open(raw_dir / f"{shard}.tar", os.O_RDONLY)
-                offset, size = members[ext]
-                w.add(f"{uid}.{ext}", read_at(fds[shard], offset, size))
+    # Where each image lies; reads then go in file order (readahead-friendly) while members are
+    # written in the shard's shuffled order.
+    where = []
+    for r in rows:
+        shard, key = r[schema.SHARD], r[schema.KEY]
+        members = index[shard].get(key)
+        ext = next((e for e in IMAGE_EXTS if members and e in members), None)
+        if ext is None:
+            raise InputError(f"no image for key {key!r} (uid {r[schema.UID]})", path=str(raw_dir / f"{shard}.tar"))
+        where.append((shard, *members[ext], ext))
+    data: list[bytes] = [b""] * len(rows)
+    for shard in sorted({w[0] for w in where}):
+        fd = os.open(raw_dir / f"{shard}.tar", os.O_RDONLY)
+        try:
+            for i in sorted((i for i, w in enumerate(where) if w[0] == shard), key=lambda i: where[i][1]):
+                data[i] = read_at(fd, where[i][1], where[i][2])
+        finally:
+            os.close(fd)
+    with units.atomic_path(dest) as tmp:
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            w = TarWriter(out)
+            for r, (_, _, _, ext), image in zip(rows, where, data, strict=True):
+                uid = r[schema.UID]
+                w.add(f"{uid}.{ext}", image)
                 w.add(f"{uid}.txt", (r[schema.CAPTION] or "").encode())
                 w.add(f"{uid}.json", _sample_meta(r))
             w.close()
-            f.flush()
-            nbytes = w.bytes
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-    return len(rows), nbytes
+        finally:
+            os.close(out)
+    return len(rows), w.bytes
 
 
 def write_tiers(

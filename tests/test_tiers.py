@@ -51,7 +51,7 @@ def make_build(tmp_path, n=230, raw_shards=3, filtered=40):
     per = -(-n // raw_shards)
     for s in range(raw_shards):
         with open(raw / f"{s:05d}.tar", "wb") as f:
-            w = TarWriter(f)
+            w = TarWriter(f.fileno())
             for k in range(s * per, min(n, (s + 1) * per)):
                 key = f"{s:05d}{k:04d}"
                 w.add(f"{key}.jpg", b"\xff\xd8" + k.to_bytes(4, "big") * 50)

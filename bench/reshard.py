@@ -1,0 +1,163 @@
+"""Benchmark: band sharding throughput vs `cp -r` of the same raw shards, in the same run.
+
+Raw shards use img2dataset's layout (<key>.jpg/.txt/.json per sample, 10,000 samples per shard),
+filled with real COCO photos resized as a DataComp download is (longest side 512, JPEG q95) when
+../shared/data is there, else with synthetic-web images (`--source synthetic --image-side 256`:
+small files, where per-sample overhead dominates); the sample table puts them in default bands.
+Both sides read warm page cache; each is timed best of 3. Prints MB/s and samples/s for both and
+the ratio (target >= 0.5).
+Writes bench/results/reshard.json.
+
+    .venv/bin/python bench/reshard.py [--n 20000] [--image-side 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.bands import assign
+from curate.synthweb import WebConfig, build
+from curate.tarstream import TarWriter
+from curate.tiers import ShardConfig, write_tiers
+
+COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_mini" / "coco_mini_pairs.parquet"
+
+
+def synthetic_items(root: Path, n: int, side: int):
+    """(image bytes, ext, caption) from a synthetic web rendered at ``side`` px."""
+    web = root / "web"
+    build(
+        web,
+        WebConfig(
+            n=n, seed=0, mix={"clean": 1.0}, min_side=side, max_side=side, eval_per_concept=1, retrieval_pairs=1
+        ),
+    )
+    by_path = {r["path"]: r for r in pq.read_table(web / "routes.parquet").to_pylist()}
+    blobs = (web / "blobs.bin").read_bytes()
+    exts = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
+    for u in pq.read_table(web / "urls.parquet").to_pylist():
+        r = by_path["/img/" + u["url"].rsplit("/img/", 1)[1]]
+        yield blobs[r["offset"] : r["offset"] + r["length"]], exts[r["content_type"]], u["caption"]
+
+
+def coco_items(n: int, side: int):
+    """Real COCO photos resized as DataComp's download does (longest side ``side``, JPEG q95), repeated to n."""
+    from PIL import Image
+
+    t = pq.read_table(COCO, columns=["image", "captions"]).to_pylist()
+    encoded = []
+    for r in t:
+        img = Image.open(io.BytesIO(r["image"])).convert("RGB")
+        img.thumbnail((side, side))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=95)
+        encoded.append((buf.getvalue(), r["captions"][0]))
+    for i in range(n):
+        data, cap = encoded[i % len(encoded)]
+        yield data, "jpg", cap
+
+
+def make_raw(root: Path, items, per_shard: int) -> pa.Table:
+    raw = root / "build" / "raw"
+    raw.mkdir(parents=True)
+    rows, f, w = [], None, None
+    for i, (data, ext, caption) in enumerate(items):
+        if i % per_shard == 0:
+            if w:
+                w.close()
+                f.close()
+            shard = f"{i // per_shard:05d}"
+            f = open(raw / f"{shard}.tar", "wb")
+            w = TarWriter(f.fileno())
+        key = f"{shard}{i % per_shard:04d}"
+        w.add(f"{key}.{ext}", data)
+        w.add(f"{key}.txt", caption.encode())
+        w.add(f"{key}.json", json.dumps({"key": key, "caption": caption}).encode())
+        rows.append(
+            {"uid": f"{i:012x}", "url": f"http://127.0.0.1/{i}", "caption": caption, "shard": shard, "key": key}
+        )
+    w.close()
+    f.close()
+    t = pa.Table.from_pylist(rows)
+    q = np.random.default_rng(0).random(len(rows)).astype(np.float32)
+    bands = assign(t.column("uid").to_numpy(zero_copy_only=False), q)
+    return t.append_column("quality", pa.array(q)).append_column("band", pa.array(bands.tolist(), pa.string()))
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=20_000)
+    ap.add_argument("--source", choices=["synthetic", "coco"], default="coco" if COCO.exists() else "synthetic")
+    ap.add_argument("--image-side", type=int, default=512, help="longest side (DataComp downloads at 512)")
+    ap.add_argument("--shard-size", type=int, default=1000)
+    ap.add_argument("--out", default="bench/results/reshard.json")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        items = (
+            coco_items(args.n, args.image_side)
+            if args.source == "coco"
+            else synthetic_items(root, args.n, args.image_side)
+        )
+        samples = make_raw(root, items, 10_000)
+        raw = root / "build" / "raw"
+        raw_bytes = sum(p.stat().st_size for p in raw.glob("*.tar"))
+
+        def cp():
+            dest = root / "copy"
+            shutil.rmtree(dest, ignore_errors=True)
+            subprocess.run(["cp", "-r", str(raw), str(dest)], check=True)
+
+        def reshard():
+            shutil.rmtree(root / "build" / "tiers", ignore_errors=True)
+            write_tiers(root / "build", samples, shard_cfg=ShardConfig(shard_size=args.shard_size), progress=False)
+
+        cp()  # warm the page cache for both
+        t_cp = best_of(cp)
+        t_ours = best_of(reshard)
+        out_bytes = sum(p.stat().st_size for p in (root / "build" / "tiers").rglob("*.tar"))
+
+    result = {
+        "samples": args.n,
+        "source": args.source,
+        "image_side": args.image_side,
+        "raw_mb": round(raw_bytes / 1e6, 1),
+        "cp_s": round(t_cp, 3),
+        "reshard_s": round(t_ours, 3),
+        "cp_mb_per_s": round(raw_bytes / 1e6 / t_cp, 1),
+        "reshard_mb_per_s": round(out_bytes / 1e6 / t_ours, 1),
+        "reshard_samples_per_s": round(args.n / t_ours),
+        "ratio_vs_cp": round(t_cp / t_ours, 3),
+    }
+    print(json.dumps(result, indent=2))
+    print(
+        f"reshard {args.n:,} samples ({result['raw_mb']} MB): {t_ours:.2f} s vs cp -r {t_cp:.2f} s "
+        f"-> ratio {result['ratio_vs_cp']} (target >= 0.5)"
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
