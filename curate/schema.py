@@ -82,6 +82,10 @@ LANG = "lang"
 LANG_SCORE = "lang_score"
 LANG_SCORES = "lang_scores"  # top-k labels -> probability, for "P(en) >= x" rules on short captions
 CLIP_SCORE = "clip_score"
+# Unit-norm float16 CLIP embeddings, fixed_size_list<halffloat, dim>: stored apart from the annotation
+# table (DIR/annotations/embeddings/), row-aligned with it, for semantic dedup.
+IMAGE_EMBEDDING = "image_embedding"
+TEXT_EMBEDDING = "text_embedding"
 
 ANNOTATIONS = pa.schema(
     [

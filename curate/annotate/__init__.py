@@ -1,0 +1,22 @@
+"""The annotate stage: per-sample measurements computed once, so filters are cheap thresholds.
+
+``annotate(DIR, AnnotateConfig(...))`` reads ``DIR/raw/`` and writes ``DIR/annotations/`` (see
+:mod:`curate.annotate.run`); ``read_annotations(DIR)`` and ``load_embeddings(DIR)`` read them back.
+Roles: :mod:`~curate.annotate.raw` (the raw layout), :mod:`~curate.annotate.image`,
+:mod:`~curate.annotate.caption`, :mod:`~curate.annotate.language`, :mod:`~curate.annotate.clip`
+(the signals), :mod:`~curate.annotate.stage` (one batch), :mod:`~curate.annotate.run` (units and Ray),
+:mod:`~curate.annotate.cli` (``tiers annotate`` and ``tiers filter``).
+"""
+
+from curate.annotate.run import annotate, load_embeddings, read_annotations, summarise
+from curate.annotate.stage import OUTPUT_SCHEMA, AnnotateConfig, Annotator
+
+__all__ = [
+    "OUTPUT_SCHEMA",
+    "AnnotateConfig",
+    "Annotator",
+    "annotate",
+    "load_embeddings",
+    "read_annotations",
+    "summarise",
+]

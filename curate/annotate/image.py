@@ -1,0 +1,148 @@
+"""Image signals from one decode: size, format, blank share, sharpness, entropy, hashes.
+
+:func:`decode` turns bytes into an RGB array or a short reason (``empty``, ``not_an_image``,
+``too_many_pixels``, ``truncated``, ``decode_failed``); it never raises on bad bytes. The pixel count
+is checked from the header before any pixel is decoded, so a 200-byte PNG declaring 10^10 pixels is
+refused without allocating them. :func:`measure` computes every signal from that one decoded array.
+
+Definitions (what the numbers mean, so thresholds can be chosen):
+
+- ``blank_share``: share of pixels within ``BLANK_TOLERANCE`` (per channel, of 255) of the dominant
+  colour, measured on a thumbnail of at most ``THUMB`` px a side. A flat placeholder is ~1.0.
+- ``sharpness``: variance of the 3x3 Laplacian of the grey image at its own resolution.
+- ``entropy``: Shannon entropy of the 256-bin grey histogram, in bits (0 to 8).
+- ``phash``: the classic 64-bit DCT hash: grey, area-resized to 32x32, 2-D DCT, the 8x8 lowest
+  frequencies compared with their median; bit 63 is coefficient (0, 0), row-major after it.
+- ``pixel_hash``: SHA-1 of the decoded RGB pixels and their shape, so the same pixels stored as PNG
+  and as lossless WebP get the same value (``sha256`` only matches identical bytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# Above this PIL raises DecompressionBombError on open; we refuse earlier, with our own limit.
+DEFAULT_MAX_PIXELS = 64_000_000
+THUMB = 64
+BLANK_TOLERANCE = 12
+
+_BIT_WEIGHTS = (1 << np.arange(63, -1, -1, dtype=np.uint64)).astype(np.uint64)
+
+
+@dataclass
+class Decoded:
+    """A decoded image: RGB pixels (H, W, 3) uint8, the PIL image they came from, and its format."""
+
+    pixels: np.ndarray
+    image: Image.Image
+    format: str
+
+
+def decode(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Decoded | None, str | None]:
+    """``(Decoded, None)`` or ``(None, reason)``; never raises for bad bytes."""
+    if not data:
+        return None, "empty"
+    try:
+        with warnings.catch_warnings():
+            # PIL warns (and past 2x raises) on big images by its own global limit; ours is below it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w <= 0 or h <= 0:
+                return None, "decode_failed"
+            if w * h > max_pixels:
+                return None, "too_many_pixels"
+            fmt = (img.format or "unknown").lower()
+            img.load()  # the first frame of an animation is the image we keep
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+            pixels = np.asarray(img)
+    except Image.DecompressionBombError:
+        return None, "too_many_pixels"
+    except UnidentifiedImageError:
+        return None, "not_an_image"
+    except (OSError, SyntaxError, ValueError) as e:
+        # PIL reports a cut-off file as OSError("image file is truncated ...") or a broken stream.
+        msg = str(e).lower()
+        return None, "truncated" if "truncat" in msg or "broken data stream" in msg else "decode_failed"
+    except Exception:  # noqa: BLE001 - a hostile file must never take a worker down
+        return None, "decode_failed"
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        return None, "decode_failed"
+    return Decoded(pixels, img, fmt), None
+
+
+@dataclass
+class ImageSignals:
+    width: int
+    height: int
+    aspect: float
+    blank_share: float
+    sharpness: float
+    entropy: float
+    phash: int
+    pixel_hash: str
+
+
+def measure(pixels: np.ndarray) -> ImageSignals:
+    """Every pixel-derived signal of one RGB uint8 image."""
+    h, w = pixels.shape[:2]
+    grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
+    return ImageSignals(
+        width=w,
+        height=h,
+        aspect=max(w, h) / min(w, h),
+        blank_share=blank_share(pixels),
+        sharpness=sharpness(grey),
+        entropy=entropy(grey),
+        phash=phash(grey),
+        pixel_hash=pixel_hash(pixels),
+    )
+
+
+def blank_share(pixels: np.ndarray) -> float:
+    h, w = pixels.shape[:2]
+    if max(h, w) > THUMB:
+        s = THUMB / max(h, w)
+        pixels = cv2.resize(pixels, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    q = pixels >> 3  # 32 levels per channel: the dominant colour is the fullest 8-wide bin
+    codes = (q[..., 0].astype(np.int32) << 10) | (q[..., 1].astype(np.int32) << 5) | q[..., 2]
+    mode = int(np.bincount(codes.ravel(), minlength=1 << 15).argmax())
+    centre = np.array([(mode >> 10) & 31, (mode >> 5) & 31, mode & 31], np.int16) * 8 + 4
+    close = np.abs(pixels.astype(np.int16) - centre).max(axis=2) <= BLANK_TOLERANCE
+    return float(close.mean())
+
+
+def sharpness(grey: np.ndarray) -> float:
+    _, std = cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_32F))
+    return float(std[0, 0] ** 2)
+
+
+def entropy(grey: np.ndarray) -> float:
+    hist = cv2.calcHist([grey], [0], None, [256], [0, 256]).ravel()
+    p = hist[hist > 0] / grey.size
+    return float(-(p * np.log2(p)).sum())
+
+
+def phash(grey: np.ndarray) -> int:
+    small = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+    low = cv2.dct(small)[:8, :8].ravel()
+    bits = low > np.partition(low, (31, 32))[31:33].mean()  # the median of 64 values
+    return int(_BIT_WEIGHTS[bits].sum())
+
+
+def pixel_hash(pixels: np.ndarray) -> str:
+    h = hashlib.sha1(f"{pixels.shape[0]}x{pixels.shape[1]}:".encode())
+    h.update(np.ascontiguousarray(pixels).data)
+    return h.hexdigest()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,167 @@
+"""The raw layout the annotate stage reads, and a plain img2dataset call that writes it.
+
+``DIR/raw/`` as img2dataset writes it with ``output_format="webdataset"``: per shard ``NNNNN.tar``
+(members ``<key>.<image ext>``, ``<key>.txt``, ``<key>.json``), ``NNNNN.parquet`` (one row per URL of
+the shard: key, url, caption, status, error_message, width, height, original_width, original_height,
+and the saved extra columns, ``uid`` among them) and ``NNNNN_stats.json``. Rows with
+``status == "success"`` have an image in the tar. We rely on nothing else: the image member's
+extension is not trusted to name its format (with re-encoding disabled img2dataset stores a PNG as
+``<key>.jpg``), and member names are only compared with the keys the parquet lists, never used as
+paths.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate import schema
+from curate.errors import InputError
+
+IMAGE = "image"  # the encoded bytes, in the sample batches handed to the annotator
+IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"})
+SUCCESS = "success"
+SHARD_STEM = re.compile(r"^\d+$")
+
+# What the annotator receives per sample: identity, location, img2dataset's original size, bytes.
+SAMPLE_SCHEMA = pa.schema(
+    [
+        pa.field(schema.UID, pa.string()),
+        pa.field(schema.URL, pa.string()),
+        pa.field(schema.CAPTION, pa.string()),
+        pa.field(schema.SHARD, pa.string()),
+        pa.field(schema.KEY, pa.string()),
+        pa.field(schema.ORIGINAL_WIDTH, pa.int32()),
+        pa.field(schema.ORIGINAL_HEIGHT, pa.int32()),
+        pa.field(IMAGE, pa.binary()),
+    ]
+)
+
+
+def list_shards(raw_dir: str | os.PathLike) -> list[str]:
+    """Shard names (``"00000"``, ...) that have both a tar and a parquet, in order."""
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise InputError("no raw shards here (expected DIR/raw/ from `tiers download`)", path=str(raw_dir))
+    stems = [p.stem for p in raw_dir.glob("*.parquet") if SHARD_STEM.match(p.stem)]
+    return sorted(s for s in stems if (raw_dir / f"{s}.tar").is_file())
+
+
+def read_successes(raw_dir: str | os.PathLike, shard: str) -> pa.Table:
+    """The shard's successfully downloaded rows: uid, url, caption, key, original size."""
+    path = Path(raw_dir) / f"{shard}.parquet"
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise InputError(f"unreadable raw shard parquet: {e}", path=str(path)) from None
+    missing = [c for c in (schema.UID, schema.URL, schema.KEY, "status") if c not in table.column_names]
+    if missing:
+        hint = " (save the input's uid: save_additional_columns=['uid'])" if schema.UID in missing else ""
+        raise InputError(f"raw shard parquet lacks column(s) {', '.join(missing)}{hint}", path=str(path))
+    table = table.filter(pc.equal(table.column("status"), SUCCESS))
+
+    def col(name: str, typ: pa.DataType) -> pa.ChunkedArray | pa.Array:
+        if name in table.column_names:
+            return table.column(name).cast(typ)
+        return pa.nulls(table.num_rows, typ)
+
+    return pa.table(
+        {
+            schema.UID: col(schema.UID, pa.string()),
+            schema.URL: col(schema.URL, pa.string()),
+            schema.CAPTION: col(schema.CAPTION, pa.string()),
+            schema.KEY: col(schema.KEY, pa.string()),
+            schema.ORIGINAL_WIDTH: col(schema.ORIGINAL_WIDTH, pa.int32()),
+            schema.ORIGINAL_HEIGHT: col(schema.ORIGINAL_HEIGHT, pa.int32()),
+        }
+    )
+
+
+def iter_samples(raw_dir: str | os.PathLike, shard: str, batch_size: int = 512) -> Iterator[pa.Table]:
+    """Batches of ``SAMPLE_SCHEMA`` rows for every success of ``shard``, reading its tar once.
+
+    Batches follow the tar's order; a success whose image is not in the tar comes last with a null
+    image (the annotator records it as ``missing_in_tar``). A tar that cannot be read raises
+    :class:`InputError` naming it.
+    """
+    raw_dir = Path(raw_dir)
+    ok = read_successes(raw_dir, shard)
+    index = {k: i for i, k in enumerate(ok.column(schema.KEY).to_pylist())}
+    seen: set[str] = set()
+    order: list[int] = []
+    images: list[bytes | None] = []
+
+    def batch(idx: list[int], data: list[bytes | None]) -> pa.Table:
+        t = ok.take(pa.array(idx, pa.int64()))
+        t = t.append_column(schema.SHARD, pa.array([shard] * len(idx), pa.string()))
+        return t.append_column(IMAGE, pa.array(data, pa.binary())).select(SAMPLE_SCHEMA.names)
+
+    path = raw_dir / f"{shard}.tar"
+    if ok.num_rows:
+        try:
+            with tarfile.open(path, "r:") as tf:
+                for m in tf:
+                    if not m.isreg():
+                        continue
+                    stem, dot, ext = m.name.rsplit("/", 1)[-1].rpartition(".")
+                    if not dot or ext.lower() not in IMAGE_EXTS or stem not in index or stem in seen:
+                        continue
+                    f = tf.extractfile(m)
+                    images.append(f.read() if f is not None else None)
+                    order.append(index[stem])
+                    seen.add(stem)
+                    if len(order) >= batch_size:
+                        yield batch(order, images)
+                        order, images = [], []
+        except (OSError, tarfile.TarError) as e:
+            raise InputError(f"raw shard tar unreadable: {e}", path=str(path)) from None
+    missing = [i for k, i in index.items() if k not in seen]
+    order += missing
+    images += [None] * len(missing)
+    for k in range(0, len(order), batch_size):
+        yield batch(order[k : k + batch_size], images[k : k + batch_size])
+
+
+def download_plain(
+    url_list: str | os.PathLike,
+    build_dir: str | os.PathLike,
+    samples_per_shard: int = 1000,
+    threads: int = 16,
+    timeout: int = 2,
+) -> Path:
+    """Write ``build_dir/raw/`` with plain img2dataset, keeping the served bytes (no resizing or
+    re-encoding, so hostile bytes reach the annotator as they were served).
+
+    For tests and benchmarks of this stage only; ``tiers download`` is the real downloader. The URL
+    list must be a parquet with url, caption and uid columns, pointing only at hosts you trust.
+    """
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from img2dataset import download
+
+    raw = Path(build_dir) / "raw"
+    raw.mkdir(parents=True, exist_ok=True)  # img2dataset creates only the last level
+    download(
+        url_list=str(url_list),
+        output_folder=str(raw),
+        input_format="parquet",
+        url_col="url",
+        caption_col="caption",
+        save_additional_columns=["uid"],
+        output_format="webdataset",
+        processes_count=1,
+        thread_count=threads,
+        timeout=timeout,
+        retries=0,
+        number_sample_per_shard=samples_per_shard,
+        resize_mode="no",
+        disable_all_reencoding=True,
+        enable_wandb=False,
+    )
+    return raw
