@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines import demo
 
     demo.register(sub)
+    __import__("curate.annotate.cli", fromlist=["register"]).register(sub)  # tiers annotate, tiers filter
     return parser
 
 
