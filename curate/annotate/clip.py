@@ -144,3 +144,33 @@ class ClipScorer:
         if not out_i:
             return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
         return np.concatenate(out_i), np.concatenate(out_t)
+
+
+# A CLIP small enough to run in tests and benchmarks on a CPU in seconds (random weights).
+TINY_CONFIG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def save_random_model(out_dir: str | os.PathLike, config: dict | None = None, seed: int = 0) -> str:
+    """Write a randomly initialised open_clip model as ``out_dir/{open_clip_config.json, open_clip_pytorch_model.bin}``
+    (open_clip's local-dir layout; the weights are a plain state dict) and return its ``local-dir:`` spec.
+
+    For tests, benchmarks and demos that need a real model but no downloaded weights.
+    """
+    import json
+
+    import open_clip
+    import torch
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = config or TINY_CONFIG
+    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}, indent=2))
+    (out / "model_config.json").write_text(json.dumps(cfg, indent=2))  # for the ARCH.json:CHECKPOINT form
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**cfg)
+    torch.save(model.state_dict(), out / "open_clip_pytorch_model.bin")
+    return f"local-dir:{out}"

@@ -1,0 +1,381 @@
+"""The annotate stage: image, caption and language signals, hostile images, units, CLIP, and Ray end to end."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from curate import schema, units
+from curate.annotate import AnnotateConfig, annotate, load_embeddings, read_annotations
+from curate.annotate import image as img
+from curate.annotate.caption import caption_signals
+from curate.annotate.clip import parse_spec, save_random_model
+from curate.annotate.language import LanguageID
+from curate.annotate.run import ShardAnnotator, _is_current
+from curate.errors import InputError
+from curate.synthweb.build import HTML_BODY, bomb_png
+
+
+def encode(pixels: np.ndarray, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def scene(seed: int, h: int = 96, w: int = 128) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    a = np.full((h, w, 3), rng.integers(0, 256, 3), np.uint8)
+    for _ in range(4):
+        y, x = rng.integers(0, h - 20), rng.integers(0, w - 20)
+        a[y : y + 20, x : x + 20] = rng.integers(0, 256, 3)
+    return a
+
+
+def hamming(a: int, b: int) -> int:
+    return bin(a ^ b).count("1")
+
+
+# --- decoding and image signals ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty"),
+        (None, "empty"),
+        (HTML_BODY, "not_an_image"),
+        (b"\x00" * 300, "not_an_image"),
+        (bomb_png(), "too_many_pixels"),
+    ],
+)
+def test_hostile_bytes_get_a_reason_not_an_exception(data, reason):
+    dec, err = img.decode(data)
+    assert dec is None and err == reason
+
+
+def test_truncated_and_oversize_images_are_refused():
+    jpeg = encode(scene(0), "JPEG", quality=90)
+    assert img.decode(jpeg[: len(jpeg) // 2])[1] == "truncated"
+    png = encode(scene(0), "PNG")
+    assert img.decode(png[: len(png) // 2])[1] in ("truncated", "decode_failed")
+    assert img.decode(jpeg, max_pixels=96 * 128 - 1)[1] == "too_many_pixels"
+    assert img.decode(jpeg, max_pixels=96 * 128)[1] is None
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "LA", "I;16", "CMYK", "1"])
+def test_every_pixel_mode_decodes_to_rgb(mode):
+    im = Image.fromarray(scene(1)).convert(mode)
+    fmt = "TIFF" if mode in ("I;16", "CMYK") else "PNG"
+    dec, err = img.decode(encode(np.asarray(im), fmt) if mode == "RGB" else _save(im, fmt))
+    assert err is None and dec.pixels.shape == (96, 128, 3) and dec.pixels.dtype == np.uint8
+
+
+def _save(im: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_animated_gif_keeps_its_first_frame():
+    frames = [Image.fromarray(scene(s)) for s in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    dec, err = img.decode(buf.getvalue())
+    assert err is None and dec.format == "gif" and dec.pixels.shape == (96, 128, 3)
+
+
+def test_signals_mean_what_they_say():
+    flat = np.full((64, 80, 3), 200, np.uint8)
+    s = img.measure(flat)
+    assert (s.width, s.height) == (80, 64) and s.aspect == pytest.approx(1.25)
+    assert s.blank_share == 1.0 and s.entropy == 0.0 and s.sharpness == 0.0
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    n = img.measure(noise)
+    assert n.blank_share < 0.05 and n.entropy > 7.5 and n.sharpness > 1000
+    half = np.zeros((64, 64, 3), np.uint8)
+    half[:, 32:] = 255
+    assert img.measure(half).blank_share == pytest.approx(0.5, abs=0.02)
+    one = img.measure(np.zeros((1, 1, 3), np.uint8))  # degenerate but legal
+    assert one.width == 1 and one.aspect == 1.0
+
+
+def test_phash_survives_reencoding_and_resizing_but_tells_images_apart():
+    a = scene(2, 192, 256)
+    ha = img.measure(a).phash
+    jpeg = img.decode(encode(a, "JPEG", quality=60))[0].pixels
+    small = np.asarray(Image.fromarray(a).resize((180, 135), Image.BILINEAR))
+    assert hamming(ha, img.measure(jpeg).phash) <= 6
+    assert hamming(ha, img.measure(small).phash) <= 6
+    assert min(hamming(ha, img.measure(scene(s, 192, 256)).phash) for s in range(3, 10)) > 10
+    assert 0 <= ha < 2**64
+
+
+def test_pixel_hash_matches_across_lossless_encodings_only():
+    a = scene(3)
+    png = img.decode(encode(a, "PNG"))[0]
+    webp = img.decode(encode(a, "WEBP", lossless=True))[0]
+    jpeg = img.decode(encode(a, "JPEG", quality=95))[0]
+    assert (png.format, webp.format, jpeg.format) == ("png", "webp", "jpeg")
+    assert img.pixel_hash(png.pixels) == img.pixel_hash(webp.pixels) != img.pixel_hash(jpeg.pixels)
+    # Same bytes, different shape: a pixel hash must not confuse a 2x8 with an 8x2 image.
+    flat = np.zeros((2, 8, 3), np.uint8)
+    assert img.pixel_hash(flat) != img.pixel_hash(flat.reshape(8, 2, 3))
+
+
+# --- captions and language ----------------------------------------------------------------------
+
+
+def test_caption_signals():
+    caps = [
+        "a red circle on a grey background",
+        "sale sale sale sale",
+        "IMG_0423.JPG",
+        "see https://example.com/pic for more",
+        "<b>bold</b> &amp; loud",
+        "Click to enlarge",
+        "stock image of a blue star",
+        "红色的圆形",
+        None,
+    ]
+    s = {k: v.to_pylist() for k, v in caption_signals(caps).items()}
+    assert s[schema.CAPTION_WORDS][:3] == [7, 4, 1] and s[schema.CAPTION_CHARS][0] == 33
+    assert s[schema.REPEAT_SHARE][1] == pytest.approx(0.75) and s[schema.REPEAT_SHARE][0] == pytest.approx(1 / 7)
+    assert s[schema.ALPHA_SHARE][0] == 1.0 and s[schema.ALPHA_SHARE][7] == 1.0
+    assert s[schema.HAS_URL] == [False, False, False, True, False, False, False, False, False]
+    assert s[schema.HAS_HTML] == [False, False, False, False, True, False, False, False, False]
+    assert s[schema.BOILERPLATE] == [False, False, True, False, False, True, False, False, False]
+    assert s[schema.CAPTION_WORDS][8] == 0 and s[schema.ALPHA_SHARE][8] == 0.0
+
+
+def test_language_id_is_fasttexts_own_top_label():
+    lid = LanguageID()
+    caps = ["a photo of a red circle on a white background", "Ein roter Kreis auf hellem Hintergrund", "", None]
+    out = {k: v.to_pylist() for k, v in lid(caps + ["line one\nline two in english"]).items()}
+    assert out[schema.LANG][:4] == ["en", "de", None, None]
+    assert out[schema.LANG_SCORE][2] == 0.0 and out[schema.LANG_SCORES][3] == []
+    labels, probs = lid.model.predict(caps[1])
+    assert out[schema.LANG_SCORE][1] == pytest.approx(min(1.0, float(probs[0])), abs=1e-6)
+    assert labels[0] == "__label__de" and out[schema.LANG][4] == "en"
+    top = out[schema.LANG_SCORES][0]
+    assert len(top) == 5 and top[0][0] == "en" and sum(p for _, p in top) <= 1.0 + 1e-5
+
+
+def test_a_missing_lid_model_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="language-ID"):
+        LanguageID(str(tmp_path / "nope.ftz"))
+
+
+# --- a hand-made raw shard: units, hostile members, CLIP -------------------------------------
+
+
+def write_raw_shard(raw, shard="00000"):
+    """A raw shard as img2dataset writes it, with every kind of bad member; returns the success uids."""
+    raw.mkdir(parents=True, exist_ok=True)
+    good = scene(4)
+    members = {
+        "000": ("a red square on a blue background", encode(good, "JPEG", quality=90)),
+        "001": ("a png stored under .jpg", encode(scene(5), "PNG")),  # disable_all_reencoding does this
+        "002": ("cut off", encode(good, "JPEG")[:300]),
+        "003": ("a bomb", bomb_png()),
+        "004": ("a web page", HTML_BODY),
+        "005": ("nothing at all", b""),
+        "006": ("ein Bild von einem roten Quadrat auf blauem Grund", encode(good, "WEBP")),
+    }
+    rows = []
+    with tarfile.open(raw / f"{shard}.tar", "w") as tf:
+        for key, (cap, data) in members.items():
+            for name, payload in ((f"{key}.jpg", data), (f"{key}.txt", cap.encode()), (f"{key}.json", b"{}")):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+            rows.append({"key": key, "uid": f"uid{key}", "caption": cap, "status": "success"})
+        evil = tarfile.TarInfo("../../evil.jpg")  # never used as a path: not a key the parquet lists
+        evil.size = 4
+        tf.addfile(evil, io.BytesIO(b"evil"))
+    rows.append({"key": "007", "uid": "uid007", "caption": "listed but absent", "status": "success"})
+    rows.append({"key": "008", "uid": "uid008", "caption": "failed", "status": "failed_to_download"})
+    t = pa.Table.from_pylist(rows)
+    t = t.append_column("url", pa.array([f"http://127.0.0.1/{r['key']}" for r in rows]))
+    t = t.append_column("original_width", pa.array([128] + [None] * (len(rows) - 1), pa.int32()))
+    t = t.append_column("original_height", pa.array([96] + [None] * (len(rows) - 1), pa.int32()))
+    pq.write_table(t, raw / f"{shard}.parquet")
+    (raw / f"{shard}_stats.json").write_text(json.dumps({"count": len(rows)}))
+    return [r["uid"] for r in rows if r["status"] == "success"]
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    return save_random_model(tmp_path_factory.mktemp("clip") / "tiny")
+
+
+def test_shard_unit_records_every_failure_and_resumes(tmp_path):
+    ok_uids = write_raw_shard(tmp_path / "raw")
+    cfg = AnnotateConfig(batch_size=3)  # several batches per shard
+    worker = ShardAnnotator(str(tmp_path), cfg, worker=False)
+    summary = worker(pa.table({"shard": ["00000"]})).to_pylist()
+    assert summary[0]["error"] is None and summary[0]["rows"] == len(ok_uids) == 8
+
+    t = read_annotations(tmp_path)
+    assert t.column_names[:5] == [schema.UID, schema.URL, schema.CAPTION, schema.SHARD, schema.KEY]
+    schema.require(t, schema.ANNOTATIONS, "test")
+    rows = {r["uid"]: r for r in t.to_pylist()}
+    assert sorted(rows) == sorted(ok_uids)  # one row per success, the failure left out
+    err = {u: r[schema.DECODE_ERROR] for u, r in rows.items()}
+    assert err == {
+        "uid000": None,
+        "uid001": None,
+        "uid002": "truncated",
+        "uid003": "too_many_pixels",
+        "uid004": "not_an_image",
+        "uid005": "empty",
+        "uid006": None,
+        "uid007": "missing_in_tar",
+    }
+    assert rows["uid001"][schema.IMAGE_FORMAT] == "png" and rows["uid006"][schema.IMAGE_FORMAT] == "webp"
+    assert rows["uid000"][schema.WIDTH] == 128 and rows["uid000"][schema.ORIGINAL_WIDTH] == 128
+    assert rows["uid002"][schema.WIDTH] is None and rows["uid002"][schema.SHA256] is not None
+    assert rows["uid006"][schema.LANG] == "de" and rows["uid000"][schema.LANG] == "en"
+    assert rows["uid000"][schema.CLIP_SCORE] is None
+    # Different bytes, same pixels? No: JPEG and WebP of one scene differ; but the pHash sees one image.
+    assert hamming(rows["uid000"][schema.PHASH], rows["uid006"][schema.PHASH]) <= 6
+
+    marker = units.read_marker(tmp_path / "annotations", "00000")
+    assert marker["rows"] == 8 and marker["decode_errors"]["truncated"] == 1
+    raw = tmp_path / "raw"
+    assert _is_current(tmp_path / "annotations", raw, "00000", cfg)
+    assert not _is_current(tmp_path / "annotations", raw, "00000", AnnotateConfig(lid_top_k=3))
+    (raw / "00000.parquet").touch()  # a re-downloaded shard is annotated again
+    assert not _is_current(tmp_path / "annotations", raw, "00000", cfg)
+
+
+def test_an_unreadable_shard_is_reported_not_raised_by_the_worker(tmp_path):
+    write_raw_shard(tmp_path / "raw")
+    (tmp_path / "raw" / "00000.tar").write_bytes(b"not a tar at all" * 100)
+    out = ShardAnnotator(str(tmp_path), AnnotateConfig(), worker=False)(pa.table({"shard": ["00000"]}))
+    assert "00000.tar" in out.column("error")[0].as_py()
+    assert not units.is_done(tmp_path / "annotations", "00000")
+
+
+def test_clip_scores_and_embeddings_stored_apart(tmp_path, tiny_clip):
+    write_raw_shard(tmp_path / "raw")
+    ShardAnnotator(str(tmp_path), AnnotateConfig(clip_model=tiny_clip, batch_size=4, clip_batch_size=2), worker=False)(
+        pa.table({"shard": ["00000"]})
+    )
+    t = read_annotations(tmp_path)
+    uids, emb = load_embeddings(tmp_path)
+    _, txt = load_embeddings(tmp_path, schema.TEXT_EMBEDDING)
+    assert uids == t.column(schema.UID).to_pylist() and emb.dtype == np.float16 and emb.shape == (8, 64)
+    decoded = np.array([e is None for e in t.column(schema.DECODE_ERROR).to_pylist()])
+    norms = np.linalg.norm(emb.astype(np.float32), axis=1)
+    assert np.allclose(norms[decoded], 1.0, atol=2e-3) and np.all(norms[~decoded] == 0)
+    score = t.column(schema.CLIP_SCORE).to_numpy(zero_copy_only=False)
+    dots = (emb.astype(np.float32) * txt.astype(np.float32)).sum(1)
+    assert np.allclose(score[decoded], dots[decoded], atol=2e-3) and np.isnan(score[~decoded]).all()
+
+    # The same weights named as ARCH.json:CHECKPOINT (a plain state dict, loaded weights_only) score the same.
+    d = tiny_clip.removeprefix("local-dir:")
+    other = f"{d}/model_config.json:{d}/open_clip_pytorch_model.bin"
+    assert parse_spec(other).weights.endswith(".bin")
+    ShardAnnotator(str(tmp_path), AnnotateConfig(clip_model=other), worker=False)(pa.table({"shard": ["00000"]}))
+    again = read_annotations(tmp_path).column(schema.CLIP_SCORE).to_numpy(zero_copy_only=False)
+    assert np.allclose(again[decoded], score[decoded], atol=1e-5)
+
+    # Annotating again without CLIP removes the embeddings, which would no longer match.
+    ShardAnnotator(str(tmp_path), AnnotateConfig(), worker=False)(pa.table({"shard": ["00000"]}))
+    with pytest.raises(InputError, match="--clip-model"):
+        load_embeddings(tmp_path)
+
+
+@pytest.mark.parametrize("spec", ["ViT-B-32", "ViT-B-32:/no/such/checkpoint.pt", "no-such-arch:/x.pt"])
+def test_unusable_clip_models_are_input_errors(spec):
+    from curate.annotate.clip import ClipScorer
+
+    with pytest.raises(InputError):
+        ClipScorer(spec, "cpu")
+
+
+# --- end to end: synthetic web -> img2dataset -> annotate on Ray -> filter -----------------------
+
+E2E_MIX = {
+    "clean": 0.45,
+    "foreign": 0.12,
+    "generic": 0.05,
+    "exact_dup": 0.05,
+    "tiny": 0.06,
+    "extreme_aspect": 0.06,
+    "blank": 0.06,
+    "truncated": 0.04,
+    "html_as_image": 0.03,
+    "bomb": 0.03,
+    "empty_body": 0.03,
+    "http_404": 0.02,
+}
+
+
+@pytest.fixture(scope="module")
+def downloaded(tmp_path_factory):
+    """A 200-URL synthetic web (no private addresses, no stalls) downloaded by plain img2dataset."""
+    from curate.annotate.raw import download_plain
+    from curate.synthweb import WebConfig, WebServer, build
+
+    root = tmp_path_factory.mktemp("annweb")
+    build(root / "web", WebConfig(n=200, seed=5, mix=E2E_MIX, eval_per_concept=1, retrieval_pairs=5, workers=1))
+    with WebServer(root / "web", slow_seconds=1) as web:
+        download_plain(web.urls_path, root / "build", samples_per_shard=60, threads=8)
+    return root
+
+
+def test_annotate_end_to_end_through_ray(downloaded, ray_local, capsys):
+    from pipelines.cli import main
+
+    build_dir = downloaded / "build"
+    assert main(["annotate", str(build_dir), "--actors", "2"]) == 0
+    assert "annotated 4 of 4 shards" in capsys.readouterr().out
+
+    raw = pa.concat_tables([pq.read_table(p) for p in sorted((build_dir / "raw").glob("*.parquet"))])
+    ok = {r["uid"] for r in raw.to_pylist() if r["status"] == "success"}
+    t = read_annotations(build_dir)
+    uids = t.column(schema.UID).to_pylist()
+    assert len(uids) == len(set(uids)) and set(uids) == ok
+
+    truth = {r["uid"]: r for r in pq.read_table(downloaded / "web" / "truth.parquet").to_pylist()}
+    rows = t.to_pylist()
+    for r in rows:
+        kind = truth[r["uid"]]["kind"]
+        if kind in ("truncated", "html_as_image", "bomb", "empty_body"):
+            assert r[schema.DECODE_ERROR] is not None, (kind, r)
+        else:
+            assert r[schema.DECODE_ERROR] is None, (kind, r)
+            assert (r[schema.WIDTH], r[schema.HEIGHT]) == (truth[r["uid"]]["width"], truth[r["uid"]]["height"])
+            assert r[schema.IMAGE_FORMAT] == truth[r["uid"]]["image_format"]
+    by_kind = {}
+    for r in rows:
+        by_kind.setdefault(truth[r["uid"]]["kind"], []).append(r)
+    assert {r[schema.DECODE_ERROR] for r in by_kind["bomb"]} == {"too_many_pixels"}
+    dup_pairs = [(r, truth[r["uid"]]["dup_of"]) for r in by_kind["exact_dup"]]
+    sha = {r["uid"]: r[schema.SHA256] for r in rows}
+    assert all(sha[r["uid"]] == sha[o] for r, o in dup_pairs if o in sha)
+
+    # A rerun does nothing; the filter preset for the synthetic web drops every low-quality kind.
+    assert main(["annotate", str(build_dir)]) == 0
+    assert "annotated 0 of 4 shards" in capsys.readouterr().out
+    out = downloaded / "decisions.parquet"
+    assert main(["filter", str(build_dir), "--preset", "synthetic-basic", "--out", str(out)]) == 0
+    decisions = {r["uid"]: r for r in pq.read_table(out).to_pylist()}
+    for kind in ("tiny", "extreme_aspect", "blank", "foreign", "truncated", "bomb"):
+        assert not any(decisions[r["uid"]]["keep"] for r in by_kind[kind]), kind
+    clean = [decisions[r["uid"]]["keep"] for r in by_kind["clean"]]
+    assert sum(clean) >= 0.9 * len(clean)
+
+
+def test_annotate_without_raw_shards_is_an_input_error(tmp_path):
+    from pipelines.cli import main
+
+    assert main(["annotate", str(tmp_path)]) == 2
+    with pytest.raises(InputError, match="raw"):
+        annotate(tmp_path)
