@@ -173,6 +173,8 @@ def _plan(cfg: WebConfig) -> list[dict]:
             r["colour"], r["shape"], r["texture"] = o["colour"], o["shape"], o["texture"]
             if r["kind"] == "exact_dup":
                 r["w"], r["h"], r["format"] = o["w"], o["h"], o["format"]
+            else:  # a near copy is made from the original's pixels: render those at the original's size
+                r["orig_w"], r["orig_h"] = o["w"], o["h"]
         concept = Concept(r["colour"], r["shape"])
         if r["kind"] == "misaligned":
             others = [c for c in concepts if c != concept]
@@ -215,10 +217,10 @@ def _near_copy(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image,
     ops = ["resize", "crop", "resize+crop", "reencode"][int(rng.integers(4))]
     w, h = img.size
     if "crop" in ops:
-        dx, dy = (int(round(v * f)) for v, f in zip((w, h), rng.uniform(0.02, 0.06, 2), strict=True))
+        dx, dy = (int(round(v * f)) for v, f in zip((w, h), rng.uniform(0.005, 0.02, 2), strict=True))
         img = img.crop((dx, dy, w - dx, h - dy))
     if "resize" in ops:
-        s = float(rng.uniform(0.6, 0.9))
+        s = float(rng.uniform(0.6, 0.95))
         img = img.resize((max(16, round(img.width * s)), max(16, round(img.height * s))), Image.BILINEAR)
     return img, ops
 
@@ -248,7 +250,7 @@ def _body(row: dict, seed: int) -> bytes:
     if kind == "bomb":
         return bomb_png()
     if kind == "near_dup":
-        orig = dict(row, i=row["orig"], kind="clean")
+        orig = dict(row, i=row["orig"], kind="clean", w=row["orig_w"], h=row["orig_h"])
         img, _ = _near_copy(_image(orig, seed), np.random.default_rng([seed, row["i"], 2]))
         return encode(img, row["format"], row["quality"])
     data = encode(_image(row, seed), row["format"], row["quality"])

@@ -88,20 +88,31 @@ def render(
 ) -> Image.Image:
     """Draw ``concept`` on a ``size = (width, height)`` canvas."""
     w, h = size
-    tone = int(rng.integers(150, 245)) if rng.random() < 0.7 else int(rng.integers(25, 90))
-    bg = _jitter((tone, tone, tone), rng, 12)
-    img = Image.new("RGB", (w, h), bg)
+    # A grey gradient in a random direction plus grey clutter: low-frequency structure that differs
+    # from image to image (so distinct images get distant perceptual hashes, as photos do) and
+    # carries no hue, so the colour that names the concept stays the only colour in the picture.
+    light = rng.random() < 0.7
+    tone = int(rng.integers(150, 235)) if light else int(rng.integers(30, 100))
+    other = int(np.clip(tone + rng.integers(-90, 91), 0, 255))
+    angle = float(rng.uniform(0, 2 * np.pi))
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    t = (xs * np.cos(angle) + ys * np.sin(angle)) / max(w, h)
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+    grey = tone + (other - tone) * t
+    tint = rng.integers(-6, 7, size=3)
+    arr = np.clip(grey[..., None] + tint, 0, 255).astype(np.uint8)
+    img = Image.fromarray(arr, "RGB")
     draw = ImageDraw.Draw(img)
     side = min(w, h)
     if clutter:
-        # Thin grey strokes and small blobs: background structure that carries no concept signal.
-        for _ in range(int(rng.integers(2, 7))):
-            g = int(np.clip(tone + rng.integers(-60, 60), 0, 255))
+        # Strokes and blobs in greys: background structure that carries no concept signal.
+        for _ in range(int(rng.integers(3, 9))):
+            g = int(np.clip(tone + rng.integers(-80, 80), 0, 255))
             x0, y0, x1, y1 = (float(v) for v in rng.uniform(0, 1, 4) * [w, h, w, h])
-            if rng.random() < 0.6:
-                draw.line([(x0, y0), (x1, y1)], fill=(g, g, g), width=max(1, side // 64))
+            if rng.random() < 0.5:
+                draw.line([(x0, y0), (x1, y1)], fill=(g, g, g), width=max(1, int(side * rng.uniform(0.01, 0.04))))
             else:
-                rr = side * float(rng.uniform(0.02, 0.06))
+                rr = side * float(rng.uniform(0.03, 0.14))
                 draw.ellipse([x0 - rr, y0 - rr, x0 + rr, y0 + rr], fill=(g, g, g))
 
     r = side * float(rng.uniform(0.22, 0.38))
