@@ -120,3 +120,35 @@ def test_links_reject_unknown_kinds():
         Links(2).add("fuzzy", np.array([0]), np.array([1]))
     out = resolve(Links(3), np.array(["c", "a", "b"], dtype=object))
     assert out["keeper"].all()
+
+
+def test_decontamination_finds_exact_and_resized_copies_of_eval_images(tmp_path):
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from curate.annotate.image import decode, measure, sha256
+    from curate.dedup.decontaminate import eval_hashes, find_contaminated
+    from curate.synthweb.render import Concept, encode, render
+
+    evals = [encode(render(Concept("red", "star"), np.random.default_rng(i), (96, 96)), "jpeg") for i in range(5)]
+    pq.write_table(pa.table({"image": evals, "label": [0] * 5}), tmp_path / "zs.parquet")
+    resized = Image.open(io.BytesIO(evals[2])).resize((80, 80))
+    pool_bytes = [
+        evals[0],  # exact copy
+        encode(resized, "png"),  # resized, other format
+        encode(render(Concept("blue", "cross"), np.random.default_rng(99), (96, 96)), "jpeg"),  # unrelated
+    ]
+    rows = []
+    for i, b in enumerate(pool_bytes):
+        m = measure(decode(b)[0].pixels)
+        rows.append({"uid": f"p{i}", "sha256": sha256(b), "pixel_hash": m.pixel_hash, "phash": m.phash})
+    pool = pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [("uid", pa.string()), ("sha256", pa.string()), ("pixel_hash", pa.string()), ("phash", pa.uint64())]
+        ),
+    )
+    hits = find_contaminated(pool, {"zs": eval_hashes(tmp_path / "zs.parquet")}, k=6)
+    assert hits == {0: "zs:0", 1: "zs:2"}

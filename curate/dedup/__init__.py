@@ -24,10 +24,11 @@ class DedupConfig:
     exact: bool = True  # identical bytes (sha256)
     pixels: bool = True  # identical decoded pixels in another encoding
     near: bool = True  # pHash within near_k bits
-    # Chosen on the synthetic web (bench/dedup_quality.py): its near copies (resized, cropped by up to
-    # 6%, re-encoded) sit at distance <= 8 from their originals, while distinct images of the same
-    # concept rarely come closer than 12.
-    near_k: int = 8
+    # Chosen on the synthetic web (bench/dedup_quality.py prints the distances for each k).
+    near_k: int = 6
+    # A resized or re-encoded copy keeps its shape, and a crop of a few percent nearly so: pHash
+    # pairs whose width/height ratios differ by more than this are not near duplicates. 0 disables.
+    near_shape_tolerance: float = 0.05
     near_tables: int = 10
     semantic: bool = True  # only where CLIP embeddings exist
     semantic_eps: float = 0.03
@@ -85,7 +86,12 @@ def deduplicate(
         vi, vj, _ = near_pairs(values, cfg.near_config())
         rep = np.full(len(values), -1, np.int64)
         rep[inverse[::-1]] = valid[::-1]  # a representative row per distinct value
-        links.add("near", rep[vi], rep[vj])
+        i, j = rep[vi], rep[vj]
+        if cfg.near_shape_tolerance and schema.WIDTH in names and schema.HEIGHT in names:
+            shape = _log_shape(table)
+            ok = ~(np.abs(shape[i] - shape[j]) > np.log1p(cfg.near_shape_tolerance))  # unknown shape: no veto
+            i, j = i[ok], j[ok]
+        links.add("near", i, j)
     if cfg.semantic and embeddings is not None:
         ok = np.flatnonzero(np.isfinite(embeddings).all(axis=1) & (np.abs(embeddings).sum(axis=1) > 0))
         i, j = semantic_pairs(embeddings[ok], SemanticConfig(eps=cfg.semantic_eps, seed=cfg.seed))
@@ -102,6 +108,13 @@ def deduplicate(
             schema.DUP_KIND: pa.array(out["dup_kind"], pa.string()),
         }
     )
+
+
+def _log_shape(table: pa.Table) -> np.ndarray:
+    w = table.column(schema.WIDTH).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+    h = table.column(schema.HEIGHT).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(w / h)
 
 
 def _scatter(valid: np.ndarray, inverse: np.ndarray, n: int) -> np.ndarray:

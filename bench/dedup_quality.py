@@ -1,0 +1,134 @@
+"""Dedup quality on the synthetic web, against truth.parquet, through the real chain.
+
+Builds a synthetic web, downloads it (plain img2dataset until `tiers download` is used), annotates
+it, deduplicates, and prints: exact duplicates removed (target >= 0.99), near duplicates removed
+(>= 0.95), unique samples wrongly removed (< 1%), and the pHash distances that justify the default
+near-duplicate distance k. Writes bench/results/dedup_quality.json.
+
+    .venv/bin/python bench/dedup_quality.py [--n 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from curate.annotate import AnnotateConfig, annotate, read_annotations
+from curate.dedup import DedupConfig, deduplicate
+from curate.synthweb import DEFAULT_MIX, WebConfig, WebServer, build
+
+# Kinds that need no download to tell apart (and private_address must never be fetched).
+SKIP = {"private_address", "slow"}
+
+
+def download(urls: Path, build_dir: Path) -> None:
+    try:
+        from curate.download import DownloadConfig
+        from curate.download import download as tiers_download
+
+        tiers_download(urls, build_dir, DownloadConfig(timeout=2), allow_private=("127.0.0.0/8",))
+    except ImportError:
+        from curate.annotate.raw import download_plain
+
+        download_plain(urls, build_dir)
+
+
+def score(out, truth: dict) -> dict:
+    """Duplicates handled (the copy and its original share a cluster, so at most one is kept), and
+    unique images wrongly removed, by kind."""
+    dup_of = dict(zip(out.column("uid").to_pylist(), out.column("dup_of").to_pylist(), strict=True))
+    removed = {u for u, d in dup_of.items() if d is not None}
+
+    def cluster(x):
+        return dup_of.get(x) or x
+
+    exact = [u for u in dup_of if truth[u]["kind"] == "exact_dup" and truth[u]["dup_of"] in dup_of]
+    near = [u for u in dup_of if truth[u]["kind"] == "near_dup" and truth[u]["dup_of"] in dup_of]
+    originals = {truth[u]["dup_of"] for u in exact + near}
+    uniques = [u for u in dup_of if truth[u]["kind"] not in ("exact_dup", "near_dup") and u not in originals]
+    wrong = [u for u in uniques if u in removed]
+    return {
+        "exact_removed": round(float(np.mean([cluster(u) == cluster(truth[u]["dup_of"]) for u in exact])), 4),
+        "near_removed": round(float(np.mean([cluster(u) == cluster(truth[u]["dup_of"]) for u in near])), 4),
+        "unique_wrongly_removed": round(len(wrong) / max(len(uniques), 1), 4),
+        "wrongly_removed_by_kind": {
+            k: sum(truth[u]["kind"] == k for u in wrong) for k in sorted({truth[u]["kind"] for u in wrong})
+        },
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=3000)
+    ap.add_argument("--out", default="bench/results/dedup_quality.json")
+    args = ap.parse_args()
+    mix = {k: v for k, v in DEFAULT_MIX.items() if k not in SKIP}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        build(tmp / "web", WebConfig(n=args.n, seed=0, mix=mix, eval_per_concept=1, retrieval_pairs=1))
+        with WebServer(tmp / "web") as web:
+            download(web.urls_path, tmp / "build")
+        annotate(tmp / "build", AnnotateConfig(), progress=False)
+        ann = read_annotations(tmp / "build")
+        truth = {r["uid"]: r for r in pq.read_table(tmp / "web" / "truth.parquet").to_pylist()}
+
+        uids = ann.column("uid").to_pylist()
+        ph = dict(zip(uids, ann.column("phash").to_pylist(), strict=True))
+
+        def dist(a, b):
+            return int(np.bitwise_count(np.uint64(ph[a]) ^ np.uint64(ph[b])))
+
+        near_d = [
+            dist(u, t["dup_of"])
+            for u, t in truth.items()
+            if t["kind"] == "near_dup"
+            and u in ph
+            and t["dup_of"] in ph
+            and ph[u] is not None
+            and ph[t["dup_of"]] is not None
+        ]
+        # Nearest other image of the same concept, for distinct clean images: how close do non-copies get?
+        clean = [u for u, t in truth.items() if t["kind"] == "clean" and u in ph and ph[u] is not None]
+        arr = np.array([ph[u] for u in clean], np.uint64)
+        concept = np.array([truth[u]["concept"] for u in clean], dtype=object)
+        nearest = []
+        for i in range(min(1000, len(clean))):
+            d = np.bitwise_count(arr ^ arr[i]).astype(int)
+            d[i] = 99
+            same = concept == concept[i]
+            nearest.append(int(d[same].min()) if same.sum() > 1 else 99)
+
+        # Only decodable images take part, as in the dedup stage: an undecodable one has failed already.
+        ann = ann.filter(ann.column("decode_error").is_null())
+        results = {}
+        for k, tol in ((3, 0.05), (4, 0.05), (6, 0.05), (8, 0.05), (6, 0.0)):
+            out = deduplicate(ann, DedupConfig(near_k=k, near_shape_tolerance=tol, semantic=False))
+            results[f"k={k} shape_tolerance={tol}"] = score(out, truth)
+        summary = {
+            "n": args.n,
+            "annotated": len(uids),
+            "near_dup_distance_to_original": {
+                "max": max(near_d),
+                "p95": float(np.percentile(near_d, 95)),
+                "mean": float(np.mean(near_d)),
+            },
+            "nearest_same_concept_distance": {
+                "min": min(nearest),
+                "p01": float(np.percentile(nearest, 1)),
+                "p05": float(np.percentile(nearest, 5)),
+                "median": float(np.median(nearest)),
+            },
+            "by_k": results,
+        }
+    print(json.dumps(summary, indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
