@@ -119,9 +119,13 @@ def write_tiers(
     band_cfg: BandConfig = BandConfig(),
     shard_cfg: ShardConfig = ShardConfig(),
     config: dict | None = None,
+    extra: dict | None = None,
     progress: bool = True,
 ) -> dict:
-    """Write ``DIR/tiers/bands/*`` and ``DIR/tiers/manifest.json``; return the manifest."""
+    """Write ``DIR/tiers/bands/*`` and ``DIR/tiers/manifest.json``; return the manifest.
+
+    ``config`` joins the manifest's config; ``extra`` adds top-level keys (input rows, counts).
+    """
     build_dir = Path(build_dir)
     raw_dir, out_dir = build_dir / "raw", build_dir / TIERS
     bands = band_names(band_cfg) + ([FILTERED] if band_cfg.filtered_band else [])
@@ -173,6 +177,7 @@ def write_tiers(
         "format": FORMAT,
         "code_version": code_version(),
         "config": {"bands": asdict(band_cfg), "shards": asdict(shard_cfg), **(config or {})},
+        **(extra or {}),
         "bands": manifest_bands,
         "tiers": _tiers(out_dir, band_cfg, manifest_bands),
     }

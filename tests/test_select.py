@@ -1,0 +1,85 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curate.bands import BandConfig
+from curate.select import assemble, check_counts, counts
+
+
+def tables():
+    uids = [f"u{i}" for i in range(10)]
+    inputs = pa.table(
+        {"uid": uids, "url": [f"http://x/{i}" for i in range(10)], "caption": ["c"] * 10, "src": list("abcdefghij")}
+    )
+    dl_ok = [True] * 8 + [False, False]
+    downloads = pa.table(
+        {
+            "uid": uids[::-1],  # any order
+            "download_status": ["success" if ok else "failed" for ok in dl_ok][::-1],
+            "download_reason": [None if ok else "http_404" for ok in dl_ok][::-1],
+            "download_error": [None] * 10,
+            "shard": ["00000"] * 10,
+            "key": [f"k{i}" for i in range(10)][::-1],
+        }
+    )
+    ann_uids = uids[:8]
+    annotations = pa.table(
+        {
+            "uid": ann_uids,
+            "decode_error": [None] * 7 + ["truncated"],
+            "width": pa.array([100] * 8, pa.int32()),
+        }
+    )
+    keep = [True, True, True, False, True, True, True, False]
+    filters = pa.table(
+        {
+            "uid": ann_uids,
+            "keep": keep,
+            "reason": [None if k else "language" for k in keep],
+            "reasons": [[] if k else ["language", "min_words"] for k in keep],
+        }
+    )
+    dedup = pa.table(
+        {
+            "uid": ann_uids[:7],
+            "dup_of": [None, None, None, None, "u0", None, "zs:3"],
+            "dup_kind": [None, None, None, None, "near", None, "contamination"],
+        }
+    )
+    quality = np.linspace(1, 0, 8).astype(np.float32)
+    return inputs, downloads, annotations, filters, dedup, quality
+
+
+def test_every_row_gets_one_fate_by_precedence():
+    t = assemble(*tables(), BandConfig(edges=(0.5, 1.0)))
+    rows = {r["uid"]: r for r in t.to_pylist()}
+    assert t.column("uid").to_pylist() == [f"u{i}" for i in range(10)]  # input order
+    assert rows["u8"]["status"] == "failed" and rows["u8"]["reason"] == "http_404" and rows["u8"]["band"] is None
+    assert rows["u7"]["status"] == "failed" and rows["u7"]["reason"] == "truncated"
+    assert rows["u6"]["status"] == "dropped" and rows["u6"]["reason"] == "contaminated"
+    assert rows["u4"]["status"] == "dropped" and rows["u4"]["reason"] == "duplicate" and rows["u4"]["dup_of"] == "u0"
+    assert (
+        rows["u3"]["status"] == "dropped" and rows["u3"]["reason"] == "language" and rows["u3"]["band"] == "filtered"
+    )
+    assert rows["u3"]["reasons"] == ["language", "min_words"]
+    kept = [u for u, r in rows.items() if r["status"] == "kept"]
+    assert kept == ["u0", "u1", "u2", "u5"]
+    assert [rows[u]["band"] for u in kept] == ["q000-050", "q000-050", "q050-100", "q050-100"]
+    assert rows["u0"]["src"] == "a" and rows["u0"]["width"] == 100  # extras and annotations carried
+    c = counts(t)
+    assert sum(sum(v.values()) for v in c.values()) == 10
+    assert c["failed"] == {"http_404": 2, "truncated": 1}
+
+
+def test_missing_download_row_or_annotation_is_an_error_not_a_silent_loss():
+    inputs, downloads, annotations, filters, dedup, q = tables()
+    with pytest.raises(RuntimeError, match="download results lack"):
+        assemble(inputs, downloads.slice(1), annotations, filters, dedup, q)
+    with pytest.raises(RuntimeError, match="no annotation row"):
+        assemble(inputs, downloads, annotations.slice(0, 6), filters.slice(0, 6), dedup, q[:6])
+
+
+def test_check_counts_catches_duplicated_rows():
+    t = assemble(*tables())
+    with pytest.raises(RuntimeError):
+        check_counts(pa.concat_tables([t, t.slice(0, 1)]), 10)
