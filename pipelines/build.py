@@ -158,7 +158,7 @@ def shard(out: Path, cfg: BuildConfig, samples: pa.Table, progress: bool = True)
 def build(
     urls,
     out: str | os.PathLike,
-    cfg: BuildConfig = BuildConfig(),
+    cfg: BuildConfig | None = None,
     read_cfg=None,
     ray_address: str | None = None,
     allow_private: str | None = None,
@@ -171,6 +171,7 @@ def build(
     from curate.readers import ReadConfig, read_url_list
     from curate.runtime import ray_session
 
+    cfg = cfg or BuildConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -217,3 +218,90 @@ def stored_config(out: str | os.PathLike) -> BuildConfig:
     if not p.exists():
         return BuildConfig()
     return config_from_toml(json.loads(p.read_text()), source=str(p))
+
+
+def register(sub) -> None:
+    from pipelines.cli import add_read_options
+
+    p = sub.add_parser("build", help="URL list -> download, annotate, dedup, select -> tiered WebDataset shards")
+    p.add_argument("urls", nargs="+", help="URL list files, directories or globs, read as one list")
+    p.add_argument("--out", required=True, help="build directory")
+    p.add_argument("--config", help="build config TOML ([download], [annotate], [filters], [dedup], [bands], ...)")
+    p.add_argument("--ray-address", help="join a Ray cluster instead of starting one here")
+    p.add_argument(
+        "--allow-private-hosts",
+        nargs="?",
+        const="loopback",
+        metavar="NETS",
+        help="also download from loopback (bare flag) or the given networks, e.g. 10.0.0.0/8",
+    )
+    p.add_argument("--clip-model", help="score with this CLIP (see `tiers annotate --help`); overrides the config")
+    add_read_options(p)
+    p.set_defaults(func=_build_cli)
+
+    p = sub.add_parser("retier", help="re-cut bands and rewrite shards from stored tables (no download, no decode)")
+    p.add_argument("out", help="build directory")
+    p.add_argument("--edges", help="cumulative band edges, e.g. 0.1,0.25,0.5,1.0")
+    p.add_argument("--config", help="build config TOML; default: the one the build used")
+    p.set_defaults(func=_retier_cli)
+
+    p = sub.add_parser("dedup", help="re-decide duplicates over the annotation table and rewrite what changed")
+    p.add_argument("out", help="build directory")
+    p.add_argument("--near-k", type=int, help="largest pHash Hamming distance of a near duplicate (default 6)")
+    p.add_argument("--shape-tolerance", type=float, help="largest relative difference of width/height ratios")
+    p.add_argument("--semantic-eps", type=float, help="link CLIP embeddings with cosine > 1 - eps")
+    p.add_argument("--no-semantic", action="store_true", help="skip semantic dedup even with embeddings")
+    p.add_argument("--captions", action="store_true", help="also treat identical normalised captions as duplicates")
+    p.add_argument("--decontaminate", nargs="+", default=None, metavar="PATH", help="evaluation sets to remove")
+    p.set_defaults(func=_dedup_cli)
+
+
+def _build_cli(args) -> int:
+    from pipelines.cli import _read_config
+
+    cfg = load_build_config(args.config)
+    if args.clip_model:
+        cfg = dataclasses.replace(cfg, annotate=dataclasses.replace(cfg.annotate, clip_model=args.clip_model))
+    manifest = build(args.urls, args.out, cfg, _read_config(args), args.ray_address, args.allow_private_hosts)
+    _print_tiers(manifest)
+    return 0
+
+
+def _print_tiers(manifest: dict) -> None:
+    print(
+        f"{manifest['input_rows']:,} input rows: "
+        + ", ".join(f"{s} {sum(v.values()):,}" for s, v in manifest["counts"].items())
+    )
+    for name, t in manifest["tiers"].items():
+        print(f"  {name:<11} {t['samples']:>9,} samples  {t['bytes'] / 1e6:9.1f} MB  {len(t['shards']):>4} shards")
+
+
+def _retier_cli(args) -> int:
+    cfg = load_build_config(args.config) if args.config else stored_config(args.out)
+    if args.edges:
+        try:
+            edges = tuple(float(x) for x in args.edges.split(","))
+            BandConfig(edges=edges).validate()
+        except ValueError as e:
+            raise InputError(f"--edges: {e}") from None
+        cfg = dataclasses.replace(cfg, bands=dataclasses.replace(cfg.bands, edges=edges))
+    _print_tiers(retier(args.out, cfg))
+    return 0
+
+
+def _dedup_cli(args) -> int:
+    cfg = stored_config(args.out)
+    d = cfg.dedup
+    changes = {
+        "near_k": args.near_k,
+        "near_shape_tolerance": args.shape_tolerance,
+        "semantic_eps": args.semantic_eps,
+        "semantic": False if args.no_semantic else None,
+        "captions": True if args.captions else None,
+    }
+    d = dataclasses.replace(d, **{k: v for k, v in changes.items() if v is not None})
+    cfg = dataclasses.replace(cfg, dedup=d)
+    if args.decontaminate is not None:
+        cfg = dataclasses.replace(cfg, decontaminate=tuple(args.decontaminate))
+    _print_tiers(retier(args.out, cfg))
+    return 0

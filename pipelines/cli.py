@@ -127,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_read_options(p)
     p.set_defaults(func=_check)
 
-    from pipelines import demo, study
+    from pipelines import build, demo, study
 
+    build.register(sub)
     demo.register(sub)
     study.register(sub)
     __import__("curate.annotate.cli", fromlist=["register"]).register(sub)  # tiers annotate, tiers filter
