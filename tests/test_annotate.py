@@ -89,6 +89,41 @@ def test_animated_gif_keeps_its_first_frame():
     assert err is None and dec.format == "gif" and dec.pixels.shape == (96, 128, 3)
 
 
+@pytest.mark.parametrize(
+    "fmt, mode, kw",
+    [
+        ("JPEG", "RGB", {}),
+        ("JPEG", "RGB", {"progressive": True}),
+        ("JPEG", "L", {}),
+        ("PNG", "RGB", {}),
+        ("PNG", "P", {}),
+        ("WEBP", "RGB", {}),
+        ("WEBP", "RGB", {"lossless": True}),
+        ("WEBP", "RGBA", {}),  # the extended (VP8X) header
+        ("GIF", "P", {}),
+    ],
+)
+def test_sniff_reads_the_declared_size_without_decoding(fmt, mode, kw):
+    from curate.annotate.headers import sniff
+
+    for w, h in [(1, 1), (123, 45), (17, 300)]:
+        im = Image.fromarray(np.random.default_rng(w).integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
+        buf = io.BytesIO()
+        im.save(buf, fmt, **kw)
+        data = buf.getvalue()
+        assert sniff(data) == (fmt.lower(), w, h)
+        assert sniff(data[:9])[1:] == (None, None)  # a header cut short: unknown, never a guess
+    assert sniff(b"GIF89a") == ("gif", None, None) and sniff(HTML_BODY) == (None, None, None)
+
+
+def test_the_fast_decoder_and_pil_agree_on_lossless_pixels():
+    a = scene(6)
+    fast = img.decode(encode(a, "PNG"))[0]
+    slow = img._decode_pil(encode(a, "PNG"), img.DEFAULT_MAX_PIXELS)[0]
+    assert np.array_equal(fast.pixels, a) and np.array_equal(slow.pixels, a)
+    assert np.array_equal(np.asarray(fast.image), a)
+
+
 def test_signals_mean_what_they_say():
     flat = np.full((64, 80, 3), 200, np.uint8)
     s = img.measure(flat)
@@ -168,6 +203,51 @@ def test_language_id_is_fasttexts_own_top_label():
 def test_a_missing_lid_model_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="language-ID"):
         LanguageID(str(tmp_path / "nope.ftz"))
+
+
+# --- the tar reader -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_reader_agrees_with_tarfile(tmp_path, fmt):
+    from curate.annotate.raw import iter_tar
+
+    path = tmp_path / "t.tar"
+    rng = np.random.default_rng(0)
+    names = ["000000001.jpg", "000000001.txt", "d/" + "x" * 120 + ".jpg", "büro.png", "big.webp"]
+    if fmt == tarfile.USTAR_FORMAT:
+        names[2], names[3] = "d/" + "x" * 90 + ".jpg", "buero.png"  # ustar: <= 100 + prefix, ASCII
+    payloads = [rng.bytes(n) for n in (0, 511, 512, 513, 70_000)]
+    with tarfile.open(path, "w", format=fmt) as tf:
+        d = tarfile.TarInfo("d")
+        d.type = tarfile.DIRTYPE
+        tf.addfile(d)
+        for name, data in zip(names, payloads, strict=True):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("link.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    with open(path, "rb") as f:
+        got = dict(iter_tar(f, lambda n: True))
+    assert got == dict(zip(names, payloads, strict=True))
+    with open(path, "rb") as f:
+        assert [n for n, _ in iter_tar(f, lambda n: n.endswith(".jpg"))] == [names[0], names[2]]
+
+
+def test_tar_reader_refuses_corrupt_and_cut_off_archives(tmp_path):
+    from curate.annotate.raw import iter_tar
+
+    path = tmp_path / "t.tar"
+    with tarfile.open(path, "w") as tf:
+        info = tarfile.TarInfo("a.jpg")
+        info.size = 5000
+        tf.addfile(info, io.BytesIO(b"x" * 5000))
+    data = path.read_bytes()
+    for bad in (data[:1500], data[:300], b"\x01" * 2048, data[:100] + b"9" + data[101:]):
+        with pytest.raises(tarfile.TarError):
+            list(iter_tar(io.BytesIO(bad), lambda n: True))
 
 
 # --- a hand-made raw shard: units, hostile members, CLIP -------------------------------------

@@ -12,7 +12,8 @@
 Outputs are written under temporary names and renamed before the marker, so a killed run leaves
 nothing that looks finished. A rerun skips shards whose marker matches the config and the raw
 files; a changed config (say, ``--clip-model`` added) or a re-downloaded shard is annotated again.
-Shard-level failures (an unreadable tar) are collected and raised after the other shards finish.
+Shard-level failures (an unreadable tar, a model the actors cannot load) are collected and raised
+as one :class:`InputError` after the other shards finish.
 """
 
 from __future__ import annotations
@@ -64,21 +65,31 @@ class ShardAnnotator:
         if worker:
             # One actor per core: library thread pools would only fight each other.
             import cv2
-            import torch
 
             cv2.setNumThreads(1)
-            torch.set_num_threads(max(1, cfg.threads))
+            if cfg.clip_model:  # torch takes seconds to import; only CLIP needs it
+                import torch
+
+                torch.set_num_threads(max(1, cfg.threads))
         self.build_dir = Path(build_dir)
         self.raw_dir = self.build_dir / manifest.RAW
         self.out_dir = self.build_dir / manifest.ANNOTATIONS
         self.cfg = cfg
-        self.annotator = Annotator(cfg)
+        # A model that cannot be loaded is the user's to fix: report it per shard, as a shard error,
+        # rather than as a crashed actor.
+        self.annotator, self.init_error = None, None
+        try:
+            self.annotator = Annotator(cfg)
+        except InputError as e:
+            self.init_error = str(e)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = []
         for shard in batch.column("shard").to_pylist():
             t0 = time.perf_counter()
             try:
+                if self.annotator is None:
+                    raise InputError(self.init_error)
                 n = self.annotate_shard(shard)
                 rows.append({"shard": shard, "rows": n, "seconds": time.perf_counter() - t0, "error": None})
             except InputError as e:
@@ -156,7 +167,7 @@ def annotate(
     todo = [s for s in shards if not _is_current(out_dir, raw_dir, s, cfg)]
     failures = []
     if todo:
-        Annotator(AnnotateConfig(**{**cfg.to_dict(), "device": "cpu"}))  # fail fast on a bad model path
+        _check_models(cfg)
         from curate.runtime import ray_session
 
         with ray_session(ray_address):
@@ -164,6 +175,20 @@ def annotate(
     if failures:
         raise InputError("annotate: " + "; ".join(f"shard {s}: {e}" for s, e in failures))
     return summarise(build_dir, shards, annotated=len(todo))
+
+
+def _check_models(cfg: AnnotateConfig) -> None:
+    """Fail before starting Ray on what is cheap to check: the LID model loads, the CLIP spec parses and
+    names files that exist. Weights are loaded in the actors only."""
+    from curate.annotate.clip import parse_spec
+    from curate.annotate.language import LanguageID
+
+    LanguageID(cfg.lid_model, cfg.lid_top_k)
+    if cfg.clip_model:
+        spec = parse_spec(cfg.clip_model)
+        for path in (spec.arch if spec.arch.endswith(".json") else None, spec.weights):
+            if path and ("/" in path or os.sep in path) and not os.path.exists(path):
+                raise InputError("no such file for --clip-model", path=path)
 
 
 def _run_ray(build_dir: Path, cfg: AnnotateConfig, todo: list[str], progress: bool) -> list[tuple[str, str]]:
@@ -177,7 +202,7 @@ def _run_ray(build_dir: Path, cfg: AnnotateConfig, todo: list[str], progress: bo
         fn_constructor_kwargs={"build_dir": str(build_dir), "cfg": cfg},
         batch_size=1,
         batch_format="pyarrow",
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=max(1, cfg.threads),
         num_gpus=gpus,
     )
