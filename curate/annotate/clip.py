@@ -9,8 +9,8 @@ A model is named by one string (``--clip-model``):
   trainer saves), loaded with ``weights_only=True``;
 - ``local-dir:DIR`` or ``DIR`` holding ``open_clip_config.json`` and the weights (open_clip's own
   self-describing layout), or ``hf-hub:org/repo`` (from the cache);
-- a run directory or checkpoint written by ``tiers train`` — the Data Filtering Network path — via
-  ``train.load_model`` once the trainer provides it.
+- ``run:PATH``, or a ``PATH`` that is not one of the above: a run directory or checkpoint written by
+  ``tiers train`` — the Data Filtering Network path — loaded by ``train.load_model``.
 
 A bare architecture name without weights is refused: it would score with random weights.
 """
@@ -18,6 +18,7 @@ A bare architecture name without weights is refused: it would score with random 
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,8 @@ def parse_spec(text: str) -> ClipSpec:
     text = text.strip()
     if text.startswith(("hf-hub:", "local-dir:")):
         return ClipSpec(text, None)
+    if text.startswith("run:"):
+        return ClipSpec("", None, trainer_run=text[len("run:") :])
     p = Path(text)
     if p.is_dir() and (p / "open_clip_config.json").is_file():
         return ClipSpec(f"local-dir:{p}", None)
@@ -46,7 +49,7 @@ def parse_spec(text: str) -> ClipSpec:
     if not sep or not arch or not weights:
         raise InputError(
             f"--clip-model {text!r}: name the weights too, as ARCH:TAG (cached pretrained weights), "
-            "ARCH:/path/to/checkpoint.pt, local-dir:DIR, or a `tiers train` run directory"
+            "ARCH:/path/to/checkpoint.pt, local-dir:DIR, or run:DIR (a `tiers train` run)"
         )
     return ClipSpec(arch, weights)
 
@@ -80,8 +83,10 @@ def load(spec: ClipSpec, device: str = "cpu"):
                 "`tiers train` loader for trainer runs; name it as ARCH:PATH instead",
                 path=spec.trainer_run,
             )
-        model, preprocess, tokenizer = train.load_model(spec.trainer_run)
-        return model.to(device).eval(), preprocess, tokenizer
+        if not os.path.exists(spec.trainer_run):
+            raise InputError("no `tiers train` run or checkpoint here", path=spec.trainer_run)
+        model, preprocess, tokenizer = train.load_model(spec.trainer_run, device=device)
+        return model.eval(), preprocess, tokenizer
     arch = _arch_name(spec.arch)
     weights = spec.weights
     if weights is not None and ("/" in weights or os.sep in weights or weights.endswith((".pt", ".pth", ".bin"))):
@@ -90,7 +95,7 @@ def load(spec: ClipSpec, device: str = "cpu"):
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights, device=device)
         tokenizer = open_clip.get_tokenizer(arch)
-    except (RuntimeError, FileNotFoundError, ValueError, KeyError, OSError) as e:
+    except (RuntimeError, FileNotFoundError, ValueError, KeyError, OSError, pickle.UnpicklingError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputError(f"cannot load CLIP model {spec.arch}:{weights}: {first}") from None
     return model.eval(), preprocess, tokenizer

@@ -186,7 +186,7 @@ def _check_models(cfg: AnnotateConfig) -> None:
     LanguageID(cfg.lid_model, cfg.lid_top_k)
     if cfg.clip_model:
         spec = parse_spec(cfg.clip_model)
-        for path in (spec.arch if spec.arch.endswith(".json") else None, spec.weights):
+        for path in (spec.arch if spec.arch.endswith(".json") else None, spec.weights, spec.trainer_run):
             if path and ("/" in path or os.sep in path) and not os.path.exists(path):
                 raise InputError("no such file for --clip-model", path=path)
 
