@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(sub)
     study.register(sub)
     __import__("curate.annotate.cli", fromlist=["register"]).register(sub)  # tiers annotate, tiers filter
+    __import__("curate.download.cli", fromlist=["register"]).register(sub)  # tiers download
     return parser
 
 

@@ -1,0 +1,104 @@
+"""``tiers download``: a thin layer over :func:`curate.download.download` and :func:`retry_failed`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from curate.errors import InputError
+
+
+def _allow(value: str) -> str:
+    from curate.download.safety import parse_allow
+
+    try:
+        parse_allow(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"{e}; with a URL list after the flag, write the flag last or as --allow-private-hosts=NETS"
+        ) from None
+    return value
+
+
+def register(sub) -> None:
+    from pipelines.cli import add_read_options
+
+    p = sub.add_parser(
+        "download",
+        help="download a URL list into DIR/raw/ (img2dataset on Ray), every URL accounted for; resumable",
+        description="Download URLS into DIR/raw/: WebDataset tars, one parquet row per input row (success, or "
+        "failure with a reason), manifest.json. Rerun the same command after an interruption to finish it.",
+    )
+    p.add_argument("urls", nargs="*", help="URL list files, directories or globs, read as one list")
+    p.add_argument("--out", help="build directory; the download goes to OUT/raw/")
+    p.add_argument("--config", help="TOML file of download settings (image_size, resize_mode, timeout, threads, ...)")
+    p.add_argument("--ray-address", help="join this Ray cluster instead of starting one here")
+    p.add_argument(
+        "--allow-private-hosts",
+        nargs="?",
+        const="",
+        type=_allow,
+        metavar="NETS",
+        help="also allow loopback hosts (127.0.0.0/8, ::1), and the comma-separated networks NETS if given "
+        "(e.g. 10.0.0.0/8); default: public addresses only",
+    )
+    p.add_argument(
+        "--retry-failed",
+        metavar="DIR",
+        help="instead of a new download: try again the URLs of DIR that failed for a transient reason, and merge",
+    )
+    p.add_argument(
+        "--reasons", help="with --retry-failed: comma-separated reasons (default: timeout, http_5xx, http_429)"
+    )
+    p.add_argument("--cpus", type=int, help="CPUs for a local Ray (default: all); one shard task per CPU")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_read_options(p)
+    p.set_defaults(func=_download)
+
+
+def _download(args: argparse.Namespace) -> int:
+    from curate.download import REASONS, download, load_config, retry_failed
+
+    cfg = load_config(args.config) if args.config else None
+    common = dict(
+        allow_private=args.allow_private_hosts,
+        ray_address=args.ray_address,
+        num_cpus=args.cpus,
+        progress=not args.no_progress,
+    )
+    t0 = time.perf_counter()
+    if args.retry_failed:
+        if args.urls or args.out:
+            raise InputError("--retry-failed DIR takes no URL list and no --out")
+        reasons = None
+        if args.reasons:
+            reasons = [r.strip() for r in args.reasons.split(",") if r.strip()]
+            unknown = sorted(set(reasons) - set(REASONS))
+            if unknown:
+                raise InputError(f"--reasons: unknown {', '.join(unknown)}; known: {', '.join(REASONS)}")
+        s = retry_failed(args.retry_failed, cfg, reasons=reasons, **common)
+    else:
+        if not args.urls or not args.out:
+            raise InputError("give a URL list and --out DIR (or --retry-failed DIR)")
+        from pipelines.cli import _read_config
+
+        s = download(args.urls, args.out, cfg, read_config=_read_config(args), **common)
+    dt = time.perf_counter() - t0
+    if s["status"] != "complete":
+        print(f"download incomplete after {dt:.1f} s: {len(s['missing_shards'])} shard(s) ran out of retries:")
+        for shard, err in s["failed_shards"].items():
+            print(f"  {shard}: {err}")
+        print("run the same command again to finish them", file=sys.stderr)
+        return 1
+    n, ok = s["input_rows"], s["successes"]
+    print(f"{n} URLs in {dt:.1f} s: {ok} downloaded ({100 * ok / max(1, n):.1f}%), {s['failures']} failed")
+    for reason, k in s["failures_by_reason"].items():
+        print(f"  {reason:<18} {k:>8}")
+    if args.retry_failed:
+        if not s["retried"]:
+            print("nothing to retry: no failures with those reasons")
+            return 0
+        r = s["rounds"][-1]
+        print(f"retry round {r['round']}: {r['rows']} retried ({', '.join(r['reasons'])}), {r['recovered']} recovered")
+    return 0

@@ -1,0 +1,201 @@
+"""What a download directory is meant to hold: the input, cut into shards, and retry rounds.
+
+``plan(raw, table, cfg)`` writes, once, ``raw/_input/NNNNN.parquet`` (consecutive slices of
+``samples_per_shard`` input rows: uid, url, caption and the extra columns, made safe for
+img2dataset) and then ``raw/_input/plan.json`` (rows, shard ids, a digest of the uids, the config).
+The plan is written last, so its presence means the input shards are complete; a rerun reuses it
+and refuses a different URL list or different output settings for the same directory.
+
+A retry round (``tiers download --retry-failed``) adds shards after the last one, holding the rows
+to try again, and ``raw/_input/round-NNN.json`` naming them and the shards the rows came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate import code_version, schema, units
+from curate.download.config import DownloadConfig, config_from_dict
+from curate.download.worker import INPUT, input_path, shard_name
+from curate.errors import InputError
+
+PLAN = "plan.json"
+FORMAT = "clip-tiers/download-plan@1"
+# Names img2dataset writes itself (or refuses in save_additional_columns) but clip-tiers does not reserve.
+IMG2DATASET_OWN = frozenset(
+    {"key", "width", "height", "original_width", "original_height", "status", "error_message", "exif"}
+    | {"md5", "sha256", "sha512"}
+)
+_PLAIN = (pa.types.is_string, pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
+
+
+def uid_digest(uids: list[str]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for u in uids:
+        h.update(u.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _plain_column(col: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+    """Strings, numbers and booleans pass; anything else becomes text (Arrow's cast, else JSON), so
+    img2dataset's per-sample ``.json`` never meets a value it cannot serialise (it would drop the sample)."""
+    t = col.type
+    if pa.types.is_dictionary(t):
+        col, t = col.cast(t.value_type), t.value_type
+    if pa.types.is_large_string(t):
+        return col.cast(pa.string())
+    if any(test(t) for test in _PLAIN):
+        return col
+    if not pa.types.is_nested(t):
+        try:
+            return col.cast(pa.string())  # timestamps, dates, decimals: their usual text
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass  # e.g. binary that is not UTF-8
+    return pa.array([None if v is None else json.dumps(v, default=str) for v in col.to_pylist()], pa.string())
+
+
+def img2dataset_safe(table: pa.Table) -> pa.Table:
+    """The canonical URL table with extra columns renamed away from img2dataset's names and made plain."""
+    names, cols = [], []
+    for name in table.column_names:
+        col = table.column(name)
+        if name in (schema.UID, schema.URL, schema.CAPTION):
+            cols.append(col.cast(pa.string()))
+        else:
+            cols.append(_plain_column(col))
+            if name in IMG2DATASET_OWN or name in schema.RESERVED:
+                name = schema.INPUT_PREFIX + name
+        names.append(name)
+    return pa.table(cols, names=names)
+
+
+def read_plan(raw: Path) -> dict | None:
+    p = raw / INPUT / PLAN
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def plan_config(plan: dict) -> DownloadConfig:
+    return config_from_dict(plan["config"])
+
+
+def check_config(plan: dict, cfg: DownloadConfig, raw: Path) -> None:
+    before = plan["fingerprint"]
+    now = cfg.fingerprint()
+    if before != now:
+        diff = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in now if before.get(k) != now.get(k))
+        raise InputError(
+            f"this directory was downloaded with other output settings ({diff}); "
+            "use those settings to resume, or a new --out",
+            path=str(raw),
+        )
+
+
+def plan(raw: Path, table: pa.Table, cfg: DownloadConfig, source: str | None = None) -> dict:
+    """Write the input shards and the plan, or check that an existing plan is for this input."""
+    uids = table.column(schema.UID).to_pylist()
+    digest = uid_digest(uids)
+    existing = read_plan(raw)
+    if existing is not None:
+        if existing["rows"] != len(uids) or existing["uid_digest"] != digest:
+            raise InputError(
+                f"this directory holds the download of another URL list ({existing['rows']} rows from "
+                f"{existing.get('source')}); this list has {len(uids)} rows. Use a new --out",
+                path=str(raw),
+            )
+        check_config(existing, cfg, raw)
+        return existing
+    table = img2dataset_safe(table)
+    n = cfg.samples_per_shard
+    ids = list(range((table.num_rows + n - 1) // n))
+    for i in ids:
+        with units.atomic_path(input_path(raw, shard_name(i))) as tmp:
+            pq.write_table(table.slice(i * n, n), tmp)
+    info = {
+        "format": FORMAT,
+        "code_version": code_version(),
+        "source": source,
+        "rows": len(uids),
+        "uid_digest": digest,
+        "shards": ids,
+        "columns": table.column_names,
+        "fingerprint": cfg.fingerprint(),
+        "config": cfg.to_dict(),
+    }
+    write_json(raw / INPUT / PLAN, info)
+    return info
+
+
+def write_json(path: Path, data: dict) -> None:
+    with units.atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+# --- retry rounds -----------------------------------------------------------------------------------
+
+
+def round_path(raw: Path, r: int) -> Path:
+    return raw / INPUT / f"round-{r:03d}.json"
+
+
+def read_rounds(raw: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((raw / INPUT).glob("round-*.json"))]
+
+
+def all_shards(plan_info: dict, rounds: list[dict]) -> list[int]:
+    return list(plan_info["shards"]) + [s for r in rounds for s in r["shards"]]
+
+
+def shard_rows(plan_info: dict, rounds: list[dict]) -> dict[int, int]:
+    """Input rows per shard id: consecutive slices of ``samples_per_shard``, the last one short."""
+    n = plan_info["fingerprint"]["samples_per_shard"]
+    out = {}
+    for ids, total in [(plan_info["shards"], plan_info["rows"])] + [(r["shards"], r["rows"]) for r in rounds]:
+        for k, s in enumerate(ids):
+            out[s] = min(n, total - k * n)
+    return out
+
+
+def plan_round(
+    raw: Path,
+    plan_info: dict,
+    rounds: list[dict],
+    rows: pa.Table,
+    origins: dict[str, int],
+    samples_per_shard: int,
+    reasons: list[str],
+) -> dict:
+    """Write the input shards of a new retry round (rows: input columns of the rows to retry)."""
+    r = len(rounds) + 1
+    start = max(all_shards(plan_info, rounds)) + 1
+    n = samples_per_shard
+    ids = [start + k for k in range((rows.num_rows + n - 1) // n)]
+    for k, i in enumerate(ids):
+        with units.atomic_path(input_path(raw, shard_name(i))) as tmp:
+            pq.write_table(rows.slice(k * n, n), tmp)
+    info = {"round": r, "reasons": reasons, "rows": rows.num_rows, "shards": ids, "origins": origins}
+    write_json(round_path(raw, r), info)
+    return info
+
+
+def round_uids(raw: Path, info: dict) -> set[str]:
+    out: set[str] = set()
+    for s in info["shards"]:
+        out.update(pq.read_table(input_path(raw, shard_name(s)), columns=[schema.UID]).column(0).to_pylist())
+    return out
+
+
+def remove_stale(raw: Path) -> None:
+    """Clear what a killed run left: attempt directories and temporary files."""
+    import shutil
+
+    shutil.rmtree(raw / "_tmp", ignore_errors=True)
+    if raw.exists():
+        units.remove_stale_temporaries(raw)
+    os.makedirs(raw, exist_ok=True)

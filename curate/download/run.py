@@ -1,0 +1,276 @@
+"""Drive a download on Ray: plan, run the missing shards with retries, merge retry rounds, account.
+
+``download(urls, out, cfg)`` is resumable and idempotent: it plans ``out/raw/`` once (see
+:mod:`curate.download.plan`), runs every shard without a completion marker as a Ray task (one CPU
+each, ``cfg.threads`` download threads inside), re-runs a shard whose task failed or whose worker
+died up to ``cfg.shard_retries`` times, and then writes ``raw/manifest.json``. Killed at any
+moment and run again, it does only the missing shards; run on a finished directory it starts
+nothing and returns the same manifest.
+
+``retry_failed(out)`` downloads again the rows that failed for a transient reason (timeouts, 5xx,
+429) as a new round of shards, then removes those rows from the shards they came from, so each uid
+is still in exactly one raw parquet.
+
+The manifest (``format = "clip-tiers/raw@1"``) holds ``input_rows``, ``successes``, ``failures``
+and ``failures_by_reason``, which add up (checked against the uids in the parquets before it is
+written), plus ``status`` ("complete" or "incomplete", with ``failed_shards`` naming each shard
+that ran out of retries and its last error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections import Counter, deque
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate import code_version, manifest, schema, units
+from curate.download import plan as planning
+from curate.download.config import DownloadConfig
+from curate.download.progress import DownloadProgress
+from curate.download.safety import AddressPolicy, parse_allow
+from curate.download.worker import TMP, input_path, run_shard, shard_name
+from curate.errors import InputError
+
+FORMAT = "clip-tiers/raw@1"
+MANIFEST = "manifest.json"
+
+
+def as_policy(allow_private: AddressPolicy | str | bool | None) -> AddressPolicy:
+    """None/False: public hosts only; True or "": plus loopback; "NET,NET": plus loopback and those networks."""
+    if isinstance(allow_private, AddressPolicy):
+        return allow_private
+    if allow_private is None or allow_private is False:
+        return AddressPolicy()
+    try:
+        return parse_allow("" if allow_private is True else allow_private)
+    except ValueError as e:
+        raise InputError(f"--allow-private-hosts: {e}") from None
+
+
+def read_manifest(out: str | os.PathLike) -> dict | None:
+    p = Path(out) / manifest.RAW / MANIFEST
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def download(
+    urls,
+    out: str | os.PathLike,
+    cfg: DownloadConfig | None = None,
+    *,
+    read_config=None,
+    allow_private: AddressPolicy | str | bool | None = None,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Download a URL list (a path, glob or list of them, or the table from ``read_url_list``) into
+    ``out/raw/``; returns the raw manifest. Bad input raises :class:`InputError`."""
+    cfg = cfg or DownloadConfig()
+    policy = as_policy(allow_private)
+    if isinstance(urls, pa.Table):
+        table, source = urls, None
+    else:
+        from curate.readers import ReadConfig, read_url_list
+
+        table = read_url_list(urls, read_config or ReadConfig())
+        source = ", ".join(map(os.fspath, urls)) if isinstance(urls, list | tuple) else os.fspath(urls)
+    raw = Path(out) / manifest.RAW
+    info = planning.plan(raw, table, cfg, source)
+    return _complete(raw, info, cfg, policy, ray_address, num_cpus, progress)
+
+
+def retry_failed(
+    out: str | os.PathLike,
+    cfg: DownloadConfig | None = None,
+    *,
+    reasons: list[str] | tuple[str, ...] | None = None,
+    allow_private: AddressPolicy | str | bool | None = None,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Download again the rows that failed with one of ``reasons`` (default: the config's transient
+    ones) and merge the results; returns the raw manifest plus ``retried`` (rows tried again; when
+    not 0 the last ``rounds`` entry says how many were recovered)."""
+    raw = Path(out) / manifest.RAW
+    info = planning.read_plan(raw)
+    if info is None:
+        raise InputError("no download here (expected DIR/raw/ from `tiers download`)", path=str(raw))
+    cfg = cfg or planning.plan_config(info)
+    planning.check_config(info, cfg, raw)
+    policy = as_policy(allow_private)
+    unmerged = [r for r in planning.read_rounds(raw) if not units.is_done(raw, _round_unit(r))]
+    summary = _complete(raw, info, cfg, policy, ray_address, num_cpus, progress)
+    if summary["status"] != "complete":
+        return {**summary, "retried": 0}
+    if unmerged:  # a retry killed half-way: finishing it is this command's job
+        return {**summary, "retried": unmerged[-1]["rows"]}
+    wanted = sorted(reasons or cfg.transient_reasons)
+    rounds = planning.read_rounds(raw)
+    picked, origins = [], {}
+    for s in planning.all_shards(info, rounds):
+        name = shard_name(s)
+        t = pq.read_table(raw / f"{name}.parquet", columns=[schema.UID, schema.DOWNLOAD_REASON])
+        uids = t.filter(pc.is_in(t.column(schema.DOWNLOAD_REASON), pa.array(wanted, pa.string()))).column(0)
+        if len(uids):
+            rows = pq.read_table(input_path(raw, name))
+            picked.append(rows.filter(pc.is_in(rows.column(schema.UID), uids.combine_chunks())))
+            origins[name] = len(uids)
+    if not picked:
+        return {**summary, "retried": 0}
+    rows = pa.concat_tables(picked)
+    planning.plan_round(raw, info, rounds, rows, origins, cfg.samples_per_shard, wanted)
+    return {**_complete(raw, info, cfg, policy, ray_address, num_cpus, progress), "retried": rows.num_rows}
+
+
+def _round_unit(r: dict) -> str:
+    return f"round-{r['round']:03d}"
+
+
+def _complete(raw: Path, info: dict, cfg, policy, ray_address, num_cpus, show: bool) -> dict:
+    rounds = planning.read_rounds(raw)
+    shards = planning.all_shards(info, rounds)
+    pending = [s for s in shards if not units.is_done(raw, shard_name(s))]
+    unmerged = [r for r in rounds if not units.is_done(raw, _round_unit(r))]
+    previous = read_manifest(raw.parent)
+    if not pending and not unmerged and previous and previous.get("status") == "complete":
+        return previous
+    planning.remove_stale(raw)
+    failed: dict[str, str] = {}
+    if pending:
+        from curate.runtime import ray_session
+
+        with ray_session(ray_address, num_cpus):
+            failed = _execute(raw, planning.shard_rows(info, rounds), pending, cfg, policy, show)
+    for r in unmerged:
+        if all(units.is_done(raw, shard_name(s)) for s in r["shards"]):
+            _merge_round(raw, r)
+    return _finalize(raw, info, planning.read_rounds(raw), cfg, policy, failed)
+
+
+def _execute(raw: Path, rows: dict[int, int], pending: list[int], cfg, policy, show: bool) -> dict[str, str]:
+    """Run ``pending`` shards as Ray tasks, re-running failed ones; returns {shard: last error} of the
+    shards that ran out of retries. ``rows``: input rows of every shard, for the progress bar."""
+    import ray
+
+    task = ray.remote(num_cpus=1, max_retries=0)(run_shard)
+    markers = [units.read_marker(raw, shard_name(s)) for s in rows if s not in set(pending)]
+    done_rows = sum(m["rows"] for m in markers if m)
+    done_ok = sum(m["successes"] for m in markers if m)
+    total = done_rows + sum(rows[s] for s in pending)
+    bar = DownloadProgress(raw, total, done_rows, done_ok, enabled=show)
+    # Keep Ray's queue short: shards start in order, and a retry goes to the front.
+    slots = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    queue, inflight = deque(pending), {}
+    attempts: Counter[int] = Counter()
+    failed: dict[str, str] = {}
+    try:
+        while queue or inflight:
+            while queue and len(inflight) < slots:
+                s = queue.popleft()
+                inflight[task.remote(str(raw), s, cfg, policy)] = s
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
+            for ref in ready:
+                s = inflight.pop(ref)
+                try:
+                    got = ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - a task error or a dead worker: the shard runs again
+                    attempts[s] += 1
+                    if attempts[s] <= cfg.shard_retries:
+                        queue.appendleft(s)
+                    else:
+                        failed[shard_name(s)] = f"{_one_line(e)} (after {attempts[s]} attempts)"
+                    continue
+                bar.shard_done(got["rows"], got["successes"])
+            bar.poll()
+    finally:
+        bar.close()
+    return failed
+
+
+def _one_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:500]
+
+
+def _merge_round(raw: Path, r: dict) -> None:
+    """Drop the round's uids from the shards they came from (their new rows live in the round's shards)."""
+    uids = pa.array(sorted(planning.round_uids(raw, r)), pa.string())
+    for origin in r["origins"]:
+        p = raw / f"{origin}.parquet"
+        t = pq.read_table(p)
+        keep = t.filter(pc.invert(pc.is_in(t.column(schema.UID), uids)))
+        if keep.num_rows != t.num_rows:
+            with units.atomic_path(p) as tmp:
+                pq.write_table(keep, tmp)
+        marker = units.read_marker(raw, origin) or {}
+        counts = Counter(x for x in keep.column(schema.DOWNLOAD_REASON).to_pylist() if x is not None)
+        marker.update(rows=keep.num_rows, successes=keep.num_rows - sum(counts.values()), failures=dict(counts))
+        units.mark_done(raw, origin, marker)
+    ok = sum(units.read_marker(raw, shard_name(s))["successes"] for s in r["shards"])
+    units.mark_done(raw, _round_unit(r), {"recovered": ok})
+
+
+def _finalize(raw: Path, info: dict, rounds: list[dict], cfg, policy: AddressPolicy, failed: dict) -> dict:
+    shards = [shard_name(s) for s in planning.all_shards(info, rounds)]
+    missing = [s for s in shards if not units.is_done(raw, s)]
+    summary = {
+        "format": FORMAT,
+        "code_version": code_version(),
+        "status": "incomplete" if missing else "complete",
+        "source": info.get("source"),
+        "input_rows": info["rows"],
+        "successes": None,
+        "failures": None,
+        "failures_by_reason": None,
+        "shards": len(shards),
+        "rounds": [
+            {**r, "recovered": (units.read_marker(raw, _round_unit(r)) or {}).get("recovered")} for r in rounds
+        ],
+        "config": cfg.to_dict(),
+        "allowed": policy.describe(),
+    }
+    if missing:
+        summary["missing_shards"] = missing
+        summary["failed_shards"] = {s: failed.get(s, "not run") for s in missing}
+    else:
+        t = pa.concat_tables(
+            pq.read_table(raw / f"{s}.parquet", columns=[schema.UID, schema.DOWNLOAD_REASON]) for s in shards
+        )
+        uids = t.column(schema.UID)
+        if t.num_rows != info["rows"] or pc.count_distinct(uids).as_py() != info["rows"]:
+            raise RuntimeError(
+                f"{raw}: accounting broke: {t.num_rows} raw rows, {pc.count_distinct(uids).as_py()} distinct uids, "
+                f"{info['rows']} input rows"
+            )
+        counts = Counter(x for x in t.column(schema.DOWNLOAD_REASON).to_pylist() if x is not None)
+        summary["failures"] = sum(counts.values())
+        summary["successes"] = t.num_rows - summary["failures"]
+        summary["failures_by_reason"] = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    planning.write_json(raw / MANIFEST, summary)
+    with contextlib.suppress(OSError):
+        (raw / TMP).rmdir()  # empty once every task has returned
+    return summary
+
+
+def read_results(out: str | os.PathLike) -> pa.Table:
+    """``uid`` and the ``schema.DOWNLOAD`` columns of every raw shard: one row per input row.
+
+    Raises InputError unless ``out/raw/`` holds a complete download.
+    """
+    raw = Path(out) / manifest.RAW
+    m = read_manifest(out)
+    if m is None or m.get("status") != "complete":
+        state = "no download" if m is None else "an incomplete download"
+        raise InputError(f"{state} here; run `tiers download` (again) first", path=str(raw))
+    info = planning.read_plan(raw)
+    names = [shard_name(s) for s in planning.all_shards(info, planning.read_rounds(raw))]
+    cols = [schema.UID] + schema.DOWNLOAD.names
+    tables = [pq.read_table(raw / f"{s}.parquet", columns=cols) for s in names]
+    return pa.concat_tables(tables).cast(pa.schema([pa.field(schema.UID, pa.string()), *schema.DOWNLOAD]))
