@@ -1,0 +1,141 @@
+"""Decoding and augmentation of one sample: image bytes to a uint8 tensor, caption to an augmented caption.
+
+Everything here runs in loader workers and draws from the generators it is handed, so a sample's
+augmentation is a function of its seed alone (what makes resume exact). Images leave as uint8
+``(3, H, W)``; the training loop normalises whole batches on the device, which keeps the tensors
+crossing from workers four times smaller than float ones.
+
+Hostile bytes are the caller's to catch: :func:`decode_image` raises on anything it cannot or
+should not decode (truncated files, HTML, decompression bombs), and the loader skips and counts.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+
+import torch
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+
+from train.config import ImageAug, TextAug
+
+# Refuse before decoding: a 200-byte PNG can declare 10^10 pixels.
+MAX_PIXELS = 40_000_000
+
+STOPWORDS = frozenset(
+    "a an the of on in at to and or is are was were be been with for by from this that these those it its "
+    "as into onto over under one some my your our their".split()
+)
+
+
+def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
+    """RGB image from encoded bytes. With ``min_side``, JPEGs decode at the smallest DCT scale that
+    keeps both sides >= ``min_side`` (several times faster for small models). Raises on bad input."""
+    img = Image.open(io.BytesIO(data))
+    w, h = img.size
+    if w * h > MAX_PIXELS or w < 1 or h < 1:
+        raise ValueError(f"refusing to decode a {w}x{h} image")
+    if min_side and img.format == "JPEG":
+        img.draft("RGB", (min_side, min_side))
+    return img.convert("RGB")
+
+
+def draft_side(image_size: int, aug: ImageAug | None) -> int:
+    """The decode size that still leaves the smallest random crop at least ``image_size`` pixels."""
+    lo = aug.scale[0] if aug else 1.0
+    return int(image_size / max(lo, 1e-3) ** 0.5) + 1
+
+
+def train_transform(image_size: int, aug: ImageAug) -> T.Compose:
+    """PIL -> uint8 tensor, with the recipe's image augmentation."""
+    ops: list = [
+        T.RandomResizedCrop(image_size, scale=aug.scale, ratio=aug.ratio, interpolation=InterpolationMode.BICUBIC)
+    ]
+    if aug.flip:
+        ops.append(T.RandomHorizontalFlip(aug.flip))
+    if aug.jitter or aug.hue:
+        ops.append(T.RandomApply([T.ColorJitter(aug.jitter, aug.jitter, aug.jitter, aug.hue)], p=aug.jitter_p))
+    if aug.grayscale:
+        ops.append(T.RandomGrayscale(aug.grayscale))
+    if aug.blur:
+        kernel = max(3, (image_size // 10) | 1)
+        ops.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=aug.blur))
+    ops.append(T.PILToTensor())
+    return T.Compose(ops)
+
+
+def eval_transform(image_size: int) -> T.Compose:
+    """PIL -> uint8 tensor: resize the short side, centre crop (open_clip's evaluation geometry)."""
+    return T.Compose(
+        [
+            T.Resize(image_size, interpolation=InterpolationMode.BICUBIC),
+            T.CenterCrop(image_size),
+            T.PILToTensor(),
+        ]
+    )
+
+
+def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` -> float, normalised with per-channel ``mean``/``std`` of shape (3, 1, 1)."""
+    return images.float().div_(255).sub_(mean).div_(std)
+
+
+_WORD = re.compile(r"\S+")
+
+
+class CaptionAugmenter:
+    """Word-level caption augmentation (EDA-style, as in Fini et al.): synonym replacement, stopword
+    removal, random deletion, one random swap. Each switch is off at 0."""
+
+    def __init__(self, aug: TextAug):
+        self.aug = aug
+        self.thesaurus: dict[str, list[str]] = {}
+        if aug.thesaurus and aug.synonyms:
+            import json
+
+            with open(aug.thesaurus) as f:
+                self.thesaurus = {k.lower(): list(v) for k, v in json.load(f).items() if v}
+
+    @property
+    def active(self) -> bool:
+        a = self.aug
+        return bool(a.swap or a.delete or a.stopwords or (a.synonyms and self.thesaurus))
+
+    def __call__(self, text: str, rng: random.Random) -> str:
+        a = self.aug
+        words = _WORD.findall(text)
+        if len(words) < 2:
+            return text
+        if a.synonyms and self.thesaurus:
+            words = [
+                rng.choice(self.thesaurus[w.lower()])
+                if w.lower() in self.thesaurus and rng.random() < a.synonyms
+                else w
+                for w in words
+            ]
+        if a.stopwords and rng.random() < a.stopwords:
+            words = [w for w in words if w.lower() not in STOPWORDS] or words
+        if a.delete:
+            kept = [w for w in words if rng.random() >= a.delete]
+            words = kept or [rng.choice(words)]
+        if a.swap and len(words) > 1 and rng.random() < a.swap:
+            i, j = rng.sample(range(len(words)), 2)
+            words[i], words[j] = words[j], words[i]
+        return " ".join(words)
+
+
+def drop_tokens(tokens: torch.Tensor, p: float, rngs: list[random.Random]) -> torch.Tensor:
+    """Drop each caption token with probability ``p``, keeping the start token and the end token
+    (open_clip pools text at the end token, the largest id); the rest shifts left, zeros pad."""
+    if not p:
+        return tokens
+    out = torch.zeros_like(tokens)
+    for i, row in enumerate(tokens.tolist()):
+        n = next((k for k, t in enumerate(row) if t == 0), len(row))
+        eot = max(range(n), key=row.__getitem__) if n else 0
+        kept = [row[0]] + [t for t in row[1:eot] if rngs[i].random() >= p] + row[eot:n]
+        out[i, : len(kept)] = torch.tensor(kept, dtype=tokens.dtype)
+    return out
