@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.register(sub)
     __import__("curate.annotate.cli", fromlist=["register"]).register(sub)  # tiers annotate, tiers filter
     __import__("curate.download.cli", fromlist=["register"]).register(sub)  # tiers download
+    __import__("train.cli", fromlist=["register"]).register(sub)  # tiers train, tiers eval
     return parser
 
 
