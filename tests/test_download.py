@@ -241,7 +241,7 @@ def test_resume_refuses_another_list_or_other_output_settings(downloaded, fault_
         download(fault_web / "urls.parquet", out, CFG.replace(image_size=32), allow_private=True, progress=False)
 
 
-def test_retry_failed_retries_transient_failures_and_merges(downloaded, fault_web, tmp_path):
+def test_retry_failed_retries_transient_failures_and_merges(downloaded, fault_web, tmp_path, capsys):
     src, s = downloaded
     out = tmp_path / "retry"
     shutil.copytree(src, out)
@@ -260,10 +260,17 @@ def test_retry_failed_retries_transient_failures_and_merges(downloaded, fault_we
         if kinds[row[schema.UID]] == "slow":
             assert row[schema.DOWNLOAD_STATUS] == "success" and row[schema.SHARD] >= "00003"
     assert read_results(out).num_rows == len(kinds)
-    # Nothing transient left but the 500s; a reason list picks what to retry.
-    again = retry_failed(out, reasons=["http_404"], allow_private=True, progress=False)
-    assert again["retried"] == sum(k == "http_404" for k in kinds.values())
-    assert again["failures_by_reason"]["http_404"] == again["retried"]
+    # From the CLI: a reason list picks what to retry; --config changes only what it names.
+    from pipelines.cli import main
+
+    (tmp_path / "t.toml").write_text("timeout = 2\n")
+    args = ["download", "--retry-failed", str(out), "--reasons", "http_404", "--config", str(tmp_path / "t.toml")]
+    assert main(args + ["--allow-private-hosts", "--no-progress"]) == 0
+    n_404 = sum(k == "http_404" for k in kinds.values())
+    assert f"retry round 2: {n_404} retried (http_404), 0 recovered" in capsys.readouterr().out
+    again = read_manifest(out)
+    assert again["failures_by_reason"]["http_404"] == n_404 and again["config"]["image_size"] == CFG.image_size
+    assert sorted(raw_table(out).column(schema.UID).to_pylist()) == sorted(kinds)
 
 
 def _subset(urls: Path, fault_web: Path, dest: Path, kinds: set[str]) -> Path:

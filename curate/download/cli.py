@@ -46,7 +46,8 @@ def register(sub) -> None:
     p.add_argument(
         "--retry-failed",
         metavar="DIR",
-        help="instead of a new download: try again the URLs of DIR that failed for a transient reason, and merge",
+        help="instead of a new download: try again the URLs of DIR that failed for a transient reason, and "
+        "merge; --config then changes only the settings it names (e.g. a longer timeout)",
     )
     p.add_argument(
         "--reasons", help="with --retry-failed: comma-separated reasons (default: timeout, http_5xx, http_429)"
@@ -60,7 +61,6 @@ def register(sub) -> None:
 def _download(args: argparse.Namespace) -> int:
     from curate.download import REASONS, download, load_config, retry_failed
 
-    cfg = load_config(args.config) if args.config else None
     common = dict(
         allow_private=args.allow_private_hosts,
         ray_address=args.ray_address,
@@ -77,12 +77,13 @@ def _download(args: argparse.Namespace) -> int:
             unknown = sorted(set(reasons) - set(REASONS))
             if unknown:
                 raise InputError(f"--reasons: unknown {', '.join(unknown)}; known: {', '.join(REASONS)}")
-        s = retry_failed(args.retry_failed, cfg, reasons=reasons, **common)
+        s = retry_failed(args.retry_failed, reasons=reasons, config_file=args.config, **common)
     else:
         if not args.urls or not args.out:
             raise InputError("give a URL list and --out DIR (or --retry-failed DIR)")
         from pipelines.cli import _read_config
 
+        cfg = load_config(args.config)
         s = download(args.urls, args.out, cfg, read_config=_read_config(args), **common)
     dt = time.perf_counter() - t0
     if s["status"] != "complete":

@@ -129,10 +129,8 @@ def config_from_dict(data: dict, source: str | None = None) -> DownloadConfig:
         raise InputError(f"bad download settings: {e}", path=source) from None
 
 
-def load_config(path: str | os.PathLike | None) -> DownloadConfig:
-    """The defaults, overridden by a TOML file's top level or its ``[download]`` table."""
-    if path is None:
-        return DownloadConfig()
+def read_settings(path: str | os.PathLike) -> dict:
+    """The settings a TOML file gives, from its top level or its ``[download]`` table (not validated)."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -141,6 +139,12 @@ def load_config(path: str | os.PathLike | None) -> DownloadConfig:
         raise InputError(f"cannot read config: {e}", path=path) from None
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"not valid TOML: {e}", path=path) from None
-    if isinstance(data.get("download"), dict):
-        data = data["download"]
-    return config_from_dict(data, source=path)
+    return data["download"] if isinstance(data.get("download"), dict) else data
+
+
+def load_config(path: str | os.PathLike | None, base: DownloadConfig | None = None) -> DownloadConfig:
+    """``base`` (default: the defaults) with the settings of a TOML file over it."""
+    base = base or DownloadConfig()
+    if path is None:
+        return base
+    return config_from_dict({**base.to_dict(), **read_settings(path)}, source=os.fspath(path))

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from curate import code_version, manifest, schema, units
 from curate.download import plan as planning
-from curate.download.config import DownloadConfig
+from curate.download.config import DownloadConfig, load_config
 from curate.download.progress import DownloadProgress
 from curate.download.safety import AddressPolicy, parse_allow
 from curate.download.worker import TMP, input_path, run_shard, shard_name
@@ -90,19 +90,23 @@ def retry_failed(
     cfg: DownloadConfig | None = None,
     *,
     reasons: list[str] | tuple[str, ...] | None = None,
+    config_file: str | os.PathLike | None = None,
     allow_private: AddressPolicy | str | bool | None = None,
     ray_address: str | None = None,
     num_cpus: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Download again the rows that failed with one of ``reasons`` (default: the config's transient
-    ones) and merge the results; returns the raw manifest plus ``retried`` (rows tried again; when
+    ones) and merge the results. Settings: ``cfg``, else those of the download, with the ones
+    ``config_file`` names over them; returns the raw manifest plus ``retried`` (rows tried again; when
     not 0 the last ``rounds`` entry says how many were recovered)."""
     raw = Path(out) / manifest.RAW
     info = planning.read_plan(raw)
     if info is None:
         raise InputError("no download here (expected DIR/raw/ from `tiers download`)", path=str(raw))
     cfg = cfg or planning.plan_config(info)
+    if config_file is not None:  # the file changes only what it names, e.g. a longer timeout
+        cfg = load_config(config_file, base=cfg)
     planning.check_config(info, cfg, raw)
     policy = as_policy(allow_private)
     unmerged = [r for r in planning.read_rounds(raw) if not units.is_done(raw, _round_unit(r))]
@@ -160,7 +164,8 @@ def _execute(raw: Path, rows: dict[int, int], pending: list[int], cfg, policy, s
     import ray
 
     task = ray.remote(num_cpus=1, max_retries=0)(run_shard)
-    markers = [units.read_marker(raw, shard_name(s)) for s in rows if s not in set(pending)]
+    todo = set(pending)
+    markers = [units.read_marker(raw, shard_name(s)) for s in rows if s not in todo]
     done_rows = sum(m["rows"] for m in markers if m)
     done_ok = sum(m["successes"] for m in markers if m)
     total = done_rows + sum(rows[s] for s in pending)
