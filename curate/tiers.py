@@ -27,6 +27,7 @@ from tqdm import tqdm
 from curate import code_version, schema, units
 from curate.bands import FILTERED, BandConfig, band_names, tiers
 from curate.errors import InputError
+from curate.failpoints import failpoint
 from curate.manifest import BANDS, FORMAT, MANIFEST, TIERS, brace
 from curate.tarstream import IMAGE_EXTS, TarWriter, index_tar, read_at
 
@@ -159,6 +160,8 @@ def write_tiers(
             "quality": [float(min(q)), float(max(q))] if q else [None, None],
         }
 
+    if jobs:  # shards are about to change: a manifest must never list shards that are being rewritten
+        (out_dir / MANIFEST).unlink(missing_ok=True)
     bar = tqdm(total=len(jobs), desc="writing band shards", unit="shard", disable=not progress or not jobs)
 
     def run(job):
@@ -166,6 +169,7 @@ def write_tiers(
         n, nbytes = _write_one(out_dir / rel, unit_rows, raw_dir, index)
         units.mark_done(out_dir, f"{band}-{k:06d}", {"fingerprint": fp, "samples": n, "bytes": nbytes})
         bar.update(1)
+        failpoint("tiers:after_shard")
 
     with ThreadPoolExecutor(max(1, shard_cfg.workers)) as pool:
         list(pool.map(run, jobs))
@@ -181,6 +185,7 @@ def write_tiers(
         "bands": manifest_bands,
         "tiers": _tiers(out_dir, band_cfg, manifest_bands),
     }
+    failpoint("tiers:before_manifest")
     with units.atomic_path(out_dir / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest

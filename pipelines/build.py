@@ -35,8 +35,9 @@ from curate.annotate import AnnotateConfig
 from curate.bands import BandConfig
 from curate.dedup import DedupConfig
 from curate.errors import InputError
+from curate.failpoints import failpoint
 from curate.filters import FilterConfig, config_from_dict
-from curate.manifest import SAMPLES
+from curate.manifest import MANIFEST, SAMPLES, TIERS
 from curate.quality import QualityConfig
 from curate.tiers import ShardConfig
 
@@ -128,9 +129,13 @@ def decide(out: Path, cfg: BuildConfig, log=print) -> pa.Table:
     except ValueError as e:
         raise InputError(str(e)) from None
     summary = run_dedup(out, cfg.dedup, quality=q, prefer=filt.keep, decontaminate=cfg.decontaminate, log=log)
+    failpoint("decide:after_dedup")
     samples = assemble(inputs, downloads, ann, filt.table, read_dedup(out), q, cfg.bands)
-    with units.atomic_path(out / SAMPLES) as tmp:
-        pq.write_table(samples, tmp)
+    if not (out / SAMPLES).exists() or not pq.read_table(out / SAMPLES).equals(samples):
+        # New decisions: the old manifest no longer describes them, so it goes before anything changes.
+        (out / TIERS / MANIFEST).unlink(missing_ok=True)
+        with units.atomic_path(out / SAMPLES) as tmp:
+            pq.write_table(samples, tmp)
     c = counts(samples)
     log(
         f"decided {samples.num_rows:,} rows by {which} quality: "
@@ -186,8 +191,10 @@ def build(
     with ray_session(ray_address):
         download(inputs_path, out, cfg.download, allow_private=allow_private, progress=progress)
         log(f"[2/5] downloaded ({time.perf_counter() - t0:.0f} s)")
+        failpoint("build:after_download")
         annotate(out, cfg.annotate, progress=progress)
         log(f"[3/5] annotated ({time.perf_counter() - t0:.0f} s)")
+        failpoint("build:after_annotate")
     samples = decide(out, cfg, log=log)
     log(f"[4/5] decided ({time.perf_counter() - t0:.0f} s)")
     manifest = shard(out, cfg, samples, progress=progress)
