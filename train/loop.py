@@ -35,7 +35,7 @@ METRICS = "metrics.jsonl"
 
 
 def _clip_loss_cls():
-    from open_clip import ClipLoss
+    from open_clip.loss import ClipLoss
 
     class SmoothClipLoss(ClipLoss):
         """open_clip's ClipLoss (same gathering, same labels) with label smoothing on both directions."""
@@ -59,7 +59,7 @@ def _clip_loss_cls():
 
 def make_loss(cfg: TrainConfig, rank: int, world: int):
     if cfg.loss == "siglip":
-        from open_clip import SigLipLoss
+        from open_clip.loss import SigLipLoss
 
         return SigLipLoss(rank=rank, world_size=world)
     return _clip_loss_cls()(
