@@ -4,10 +4,10 @@
 (members ``<key>.<image ext>``, ``<key>.txt``, ``<key>.json``), ``NNNNN.parquet`` (one row per URL of
 the shard: key, url, caption, status, error_message, width, height, original_width, original_height,
 and the saved extra columns, ``uid`` among them) and ``NNNNN_stats.json``. Rows with
-``status == "success"`` have an image in the tar. We rely on nothing else: the image member's
-extension is not trusted to name its format (with re-encoding disabled img2dataset stores a PNG as
-``<key>.jpg``), and member names are only compared with the keys the parquet lists, never used as
-paths.
+``status == "success"`` (``download_status``, where ``tiers download`` added it) have an image in
+the tar. We rely on nothing else: the image member's extension is not trusted to name its format
+(with re-encoding disabled img2dataset stores a PNG as ``<key>.jpg``), and member names are only
+compared with the keys the parquet lists, never used as paths.
 """
 
 from __future__ import annotations
@@ -62,11 +62,13 @@ def read_successes(raw_dir: str | os.PathLike, shard: str) -> pa.Table:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as e:
         raise InputError(f"unreadable raw shard parquet: {e}", path=str(path)) from None
-    missing = [c for c in (schema.UID, schema.URL, schema.KEY, "status") if c not in table.column_names]
+    # tiers download adds download_status (success | failed); plain img2dataset has only its status.
+    status = schema.DOWNLOAD_STATUS if schema.DOWNLOAD_STATUS in table.column_names else "status"
+    missing = [c for c in (schema.UID, schema.URL, schema.KEY, status) if c not in table.column_names]
     if missing:
         hint = " (save the input's uid: save_additional_columns=['uid'])" if schema.UID in missing else ""
         raise InputError(f"raw shard parquet lacks column(s) {', '.join(missing)}{hint}", path=str(path))
-    table = table.filter(pc.equal(table.column("status"), SUCCESS))
+    table = table.filter(pc.equal(table.column(status), SUCCESS))
 
     def col(name: str, typ: pa.DataType) -> pa.ChunkedArray | pa.Array:
         if name in table.column_names:
