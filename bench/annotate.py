@@ -10,7 +10,8 @@ Three ways to do the same work on the same samples (synthetic-web images in its 
 - ``ray``: ``annotate()`` end to end on raw shards (tar + parquet in, parquet out) with one actor per
   core of a local Ray started beforehand. Two figures: end to end (wall clock of the call, actor
   start-up included, / cores) and in the workers (rows / seconds the shard units took, from their
-  completion markers: the steady state a long run approaches).
+  completion markers: the steady state a long run approaches), with the rate per CPU-second the
+  actors' processes used beside it (what a core does without the neighbours this machine has).
 
 Each figure is the best of ``--repeats`` runs by wall clock (other processes share this machine), with
 the CPU-time rate (samples per CPU-second of this process) beside it. Writes bench/results/annotate.json.
@@ -235,10 +236,9 @@ def main(argv: list[str] | None = None) -> int:
                     w = time.perf_counter() - w0
                     tag = f"{side}px clip={'on' if clip else 'off'}"
                     row(f"ray    {tag} end to end", n, w, float("nan"), per=cores)
-                    busy = sum(
-                        units.read_marker(build / "annotations", f"{k:05d}")["seconds"] for k in range(s["shards"])
-                    )
-                    row(f"ray    {tag} in workers", n, busy, float("nan"))
+                    marks = [units.read_marker(build / "annotations", f"{k:05d}") for k in range(s["shards"])]
+                    busy = sum(m["seconds"] for m in marks)
+                    row(f"ray    {tag} in workers", n, busy, sum(m["cpu_seconds"] for m in marks))
 
     results["load_avg_after"] = os.getloadavg()
     out = ROOT / "bench" / "results" / "annotate.json"

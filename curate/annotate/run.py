@@ -97,7 +97,7 @@ class ShardAnnotator:
         return pa.Table.from_pylist(rows, schema=SUMMARY)
 
     def annotate_shard(self, shard: str) -> int:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         units.clear_marker(self.out_dir, shard)
         parts = [self.annotator(s) for s in iter_samples(self.raw_dir, shard, self.cfg.batch_size)]
         table = pa.concat_tables(parts) if parts else _empty(self.annotator)
@@ -121,6 +121,7 @@ class ShardAnnotator:
                 "rows": table.num_rows,
                 "decode_errors": dict(sorted(errors.items())),
                 "seconds": round(time.perf_counter() - t0, 3),
+                "cpu_seconds": round(time.process_time() - c0, 3),  # this actor's process, all threads
                 "code_version": code_version(),
             },
         )
