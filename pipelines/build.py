@@ -228,20 +228,14 @@ def stored_config(out: str | os.PathLike) -> BuildConfig:
 
 
 def register(sub) -> None:
+    from curate.download.cli import add_fetch_options
     from pipelines.cli import add_read_options
 
     p = sub.add_parser("build", help="URL list -> download, annotate, dedup, select -> tiered WebDataset shards")
     p.add_argument("urls", nargs="+", help="URL list files, directories or globs, read as one list")
     p.add_argument("--out", required=True, help="build directory")
     p.add_argument("--config", help="build config TOML ([download], [annotate], [filters], [dedup], [bands], ...)")
-    p.add_argument("--ray-address", help="join a Ray cluster instead of starting one here")
-    p.add_argument(
-        "--allow-private-hosts",
-        nargs="?",
-        const="loopback",
-        metavar="NETS",
-        help="also download from loopback (bare flag) or the given networks, e.g. 10.0.0.0/8",
-    )
+    add_fetch_options(p)
     p.add_argument("--clip-model", help="score with this CLIP (see `tiers annotate --help`); overrides the config")
     add_read_options(p)
     p.set_defaults(func=_build_cli)

@@ -21,6 +21,20 @@ def _allow(value: str) -> str:
     return value
 
 
+def add_fetch_options(p: argparse.ArgumentParser) -> None:
+    """``--ray-address`` and ``--allow-private-hosts``: shared by every command that downloads."""
+    p.add_argument("--ray-address", help="join this Ray cluster instead of starting one here")
+    p.add_argument(
+        "--allow-private-hosts",
+        nargs="?",
+        const="",
+        type=_allow,
+        metavar="NETS",
+        help="also allow loopback hosts (127.0.0.0/8, ::1), and the comma-separated networks NETS if given "
+        "(e.g. 10.0.0.0/8); default: public addresses only",
+    )
+
+
 def register(sub) -> None:
     from pipelines.cli import add_read_options
 
@@ -33,16 +47,7 @@ def register(sub) -> None:
     p.add_argument("urls", nargs="*", help="URL list files, directories or globs, read as one list")
     p.add_argument("--out", help="build directory; the download goes to OUT/raw/")
     p.add_argument("--config", help="TOML file of download settings (image_size, resize_mode, timeout, threads, ...)")
-    p.add_argument("--ray-address", help="join this Ray cluster instead of starting one here")
-    p.add_argument(
-        "--allow-private-hosts",
-        nargs="?",
-        const="",
-        type=_allow,
-        metavar="NETS",
-        help="also allow loopback hosts (127.0.0.0/8, ::1), and the comma-separated networks NETS if given "
-        "(e.g. 10.0.0.0/8); default: public addresses only",
-    )
+    add_fetch_options(p)
     p.add_argument(
         "--retry-failed",
         metavar="DIR",
