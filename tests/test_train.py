@@ -134,7 +134,7 @@ def test_hostile_bytes_are_skipped_and_counted(small_web, tmp_path):
     stream = TierStream(
         [str(shard), str(tmp_path / "001.tar")],
         spec,
-        augment.train_transform(32, make_config().image_aug),
+        augment.ImageAugmenter(32, make_config().image_aug),
         tok,
         None,
         0,

@@ -12,13 +12,14 @@ should not decode (truncated files, HTML, decompression bombs), and the loader s
 from __future__ import annotations
 
 import io
+import math
 import random
 import re
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms as T
-from torchvision.transforms import InterpolationMode
 
 from train.config import ImageAug, TextAug
 
@@ -49,33 +50,55 @@ def draft_side(image_size: int, aug: ImageAug | None) -> int:
     return int(image_size / max(lo, 1e-3) ** 0.5) + 1
 
 
-def train_transform(image_size: int, aug: ImageAug) -> T.Compose:
-    """PIL -> uint8 tensor, with the recipe's image augmentation."""
-    ops: list = [
-        T.RandomResizedCrop(image_size, scale=aug.scale, ratio=aug.ratio, interpolation=InterpolationMode.BICUBIC)
-    ]
-    if aug.flip:
-        ops.append(T.RandomHorizontalFlip(aug.flip))
-    if aug.jitter or aug.hue:
-        ops.append(T.RandomApply([T.ColorJitter(aug.jitter, aug.jitter, aug.jitter, aug.hue)], p=aug.jitter_p))
-    if aug.grayscale:
-        ops.append(T.RandomGrayscale(aug.grayscale))
-    if aug.blur:
-        kernel = max(3, (image_size // 10) | 1)
-        ops.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=aug.blur))
-    ops.append(T.PILToTensor())
-    return T.Compose(ops)
+class ImageAugmenter:
+    """PIL image + per-sample ``random.Random`` -> uint8 ``(3, size, size)`` tensor.
 
+    The random resized crop (torchvision's sampling: scale and log-ratio ranges, ten tries, then a
+    centre crop) and the flip draw from ``rng`` and run as one PIL ``resize(box=...)``; torchvision's
+    per-call tensor ops cost more than decoding a small JPEG. Photometric ops (jitter, grayscale,
+    blur) are torchvision's, drawing from the CPU generator, which the caller seeds per sample.
+    """
 
-def eval_transform(image_size: int) -> T.Compose:
-    """PIL -> uint8 tensor: resize the short side, centre crop (open_clip's evaluation geometry)."""
-    return T.Compose(
-        [
-            T.Resize(image_size, interpolation=InterpolationMode.BICUBIC),
-            T.CenterCrop(image_size),
-            T.PILToTensor(),
-        ]
-    )
+    def __init__(self, image_size: int, aug: ImageAug):
+        self.size, self.aug = image_size, aug
+        self.log_ratio = (math.log(aug.ratio[0]), math.log(aug.ratio[1]))
+        ops: list = []
+        if aug.jitter or aug.hue:
+            ops.append(T.RandomApply([T.ColorJitter(aug.jitter, aug.jitter, aug.jitter, aug.hue)], p=aug.jitter_p))
+        if aug.grayscale:
+            ops.append(T.RandomGrayscale(aug.grayscale))
+        if aug.blur:
+            kernel = max(3, (image_size // 10) | 1)
+            ops.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=aug.blur))
+        self.photometric = T.Compose(ops) if ops else None
+
+    def crop_box(self, width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
+        area = width * height
+        for _ in range(10):
+            target = area * rng.uniform(*self.aug.scale)
+            ar = math.exp(rng.uniform(*self.log_ratio))
+            w, h = round(math.sqrt(target * ar)), round(math.sqrt(target / ar))
+            if 0 < w <= width and 0 < h <= height:
+                x, y = rng.randint(0, width - w), rng.randint(0, height - h)
+                return x, y, x + w, y + h
+        ar = width / height
+        if ar < self.aug.ratio[0]:
+            w, h = width, round(width / self.aug.ratio[0])
+        elif ar > self.aug.ratio[1]:
+            w, h = round(height * self.aug.ratio[1]), height
+        else:
+            w, h = width, height
+        x, y = (width - w) // 2, (height - h) // 2
+        return x, y, x + w, y + h
+
+    def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
+        box = self.crop_box(img.width, img.height, rng)
+        img = img.resize((self.size, self.size), Image.BICUBIC, box=box)
+        if self.aug.flip and rng.random() < self.aug.flip:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        if self.photometric is not None:
+            img = self.photometric(img)
+        return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
 
 
 def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -197,14 +197,17 @@ class TierStream(IterableDataset):
             shard, io_, is_, to, ts = group[off]
             s = sample_seed(spec.seed, slot, g, off)
             off += 1
+            rng = random.Random(s)
             try:
-                torch.manual_seed(s)
-                img = self.transform(decode_image(self._read(fds, shard, io_, is_), spec.draft))
+                if self.transform.photometric is not None:
+                    # Only the CPU generator the photometric ops draw from: torch.manual_seed also queues
+                    # lazy CUDA seeding, which formats a stack trace per call.
+                    torch.default_generator.manual_seed(s)
+                img = self.transform(decode_image(self._read(fds, shard, io_, is_), spec.draft), rng)
                 text = self._read(fds, shard, to, ts).decode("utf-8", "replace").strip()
             except Exception:  # hostile bytes of any kind: skip the sample, count it
                 skipped += 1
                 continue
-            rng = random.Random(s)
             if self.caption_aug is not None and self.caption_aug.active:
                 text = self.caption_aug(text, rng)
             images.append(img)

@@ -198,7 +198,7 @@ def _run(cfg: TrainConfig, tier: Tier, out: Path, dist: Dist, progress: bool, lo
     stream = TierStream(
         tier.shards,
         spec,
-        augment.train_transform(size, cfg.image_aug),
+        augment.ImageAugmenter(size, cfg.image_aug),
         tokenizer,
         augment.CaptionAugmenter(cfg.text_aug),
         cfg.token_dropout,
