@@ -250,8 +250,10 @@ def register(sub) -> None:
     p.add_argument("out", help="build directory")
     p.add_argument("--near-k", type=int, help="largest pHash Hamming distance of a near duplicate (default 6)")
     p.add_argument("--shape-tolerance", type=float, help="largest relative difference of width/height ratios")
-    p.add_argument("--semantic-eps", type=float, help="link CLIP embeddings with cosine > 1 - eps")
-    p.add_argument("--no-semantic", action="store_true", help="skip semantic dedup even with embeddings")
+    p.add_argument(
+        "--semantic-eps", type=float, help="also link CLIP embeddings with cosine > 1 - eps (SemDeDup; off by default)"
+    )
+    p.add_argument("--no-semantic", action="store_true", help="turn semantic dedup off again")
     p.add_argument("--captions", action="store_true", help="also treat identical normalised captions as duplicates")
     p.add_argument("--decontaminate", nargs="+", default=None, metavar="PATH", help="evaluation sets to remove")
     p.set_defaults(func=_dedup_cli)
@@ -297,7 +299,7 @@ def _dedup_cli(args) -> int:
         "near_k": args.near_k,
         "near_shape_tolerance": args.shape_tolerance,
         "semantic_eps": args.semantic_eps,
-        "semantic": False if args.no_semantic else None,
+        "semantic": False if args.no_semantic else (True if args.semantic_eps is not None else None),
         "captions": True if args.captions else None,
     }
     d = dataclasses.replace(d, **{k: v for k, v in changes.items() if v is not None})

@@ -108,10 +108,11 @@ def test_semantic_and_caption_duplicates():
     i, j = semantic_pairs(e)
     assert set(zip(i.tolist(), j.tolist(), strict=True)) == {(3, 7)}
     t = table([f"u{k:02d}" for k in range(50)], captions=[f"c{k}" for k in range(48)] + ["A dog!", "a  dog"])
-    out = deduplicate(t, DedupConfig(captions=True), embeddings=e).to_pydict()
+    out = deduplicate(t, DedupConfig(captions=True, semantic=True), embeddings=e).to_pydict()
     assert out["dup_kind"][7] == "semantic" and out["dup_of"][7] == "u03"
     assert out["dup_kind"][49] == "caption" and out["dup_of"][49] == "u48"
     assert deduplicate(t).column("dup_of").null_count == 50  # semantic needs embeddings; captions are opt-in
+    assert deduplicate(t, embeddings=e).column("dup_of").null_count == 50  # and semantic is opt-in too
     assert normalise_caption("  A  Dog!! ") == "a dog" and normalise_caption("!!") is None
 
 
