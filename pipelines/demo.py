@@ -1,18 +1,47 @@
 """``tiers demo``: the whole chain on the embedded synthetic web, with no network.
 
-Today the chain is: build a synthetic web, serve it on 127.0.0.1, probe one URL of every kind
-through a real HTTP client, and print the ground-truth summary. Each stage that lands joins here.
+1. Build a synthetic web (the pool: a raw crawl's mix of clean, noisy, duplicate and hostile URLs)
+   and serve it on 127.0.0.1.
+2. Train a filter CLIP on trusted data: the clean part of a *separate* synthetic web, so the filter
+   never sees a pool image (the Data Filtering Network idea).
+3. ``tiers build`` the pool: download, annotate (the filter CLIP scores every pair), dedup, filter,
+   bands by CLIP score, shards.
+4. A study: 3 tiers x 2 budgets of samples seen with a tiny CLIP, zero-shot and retrieval on the
+   web's held-out evaluation set, the scaling-law fit, ``report.html``.
+
+Every step is resumable: run it again and finished work is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
+
+DEMO_BUILD = """
+[download]
+image_size = 64
+timeout = 2
+url_deadline = 8
+samples_per_shard = 500
+threads = 32
+[annotate]
+clip_model = "run:{dfn}"
+device = "cpu"
+[filters]
+preset = "synthetic-basic"
+image_size = 64
+[quality]
+score = "clip"
+[bands]
+edges = [0.2, 0.5, 1.0]
+[shards]
+shard_size = 250
+"""
 
 
 def register(sub) -> None:
@@ -20,66 +49,97 @@ def register(sub) -> None:
     p.add_argument("--out", default="demo_out", help="output directory (default: ./demo_out)")
     p.add_argument("--n", type=int, default=2000, help="URLs in the synthetic web (default 2000)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="ct-vit-micro-32", help="the CLIP of the study and of the filter")
+    p.add_argument("--budgets", default="4000,16000", help="samples seen per run, comma separated")
+    p.add_argument("--filter-samples", type=int, default=20000, help="samples seen by the filter CLIP")
+    p.add_argument(
+        "--port", type=int, default=8765, help="port for the synthetic web (fixed, so a rerun resumes the same list)"
+    )
     p.set_defaults(func=run)
 
 
-def probe(url: str, timeout: float = 2.0) -> str:
-    """What a plain HTTP client sees at ``url``, in a few words."""
-    if "[fd00:" in url:
-        return "not fetched: private address"
+def _trusted(out: Path, seed: int, log) -> Path:
+    """Tier shards of clean pairs from a synthetic web of another seed: the filter's trusted data."""
+    from curate.synthweb import WebConfig, build
+    from train.synthshards import shards_from_synthweb
 
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *a, **k):
-            return None
-
-    opener = urllib.request.build_opener(NoRedirect)
-    try:
-        with opener.open(url, timeout=timeout) as r:
-            body = r.read()
-            robots = r.headers.get("X-Robots-Tag")
-            return f"{r.status} {r.headers.get('Content-Type')} {len(body)} B" + (
-                f" X-Robots-Tag: {robots}" if robots else ""
-            )
-    except urllib.error.HTTPError as e:
-        loc = e.headers.get("Location")
-        return f"{e.code}" + (f" -> {loc}" if loc else "")
-    except TimeoutError:
-        return f"timed out after {timeout:.0f} s"
-    except urllib.error.URLError as e:
-        return f"error: {e.reason}"
+    web, shards = out / "trusted_web", out / "trusted"
+    if not (shards / "tiers" / "manifest.json").exists():
+        build(web, WebConfig(n=1500, seed=seed + 1000, mix={"clean": 1.0}, eval_per_concept=1, retrieval_pairs=1))
+        shards_from_synthweb(web, shards, tiers={"full": 1.0})
+        log(f"  trusted data: {pq.read_table(web / 'truth.parquet').num_rows} clean pairs of another web")
+    return shards
 
 
 def run(args: argparse.Namespace) -> int:
+    from curate.errors import InputError
     from curate.synthweb import WebConfig, WebServer, build
+    from pipelines.build import build as tiers_build
+    from pipelines.build import config_from_toml
+    from pipelines.report import write_report
+    from pipelines.study import StudyConfig, run_study
+    from train.api import train as train_run
+    from train.config import make_config
 
-    out = Path(args.out)
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     web_dir = out / "web"
     if not (web_dir / "web.json").exists():
         summary = build(web_dir, WebConfig(n=args.n, seed=args.seed))
-        print(
-            f"[1/2] built a synthetic web of {summary['rows']} URLs in {time.perf_counter() - t0:.1f} s -> {web_dir}"
-        )
+        noisy = summary["rows"] - summary["counts"]["clean"]
+        log(f"[1/4] synthetic web: {summary['rows']} URLs, {noisy} noisy or hostile -> {web_dir}")
     else:
-        print(f"[1/2] reusing the synthetic web in {web_dir}")
+        log(f"[1/4] synthetic web: reusing {web_dir}")
 
-    truth = pq.read_table(web_dir / "truth.parquet").to_pylist()
-    with WebServer(web_dir) as web:
-        urls = pq.read_table(web.urls_path).to_pylist()
-        print(f"[2/2] serving on {web.base_url}; one URL of each kind through a real HTTP client:")
-        seen = set()
-        for t, u in zip(truth, urls, strict=True):
-            if t["kind"] in seen:
-                continue
-            seen.add(t["kind"])
-            print(f"  {t['kind']:<16} {probe(u['url'])}")
+    log(f"[2/4] filter CLIP on trusted data ({time.perf_counter() - t0:.0f} s)")
+    trusted = _trusted(out, args.seed, log)
+    dfn = out / "dfn"
+    cfg = make_config({"model": args.model, "samples_seen": args.filter_samples})
+    train_run(cfg, trusted, "full", dfn, progress=True, log=log)
 
-    counts: dict[str, int] = {}
-    for t in truth:
-        counts[t["kind"]] = counts.get(t["kind"], 0) + 1
-    noisy = sum(n for k, n in counts.items() if k != "clean")
-    print(f"ground truth: {len(truth)} URLs, {noisy} noisy ({100 * noisy / len(truth):.0f}%):")
-    for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]):
-        print(f"  {kind:<16} {n:>6}")
-    print(f"done in {time.perf_counter() - t0:.1f} s; truth: {web_dir / 'truth.parquet'}")
+    log(f"[3/4] tiers build of the pool ({time.perf_counter() - t0:.0f} s)")
+    import tomllib
+
+    build_cfg = config_from_toml(tomllib.loads(DEMO_BUILD.format(dfn=dfn)))
+    build_cfg = dataclasses.replace(build_cfg, decontaminate=(str(web_dir / "eval" / "zeroshot.parquet"),))
+    try:
+        server = WebServer(web_dir, port=args.port, slow_seconds=30).start()
+    except OSError as e:
+        raise InputError(f"cannot serve the synthetic web on 127.0.0.1:{args.port} ({e}); pass --port") from None
+    try:
+        manifest = tiers_build(server.urls_path, out / "build", build_cfg, allow_private="loopback", log=log)
+    finally:
+        server.stop()
+    for name, t in manifest["tiers"].items():
+        log(f"  {name:<11} {t['samples']:>6} samples")
+
+    log(f"[4/4] study: 3 tiers x 2 budgets ({time.perf_counter() - t0:.0f} s)")
+    study = StudyConfig(
+        tiers_dir=str(out / "build"),
+        tiers=("top20", "top50", "kept"),
+        budgets=tuple(int(b) for b in args.budgets.split(",")),
+        model=args.model,
+        train={"preset": "baseline"},
+        zeroshot=str(web_dir / "eval" / "zeroshot.parquet"),
+        classes=str(web_dir / "eval" / "classes.json"),
+        retrieval=str(web_dir / "eval" / "retrieval.parquet"),
+        name="demo",
+    )
+    rows = run_study(study, out / "study", log=log)
+    report = write_report(out / "study", rows, dataclasses.asdict(study), study.tiers_dir, study.extend)
+    fit = json.loads((out / "study" / "fit.json").read_text()).get("default", {})
+    for budget, tier in fit.get("best_observed", {}).items():
+        accs = {r["tier"]: r["zeroshot_top1"] for r in rows if r["samples_seen"] == int(budget)}
+        log(
+            f"  {int(budget):>7,} samples seen: best {tier}  ("
+            + ", ".join(f"{t} {a:.3f}" for t, a in accs.items())
+            + ")"
+        )
+    if fit:
+        log(f"  predicted best at {fit['predict_at']:,.0f} samples seen: {fit['best_tier']}")
+    log(f"done in {time.perf_counter() - t0:.0f} s; report: {report}")
     return 0
