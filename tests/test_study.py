@@ -99,3 +99,30 @@ def test_bad_study_files_name_the_file(tmp_path, tiers_dir):
     p.write_text(f'tiers_dir = "{tiers_dir}"\ntiers = ["top99"]\nbudgets = [10]')
     with pytest.raises(InputError, match="top99"):
         run_study(load_study(p), tmp_path / "o", runner=FakeRunner(), log=lambda *_: None)
+
+
+def test_a_tiny_real_study_end_to_end(small_web, tmp_path, monkeypatch):
+    """The real trainer and evaluation: 2 tiers x 2 budgets, results, plots, report; a rerun trains nothing."""
+    import pipelines.study as study_mod
+    from train.synthshards import shards_from_synthweb
+
+    shards_from_synthweb(small_web, tmp_path / "shards", tiers={"small": 0.25, "full": 1.0})
+    cfg = study_mod.StudyConfig(
+        tiers_dir=str(tmp_path / "shards"),
+        tiers=("small", "full"),
+        budgets=(64, 128),
+        model="ct-vit-micro-32",
+        train={"batch_size": 32, "workers": 0},
+        zeroshot=str(small_web / "eval" / "zeroshot.parquet"),
+        classes=str(small_web / "eval" / "classes.json"),
+        retrieval=str(small_web / "eval" / "retrieval.parquet"),
+        name="tiny",
+    )
+    rows = run_study(cfg, tmp_path / "out", log=lambda *_: None)
+    assert len(rows) == 4 and all(0 <= r["zeroshot_top1"] <= 1 for r in rows)
+    assert {r["steps"] for r in rows} == {2, 4}  # steps follow the budget, never the tier size
+    path = write_report(tmp_path / "out", rows, dataclasses.asdict(cfg), cfg.tiers_dir)
+    assert path.exists() and (tmp_path / "out" / "plots" / "accuracy_vs_samples.png").exists()
+    calls = []
+    monkeypatch.setattr(study_mod, "default_runner", lambda run, d: calls.append(run) or {})
+    assert len(run_study(cfg, tmp_path / "out", log=lambda *_: None)) == 4 and calls == []
