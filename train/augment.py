@@ -93,7 +93,10 @@ class ImageAugmenter:
 
     def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
         box = self.crop_box(img.width, img.height, rng)
-        img = img.resize((self.size, self.size), Image.BICUBIC, box=box)
+        # Large crops (PNG and WebP cannot be drafted) shrink by an integer factor first: near-identical
+        # pixels at a third of the cost.
+        gap = 3.0 if min(box[2] - box[0], box[3] - box[1]) > 3 * self.size else None
+        img = img.resize((self.size, self.size), Image.BICUBIC, box=box, reducing_gap=gap)
         if self.aug.flip and rng.random() < self.aug.flip:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         if self.photometric is not None:
