@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from json.encoder import encode_basestring
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ from curate.bands import FILTERED, BandConfig, band_names, tiers
 from curate.errors import InputError
 from curate.failpoints import failpoint
 from curate.manifest import BANDS, FORMAT, MANIFEST, TIERS, brace
-from curate.tarstream import IMAGE_EXTS, TarWriter, index_tar, read_at
+from curate.tarstream import IMAGE_EXTS, MappedTar, TarWriter
 
 
 @dataclass(frozen=True)
@@ -56,58 +58,70 @@ def plan(samples: pa.Table, bands: list[str], cfg: ShardConfig) -> dict[str, lis
     return out
 
 
-def _raw_index(raw_dir: Path, shards: set[str]) -> dict[str, dict]:
+def _map_raw(raw_dir: Path, shards: set[str]) -> dict[str, tuple[MappedTar, dict]]:
     out = {}
-    for s in sorted(shards):
-        path = raw_dir / f"{s}.tar"
-        try:
-            out[s] = index_tar(path)
-        except (OSError, tarfile.TarError) as e:
-            raise InputError(f"raw shard unreadable: {e}", path=str(path)) from None
+    try:
+        for s in sorted(shards):
+            path = raw_dir / f"{s}.tar"
+            try:
+                tar = MappedTar(path)
+            except (OSError, tarfile.TarError) as e:
+                raise InputError(f"raw shard unreadable: {e}", path=str(path)) from None
+            out[s] = (tar, tar.index())
+    except BaseException:
+        _unmap(out)
+        raise
     return out
 
 
+def _unmap(raw: dict[str, tuple[MappedTar, dict]]) -> None:
+    for tar, _ in raw.values():
+        tar.close()
+
+
 def _sample_meta(row: dict) -> bytes:
-    meta = {k: row.get(k) for k in (schema.UID, schema.URL, schema.CAPTION, schema.QUALITY, schema.BAND)}
-    return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()
+    """The sample's ``.json`` member: exactly ``json.dumps({uid, url, caption, quality, band},
+    sort_keys=True, ensure_ascii=False)``, written out by hand because it runs once per sample."""
+    band, caption, uid, url = (_json_str(row[k]) for k in (schema.BAND, schema.CAPTION, schema.UID, schema.URL))
+    quality = _json_float(row[schema.QUALITY])
+    return f'{{"band": {band}, "caption": {caption}, "quality": {quality}, "uid": {uid}, "url": {url}}}'.encode()
 
 
-def _fingerprint(rows: list[dict]) -> str:
+def _json_str(v: str | None) -> str:
+    return "null" if v is None else encode_basestring(v)
+
+
+def _json_float(v: float | None) -> str:
+    if type(v) is not float or not math.isfinite(v):
+        return json.dumps(v)  # null, NaN, Infinity, and anything that is not a plain float
+    return float.__repr__(v)
+
+
+def _fingerprint(rows: list[dict], metas: list[bytes]) -> str:
     h = hashlib.blake2b(digest_size=16)
-    for r in rows:
-        h.update(_sample_meta(r))
+    for r, meta in zip(rows, metas, strict=True):
+        h.update(meta)
         h.update(f"{r[schema.SHARD]}/{r[schema.KEY]}".encode())
     return h.hexdigest()
 
 
-def _write_one(dest: Path, rows: list[dict], raw_dir: Path, index: dict) -> tuple[int, int]:
-    # Where each image lies; reads then go in file order (readahead-friendly) while members are
-    # written in the shard's shuffled order.
-    where = []
-    for r in rows:
-        shard, key = r[schema.SHARD], r[schema.KEY]
-        members = index[shard].get(key)
-        ext = next((e for e in IMAGE_EXTS if members and e in members), None)
-        if ext is None:
-            raise InputError(f"no image for key {key!r} (uid {r[schema.UID]})", path=str(raw_dir / f"{shard}.tar"))
-        where.append((shard, *members[ext], ext))
-    data: list[bytes] = [b""] * len(rows)
-    for shard in sorted({w[0] for w in where}):
-        fd = os.open(raw_dir / f"{shard}.tar", os.O_RDONLY)
-        try:
-            for i in sorted((i for i, w in enumerate(where) if w[0] == shard), key=lambda i: where[i][1]):
-                data[i] = read_at(fd, where[i][1], where[i][2])
-        finally:
-            os.close(fd)
+def _write_one(dest: Path, rows: list[dict], metas: list[bytes], raw: dict, raw_dir: Path) -> tuple[int, int]:
+    """One band shard: per sample the raw image (copied from the mapped raw tar, page cache to page
+    cache, by ``writev``), its caption and its metadata, in the shard's shuffled order."""
     with units.atomic_path(dest) as tmp:
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             w = TarWriter(out)
-            for r, (_, _, _, ext), image in zip(rows, where, data, strict=True):
-                uid = r[schema.UID]
-                w.add(f"{uid}.{ext}", image)
+            for r, meta in zip(rows, metas, strict=True):
+                shard, key, uid = r[schema.SHARD], r[schema.KEY], r[schema.UID]
+                tar, index = raw[shard]
+                members = index.get(key)
+                ext = next((e for e in IMAGE_EXTS if members and e in members), None)
+                if ext is None:
+                    raise InputError(f"no image for key {key!r} (uid {uid})", path=str(raw_dir / f"{shard}.tar"))
+                w.add(f"{uid}.{ext}", tar.view(*members[ext]))
                 w.add(f"{uid}.txt", (r[schema.CAPTION] or "").encode())
-                w.add(f"{uid}.json", _sample_meta(r))
+                w.add(f"{uid}.json", meta)
             w.close()
         finally:
             os.close(out)
@@ -137,7 +151,7 @@ def write_tiers(
     has_band = np.asarray(samples.column(schema.BAND).is_valid().to_numpy(zero_copy_only=False))
     cols = [schema.UID, schema.URL, schema.CAPTION, schema.QUALITY, schema.BAND, schema.SHARD, schema.KEY]
     rows = samples.select(cols).to_pylist()
-    index = _raw_index(raw_dir, {rows[i][schema.SHARD] for i in np.flatnonzero(has_band)})
+    metas = {i: _sample_meta(rows[i]) for i in np.flatnonzero(has_band).tolist()}
 
     jobs, manifest_bands = [], {}
     for band, shard_rows in shards_of.items():
@@ -146,11 +160,12 @@ def write_tiers(
             rel = f"{BANDS}/{band}/{k:06d}.tar"
             names.append(rel)
             unit_rows = [rows[i] for i in idx]
-            fp = _fingerprint(unit_rows)
+            unit_metas = [metas[i] for i in idx.tolist()]
+            fp = _fingerprint(unit_rows, unit_metas)
             marker = units.read_marker(out_dir, f"{band}-{k:06d}")
             if not (marker and marker.get("fingerprint") == fp and (out_dir / rel).exists()):
                 units.clear_marker(out_dir, f"{band}-{k:06d}")
-                jobs.append((band, k, rel, unit_rows, fp))
+                jobs.append((band, k, rel, unit_rows, unit_metas, fp))
         _remove_extra_shards(out_dir, band, len(shard_rows))
         q = [rows[i][schema.QUALITY] for idx in shard_rows for i in idx]
         q = [x for x in q if x is not None]
@@ -164,15 +179,20 @@ def write_tiers(
         (out_dir / MANIFEST).unlink(missing_ok=True)
     bar = tqdm(total=len(jobs), desc="writing band shards", unit="shard", disable=not progress or not jobs)
 
+    raw = _map_raw(raw_dir, {r[schema.SHARD] for job in jobs for r in job[3]})
+
     def run(job):
-        band, k, rel, unit_rows, fp = job
-        n, nbytes = _write_one(out_dir / rel, unit_rows, raw_dir, index)
+        band, k, rel, unit_rows, unit_metas, fp = job
+        n, nbytes = _write_one(out_dir / rel, unit_rows, unit_metas, raw, raw_dir)
         units.mark_done(out_dir, f"{band}-{k:06d}", {"fingerprint": fp, "samples": n, "bytes": nbytes})
         bar.update(1)
         failpoint("tiers:after_shard")
 
-    with ThreadPoolExecutor(max(1, shard_cfg.workers)) as pool:
-        list(pool.map(run, jobs))
+    try:
+        with ThreadPoolExecutor(max(1, shard_cfg.workers)) as pool:
+            list(pool.map(run, jobs))
+    finally:
+        _unmap(raw)
     bar.close()
 
     for band, info in manifest_bands.items():

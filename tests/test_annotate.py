@@ -210,7 +210,7 @@ def test_a_missing_lid_model_is_an_input_error(tmp_path):
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_tar_reader_agrees_with_tarfile(tmp_path, fmt):
-    from curate.annotate.raw import iter_tar
+    from curate.tarstream import MappedTar
 
     path = tmp_path / "t.tar"
     rng = np.random.default_rng(0)
@@ -229,15 +229,14 @@ def test_tar_reader_agrees_with_tarfile(tmp_path, fmt):
         link = tarfile.TarInfo("link.jpg")
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tf.addfile(link)
-    with open(path, "rb") as f:
-        got = dict(iter_tar(f, lambda n: True))
+    with MappedTar(path) as tar:
+        got = {name: tar.read(offset, size) for name, offset, size in tar.members}
+        assert [n for n, _, _ in tar.members if n.endswith(".jpg")] == [names[0], names[2]]
     assert got == dict(zip(names, payloads, strict=True))
-    with open(path, "rb") as f:
-        assert [n for n, _ in iter_tar(f, lambda n: n.endswith(".jpg"))] == [names[0], names[2]]
 
 
 def test_tar_reader_refuses_corrupt_and_cut_off_archives(tmp_path):
-    from curate.annotate.raw import iter_tar
+    from curate.tarstream import scan
 
     path = tmp_path / "t.tar"
     with tarfile.open(path, "w") as tf:
@@ -245,9 +244,37 @@ def test_tar_reader_refuses_corrupt_and_cut_off_archives(tmp_path):
         info.size = 5000
         tf.addfile(info, io.BytesIO(b"x" * 5000))
     data = path.read_bytes()
-    for bad in (data[:1500], data[:300], b"\x01" * 2048, data[:100] + b"9" + data[101:]):
+    assert [name for name, _, _ in scan(data)] == ["a.jpg"]
+    cut_at_member_end = data[: 512 + 5120]  # whole members, but no end-of-archive block
+    for bad in (data[:1500], data[:300], b"", cut_at_member_end, b"\x01" * 2048, data[:100] + b"9" + data[101:]):
         with pytest.raises(tarfile.TarError):
-            list(iter_tar(io.BytesIO(bad), lambda n: True))
+            scan(bad)
+
+
+def test_tar_reader_takes_old_signed_checksums_and_unterminated_sizes():
+    from curate.tarstream import scan
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        info = tarfile.TarInfo("büro.png")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"abc"))
+    data = bytearray(buf.getvalue())
+    h = data[:512]
+    h[124:136] = b"%012o" % 3  # twelve digits, no terminator
+    h[148:156] = b" " * 8
+    signed = sum(b - 256 if b > 127 else b for b in h)
+    assert signed != sum(h)  # the name's UTF-8 bytes are > 127
+    h[148:156] = b"%06o\0 " % signed
+    data[:512] = h
+    assert scan(bytes(data)) == [("büro.png", 512, 3)]
+
+    h[124:136] = b"-0000001000\0"  # a hostile negative size, with a valid checksum: refused, no endless loop
+    h[148:156] = b" " * 8
+    h[148:156] = b"%06o\0 " % sum(h)
+    data[:512] = h
+    with pytest.raises(tarfile.TarError, match="corrupt tar header at byte 0"):
+        scan(bytes(data))
 
 
 # --- a hand-made raw shard: units, hostile members, CLIP -------------------------------------

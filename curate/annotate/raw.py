@@ -17,7 +17,6 @@ import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,6 +24,7 @@ import pyarrow.parquet as pq
 
 from curate import schema
 from curate.errors import InputError
+from curate.tarstream import MappedTar
 
 IMAGE = "image"  # the encoded bytes, in the sample batches handed to the annotator
 IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"})
@@ -87,83 +87,6 @@ def read_successes(raw_dir: str | os.PathLike, shard: str) -> pa.Table:
     )
 
 
-_BLOCK = 512
-_ZERO = bytes(_BLOCK)
-_REGULAR = (b"0", b"\0", b"7")
-
-
-def _octal(field: bytes) -> int:
-    if field and field[0] & 0x80:  # GNU base-256 for sizes past 8 GiB
-        return int.from_bytes(field[1:], "big")
-    return int(field.strip(b" \0") or b"0", 8)
-
-
-def iter_tar(f: BinaryIO, want) -> Iterator[tuple[str, bytes]]:
-    """``(name, bytes)`` for the regular members of an uncompressed tar whose name ``want(name)`` accepts.
-
-    Python's ``tarfile`` spends ~90 us per member building a TarInfo; this reads the ustar, GNU
-    (long names) and pax (``path``) headers a downloader writes in a few us, verifies every header's
-    checksum, and seeks past members nobody wants. Links, devices and other special members are
-    skipped. A corrupt or cut-off archive raises ``tarfile.TarError``.
-    """
-    long_name: bytes | None = None
-    while True:
-        block = f.read(_BLOCK)
-        if not block or block == _ZERO:
-            return
-        if len(block) < _BLOCK:
-            raise tarfile.ReadError("tar cut off inside a header")
-        try:
-            stored = _octal(block[148:156])
-            size = _octal(block[124:136])
-        except ValueError:
-            raise tarfile.ReadError("corrupt tar header") from None
-        if stored != sum(block[:148]) + 256 + sum(block[156:]) and stored != _signed_sum(block):
-            raise tarfile.ReadError("tar header checksum mismatch")
-        kind = block[156:157]
-        name = long_name or block[:100].split(b"\0", 1)[0]
-        if long_name is None and block[257:262] == b"ustar" and block[345] != 0:
-            name = block[345:500].split(b"\0", 1)[0] + b"/" + name
-        padded = size + (-size % _BLOCK)
-        if kind in (b"L", b"x"):  # the next member's long name (GNU) or extended header (pax)
-            data = f.read(padded)[:size]
-            if kind == b"L":
-                long_name = data.rstrip(b"\0")
-            else:
-                paths = [r[5:].rstrip(b"\n") for r in _pax(data) if r.startswith(b"path=")]
-                long_name = paths[-1] if paths else None
-            continue
-        long_name = None
-        text = name.decode("utf-8", "replace")
-        if kind in _REGULAR and want(text):
-            data = f.read(padded)
-            if len(data) < size:
-                raise tarfile.ReadError(f"tar cut off inside member {text!r}")
-            yield text, data[:size]
-        else:
-            f.seek(padded, os.SEEK_CUR)
-
-
-def _signed_sum(block: bytes) -> int:
-    """The checksum as some old tars compute it, over signed bytes (``tarfile`` accepts both)."""
-    return sum(b - 256 if b > 127 else b for b in block[:148] + block[156:]) + 256
-
-
-def _pax(data: bytes) -> list[bytes]:
-    """The ``key=value`` records of a pax extended header (``<len> key=value\\n`` each)."""
-    out, i = [], 0
-    while i < len(data):
-        sp = data.find(b" ", i)
-        if sp < 0 or not data[i:sp].isdigit():
-            raise tarfile.ReadError("corrupt pax header")
-        n = int(data[i:sp])
-        if n <= sp - i:
-            raise tarfile.ReadError("corrupt pax header")
-        out.append(data[sp + 1 : i + n])
-        i += n
-    return out
-
-
 def iter_samples(raw_dir: str | os.PathLike, shard: str, batch_size: int = 512) -> Iterator[pa.Table]:
     """Batches of ``SAMPLE_SCHEMA`` rows for every success of ``shard``, reading its tar once.
 
@@ -190,10 +113,12 @@ def iter_samples(raw_dir: str | os.PathLike, shard: str, batch_size: int = 512) 
     path = raw_dir / f"{shard}.tar"
     if ok.num_rows:
         try:
-            with open(path, "rb", buffering=1 << 20) as f:
-                for name, data in iter_tar(f, want):
+            with MappedTar(path) as tar:
+                for name, offset, size in tar.members:
+                    if not want(name):
+                        continue
                     stem = name.rsplit("/", 1)[-1].rpartition(".")[0]
-                    images.append(data)
+                    images.append(tar.read(offset, size))
                     order.append(index[stem])
                     seen.add(stem)
                     if len(order) >= batch_size:
