@@ -1,3 +1,4 @@
+import io
 import json
 import tarfile
 
@@ -41,6 +42,37 @@ def test_header_refuses_path_like_names():
     for bad in ("../x.jpg", "/etc/passwd.txt", "a/b.jpg", ".hidden.jpg", "x.exe"):
         with pytest.raises(ValueError):
             header(bad, 1)
+
+
+def test_header_is_what_tarfile_reads():
+    h = header("abc.json", 70_000)
+    member = tarfile.open(fileobj=io.BytesIO(h + bytes(70_000 + (-70_000 % 512) + 1024))).getmembers()[0]
+    assert (member.name, member.size, member.mode, member.mtime, member.uid, member.isreg()) == (
+        "abc.json",
+        70_000,
+        0o644,
+        0,
+        0,
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"uid": "a", "url": 'http://x/ü?"q"', "caption": "line\nbreak \u2028 \x00 \t é 😀 \\", "quality": 0.1234567},
+        {"uid": "b", "url": None, "caption": None, "quality": None},
+        {"uid": "c", "url": "", "caption": "", "quality": float("nan")},
+        {"uid": "d", "url": "u", "caption": "c", "quality": float("-inf")},
+        {"uid": "e", "url": "u", "caption": "c", "quality": 1e-300},
+        {"uid": "f", "url": "u", "caption": "c", "quality": 3},
+    ],
+)
+def test_sample_json_member_is_exactly_json_dumps(row):
+    from curate.tiers import _sample_meta
+
+    row = {**row, "band": "q000-010"}
+    assert _sample_meta(row) == json.dumps(row, sort_keys=True, ensure_ascii=False).encode()
 
 
 def make_build(tmp_path, n=230, raw_shards=3, filtered=40):
