@@ -3,7 +3,10 @@
 Builds a synthetic web, downloads it (plain img2dataset until `tiers download` is used), annotates
 it, deduplicates, and prints: exact duplicates removed (target >= 0.99), near duplicates removed
 (>= 0.95), unique samples wrongly removed (< 1%), and the pHash distances that justify the default
-near-duplicate distance k. Writes bench/results/dedup_quality.json.
+near-duplicate distance k. Then decontamination against the web's zero-shot set: pool images
+wrongly flagged as eval copies (the synthetic web holds none), and the share of planted copies
+(each eval image resized to 80% and re-encoded as JPEG) found, with and without the shape check.
+Writes bench/results/dedup_quality.json.
 
     .venv/bin/python bench/dedup_quality.py [--n 3000]
 """
@@ -16,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.annotate import AnnotateConfig, annotate, read_annotations
@@ -31,7 +35,7 @@ def download(urls: Path, build_dir: Path) -> None:
         from curate.download import DownloadConfig
         from curate.download import download as tiers_download
 
-        tiers_download(urls, build_dir, DownloadConfig(timeout=2), allow_private=("127.0.0.0/8",))
+        tiers_download(urls, build_dir, DownloadConfig(timeout=2), allow_private="loopback")
     except ImportError:
         from curate.annotate.raw import download_plain
 
@@ -62,6 +66,49 @@ def score(out, truth: dict) -> dict:
     }
 
 
+def contamination_scores(pool, eval_set: Path) -> dict:
+    """Pool rows flagged as eval copies (all wrong here) and recall on planted resized copies."""
+    import io
+
+    from PIL import Image
+
+    from curate.annotate import image as img
+    from curate.dedup.decontaminate import eval_hashes, find_contaminated
+
+    planted = []
+    for data in pq.read_table(eval_set, columns=["image"]).column("image").to_pylist():
+        im = Image.open(io.BytesIO(data)).convert("RGB")
+        im = im.resize((max(1, round(im.width * 0.8)), max(1, round(im.height * 0.8))))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=80)
+        m = img.measure(img.decode(buf.getvalue())[0].pixels)
+        row = {"sha256": img.sha256(buf.getvalue()), "pixel_hash": m.pixel_hash, "phash": m.phash}
+        planted.append({**row, "width": m.width, "height": m.height})
+    planted = pa.Table.from_pylist(
+        planted,
+        schema=pa.schema(
+            [
+                ("sha256", pa.string()),
+                ("pixel_hash", pa.string()),
+                ("phash", pa.uint64()),
+                ("width", pa.int32()),
+                ("height", pa.int32()),
+            ]
+        ),
+    )
+    evals = {"zeroshot": eval_hashes(eval_set)}
+    out = {}
+    for tol in (0.0, 0.05):
+        wrong = find_contaminated(pool, evals, k=6, shape_tolerance=tol)
+        found = find_contaminated(planted, evals, k=6, shape_tolerance=tol)
+        out[f"shape_tolerance={tol}"] = {
+            "pool_wrongly_flagged": len(wrong),
+            "pool_rows": pool.num_rows,
+            "planted_copies_found": round(len(found) / planted.num_rows, 4),
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=3000)
@@ -70,7 +117,7 @@ def main() -> None:
     mix = {k: v for k, v in DEFAULT_MIX.items() if k not in SKIP}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        build(tmp / "web", WebConfig(n=args.n, seed=0, mix=mix, eval_per_concept=1, retrieval_pairs=1))
+        build(tmp / "web", WebConfig(n=args.n, seed=0, mix=mix, eval_per_concept=8, retrieval_pairs=1))
         with WebServer(tmp / "web") as web:
             download(web.urls_path, tmp / "build")
         annotate(tmp / "build", AnnotateConfig(), progress=False)
@@ -109,6 +156,7 @@ def main() -> None:
         for k, tol in ((3, 0.05), (4, 0.05), (6, 0.05), (8, 0.05), (6, 0.0)):
             out = deduplicate(ann, DedupConfig(near_k=k, near_shape_tolerance=tol, semantic=False))
             results[f"k={k} shape_tolerance={tol}"] = score(out, truth)
+        decontamination = contamination_scores(ann, tmp / "web" / "eval" / "zeroshot.parquet")
         summary = {
             "n": args.n,
             "annotated": len(uids),
@@ -124,6 +172,7 @@ def main() -> None:
                 "median": float(np.median(nearest)),
             },
             "by_k": results,
+            "decontamination": decontamination,
         }
     print(json.dumps(summary, indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

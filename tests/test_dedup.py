@@ -153,3 +153,35 @@ def test_decontamination_finds_exact_and_resized_copies_of_eval_images(tmp_path)
     )
     hits = find_contaminated(pool, {"zs": eval_hashes(tmp_path / "zs.parquet")}, k=6)
     assert hits == {0: "zs:0", 1: "zs:2"}
+
+
+def test_decontamination_vetoes_phash_matches_of_another_shape():
+    from curate.dedup.decontaminate import find_contaminated
+
+    ev = pa.table(
+        {
+            "item": [0, 1],
+            "sha256": ["e0", "e1"],
+            "pixel_hash": ["p0", "p1"],
+            "phash": pa.array([0b1011, 0xFFFF_FFFF_0000_0000], pa.uint64()),
+            "width": pa.array([96, 96], pa.int32()),
+            "height": pa.array([96, 96], pa.int32()),
+        }
+    )
+    pool = pa.table(
+        {
+            "sha256": ["a", "b", "c", "d", "e1"],
+            "pixel_hash": ["x", "y", "z", "w", "v"],
+            "phash": pa.array([0b1011, 0b1010, 0b1011, 0b1011, 0xFFFF_FFFF_0000_0000], pa.uint64()),
+            "width": pa.array([64, 200, 64, None, 50], pa.int32()),
+            "height": pa.array([64, 100, 64, None, 200], pa.int32()),
+            # what img2dataset saw before resizing: row 2 was a 2:1 image cropped to a square
+            "original_width": pa.array([640, None, 400, None, None], pa.int32()),
+            "original_height": pa.array([640, None, 200, None, None], pa.int32()),
+        }
+    )
+    hits = find_contaminated(pool, {"zs": ev}, k=6, shape_tolerance=0.05)
+    # 0: a resized copy; 1, 2: same pHash neighbourhood but 2:1 images; 3: shape unknown, no veto;
+    # 4: identical bytes (sha256) whatever its shape
+    assert hits == {0: "zs:0", 3: "zs:0", 4: "zs:1"}
+    assert find_contaminated(pool, {"zs": ev}, k=6) == {0: "zs:0", 1: "zs:0", 2: "zs:0", 3: "zs:0", 4: "zs:1"}

@@ -4,7 +4,11 @@ An evaluation set is an ImageFolder (``root/<class>/<image>``) or a parquet file
 column of encoded bytes (CIFAR-10, the synthetic web's ``eval/zeroshot.parquet``, ...). Its images
 are hashed exactly as the annotate stage hashes the pool (sha256 of the bytes, hash of the decoded
 pixels, 64-bit pHash); a pool sample is contaminated when any of the three matches an evaluation
-image, pHash within the near-duplicate distance ``k``.
+image, pHash within the near-duplicate distance ``k``. As in near dedup, a pHash match between
+images of different shapes is not a copy (a copy may be resized, not stretched): pairs whose aspect
+ratios differ by more than the shape tolerance are vetoed. The pool's shape is the original one
+img2dataset saw (``original_width/height``), so resizing or cropping at download time does not
+count against it.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ def eval_hashes(path: str | os.PathLike) -> pa.Table:
                 schema.SHA256: img.sha256(data),
                 schema.PIXEL_HASH: signals.pixel_hash,
                 schema.PHASH: signals.phash,
+                schema.WIDTH: signals.width,
+                schema.HEIGHT: signals.height,
             }
         )
     return pa.Table.from_pylist(
@@ -70,14 +76,42 @@ def eval_hashes(path: str | os.PathLike) -> pa.Table:
                 (schema.SHA256, pa.string()),
                 (schema.PIXEL_HASH, pa.string()),
                 (schema.PHASH, pa.uint64()),
+                (schema.WIDTH, pa.int32()),
+                (schema.HEIGHT, pa.int32()),
             ]
         ),
     )
 
 
-def find_contaminated(pool: pa.Table, evals: dict[str, pa.Table], k: int) -> dict[int, str]:
-    """Pool row index -> ``"<set>:<item>"`` of an evaluation image it copies (first set wins)."""
+def _log_aspect(table: pa.Table, prefer_original: bool = False) -> np.ndarray:
+    """log(width / height) per row; NaN where the shape is unknown."""
+
+    def col(name: str) -> np.ndarray:
+        if name not in table.column_names:
+            return np.full(table.num_rows, np.nan)
+        return table.column(name).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+
+    w, h = col(schema.WIDTH), col(schema.HEIGHT)
+    if prefer_original:
+        ow, oh = col(schema.ORIGINAL_WIDTH), col(schema.ORIGINAL_HEIGHT)
+        known = np.isfinite(ow) & np.isfinite(oh) & (ow > 0) & (oh > 0)
+        w, h = np.where(known, ow, w), np.where(known, oh, h)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log(w / h)
+    return np.where(np.isfinite(out), out, np.nan)
+
+
+def find_contaminated(
+    pool: pa.Table, evals: dict[str, pa.Table], k: int, shape_tolerance: float = 0.0
+) -> dict[int, str]:
+    """Pool row index -> ``"<set>:<item>"`` of an evaluation image it copies (first set wins).
+
+    ``shape_tolerance`` > 0 vetoes pHash matches whose width/height ratios differ by more than that
+    share (exact and pixel matches are never vetoed; an unknown shape vetoes nothing).
+    """
     out: dict[int, str] = {}
+    pool_shape = _log_aspect(pool, prefer_original=True)
+    limit = np.log1p(shape_tolerance) if shape_tolerance > 0 else np.inf
     pool_sha = pool.column(schema.SHA256).to_pylist()
     pool_pix = pool.column(schema.PIXEL_HASH).to_pylist()
     ph = pool.column(schema.PHASH)
@@ -99,19 +133,23 @@ def find_contaminated(pool: pa.Table, evals: dict[str, pa.Table], k: int) -> dic
         vi, vj, _ = near_pairs(values, NearConfig(k=k))
         # Map each distinct value back to its pool rows and its evaluation items.
         n_pool = len(pool_ph)
+        ev_shape = _log_aspect(ev)
         pool_rows: dict[int, list[int]] = {}
-        ev_items: dict[int, int] = {}
+        ev_items: dict[int, list[int]] = {}  # distinct value -> positions in ev
         for pos, v in enumerate(inverse):
             if pos < n_pool:
                 pool_rows.setdefault(int(v), []).append(int(valid[pos]))
             else:
-                ev_items.setdefault(int(v), items[pos - n_pool])
+                ev_items.setdefault(int(v), []).append(pos - n_pool)
         pairs = list(zip(vi.tolist(), vj.tolist(), strict=True)) + [(v, v) for v in ev_items]
         for a, b in pairs:
             for x, y in ((a, b), (b, a)):
                 if y in ev_items and x in pool_rows:
                     for r in pool_rows[x]:
-                        out.setdefault(r, f"{name}:{ev_items[y]}")
+                        for e in ev_items[y]:
+                            if not abs(pool_shape[r] - ev_shape[e]) > limit:  # NaN: shape unknown, no veto
+                                out.setdefault(r, f"{name}:{items[e]}")
+                                break
     return out
 
 

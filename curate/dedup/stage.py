@@ -69,6 +69,7 @@ def run_dedup(
         return json.loads(old.read_text())
 
     cols = [schema.UID, schema.SHA256, schema.PIXEL_HASH, schema.PHASH, schema.WIDTH, schema.HEIGHT]
+    cols += [schema.ORIGINAL_WIDTH, schema.ORIGINAL_HEIGHT]
     table = read_annotations(build_dir, columns=cols + [schema.CAPTION, schema.DECODE_ERROR])
     # An image that did not decode has failed already; its bytes (an HTML page, a bomb) are often
     # shared by many URLs, and must not make those URLs "duplicates" of anything.
@@ -93,7 +94,7 @@ def run_dedup(
     per_set: dict[str, int] = {}
     if decontaminate:
         evals = {set_name(p): eval_hashes(p) for p in decontaminate}
-        hits = find_contaminated(table, evals, cfg.near_k)
+        hits = find_contaminated(table, evals, cfg.near_k, cfg.near_shape_tolerance)
         dup_of = out.column(schema.DUP_OF).to_pylist()
         kind = out.column(schema.DUP_KIND).to_pylist()
         for r, src in hits.items():
