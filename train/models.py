@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import pickle
@@ -76,9 +77,20 @@ def create(name: str, model_cfg: dict, patch_dropout: float = 0.0, device="cpu")
     import open_clip
 
     kwargs = {k: model_cfg[k] for k in ("init_logit_scale", "init_logit_bias") if k in model_cfg}
-    return open_clip.create_model(
-        name, pretrained=None, force_patch_dropout=patch_dropout, output_dict=True, device=device, **kwargs
-    )
+    # Random initialisation is the point here; open_clip warns about it on the root logger every time,
+    # which reads to a user like something went wrong.
+    root = logging.getLogger()
+    root.addFilter(_random_init_notice)
+    try:
+        return open_clip.create_model(
+            name, pretrained=None, force_patch_dropout=patch_dropout, output_dict=True, device=device, **kwargs
+        )
+    finally:
+        root.removeFilter(_random_init_notice)
+
+
+def _random_init_notice(record: logging.LogRecord) -> bool:
+    return "Model initialized randomly" not in record.getMessage()
 
 
 def image_stats(model) -> tuple[int, tuple, tuple]:
