@@ -48,12 +48,14 @@ def assemble(
     dedup: pa.Table,
     quality: np.ndarray,
     band_cfg: BandConfig = BandConfig(),
+    embeddings: np.ndarray | None = None,
 ) -> pa.Table:
     """One row per row of ``inputs`` (uid, url, caption, extras), in input order.
 
     ``downloads``: uid + download columns, one row per input uid. ``annotations``: one row per
     downloaded uid. ``filters``: uid, keep, reason, reasons aligned with ``annotations``.
-    ``dedup``: uid, dup_of, dup_kind. ``quality``: aligned with ``annotations``.
+    ``dedup``: uid, dup_of, dup_kind. ``quality`` and ``embeddings`` (CLIP image embeddings, only
+    for balanced bands): aligned with ``annotations``.
     """
     n = inputs.num_rows
     uids = inputs.column(schema.UID)
@@ -104,7 +106,8 @@ def assemble(
     if band_cfg.filtered_band:
         band[filtered] = FILTERED
     if kept.any():
-        band[kept] = assign(np.asarray(uids.to_pylist(), dtype=object)[kept], q[kept], band_cfg)
+        emb = None if embeddings is None else np.asarray(embeddings)[a_rows[kept]]
+        band[kept] = assign(np.asarray(uids.to_pylist(), dtype=object)[kept], q[kept], band_cfg, emb)
 
     cols = {name: inputs.column(name) for name in inputs.column_names}
     for field in schema.DOWNLOAD:

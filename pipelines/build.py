@@ -13,7 +13,7 @@ A build config is one TOML file with a section per stage::
     [filters]    preset = "synthetic-basic"   (curate.filters.FilterConfig)
     [dedup]      near_k = 6                    (curate.dedup.DedupConfig)
     [quality]    score = "auto"                (curate.quality.QualityConfig)
-    [bands]      edges = [0.1, 0.2, 0.3, 0.4, 0.5, 1.0]
+    [bands]      edges = [0.1, 0.2, 0.3, 0.4, 0.5, 1.0]   balance = "clusters"   (curate.bands.BandConfig)
     [shards]     shard_size = 1000
 """
 
@@ -30,7 +30,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import units
+from curate import schema, units
 from curate.annotate import AnnotateConfig
 from curate.bands import BandConfig
 from curate.dedup import DedupConfig
@@ -130,7 +130,17 @@ def decide(out: Path, cfg: BuildConfig, log=print) -> pa.Table:
         raise InputError(str(e)) from None
     summary = run_dedup(out, cfg.dedup, quality=q, prefer=filt.keep, decontaminate=cfg.decontaminate, log=log)
     failpoint("decide:after_dedup")
-    samples = assemble(inputs, downloads, ann, filt.table, read_dedup(out), q, cfg.bands)
+    embeddings = None
+    if cfg.bands.balance == "clusters":
+        from curate.annotate.run import load_embeddings
+
+        try:
+            emb_uids, embeddings = load_embeddings(out)
+        except InputError as e:
+            raise InputError(f"[bands] balance = 'clusters' needs CLIP image embeddings ({e})") from None
+        if emb_uids != ann.column(schema.UID).to_pylist():
+            raise InputError("embeddings and annotations disagree on row order; run `tiers annotate` again")
+    samples = assemble(inputs, downloads, ann, filt.table, read_dedup(out), q, cfg.bands, embeddings)
     if not (out / SAMPLES).exists() or not pq.read_table(out / SAMPLES).equals(samples):
         # New decisions: the old manifest no longer describes them, so it goes before anything changes.
         (out / TIERS / MANIFEST).unlink(missing_ok=True)

@@ -5,7 +5,8 @@
 2. Train a filter CLIP on trusted data: the clean part of a *separate* synthetic web, so the filter
    never sees a pool image (the Data Filtering Network idea).
 3. ``tiers build`` the pool: download, annotate (the filter CLIP scores every pair), dedup, filter,
-   bands by CLIP score, shards.
+   bands by CLIP score (balanced across image clusters, so no concept drops out of a top tier),
+   shards.
 4. A study: 3 tiers x 2 budgets of samples seen with a tiny CLIP, zero-shot and retrieval on the
    web's held-out evaluation set, the scaling-law fit, ``report.html``.
 
@@ -39,6 +40,7 @@ image_size = 64
 score = "clip"
 [bands]
 edges = [0.2, 0.5, 1.0]
+balance = "clusters"
 [shards]
 shard_size = 250
 """

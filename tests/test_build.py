@@ -132,6 +132,19 @@ def test_retier_recuts_without_downloading(built, tmp_path):
     assert time.perf_counter() - t0 < 30
 
 
+def test_balanced_bands_without_clip_embeddings_say_what_to_do(built, tmp_path):
+    from curate.errors import InputError
+    from pipelines.build import retier, stored_config
+
+    copy = tmp_path / "copy"
+    shutil.copytree(built[0], copy)
+    cfg = stored_config(copy)
+    cfg = type(cfg)(**{**cfg.__dict__, "bands": type(cfg.bands)(balance="clusters")})
+    with pytest.raises(InputError, match="needs CLIP image embeddings"):
+        retier(copy, cfg, progress=False, log=lambda *_: None)
+    assert (copy / "tiers" / "manifest.json").exists()  # refused before anything changed
+
+
 def _normalised(out: Path) -> tuple[list[dict], dict]:
     samples = pq.read_table(out / "samples.parquet").to_pylist()
     text = (out / "tiers" / "manifest.json").read_text().replace(str(out.resolve()), "OUT")

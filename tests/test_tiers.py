@@ -38,6 +38,38 @@ def test_tiers_are_nested_prefixes():
         BandConfig(edges=(0.5,)).validate()
 
 
+def test_balanced_bands_take_the_best_of_every_cluster():
+    rng = np.random.default_rng(0)
+    sizes = {"a": 60, "b": 30, "c": 10}
+    centre = {"a": [1.0, 0, 0], "b": [0, 1.0, 0], "c": [0, 0, 1.0]}
+    label = np.repeat(list(sizes), list(sizes.values()))
+    emb = np.array([centre[x] for x in label]) + rng.normal(0, 0.05, (100, 3))
+    # The scorer likes cluster a, is lukewarm on b and dislikes c: a plain top 20% is all a.
+    q = np.select([label == "a", label == "b"], [0.6, 0.3], 0.0) + rng.uniform(0, 0.2, 100)
+    uids = np.array([f"u{i:03d}" for i in range(100)], dtype=object)
+    cfg = BandConfig(edges=(0.2, 1.0))
+    plain = assign(uids, q, cfg)
+    assert set(label[plain == "q000-020"]) == {"a"}
+
+    balanced = assign(uids, q, BandConfig(edges=(0.2, 1.0), balance="clusters", clusters=3), emb)
+    top = balanced == "q000-020"
+    assert top.sum() == 20  # band sizes stay exact
+    assert {x: int((label[top] == x).sum()) for x in sizes} == {"a": 12, "b": 6, "c": 2}
+    for x in sizes:  # within a cluster, the best by quality
+        inside = label == x
+        assert q[top & inside].min() > q[~top & inside].max()
+    perm = rng.permutation(100)  # the same table in another row order gives the same bands
+    again = assign(uids[perm], q[perm], BandConfig(edges=(0.2, 1.0), balance="clusters", clusters=3), emb[perm])
+    assert (again == balanced[perm]).all()
+
+
+def test_balanced_bands_need_embeddings_and_a_known_mode():
+    with pytest.raises(ValueError, match="CLIP image embeddings"):
+        assign(np.array(["a", "b"], dtype=object), np.array([0.1, 0.2]), BandConfig(balance="clusters"))
+    with pytest.raises(ValueError, match="balance must be one of"):
+        BandConfig(balance="concepts").validate()
+
+
 def test_header_refuses_path_like_names():
     for bad in ("../x.jpg", "/etc/passwd.txt", "a/b.jpg", ".hidden.jpg", "x.exe"):
         with pytest.raises(ValueError):

@@ -21,13 +21,13 @@ class SemanticConfig:
     seed: int = 0
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
+def normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def kmeans(x: np.ndarray, k: int, iterations: int, seed: int) -> np.ndarray:
-    """Spherical k-means labels for unit vectors ``x`` (k-means++-free: seeded random init)."""
+def kmeans(x: np.ndarray, k: int, iterations: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Spherical k-means of unit vectors ``x``: (labels, unit centres). Seeded random init, no k-means++."""
     rng = np.random.default_rng(seed)
     centres = x[rng.choice(len(x), size=k, replace=False)].copy()
     labels = np.zeros(len(x), np.int64)
@@ -38,18 +38,18 @@ def kmeans(x: np.ndarray, k: int, iterations: int, seed: int) -> np.ndarray:
             if len(members):
                 m = members.sum(0)
                 centres[c] = m / max(np.linalg.norm(m), 1e-12)
-    return labels
+    return labels, centres
 
 
 def semantic_pairs(embeddings: np.ndarray, cfg: SemanticConfig = SemanticConfig()) -> tuple[np.ndarray, np.ndarray]:
     """(i, j) row pairs, i < j, whose embeddings' cosine similarity exceeds ``1 - cfg.eps``."""
-    x = _normalise(embeddings)
+    x = normalise(embeddings)
     n = len(x)
     if n < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     k = cfg.clusters or max(1, int(np.sqrt(n / 4)))
     k = min(k, n)
-    labels = kmeans(x, k, cfg.iterations, cfg.seed)
+    labels, _ = kmeans(x, k, cfg.iterations, cfg.seed)
     out_i, out_j = [], []
     for c in np.unique(labels):
         rows = np.flatnonzero(labels == c)
