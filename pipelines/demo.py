@@ -7,8 +7,8 @@
 3. ``tiers build`` the pool: download, annotate (the filter CLIP scores every pair), dedup, filter,
    bands by CLIP score (balanced across image clusters, so no concept drops out of a top tier),
    shards.
-4. A study: 3 tiers x 2 budgets of samples seen with a tiny CLIP, zero-shot and retrieval on the
-   web's held-out evaluation set, the scaling-law fit, ``report.html``.
+4. A study: 3 tiers x 2 budgets of samples seen x 2 training seeds with a tiny CLIP, zero-shot and
+   retrieval on the web's held-out evaluation set, the scaling-law fit, ``report.html``.
 
 Every step is resumable: run it again and finished work is skipped.
 """
@@ -21,6 +21,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 DEMO_BUILD = """
@@ -49,8 +50,11 @@ shard_size = 250
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run the whole chain on a generated synthetic web (no network needed)")
     p.add_argument("--out", default="demo_out", help="output directory (default: ./demo_out)")
-    p.add_argument("--n", type=int, default=2000, help="URLs in the synthetic web (default 2000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int, default=8000, help="URLs in the synthetic web (default 8000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic web")
+    p.add_argument(
+        "--seeds", default="0,1", help="training seeds per study cell, comma separated (default 0,1: shows the noise)"
+    )
     p.add_argument("--model", default="ct-vit-micro-32", help="the CLIP of the study and of the filter")
     p.add_argument("--budgets", default="4000,16000", help="samples seen per run, comma separated")
     p.add_argument("--filter-samples", type=int, default=20000, help="samples seen by the filter CLIP")
@@ -119,11 +123,14 @@ def run(args: argparse.Namespace) -> int:
     for name, t in manifest["tiers"].items():
         log(f"  {name:<11} {t['samples']:>6} samples")
 
-    log(f"[4/4] study: 3 tiers x 2 budgets ({time.perf_counter() - t0:.0f} s)")
+    budgets = tuple(int(b) for b in args.budgets.split(","))
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    log(f"[4/4] study: 3 tiers x {len(budgets)} budgets x {len(seeds)} seeds ({time.perf_counter() - t0:.0f} s)")
     study = StudyConfig(
         tiers_dir=str(out / "build"),
         tiers=("top20", "top50", "kept"),
-        budgets=tuple(int(b) for b in args.budgets.split(",")),
+        budgets=budgets,
+        seeds=seeds,
         model=args.model,
         train={"preset": "baseline"},
         zeroshot=str(web_dir / "eval" / "zeroshot.parquet"),
@@ -134,13 +141,14 @@ def run(args: argparse.Namespace) -> int:
     rows = run_study(study, out / "study", log=log)
     report = write_report(out / "study", rows, dataclasses.asdict(study), study.tiers_dir, study.extend)
     fit = json.loads((out / "study" / "fit.json").read_text()).get("default", {})
+    n_classes = len(json.loads((web_dir / "eval" / "classes.json").read_text())["classnames"])
+    log(f"  zero-shot top-1, mean ± half-range over {len(seeds)} seed(s); chance {1 / n_classes:.3f}:")
     for budget, tier in fit.get("best_observed", {}).items():
-        accs = {r["tier"]: r["zeroshot_top1"] for r in rows if r["samples_seen"] == int(budget)}
-        log(
-            f"  {int(budget):>7,} samples seen: best {tier}  ("
-            + ", ".join(f"{t} {a:.3f}" for t, a in accs.items())
-            + ")"
-        )
+        cells = []
+        for t in study.tiers:
+            accs = [r["zeroshot_top1"] for r in rows if r["samples_seen"] == int(budget) and r["tier"] == t]
+            cells.append(f"{t} {np.mean(accs):.3f} ± {(max(accs) - min(accs)) / 2:.3f}")
+        log(f"  {int(budget):>7,} samples seen: best {tier}  ({', '.join(cells)})")
     if fit:
         log(f"  predicted best at {fit['predict_at']:,.0f} samples seen: {fit['best_tier']}")
     log(f"done in {time.perf_counter() - t0:.0f} s; report: {report}")
