@@ -147,7 +147,6 @@ def write_tiers(
     if out_dir.exists():
         units.remove_stale_temporaries(out_dir)
     shards_of = plan(samples, bands, shard_cfg)
-    _remove_old_bands(out_dir, set(bands))
     has_band = np.asarray(samples.column(schema.BAND).is_valid().to_numpy(zero_copy_only=False))
     cols = [schema.UID, schema.URL, schema.CAPTION, schema.QUALITY, schema.BAND, schema.SHARD, schema.KEY]
     rows = samples.select(cols).to_pylist()
@@ -166,7 +165,6 @@ def write_tiers(
             if not (marker and marker.get("fingerprint") == fp and (out_dir / rel).exists()):
                 units.clear_marker(out_dir, f"{band}-{k:06d}")
                 jobs.append((band, k, rel, unit_rows, unit_metas, fp))
-        _remove_extra_shards(out_dir, band, len(shard_rows))
         q = [rows[i][schema.QUALITY] for idx in shard_rows for i in idx]
         q = [x for x in q if x is not None]
         manifest_bands[band] = {
@@ -175,11 +173,14 @@ def write_tiers(
             "quality": [float(min(q)), float(max(q))] if q else [None, None],
         }
 
-    if jobs:  # shards are about to change: a manifest must never list shards that are being rewritten
-        (out_dir / MANIFEST).unlink(missing_ok=True)
-    bar = tqdm(total=len(jobs), desc="writing band shards", unit="shard", disable=not progress or not jobs)
-
+    # Map the raw tars before touching anything, so an unreadable one fails the run with no side effect.
     raw = _map_raw(raw_dir, {r[schema.SHARD] for job in jobs for r in job[3]})
+    counts = {band: len(s) for band, s in shards_of.items()}
+    extras = _extra_shards(out_dir, counts)
+    if jobs or extras:  # shards are about to change: a manifest must never list shards that are changing
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+    _remove(out_dir, extras, counts)
+    bar = tqdm(total=len(jobs), desc="writing band shards", unit="shard", disable=not progress or not jobs)
 
     def run(job):
         band, k, rel, unit_rows, unit_metas, fp = job
@@ -227,22 +228,25 @@ def _tiers(out_dir: Path, band_cfg: BandConfig, bands: dict) -> dict:
     return out
 
 
-def _remove_extra_shards(out_dir: Path, band: str, keep: int) -> None:
-    d = out_dir / BANDS / band
-    if not d.exists():
-        return
-    for p in d.glob("*.tar"):
-        if p.stem.isdigit() and int(p.stem) >= keep:
-            units.clear_marker(out_dir, f"{band}-{p.stem}")
-            p.unlink()
-
-
-def _remove_old_bands(out_dir: Path, bands: set[str]) -> None:
-    """A re-cut with other edges leaves bands the new cut does not have: remove them and their markers."""
+def _extra_shards(out_dir: Path, counts: dict[str, int]) -> list[tuple[str, Path]]:
+    """(band, path) of shards on disk that the new cut does not have: bands it lost, shards past a
+    band's new end."""
     root = out_dir / BANDS
     if not root.exists():
-        return
-    for d in root.iterdir():
-        if d.is_dir() and d.name not in bands:
-            _remove_extra_shards(out_dir, d.name, 0)
+        return []
+    out = []
+    for d in sorted(root.iterdir()):
+        if d.is_dir():
+            keep = counts.get(d.name, 0)
+            out += [(d.name, p) for p in sorted(d.glob("*.tar")) if p.stem.isdigit() and int(p.stem) >= keep]
+    return out
+
+
+def _remove(out_dir: Path, extras: list[tuple[str, Path]], counts: dict[str, int]) -> None:
+    for band, p in extras:
+        units.clear_marker(out_dir, f"{band}-{p.stem}")
+        p.unlink()
+    root = out_dir / BANDS
+    for d in root.iterdir() if root.exists() else ():
+        if d.is_dir() and d.name not in counts and not any(d.iterdir()):  # a band the new cut lost
             d.rmdir()

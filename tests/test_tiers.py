@@ -211,6 +211,28 @@ def test_retier_rewrites_only_what_changed(tmp_path):
     ]
 
 
+def test_an_unreadable_raw_shard_fails_the_recut_before_anything_changes(tmp_path):
+    from curate.errors import InputError
+
+    samples = make_build(tmp_path)
+    write_tiers(tmp_path, samples, shard_cfg=ShardConfig(shard_size=20), progress=False)
+    before = {p: p.read_bytes() for p in (tmp_path / "tiers").rglob("*") if p.is_file()}
+    raw = tmp_path / "raw" / "00001.tar"
+    raw.write_bytes(raw.read_bytes()[:5000])  # cut off mid-member
+    cfg = BandConfig(edges=(0.25, 1.0))
+    kept = samples.column("band").to_numpy(zero_copy_only=False)
+    mask = np.array([b not in (None, "filtered") for b in kept])
+    new = kept.copy()
+    new[mask] = assign(
+        samples.column("uid").to_numpy(zero_copy_only=False)[mask], samples.column("quality").to_numpy()[mask], cfg
+    )
+    samples2 = samples.set_column(samples.column_names.index("band"), "band", pa.array(new.tolist(), pa.string()))
+    with pytest.raises(InputError, match="00001.tar") as e:
+        write_tiers(tmp_path, samples2, band_cfg=cfg, shard_cfg=ShardConfig(shard_size=20), progress=False)
+    assert "cut off" in str(e.value)
+    assert {p: p.read_bytes() for p in (tmp_path / "tiers").rglob("*") if p.is_file()} == before
+
+
 def test_brace_notation():
     assert (
         brace(["/d/a/000000.tar", "/d/a/000001.tar", "/d/b/000000.tar"])
