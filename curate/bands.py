@@ -9,7 +9,7 @@ are exact, and ties in quality are broken by uid, so the same table always gives
 
 ``balance = "clusters"`` cuts every band across concepts rather than across the whole pool. A
 CLIP score is not comparable between concepts: a filter model scores the concepts it knows best
-highest, and a plain top-20% tier can lose whole concepts (the demo's filter CLIP kept 15 of 25).
+highest, and a plain top-20% tier can lose whole concepts (the demo's filter CLIP kept 18 of 25).
 So kept samples are clustered by their CLIP image embeddings (spherical k-means, seeded, on rows in
 uid order), each sample is ranked within its cluster, and the bands are cut by that within-cluster
 rank: ``top20`` then holds about the best 20% of every cluster (MetaCLIP balances its pool over

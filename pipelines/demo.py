@@ -47,16 +47,29 @@ shard_size = 250
 """
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run the whole chain on a generated synthetic web (no network needed)")
     p.add_argument("--out", default="demo_out", help="output directory (default: ./demo_out)")
     p.add_argument("--n", type=int, default=8000, help="URLs in the synthetic web (default 8000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic web")
     p.add_argument(
-        "--seeds", default="0,1", help="training seeds per study cell, comma separated (default 0,1: shows the noise)"
+        "--seeds",
+        type=_ints,
+        default=(0, 1),
+        help="training seeds per study cell, comma separated (default 0,1: shows the noise)",
     )
     p.add_argument("--model", default="ct-vit-micro-32", help="the CLIP of the study and of the filter")
-    p.add_argument("--budgets", default="4000,16000", help="samples seen per run, comma separated")
+    p.add_argument("--budgets", type=_ints, default=(4000, 16000), help="samples seen per run, comma separated")
     p.add_argument("--filter-samples", type=int, default=20000, help="samples seen by the filter CLIP")
     p.add_argument(
         "--port", type=int, default=8765, help="port for the synthetic web (fixed, so a rerun resumes the same list)"
@@ -123,8 +136,7 @@ def run(args: argparse.Namespace) -> int:
     for name, t in manifest["tiers"].items():
         log(f"  {name:<11} {t['samples']:>6} samples")
 
-    budgets = tuple(int(b) for b in args.budgets.split(","))
-    seeds = tuple(int(s) for s in args.seeds.split(","))
+    budgets, seeds = args.budgets, args.seeds
     log(f"[4/4] study: 3 tiers x {len(budgets)} budgets x {len(seeds)} seeds ({time.perf_counter() - t0:.0f} s)")
     study = StudyConfig(
         tiers_dir=str(out / "build"),
@@ -147,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         cells = []
         for t in study.tiers:
             accs = [r["zeroshot_top1"] for r in rows if r["samples_seen"] == int(budget) and r["tier"] == t]
-            cells.append(f"{t} {np.mean(accs):.3f} ± {(max(accs) - min(accs)) / 2:.3f}")
+            if accs:
+                cells.append(f"{t} {np.mean(accs):.3f} ± {(max(accs) - min(accs)) / 2:.3f}")
         log(f"  {int(budget):>7,} samples seen: best {tier}  ({', '.join(cells)})")
     if fit:
         log(f"  predicted best at {fit['predict_at']:,.0f} samples seen: {fit['best_tier']}")
