@@ -51,6 +51,34 @@ def header(name: str, size: int) -> bytes:
     return b"".join((raw, _NAME_PAD[len(raw)], _MODE_IDS, size_field, _MTIME, chk, _REST))
 
 
+_TEMPLATE_ROW = np.frombuffer(bytes(_TEMPLATE), np.uint8)  # checksum field still eight spaces
+_SIZE_SHIFTS = 3 * np.arange(10, -1, -1)  # the 11 octal digits of a size, most significant first
+_SUM_SHIFTS = 3 * np.arange(5, -1, -1)
+
+
+def headers(names: list[str], sizes) -> np.ndarray:
+    """``(n, 512)`` ustar header blocks for many members at once: row i is ``header(names[i], sizes[i])``."""
+    for name in names:
+        if not SAFE_NAME.match(name) or len(name) > 100:
+            raise ValueError(f"refusing unsafe tar member name {name!r}")
+    sizes = np.asarray(sizes, np.int64).reshape(-1)
+    if len(sizes) != len(names):
+        raise ValueError(f"{len(names)} names but {len(sizes)} sizes")
+    if len(sizes) and (sizes.min() < 0 or sizes.max() >= 8**11):
+        i = int(np.flatnonzero((sizes < 0) | (sizes >= 8**11))[0])
+        raise ValueError(f"member {names[i]!r} has a size ustar cannot hold ({sizes[i]} bytes)")
+    out = np.tile(_TEMPLATE_ROW, (len(names), 1))
+    raw = b"".join(name.encode("ascii").ljust(100, b"\0") for name in names)
+    out[:, :100] = np.frombuffer(raw, np.uint8).reshape(-1, 100)
+    out[:, 124:135] = ord("0") + ((sizes[:, None] >> _SIZE_SHIFTS) & 7)
+    out[:, 135] = 0
+    chk = out.sum(1, dtype=np.int64)
+    out[:, 148:154] = ord("0") + ((chk[:, None] >> _SUM_SHIFTS) & 7)
+    out[:, 154] = 0
+    out[:, 155] = ord(" ")
+    return out
+
+
 class TarWriter:
     """Write ustar members to a file descriptor; :meth:`close` writes the end-of-archive blocks.
 
@@ -78,6 +106,23 @@ class TarWriter:
         if self._queued >= 8 << 20 or len(self._iov) >= self._MAX_IOV - 3:
             self._flush()
 
+    def add_many(self, names: list[str], datas: list[bytes | memoryview]) -> None:
+        """Like :meth:`add` for each pair, with every header built in one vectorised pass."""
+        sizes = [len(d) for d in datas]
+        blocks = memoryview(headers(names, sizes).tobytes())
+        pads = [-n % BLOCK for n in sizes]
+        self._flush()
+        step = (self._MAX_IOV - 3) // 3
+        for start in range(0, len(datas), step):
+            end = min(start + step, len(datas))
+            iov: list[bytes | memoryview] = []
+            for i in range(start, end):
+                iov += (blocks[i * BLOCK : (i + 1) * BLOCK], datas[i], _PADS[pads[i]])
+            self._iov = iov
+            self._queued = (end - start) * BLOCK + sum(sizes[start:end]) + sum(pads[start:end])
+            self.bytes += self._queued
+            self._flush()
+
     def _flush(self) -> None:
         iov, want = self._iov, self._queued
         while want:
@@ -98,6 +143,7 @@ class TarWriter:
 
 
 _ZEROS = bytes(2 * BLOCK)
+_PADS = [memoryview(_ZEROS)[:k] for k in range(BLOCK)]
 
 
 def index_tar(path: str | os.PathLike) -> dict[str, dict[str, tuple[int, int]]]:
@@ -234,18 +280,18 @@ def _octal(field: bytes) -> int:
 
 
 def _check_sums(buf, heads: list[int], where: str) -> None:
-    words = np.frombuffer(buf, np.uint64, count=len(buf) // 8)
-    octets = np.frombuffer(buf, np.uint8)
+    # Header blocks are 512-byte aligned: gather them as rows of 64 machine words and sum each row's
+    # bytes two at a time in 16-bit lanes (at most 64 * 510 per lane, so lanes never carry over).
+    n_blocks = len(buf) // BLOCK
+    rows = np.frombuffer(buf, np.uint64, count=n_blocks * (BLOCK // 8)).reshape(n_blocks, BLOCK // 8)
     offsets = np.asarray(heads, np.int64)
     lo = np.uint64(0x00FF00FF00FF00FF)
     for k in range(0, len(offsets), _SUM_CHUNK):
         at = offsets[k : k + _SUM_CHUNK]
-        # Header blocks are 512-byte aligned: sum each one's bytes as 64 machine words, two bytes per
-        # 16-bit lane (at most 64 * 510 per lane, so lanes never carry into each other).
-        w = words[at[:, None] // 8 + np.arange(BLOCK // 8)]
+        w = rows[at // BLOCK]
         lanes = ((w & lo) + ((w >> np.uint64(8)) & lo)).sum(1, dtype=np.uint64)
         total = sum(((lanes >> np.uint64(s)) & np.uint64(0xFFFF)).astype(np.int64) for s in (0, 16, 32, 48))
-        field = octets[at[:, None] + np.arange(148, 156)]
+        field = w.view(np.uint8).reshape(len(at), BLOCK)[:, 148:156]
         got = total - field.sum(1, dtype=np.int64) + 8 * 32  # the checksum field itself counts as eight spaces
         # The stored checksum: octal digits, then NUL or space (leading spaces allowed).
         digit = (field >= ord("0")) & (field <= ord("7"))
@@ -253,7 +299,7 @@ def _check_sums(buf, heads: list[int], where: str) -> None:
         for c in range(8):
             stored = np.where(digit[:, c], stored * 8 + (field[:, c].astype(np.int64) - ord("0")), stored)
         for i in np.flatnonzero(got != stored):
-            block = bytes(octets[at[i] : at[i] + BLOCK])
+            block = buf[at[i] : at[i] + BLOCK]
             if _stored_sum(block) not in (sum(block[:148]) + sum(block[156:]) + 256, _signed_sum(block)):
                 raise tarfile.ReadError(f"{where}: tar header checksum mismatch at byte {at[i]}")
 

@@ -58,43 +58,62 @@ def plan(samples: pa.Table, bands: list[str], cfg: ShardConfig) -> dict[str, lis
     return out
 
 
-def _map_raw(raw_dir: Path, shards: set[str]) -> dict[str, tuple[MappedTar, dict]]:
+class _RawShard:
+    """A mapped raw tar and where each key's image lies in it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tar = MappedTar(path)
+        self._by_name = {m[0]: m for m in self.tar.members}  # img2dataset's names: "<key>.<ext>"
+        self._by_stem: dict | None = None
+
+    def image(self, key: str) -> tuple[str, memoryview] | None:
+        for ext in IMAGE_EXTS:
+            m = self._by_name.get(f"{key}.{ext}")
+            if m is not None:
+                return ext, self.tar.view(m[1], m[2])
+        if self._by_stem is None:  # other writers: names in folders, upper-case extensions
+            self._by_stem = self.tar.index()
+        members = self._by_stem.get(key) or {}
+        ext = next((e for e in IMAGE_EXTS if e in members), None)
+        return None if ext is None else (ext, self.tar.view(*members[ext]))
+
+
+def _map_raw(raw_dir: Path, shards: set[str]) -> dict[str, _RawShard]:
     out = {}
     try:
         for s in sorted(shards):
             path = raw_dir / f"{s}.tar"
             try:
-                tar = MappedTar(path)
+                out[s] = _RawShard(path)
             except (OSError, tarfile.TarError) as e:
                 raise InputError(f"raw shard unreadable: {e}", path=str(path)) from None
-            out[s] = (tar, tar.index())
     except BaseException:
         _unmap(out)
         raise
     return out
 
 
-def _unmap(raw: dict[str, tuple[MappedTar, dict]]) -> None:
-    for tar, _ in raw.values():
-        tar.close()
+def _unmap(raw: dict[str, _RawShard]) -> None:
+    for shard in raw.values():
+        shard.tar.close()
 
 
 def _sample_meta(row: dict) -> bytes:
     """The sample's ``.json`` member: exactly ``json.dumps({uid, url, caption, quality, band},
     sort_keys=True, ensure_ascii=False)``, written out by hand because it runs once per sample."""
-    band, caption, uid, url = (_json_str(row[k]) for k in (schema.BAND, schema.CAPTION, schema.UID, schema.URL))
-    quality = _json_float(row[schema.QUALITY])
+    enc = encode_basestring
+    band, caption, uid, url, q = (row[k] for k in _META_KEYS)
+    band = "null" if band is None else enc(band)
+    caption = "null" if caption is None else enc(caption)
+    uid = "null" if uid is None else enc(uid)
+    url = "null" if url is None else enc(url)
+    # json writes a finite float as repr(); null, NaN, Infinity and non-floats go through json itself
+    quality = float.__repr__(q) if type(q) is float and math.isfinite(q) else json.dumps(q)
     return f'{{"band": {band}, "caption": {caption}, "quality": {quality}, "uid": {uid}, "url": {url}}}'.encode()
 
 
-def _json_str(v: str | None) -> str:
-    return "null" if v is None else encode_basestring(v)
-
-
-def _json_float(v: float | None) -> str:
-    if type(v) is not float or not math.isfinite(v):
-        return json.dumps(v)  # null, NaN, Infinity, and anything that is not a plain float
-    return float.__repr__(v)
+_META_KEYS = (schema.BAND, schema.CAPTION, schema.UID, schema.URL, schema.QUALITY)
 
 
 def _fingerprint(rows: list[dict], metas: list[bytes]) -> str:
@@ -111,17 +130,18 @@ def _write_one(dest: Path, rows: list[dict], metas: list[bytes], raw: dict, raw_
     with units.atomic_path(dest) as tmp:
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            w = TarWriter(out)
+            names: list[str] = []
+            datas: list[bytes | memoryview] = []
             for r, meta in zip(rows, metas, strict=True):
                 shard, key, uid = r[schema.SHARD], r[schema.KEY], r[schema.UID]
-                tar, index = raw[shard]
-                members = index.get(key)
-                ext = next((e for e in IMAGE_EXTS if members and e in members), None)
-                if ext is None:
+                found = raw[shard].image(key)
+                if found is None:
                     raise InputError(f"no image for key {key!r} (uid {uid})", path=str(raw_dir / f"{shard}.tar"))
-                w.add(f"{uid}.{ext}", tar.view(*members[ext]))
-                w.add(f"{uid}.txt", (r[schema.CAPTION] or "").encode())
-                w.add(f"{uid}.json", meta)
+                ext, image = found
+                names += (f"{uid}.{ext}", f"{uid}.txt", f"{uid}.json")
+                datas += (image, (r[schema.CAPTION] or "").encode(), meta)
+            w = TarWriter(out)
+            w.add_many(names, datas)
             w.close()
         finally:
             os.close(out)
