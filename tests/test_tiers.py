@@ -89,6 +89,20 @@ def test_header_is_what_tarfile_reads():
     )
 
 
+def test_headers_in_bulk_equal_one_by_one_and_refuse_the_same_things():
+    from curate.tarstream import headers
+
+    names = ["a.jpg", "0123456789abcdef0123.json", "x" * 96 + ".txt", "u_1-2.webp"]
+    sizes = [0, 511, 8**11 - 1, 123_456]
+    assert [row.tobytes() for row in headers(names, sizes)] == [
+        header(n, k) for n, k in zip(names, sizes, strict=True)
+    ]
+    with pytest.raises(ValueError, match="unsafe"):
+        headers(["ok.jpg", "../x.jpg"], [1, 1])
+    with pytest.raises(ValueError, match="cannot hold"):
+        headers(["big.jpg"], [8**11])
+
+
 @pytest.mark.parametrize(
     "row",
     [
