@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from curate import schema
 from curate.dedup.clusters import Links, resolve
-from curate.dedup.near import NearConfig, distinct, near_pairs
+from curate.dedup.near import NearConfig, aspect_differs, distinct, log_aspect, near_pairs
 from curate.dedup.semantic import SemanticConfig, semantic_pairs
 
 
@@ -91,8 +91,8 @@ def deduplicate(
         rep[inverse[::-1]] = valid[::-1]  # a representative row per distinct value
         i, j = rep[vi], rep[vj]
         if cfg.near_shape_tolerance and schema.WIDTH in names and schema.HEIGHT in names:
-            shape = _log_shape(table)
-            ok = ~(np.abs(shape[i] - shape[j]) > np.log1p(cfg.near_shape_tolerance))  # unknown shape: no veto
+            shape = log_aspect(table)
+            ok = ~aspect_differs(shape[i], shape[j], cfg.near_shape_tolerance)
             i, j = i[ok], j[ok]
         links.add("near", i, j)
     if cfg.semantic and embeddings is not None:
@@ -111,13 +111,6 @@ def deduplicate(
             schema.DUP_KIND: pa.array(out["dup_kind"], pa.string()),
         }
     )
-
-
-def _log_shape(table: pa.Table) -> np.ndarray:
-    w = table.column(schema.WIDTH).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
-    h = table.column(schema.HEIGHT).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log(w / h)
 
 
 def _scatter(valid: np.ndarray, inverse: np.ndarray, n: int) -> np.ndarray:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from curate import schema
 from curate.annotate import image as img
-from curate.dedup.near import NearConfig, distinct, near_pairs
+from curate.dedup.near import NearConfig, aspect_differs, distinct, log_aspect, near_pairs
 from curate.errors import InputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -83,24 +83,6 @@ def eval_hashes(path: str | os.PathLike) -> pa.Table:
     )
 
 
-def _log_aspect(table: pa.Table, prefer_original: bool = False) -> np.ndarray:
-    """log(width / height) per row; NaN where the shape is unknown."""
-
-    def col(name: str) -> np.ndarray:
-        if name not in table.column_names:
-            return np.full(table.num_rows, np.nan)
-        return table.column(name).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
-
-    w, h = col(schema.WIDTH), col(schema.HEIGHT)
-    if prefer_original:
-        ow, oh = col(schema.ORIGINAL_WIDTH), col(schema.ORIGINAL_HEIGHT)
-        known = np.isfinite(ow) & np.isfinite(oh) & (ow > 0) & (oh > 0)
-        w, h = np.where(known, ow, w), np.where(known, oh, h)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.log(w / h)
-    return np.where(np.isfinite(out), out, np.nan)
-
-
 def find_contaminated(
     pool: pa.Table, evals: dict[str, pa.Table], k: int, shape_tolerance: float = 0.0
 ) -> dict[int, str]:
@@ -110,8 +92,7 @@ def find_contaminated(
     share (exact and pixel matches are never vetoed; an unknown shape vetoes nothing).
     """
     out: dict[int, str] = {}
-    pool_shape = _log_aspect(pool, prefer_original=True)
-    limit = np.log1p(shape_tolerance) if shape_tolerance > 0 else np.inf
+    pool_shape = log_aspect(pool, prefer_original=True)
     pool_sha = pool.column(schema.SHA256).to_pylist()
     pool_pix = pool.column(schema.PIXEL_HASH).to_pylist()
     ph = pool.column(schema.PHASH)
@@ -133,7 +114,7 @@ def find_contaminated(
         vi, vj, _ = near_pairs(values, NearConfig(k=k))
         # Map each distinct value back to its pool rows and its evaluation items.
         n_pool = len(pool_ph)
-        ev_shape = _log_aspect(ev)
+        ev_shape = log_aspect(ev)
         pool_rows: dict[int, list[int]] = {}
         ev_items: dict[int, list[int]] = {}  # distinct value -> positions in ev
         for pos, v in enumerate(inverse):
@@ -147,7 +128,7 @@ def find_contaminated(
                 if y in ev_items and x in pool_rows:
                     for r in pool_rows[x]:
                         for e in ev_items[y]:
-                            if not abs(pool_shape[r] - ev_shape[e]) > limit:  # NaN: shape unknown, no veto
+                            if not aspect_differs(pool_shape[r], ev_shape[e], shape_tolerance):
                                 out.setdefault(r, f"{name}:{items[e]}")
                                 break
     return out

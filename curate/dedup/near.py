@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from math import comb
 
 import numpy as np
+import pyarrow as pa
+
+from curate import schema
 
 
 @dataclass(frozen=True)
@@ -117,3 +120,32 @@ def _combinations(items: list[int], r: int):
     from itertools import combinations
 
     return combinations(items, r)
+
+
+def log_aspect(table: pa.Table, prefer_original: bool = False) -> np.ndarray:
+    """log(width / height) per row, NaN where the shape is unknown. ``prefer_original`` takes
+    img2dataset's original size where it was recorded, so a resize or crop at download time does not
+    count as a change of shape."""
+
+    def col(name: str) -> np.ndarray:
+        if name not in table.column_names:
+            return np.full(table.num_rows, np.nan)
+        return table.column(name).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+
+    w, h = col(schema.WIDTH), col(schema.HEIGHT)
+    if prefer_original:
+        ow, oh = col(schema.ORIGINAL_WIDTH), col(schema.ORIGINAL_HEIGHT)
+        known = np.isfinite(ow) & np.isfinite(oh) & (ow > 0) & (oh > 0)
+        w, h = np.where(known, ow, w), np.where(known, oh, h)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(w / h)
+
+
+def aspect_differs(a, b, tolerance: float):
+    """Whether two log aspect ratios differ by more than ``tolerance`` (a share; 0 disables).
+
+    A copy may be resized, not stretched, so such a pHash pair is not a copy. An unknown shape (NaN)
+    never differs."""
+    if tolerance <= 0:
+        return np.zeros(np.broadcast(a, b).shape, bool)
+    return np.abs(np.asarray(a) - np.asarray(b)) > np.log1p(tolerance)
