@@ -39,10 +39,14 @@ _FIXED_SUM = sum(_MODE_IDS) + sum(_MTIME) + 8 * 32 + sum(_REST)
 _NAME_PAD = [bytes(100 - n) for n in range(101)]
 
 
-def header(name: str, size: int) -> bytes:
-    """A ustar header block for a regular file ``name`` of ``size`` bytes."""
+def _check_name(name: str) -> None:
     if not SAFE_NAME.match(name) or len(name) > 100:
         raise ValueError(f"refusing unsafe tar member name {name!r}")
+
+
+def header(name: str, size: int) -> bytes:
+    """A ustar header block for a regular file ``name`` of ``size`` bytes."""
+    _check_name(name)
     if size >= 8**11:
         raise ValueError(f"member {name!r} too large for ustar ({size} bytes)")
     raw = name.encode("ascii")
@@ -59,8 +63,7 @@ _SUM_SHIFTS = 3 * np.arange(5, -1, -1)
 def headers(names: list[str], sizes) -> np.ndarray:
     """``(n, 512)`` ustar header blocks for many members at once: row i is ``header(names[i], sizes[i])``."""
     for name in names:
-        if not SAFE_NAME.match(name) or len(name) > 100:
-            raise ValueError(f"refusing unsafe tar member name {name!r}")
+        _check_name(name)
     sizes = np.asarray(sizes, np.int64).reshape(-1)
     if len(sizes) != len(names):
         raise ValueError(f"{len(names)} names but {len(sizes)} sizes")

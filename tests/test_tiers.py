@@ -202,18 +202,23 @@ def test_bytes_are_copied_not_reencoded_and_rerun_is_identical(tmp_path):
     assert not list((tmp_path / "tiers").rglob("*.tmp"))
 
 
-def test_retier_rewrites_only_what_changed(tmp_path):
-    samples = make_build(tmp_path)
-    write_tiers(tmp_path, samples, shard_cfg=ShardConfig(shard_size=20), progress=False)
-    filtered_marker = units.read_marker(tmp_path / "tiers", "filtered-000000")
-    cfg = BandConfig(edges=(0.25, 0.5, 1.0))
+def recut(samples: pa.Table, cfg: BandConfig) -> pa.Table:
+    """The sample table with its kept samples re-banded by ``cfg``, as `tiers retier` would."""
     kept = samples.column("band").to_numpy(zero_copy_only=False)
     mask = np.array([b not in (None, "filtered") for b in kept])
     new = kept.copy()
     new[mask] = assign(
         samples.column("uid").to_numpy(zero_copy_only=False)[mask], samples.column("quality").to_numpy()[mask], cfg
     )
-    samples2 = samples.set_column(samples.column_names.index("band"), "band", pa.array(new.tolist(), pa.string()))
+    return samples.set_column(samples.column_names.index("band"), "band", pa.array(new.tolist(), pa.string()))
+
+
+def test_retier_rewrites_only_what_changed(tmp_path):
+    samples = make_build(tmp_path)
+    write_tiers(tmp_path, samples, shard_cfg=ShardConfig(shard_size=20), progress=False)
+    filtered_marker = units.read_marker(tmp_path / "tiers", "filtered-000000")
+    cfg = BandConfig(edges=(0.25, 0.5, 1.0))
+    samples2 = recut(samples, cfg)
     m = write_tiers(tmp_path, samples2, band_cfg=cfg, shard_cfg=ShardConfig(shard_size=20), progress=False)
     assert list(m["tiers"]) == ["top25", "top50", "kept", "unfiltered"]
     assert units.read_marker(tmp_path / "tiers", "filtered-000000") == filtered_marker
@@ -234,13 +239,7 @@ def test_an_unreadable_raw_shard_fails_the_recut_before_anything_changes(tmp_pat
     raw = tmp_path / "raw" / "00001.tar"
     raw.write_bytes(raw.read_bytes()[:5000])  # cut off mid-member
     cfg = BandConfig(edges=(0.25, 1.0))
-    kept = samples.column("band").to_numpy(zero_copy_only=False)
-    mask = np.array([b not in (None, "filtered") for b in kept])
-    new = kept.copy()
-    new[mask] = assign(
-        samples.column("uid").to_numpy(zero_copy_only=False)[mask], samples.column("quality").to_numpy()[mask], cfg
-    )
-    samples2 = samples.set_column(samples.column_names.index("band"), "band", pa.array(new.tolist(), pa.string()))
+    samples2 = recut(samples, cfg)
     with pytest.raises(InputError, match="00001.tar") as e:
         write_tiers(tmp_path, samples2, band_cfg=cfg, shard_cfg=ShardConfig(shard_size=20), progress=False)
     assert "cut off" in str(e.value)
