@@ -44,9 +44,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 def make_samples(n: int, side: int, seed: int = 0) -> pa.Table:
     from curate.annotate.raw import SAMPLE_SCHEMA
-    from curate.synthweb import captions
-    from curate.synthweb.build import FORMAT_SHARES
-    from curate.synthweb.render import all_concepts, encode, render
+    from synthweb import captions
+    from synthweb.build import FORMAT_SHARES
+    from synthweb.render import all_concepts, encode, render
 
     concepts = all_concepts()
     rng = np.random.default_rng(seed)
@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {'speed-up':<28} {ours['per_s_core'] / plain['per_s_core']:>22.1f}x")
 
     if not args.no_ray:
-        from curate import units
-        from curate.runtime import ray_session
+        from curate.core import units
+        from curate.core.runtime import ray_session
 
         with ray_session(num_cpus=cores):
             for side in (64, 256):

@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     import train
     from curate.annotate.clip import save_random_model
     from curate.annotate.raw import download_plain
-    from curate.runtime import ray_session
-    from curate.synthweb import WebConfig, WebServer, build
-    from curate.synthweb.build import DEFAULT_MIX
+    from curate.core.runtime import ray_session
+    from synthweb import WebConfig, WebServer, build
+    from synthweb.build import DEFAULT_MIX
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_dfn_"))
     work.mkdir(parents=True, exist_ok=True)

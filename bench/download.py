@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.synthweb import WebConfig, WebServer, build
-from curate.synthweb.build import DEFAULT_MIX
+from synthweb import WebConfig, WebServer, build
+from synthweb.build import DEFAULT_MIX
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable

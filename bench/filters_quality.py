@@ -62,10 +62,10 @@ TARGETS = {
 def synthetic(n: int, seed: int, work: Path) -> dict:
     from curate.annotate import AnnotateConfig, annotate, read_annotations
     from curate.annotate.raw import download_plain
+    from curate.core.runtime import ray_session
     from curate.filters import apply_filters, build_filters, preset_config, rules
-    from curate.runtime import ray_session
-    from curate.synthweb import WebConfig, WebServer, build
-    from curate.synthweb.build import DEFAULT_MIX
+    from synthweb import WebConfig, WebServer, build
+    from synthweb.build import DEFAULT_MIX
 
     mix = {k: v for k, v in DEFAULT_MIX.items() if k != "private_address"}  # never fetched
     t0 = time.perf_counter()

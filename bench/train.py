@@ -1,7 +1,7 @@
 """Benchmark: `tiers train` vs `python -m open_clip_train.main` on the same shards, model, batch and precision.
 
 Both train the same tiny open_clip model (ct-vit-tiny-32, fp32, CPU) on the same WebDataset shards
-(clean samples of a synthetic web, written by ``train.synthshards``) with the same batch size, loader
+(clean samples of a synthetic web, written by ``synthweb.shards``) with the same batch size, loader
 workers, optimiser settings and torch threads, each as its own process, alternately, ``--repeats``
 times. Throughput is steady-state samples/s: the median over logging windows of 10 steps, leaving
 out the first two windows (start-up); each tool's best repeat counts, as others share this machine
@@ -49,8 +49,8 @@ CIFAR = REPO.parent / "shared" / "data" / "cifar10" / "test.parquet"
 
 
 def build_tiers(root: Path, n: int, web: Path | None) -> tuple[Path, Path]:
-    from curate.synthweb import WebConfig, build
-    from train.synthshards import shards_from_synthweb
+    from synthweb import WebConfig, build
+    from synthweb.shards import shards_from_synthweb
 
     if web is None:
         web = root / "web"
@@ -73,7 +73,7 @@ def ours(tiers: Path, out: Path, a) -> list[float]:
 
 
 def theirs(tiers: Path, out: Path, a) -> list[float]:
-    from curate.manifest import read_tier
+    from curate.core.manifest import read_tier
     from train.models import model_config
 
     model_dir = out / "model"
@@ -81,7 +81,7 @@ def theirs(tiers: Path, out: Path, a) -> list[float]:
     _, cfg = model_config(a.model)
     (model_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
     tier = read_tier(tiers, "full")
-    from curate.manifest import brace
+    from curate.core.manifest import brace
 
     cmd = [sys.executable, "-c", OPEN_CLIP_MAIN, "--train-data", brace(tier.shards)]
     cmd += ["--dataset-type", "webdataset", "--dataset-resampled", "--train-num-samples", str(a.steps * a.batch)]
@@ -101,7 +101,7 @@ def theirs(tiers: Path, out: Path, a) -> list[float]:
 def loader_rate(tiers: Path, a, batches: int = 60) -> float:
     import open_clip
 
-    from curate.manifest import read_tier
+    from curate.core.manifest import read_tier
     from train import augment
     from train.config import make_config
     from train.data import StreamSpec, TierStream, make_loader

@@ -12,8 +12,8 @@ A build config is one TOML file with a section per stage::
     [annotate]   clip_model = "run:runs/dfn"  (curate.annotate.AnnotateConfig)
     [filters]    preset = "synthetic-basic"   (curate.filters.FilterConfig)
     [dedup]      near_k = 6                    (curate.dedup.DedupConfig)
-    [quality]    score = "auto"                (curate.quality.QualityConfig)
-    [bands]      edges = [0.1, 0.2, 0.3, 0.4, 0.5, 1.0]   balance = "clusters"   (curate.bands.BandConfig)
+    [quality]    score = "auto"                (curate.select.quality.QualityConfig)
+    [bands]      edges = [0.1, 0.2, 0.3, 0.4, 0.5, 1.0]   balance = "clusters"   (curate.select.bands.BandConfig)
     [shards]     shard_size = 1000
 """
 
@@ -30,16 +30,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import schema, units
 from curate.annotate import AnnotateConfig
-from curate.bands import BandConfig
+from curate.core import schema, units
+from curate.core.errors import InputError
+from curate.core.failpoints import failpoint
+from curate.core.manifest import MANIFEST, SAMPLES, TIERS
 from curate.dedup import DedupConfig
-from curate.errors import InputError
-from curate.failpoints import failpoint
 from curate.filters import FilterConfig, config_from_dict
-from curate.manifest import MANIFEST, SAMPLES, TIERS
-from curate.quality import QualityConfig
-from curate.tiers import ShardConfig
+from curate.select.bands import BandConfig
+from curate.select.quality import QualityConfig
+from curate.shard.writer import ShardConfig
 
 INPUTS = "inputs.parquet"  # the URL list as read, so retier never needs the original files
 
@@ -117,8 +117,8 @@ def decide(out: Path, cfg: BuildConfig, log=print) -> pa.Table:
     from curate.dedup.stage import read_dedup, run_dedup
     from curate.download import read_results
     from curate.filters import apply_filters, build_filters
-    from curate.quality import quality
-    from curate.select import assemble, counts
+    from curate.select.quality import quality
+    from curate.select.samples import assemble, counts
 
     inputs = pq.read_table(out / INPUTS)
     downloads = read_results(out)
@@ -156,8 +156,8 @@ def decide(out: Path, cfg: BuildConfig, log=print) -> pa.Table:
 
 
 def shard(out: Path, cfg: BuildConfig, samples: pa.Table, progress: bool = True) -> dict:
-    from curate.select import counts
-    from curate.tiers import write_tiers
+    from curate.select.samples import counts
+    from curate.shard.writer import write_tiers
 
     return write_tiers(
         out,
@@ -182,9 +182,9 @@ def build(
 ) -> dict:
     """Run every stage; each skips what a previous run finished. Returns the tier manifest."""
     from curate.annotate import annotate
+    from curate.core.runtime import ray_session
     from curate.download import download
-    from curate.readers import ReadConfig, read_url_list
-    from curate.runtime import ray_session
+    from curate.urllist.readers import ReadConfig, read_url_list
 
     cfg = cfg or BuildConfig()
     out = Path(out)

@@ -1,7 +1,7 @@
 """The ``tiers`` command line: a thin layer over importable functions.
 
 Each command module registers its subcommand with ``register(subparsers)`` and sets ``func`` on
-its parser; nothing runs at import. :class:`~curate.errors.InputError` (bad input the user can
+its parser; nothing runs at import. :class:`~curate.core.errors.InputError` (bad input the user can
 fix) becomes one line on stderr and exit code 2.
 """
 
@@ -11,12 +11,12 @@ import argparse
 import os
 import sys
 
-from curate.errors import InputError
+from curate.core.errors import InputError
 
 
 def _web_build(args) -> int:
-    from curate.synthweb import WebConfig, build, parse_mix
-    from curate.synthweb.build import DEFAULT_MIX
+    from synthweb import WebConfig, build, parse_mix
+    from synthweb.build import DEFAULT_MIX
 
     mix = dict(DEFAULT_MIX) if args.mix is None else parse_mix(args.mix)
     try:
@@ -43,7 +43,7 @@ def _print_counts(counts: dict[str, int]) -> None:
 
 
 def _web_serve(args) -> int:
-    from curate.synthweb import WebServer
+    from synthweb import WebServer
 
     try:
         server = WebServer(args.root, port=args.port, host=args.host)
@@ -64,7 +64,7 @@ def _web_serve(args) -> int:
 
 
 def _web_urls(args) -> int:
-    from curate.synthweb import write_url_list
+    from synthweb import write_url_list
 
     if not os.path.exists(os.path.join(args.root, "urls.parquet")):
         raise InputError("not a synthetic web (no urls.parquet); run `tiers web build` first", path=args.root)
@@ -73,7 +73,7 @@ def _web_urls(args) -> int:
 
 
 def _check(args) -> int:
-    from curate.readers import read_url_list
+    from curate.urllist.readers import read_url_list
 
     table = read_url_list(args.urls, _read_config(args))
     extras = [c for c in table.column_names if c not in ("uid", "url", "caption")]
@@ -91,7 +91,7 @@ def add_read_options(p: argparse.ArgumentParser) -> None:
 
 
 def _read_config(args):
-    from curate.readers import ReadConfig
+    from curate.urllist.readers import ReadConfig
 
     return ReadConfig(url_col=args.url_col, caption_col=args.caption_col, uid_col=args.uid_col, format=args.format)
 

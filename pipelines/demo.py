@@ -79,8 +79,8 @@ def register(sub) -> None:
 
 def _trusted(out: Path, seed: int, log) -> Path:
     """Tier shards of clean pairs from a synthetic web of another seed: the filter's trusted data."""
-    from curate.synthweb import WebConfig, build
-    from train.synthshards import shards_from_synthweb
+    from synthweb import WebConfig, build
+    from synthweb.shards import shards_from_synthweb
 
     web, shards = out / "trusted_web", out / "trusted"
     if not (shards / "tiers" / "manifest.json").exists():
@@ -91,12 +91,12 @@ def _trusted(out: Path, seed: int, log) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from curate.errors import InputError
-    from curate.synthweb import WebConfig, WebServer, build
+    from curate.core.errors import InputError
     from pipelines.build import build as tiers_build
     from pipelines.build import config_from_toml
     from pipelines.report import write_report
     from pipelines.study import StudyConfig, run_study
+    from synthweb import WebConfig, WebServer, build
     from train.api import train as train_run
     from train.config import make_config
 

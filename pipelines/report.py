@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from curate import code_version
-from curate.manifest import SAMPLES, load_manifest, manifest_path
+from curate.core.manifest import SAMPLES, load_manifest, manifest_path
 from pipelines import plots
 from pipelines.scaling import best_tier, fit
 

@@ -36,9 +36,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import code_version, units
-from curate.errors import InputError
-from curate.manifest import load_manifest
+from curate import code_version
+from curate.core import units
+from curate.core.errors import InputError
+from curate.core.manifest import load_manifest
 
 RESULTS = "results.parquet"
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from curate.failpoints import ENV
+from curate.core.failpoints import ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = """
@@ -54,7 +54,7 @@ FATES = {
 
 @pytest.fixture(scope="module")
 def web(tmp_path_factory):
-    from curate.synthweb import WebConfig, WebServer, build
+    from synthweb import WebConfig, WebServer, build
 
     root = tmp_path_factory.mktemp("buildweb")
     build(root, WebConfig(n=160, seed=7, eval_per_concept=1, retrieval_pairs=2, workers=1))
@@ -133,7 +133,7 @@ def test_retier_recuts_without_downloading(built, tmp_path):
 
 
 def test_balanced_bands_without_clip_embeddings_say_what_to_do(built, tmp_path):
-    from curate.errors import InputError
+    from curate.core.errors import InputError
     from pipelines.build import retier, stored_config
 
     copy = tmp_path / "copy"

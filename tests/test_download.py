@@ -22,13 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate import schema
+from curate.core import schema
+from curate.core.errors import InputError
 from curate.download import DownloadConfig, download, load_config, read_manifest, read_results, retry_failed
 from curate.download.fetch import Fetcher, inspect_body
 from curate.download.reasons import REASONS, reason
 from curate.download.safety import AddressPolicy, parse_allow
-from curate.errors import InputError
-from curate.synthweb.build import FAULT_KINDS, PRIVATE_BASE, bomb_png
+from synthweb.build import FAULT_KINDS, PRIVATE_BASE, bomb_png
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ SLOW_SECONDS = 4  # the `slow` kind stalls this long: past CFG's timeout, within
 @pytest.fixture(scope="module")
 def fault_web(tmp_path_factory):
     """120 URLs: clean images and ~8 of every fault kind."""
-    from curate.synthweb import WebConfig, build
+    from synthweb import WebConfig, build
 
     root = tmp_path_factory.mktemp("faultweb")
     mix = {"clean": 0.3, **{k: 0.7 / len(FAULT_KINDS) for k in FAULT_KINDS}}
@@ -63,7 +63,7 @@ def fault_web(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fault_server(fault_web):
-    from curate.synthweb import WebServer
+    from synthweb import WebServer
 
     with WebServer(fault_web, slow_seconds=SLOW_SECONDS) as web:
         yield web
@@ -340,7 +340,7 @@ def test_kill_minus_9_then_rerun_gives_each_uid_exactly_once(fault_web, fault_se
 
 def test_a_shard_that_keeps_failing_is_retried_then_named(fault_server, ray_local, tmp_path, capsys):
     from curate.download import plan
-    from curate.readers import read_url_list
+    from curate.urllist.readers import read_url_list
     from pipelines.cli import main
 
     out = tmp_path / "o"

@@ -4,8 +4,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate import schema
-from curate.errors import InputError
+from curate.core import schema
+from curate.core.errors import InputError
 from curate.filters import apply_filters, build_filters, config_from_dict, load_config, preset_config, rules
 
 LANG_SCORES = schema.ANNOTATIONS.field(schema.LANG_SCORES).type

@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate import schema
-from curate.errors import InputError
-from curate.readers import ReadConfig, read_url_list
+from curate.core import schema
+from curate.core.errors import InputError
+from curate.urllist.readers import ReadConfig, read_url_list
 from pipelines.cli import main
 
 ROWS = [

@@ -5,8 +5,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from curate.errors import InputError
-from curate.tiers import ShardConfig, write_tiers
+from curate.core.errors import InputError
+from curate.shard.writer import ShardConfig, write_tiers
 from pipelines.report import write_report
 from pipelines.scaling import predict
 from pipelines.study import load_study, run_study
@@ -104,7 +104,7 @@ def test_bad_study_files_name_the_file(tmp_path, tiers_dir):
 def test_a_tiny_real_study_end_to_end(small_web, tmp_path, monkeypatch):
     """The real trainer and evaluation: 2 tiers x 2 budgets, results, plots, report; a rerun trains nothing."""
     import pipelines.study as study_mod
-    from train.synthshards import shards_from_synthweb
+    from synthweb.shards import shards_from_synthweb
 
     shards_from_synthweb(small_web, tmp_path / "shards", tiers={"small": 0.25, "full": 1.0})
     cfg = study_mod.StudyConfig(

@@ -7,11 +7,11 @@ import pyarrow as pa
 import pytest
 import webdataset as wds
 
-from curate import units
-from curate.bands import BandConfig, assign, band_names, tiers
-from curate.manifest import brace, read_tier
-from curate.tarstream import TarWriter, header
-from curate.tiers import ShardConfig, write_tiers
+from curate.core import units
+from curate.core.manifest import brace, read_tier
+from curate.core.tarstream import TarWriter, header
+from curate.select.bands import BandConfig, assign, band_names, tiers
+from curate.shard.writer import ShardConfig, write_tiers
 
 
 def test_band_cut_is_exact_deterministic_and_tie_broken_by_uid():
@@ -90,7 +90,7 @@ def test_header_is_what_tarfile_reads():
 
 
 def test_headers_in_bulk_equal_one_by_one_and_refuse_the_same_things():
-    from curate.tarstream import headers
+    from curate.core.tarstream import headers
 
     names = ["a.jpg", "0123456789abcdef0123.json", "x" * 96 + ".txt", "u_1-2.webp"]
     sizes = [0, 511, 8**11 - 1, 123_456]
@@ -115,7 +115,7 @@ def test_headers_in_bulk_equal_one_by_one_and_refuse_the_same_things():
     ],
 )
 def test_sample_json_member_is_exactly_json_dumps(row):
-    from curate.tiers import _sample_meta
+    from curate.shard.writer import _sample_meta
 
     row = {**row, "band": "q000-010"}
     assert _sample_meta(row) == json.dumps(row, sort_keys=True, ensure_ascii=False).encode()
@@ -231,7 +231,7 @@ def test_retier_rewrites_only_what_changed(tmp_path):
 
 
 def test_an_unreadable_raw_shard_fails_the_recut_before_anything_changes(tmp_path):
-    from curate.errors import InputError
+    from curate.core.errors import InputError
 
     samples = make_build(tmp_path)
     write_tiers(tmp_path, samples, shard_cfg=ShardConfig(shard_size=20), progress=False)

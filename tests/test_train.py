@@ -1,6 +1,6 @@
 """The trainer: fixed compute whatever the tier, exact resume after kill -9, hostile bytes, evaluation, CLI.
 
-Shards come straight from the synthetic web (``train.synthshards``); models are the micro config
+Shards come straight from the synthetic web (``synthweb.shards``); models are the micro config
 (2 layers, 64 wide, 32 px), so each run takes seconds on one CPU thread.
 """
 
@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from curate.errors import InputError
-from curate.manifest import read_tier
+from curate.core.errors import InputError
+from curate.core.manifest import read_tier
 from pipelines.cli import main
+from synthweb.shards import shards_from_synthweb
 from train import api, checkpoint
 from train.config import load_config, make_config, parse_set
-from train.synthshards import shards_from_synthweb
 
 REPO = Path(__file__).resolve().parent.parent
 MICRO = {"model": "ct-vit-micro-32", "batch_size": 32, "threads": 1, "log_every": 2, "lr": 2e-3}
@@ -112,8 +112,8 @@ def test_resume_after_kill_9_ends_with_the_same_weights(tiers, tmp_path):
 
 
 def test_hostile_bytes_are_skipped_and_counted(small_web, tmp_path):
-    from curate.synthweb.build import HTML_BODY, bomb_png
-    from curate.tarstream import TarWriter
+    from curate.core.tarstream import TarWriter
+    from synthweb.build import HTML_BODY, bomb_png
     from train import augment
     from train.data import StreamSpec, TierStream
 

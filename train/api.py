@@ -20,9 +20,10 @@ import json
 import os
 from pathlib import Path
 
-from curate import code_version, units
-from curate.errors import InputError
-from curate.manifest import read_tier
+from curate import code_version
+from curate.core import units
+from curate.core.errors import InputError
+from curate.core.manifest import read_tier
 from train.config import EvalConfig, TrainConfig, make_config
 
 CONFIG = "config.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from curate.errors import InputError
+from curate.core.errors import InputError
 
 # CLI flag -> TrainConfig field, for the common settings; anything else goes through --set.
 _FLAGS = {

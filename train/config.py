@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curate.errors import InputError
+from curate.core.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from curate import code_version
-from curate.errors import InputError
-from curate.manifest import Tier
+from curate.core.errors import InputError
+from curate.core.manifest import Tier
 from train import augment, checkpoint, models
 from train.config import TrainConfig
 from train.data import StreamSpec, TierStream, make_loader

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from curate import units
-from curate.errors import InputError
+from curate.core import units
+from curate.core.errors import InputError
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 CONFIG_FILE = "open_clip_config.json"

@@ -58,8 +58,8 @@ def _annotate(args: argparse.Namespace) -> int:
 def _filter(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
+    from curate.core.units import atomic_path
     from curate.filters import config_from_dict, filter_annotations, load_config
-    from curate.units import atomic_path
 
     if args.config:
         cfg = load_config(args.config)

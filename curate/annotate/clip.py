@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.errors import InputError
+from curate.core.errors import InputError
 
 
 @dataclass(frozen=True)

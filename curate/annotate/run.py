@@ -28,10 +28,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate import code_version, manifest, schema, units
+from curate import code_version
 from curate.annotate.raw import iter_samples, list_shards
 from curate.annotate.stage import EMBEDDINGS, OUTPUT_SCHEMA, AnnotateConfig, Annotator
-from curate.errors import InputError
+from curate.core import manifest, schema, units
+from curate.core.errors import InputError
 
 EMBEDDINGS_DIR = "embeddings"
 SUMMARY = pa.schema([("shard", pa.string()), ("rows", pa.int64()), ("seconds", pa.float64()), ("error", pa.string())])
@@ -169,7 +170,7 @@ def annotate(
     failures = []
     if todo:
         _check_models(cfg)
-        from curate.runtime import ray_session
+        from curate.core.runtime import ray_session
 
         with ray_session(ray_address):
             failures = _run_ray(build_dir, cfg, todo, progress)

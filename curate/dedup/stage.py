@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import schema, units
+from curate.core import schema, units
+from curate.core.errors import InputError
 from curate.dedup import DedupConfig, deduplicate
 from curate.dedup.decontaminate import eval_hashes, find_contaminated, set_name
-from curate.errors import InputError
 
 DEDUP = "dedup.parquet"
 SUMMARY = "dedup.json"

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from curate.errors import InputError
+from curate.core.errors import InputError
 
 
 def _allow(value: str) -> str:

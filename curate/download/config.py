@@ -17,7 +17,7 @@ import os
 import tomllib
 from dataclasses import asdict, dataclass, fields
 
-from curate.errors import InputError
+from curate.core.errors import InputError
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 ENCODE_FORMATS = ("jpg", "png", "webp")

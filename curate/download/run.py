@@ -29,13 +29,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate import code_version, manifest, schema, units
+from curate import code_version
+from curate.core import manifest, schema, units
+from curate.core.errors import InputError
 from curate.download import plan as planning
 from curate.download.config import DownloadConfig, load_config
 from curate.download.progress import DownloadProgress
 from curate.download.safety import AddressPolicy, parse_allow
 from curate.download.worker import TMP, input_path, run_shard, shard_name
-from curate.errors import InputError
 
 FORMAT = "clip-tiers/raw@1"
 MANIFEST = "manifest.json"
@@ -76,7 +77,7 @@ def download(
     if isinstance(urls, pa.Table):
         table, source = urls, None
     else:
-        from curate.readers import ReadConfig, read_url_list
+        from curate.urllist.readers import ReadConfig, read_url_list
 
         table = read_url_list(urls, read_config or ReadConfig())
         source = ", ".join(map(os.fspath, urls)) if isinstance(urls, list | tuple) else os.fspath(urls)
@@ -148,7 +149,7 @@ def _complete(raw: Path, info: dict, cfg, policy, ray_address, num_cpus, show: b
     planning.remove_stale(raw)
     failed: dict[str, str] = {}
     if pending:
-        from curate.runtime import ray_session
+        from curate.core.runtime import ray_session
 
         with ray_session(ray_address, num_cpus):
             failed = _execute(raw, planning.shard_rows(info, rounds), pending, cfg, policy, show)

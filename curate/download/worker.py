@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate import schema, units
+from curate.core import schema, units
 from curate.download import reasons
 from curate.download.config import DownloadConfig
 from curate.download.fetch import Fetcher

@@ -38,7 +38,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
-from curate.errors import InputError
+from curate.core.errors import InputError
 from curate.filters.core import Filter
 from curate.filters.rules import RULES
 

@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import schema
-from curate.bands import FILTERED, BandConfig, assign
+from curate.core import schema
+from curate.select.bands import FILTERED, BandConfig, assign
 
 DUPLICATE = "duplicate"
 CONTAMINATED = "contaminated"

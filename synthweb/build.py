@@ -33,9 +33,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
-from curate import schema
-from curate.synthweb import captions
-from curate.synthweb.render import CONTENT_TYPES, EXTENSIONS, Concept, all_concepts, blank, encode, render
+from curate.core import schema
+from synthweb import captions
+from synthweb.render import CONTENT_TYPES, EXTENSIONS, Concept, all_concepts, blank, encode, render
 
 DEFAULT_BASE = "http://127.0.0.1:8765"
 # An IPv6 unique-local address: private, and routed nowhere, so even a downloader that ignored the

@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from curate.errors import InputError
+from curate.core.errors import InputError
 
 RAW = "raw"
 ANNOTATIONS = "annotations"

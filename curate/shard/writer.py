@@ -26,12 +26,13 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from curate import code_version, schema, units
-from curate.bands import FILTERED, BandConfig, band_names, tiers
-from curate.errors import InputError
-from curate.failpoints import failpoint
-from curate.manifest import BANDS, FORMAT, MANIFEST, TIERS, brace
-from curate.tarstream import IMAGE_EXTS, MappedTar, TarWriter
+from curate import code_version
+from curate.core import schema, units
+from curate.core.errors import InputError
+from curate.core.failpoints import failpoint
+from curate.core.manifest import BANDS, FORMAT, MANIFEST, TIERS, brace
+from curate.core.tarstream import IMAGE_EXTS, MappedTar, TarWriter
+from curate.select.bands import FILTERED, BandConfig, band_names, tiers
 
 
 @dataclass(frozen=True)

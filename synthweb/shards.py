@@ -1,10 +1,10 @@
 """Tier shards straight from a synthetic web, without the curation chain: for tests, benches and demos.
 
-``shards_from_synthweb(web, out)`` reads a built synthetic web (``curate.synthweb.build``), takes the
+``shards_from_synthweb(web, out)`` reads a built synthetic web (``synthweb.build``), takes the
 samples of the chosen kinds (clean ones by default: bytes from ``blobs.bin`` via ``routes.parquet``,
 captions from ``urls.parquet``, kinds from ``truth.parquet``), deals them into nested tiers and writes
 ``out/tiers/bands/<band>/NNNNNN.tar`` plus ``out/tiers/manifest.json`` in the format of
-:mod:`curate.manifest`, so :func:`curate.manifest.read_tier` reads it as it reads a real build.
+:mod:`curate.core.manifest`, so :func:`curate.core.manifest.read_tier` reads it as it reads a real build.
 Tiers are nested prefixes of one seeded shuffle: ``{"small": 0.1, "full": 1.0}`` gives a band of the
 first 10% (tier ``small``) and a band of the rest (``full`` = both bands).
 """
@@ -19,9 +19,10 @@ from urllib.parse import urlsplit
 import numpy as np
 import pyarrow.parquet as pq
 
-from curate import code_version, units
-from curate.manifest import BANDS, FORMAT, MANIFEST, TIERS, brace
-from curate.tarstream import TarWriter
+from curate import code_version
+from curate.core import units
+from curate.core.manifest import BANDS, FORMAT, MANIFEST, TIERS, brace
+from curate.core.tarstream import TarWriter
 
 
 def _samples(web: Path, kinds: tuple[str, ...]) -> list[dict]:
