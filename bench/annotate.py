@@ -38,8 +38,9 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+from curate.core.runtime import quiet_environment  # noqa: E402
+
+quiet_environment()
 
 
 def make_samples(n: int, side: int, seed: int = 0) -> pa.Table:

@@ -200,7 +200,9 @@ def main() -> None:
     p.add_argument("--keep", type=Path, help="keep the work directory here")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train.json")
     a = p.parse_args()
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from curate.core.runtime import quiet_environment
+
+    quiet_environment()
 
     root = a.keep or Path(tempfile.mkdtemp(prefix="bench-train-"))
     root.mkdir(parents=True, exist_ok=True)

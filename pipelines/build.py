@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 import tomllib
@@ -40,6 +41,8 @@ from curate.filters import FilterConfig, config_from_dict
 from curate.select.bands import BandConfig
 from curate.select.quality import QualityConfig
 from curate.shard.writer import ShardConfig
+
+log = logging.getLogger(__name__)
 
 INPUTS = "inputs.parquet"  # the URL list as read, so retier never needs the original files
 
@@ -111,7 +114,7 @@ def load_build_config(path: str | os.PathLike | None) -> BuildConfig:
     return config_from_toml(data, source=str(path))
 
 
-def decide(out: Path, cfg: BuildConfig, log=print) -> pa.Table:
+def decide(out: Path, cfg: BuildConfig) -> pa.Table:
     """Filters, quality, dedup and bands over the stored tables -> ``samples.parquet``."""
     from curate.annotate import read_annotations
     from curate.dedup.stage import read_dedup, run_dedup
@@ -128,7 +131,7 @@ def decide(out: Path, cfg: BuildConfig, log=print) -> pa.Table:
         q, which = quality(ann, cfg.quality)
     except ValueError as e:
         raise InputError(str(e)) from None
-    summary = run_dedup(out, cfg.dedup, quality=q, prefer=filt.keep, decontaminate=cfg.decontaminate, log=log)
+    summary = run_dedup(out, cfg.dedup, quality=q, prefer=filt.keep, decontaminate=cfg.decontaminate)
     failpoint("decide:after_dedup")
     embeddings = None
     if cfg.bands.balance == "clusters":
@@ -147,7 +150,7 @@ def decide(out: Path, cfg: BuildConfig, log=print) -> pa.Table:
         with units.atomic_path(out / SAMPLES) as tmp:
             pq.write_table(samples, tmp)
     c = counts(samples)
-    log(
+    log.info(
         f"decided {samples.num_rows:,} rows by {which} quality: "
         + ", ".join(f"{s} {sum(v.values()):,}" for s, v in c.items())
         + f"; {summary['duplicates']:,} duplicates"
@@ -178,7 +181,6 @@ def build(
     ray_address: str | None = None,
     allow_private: str | None = None,
     progress: bool = True,
-    log=print,
 ) -> dict:
     """Run every stage; each skips what a previous run finished. Returns the tier manifest."""
     from curate.annotate import annotate
@@ -197,28 +199,28 @@ def build(
     if not inputs_path.exists():
         with units.atomic_path(inputs_path) as tmp:
             pq.write_table(inputs, tmp)
-    log(f"[1/5] {inputs.num_rows:,} input rows")
+    log.info(f"[1/5] {inputs.num_rows:,} input rows")
     with ray_session(ray_address):
         download(inputs_path, out, cfg.download, allow_private=allow_private, progress=progress)
-        log(f"[2/5] downloaded ({time.perf_counter() - t0:.0f} s)")
+        log.info(f"[2/5] downloaded ({time.perf_counter() - t0:.0f} s)")
         failpoint("build:after_download")
         annotate(out, cfg.annotate, progress=progress)
-        log(f"[3/5] annotated ({time.perf_counter() - t0:.0f} s)")
+        log.info(f"[3/5] annotated ({time.perf_counter() - t0:.0f} s)")
         failpoint("build:after_annotate")
-    samples = decide(out, cfg, log=log)
-    log(f"[4/5] decided ({time.perf_counter() - t0:.0f} s)")
+    samples = decide(out, cfg)
+    log.info(f"[4/5] decided ({time.perf_counter() - t0:.0f} s)")
     manifest = shard(out, cfg, samples, progress=progress)
     _write_config(out, cfg)
-    log(f"[5/5] wrote {len(manifest['tiers'])} tiers in {out / 'tiers'} ({time.perf_counter() - t0:.0f} s)")
+    log.info(f"[5/5] wrote {len(manifest['tiers'])} tiers in {out / 'tiers'} ({time.perf_counter() - t0:.0f} s)")
     return manifest
 
 
-def retier(out: str | os.PathLike, cfg: BuildConfig, progress: bool = True, log=print) -> dict:
+def retier(out: str | os.PathLike, cfg: BuildConfig, progress: bool = True) -> dict:
     """Re-decide and re-shard from stored tables: no download, no decode."""
     out = Path(out)
     if not (out / INPUTS).exists():
         raise InputError("not a build directory (no inputs.parquet); run `tiers build` first", path=str(out))
-    samples = decide(out, cfg, log=log)
+    samples = decide(out, cfg)
     manifest = shard(out, cfg, samples, progress=progress)
     _write_config(out, cfg)
     return manifest
@@ -235,86 +237,3 @@ def stored_config(out: str | os.PathLike) -> BuildConfig:
     if not p.exists():
         return BuildConfig()
     return config_from_toml(json.loads(p.read_text()), source=str(p))
-
-
-def register(sub) -> None:
-    from curate.download.cli import add_fetch_options
-    from pipelines.cli import add_read_options
-
-    p = sub.add_parser("build", help="URL list -> download, annotate, dedup, select -> tiered WebDataset shards")
-    p.add_argument("urls", nargs="+", help="URL list files, directories or globs, read as one list")
-    p.add_argument("--out", required=True, help="build directory")
-    p.add_argument("--config", help="build config TOML ([download], [annotate], [filters], [dedup], [bands], ...)")
-    add_fetch_options(p)
-    p.add_argument("--clip-model", help="score with this CLIP (see `tiers annotate --help`); overrides the config")
-    add_read_options(p)
-    p.set_defaults(func=_build_cli)
-
-    p = sub.add_parser("retier", help="re-cut bands and rewrite shards from stored tables (no download, no decode)")
-    p.add_argument("out", help="build directory")
-    p.add_argument("--edges", help="cumulative band edges, e.g. 0.1,0.25,0.5,1.0")
-    p.add_argument("--config", help="build config TOML; default: the one the build used")
-    p.set_defaults(func=_retier_cli)
-
-    p = sub.add_parser("dedup", help="re-decide duplicates over the annotation table and rewrite what changed")
-    p.add_argument("out", help="build directory")
-    p.add_argument("--near-k", type=int, help="largest pHash Hamming distance of a near duplicate (default 6)")
-    p.add_argument("--shape-tolerance", type=float, help="largest relative difference of width/height ratios")
-    p.add_argument(
-        "--semantic-eps", type=float, help="also link CLIP embeddings with cosine > 1 - eps (SemDeDup; off by default)"
-    )
-    p.add_argument("--no-semantic", action="store_true", help="turn semantic dedup off again")
-    p.add_argument("--captions", action="store_true", help="also treat identical normalised captions as duplicates")
-    p.add_argument("--decontaminate", nargs="+", default=None, metavar="PATH", help="evaluation sets to remove")
-    p.set_defaults(func=_dedup_cli)
-
-
-def _build_cli(args) -> int:
-    from pipelines.cli import _read_config
-
-    cfg = load_build_config(args.config)
-    if args.clip_model:
-        cfg = dataclasses.replace(cfg, annotate=dataclasses.replace(cfg.annotate, clip_model=args.clip_model))
-    manifest = build(args.urls, args.out, cfg, _read_config(args), args.ray_address, args.allow_private_hosts)
-    _print_tiers(manifest)
-    return 0
-
-
-def _print_tiers(manifest: dict) -> None:
-    print(
-        f"{manifest['input_rows']:,} input rows: "
-        + ", ".join(f"{s} {sum(v.values()):,}" for s, v in manifest["counts"].items())
-    )
-    for name, t in manifest["tiers"].items():
-        print(f"  {name:<11} {t['samples']:>9,} samples  {t['bytes'] / 1e6:9.1f} MB  {len(t['shards']):>4} shards")
-
-
-def _retier_cli(args) -> int:
-    cfg = load_build_config(args.config) if args.config else stored_config(args.out)
-    if args.edges:
-        try:
-            edges = tuple(float(x) for x in args.edges.split(","))
-            BandConfig(edges=edges).validate()
-        except ValueError as e:
-            raise InputError(f"--edges: {e}") from None
-        cfg = dataclasses.replace(cfg, bands=dataclasses.replace(cfg.bands, edges=edges))
-    _print_tiers(retier(args.out, cfg))
-    return 0
-
-
-def _dedup_cli(args) -> int:
-    cfg = stored_config(args.out)
-    d = cfg.dedup
-    changes = {
-        "near_k": args.near_k,
-        "near_shape_tolerance": args.shape_tolerance,
-        "semantic_eps": args.semantic_eps,
-        "semantic": False if args.no_semantic else (True if args.semantic_eps is not None else None),
-        "captions": True if args.captions else None,
-    }
-    d = dataclasses.replace(d, **{k: v for k, v in changes.items() if v is not None})
-    cfg = dataclasses.replace(cfg, dedup=d)
-    if args.decontaminate is not None:
-        cfg = dataclasses.replace(cfg, decontaminate=tuple(args.decontaminate))
-    _print_tiers(retier(args.out, cfg))
-    return 0

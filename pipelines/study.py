@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tomllib
 from collections.abc import Callable
@@ -40,6 +41,8 @@ from curate import code_version
 from curate.core import units
 from curate.core.errors import InputError
 from curate.core.manifest import load_manifest
+
+log = logging.getLogger(__name__)
 
 RESULTS = "results.parquet"
 
@@ -144,7 +147,7 @@ def _write_results(out: Path, rows: list[dict]) -> None:
 Runner = Callable[[dict, Path], dict]
 
 
-def run_study(cfg: StudyConfig, out: str | os.PathLike, runner: Runner | None = None, log=print) -> list[dict]:
+def run_study(cfg: StudyConfig, out: str | os.PathLike, runner: Runner | None = None) -> list[dict]:
     """Run every planned run not yet in ``results.parquet``; return all result rows."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,9 +156,11 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike, runner: Runner | None = 
     rows = read_results(out)
     done = {r["config_hash"] for r in rows}
     todo = [r for r in plan_runs(cfg) if r["config_hash"] not in done]
-    log(f"study {cfg.name}: {len(done)} runs finished, {len(todo)} to go")
+    log.info(f"study {cfg.name}: {len(done)} runs finished, {len(todo)} to go")
     for i, run in enumerate(todo, 1):
-        log(f"[{i}/{len(todo)}] {run['variant']} {run['tier']} x {run['samples_seen']:,} samples, seed {run['seed']}")
+        log.info(
+            f"[{i}/{len(todo)}] {run['variant']} {run['tier']} x {run['samples_seen']:,} samples, seed {run['seed']}"
+        )
         metrics = runner(run, out / "runs" / run["config_hash"])
         row = {
             "config_hash": run["config_hash"],
@@ -182,20 +187,3 @@ def default_runner(run: dict, run_dir: Path) -> dict:
     summary = train_run(run, run_dir)
     metrics = evaluate_run(run, run_dir)
     return {**summary, **metrics}
-
-
-def register(sub) -> None:
-    p = sub.add_parser("study", help="train tiers x budgets x seeds, fit the scaling law, write report.html")
-    p.add_argument("study", help="study TOML file")
-    p.add_argument("--out", required=True, help="study directory (results.parquet, plots/, report.html)")
-    p.set_defaults(func=_cli)
-
-
-def _cli(args) -> int:
-    from pipelines.report import write_report
-
-    cfg = load_study(args.study)
-    rows = run_study(cfg, args.out)
-    path = write_report(Path(args.out), rows, asdict(cfg), cfg.tiers_dir, cfg.extend)
-    print(f"report: {path}")
-    return 0

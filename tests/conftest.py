@@ -5,12 +5,11 @@ No test needs the network or a GPU: images come from the synthetic web on 127.0.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+from curate.core.runtime import quiet_environment  # noqa: E402
+
+quiet_environment()
 
 
 @pytest.fixture(scope="session")

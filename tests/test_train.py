@@ -41,10 +41,6 @@ def cfg(**kw):
     return make_config({**MICRO, **kw})
 
 
-def quiet(*_):
-    pass
-
-
 def weights(run: Path) -> dict:
     return torch.load(run / "model" / "open_clip_pytorch_model.bin", weights_only=True)
 
@@ -59,8 +55,8 @@ def test_synthetic_tiers_follow_the_manifest_contract(tiers):
 
 def test_same_budget_gives_same_steps_on_a_ten_times_smaller_tier(tiers, tmp_path):
     c = cfg(samples_seen=256, workers=1)
-    big = api.train(c, tiers, "full", tmp_path / "full", progress=False, log=quiet)
-    small = api.train(c, tiers, "small", tmp_path / "small", progress=False, log=quiet)
+    big = api.train(c, tiers, "full", tmp_path / "full", progress=False)
+    small = api.train(c, tiers, "small", tmp_path / "small", progress=False)
     assert big["steps"] == small["steps"] == 8
     assert big["samples_seen"] == small["samples_seen"] == 256
     ratio = small["repetition"] / big["repetition"]
@@ -71,17 +67,17 @@ def test_same_budget_gives_same_steps_on_a_ten_times_smaller_tier(tiers, tmp_pat
     assert all(0 <= r["data_wait"] <= 1 and r["samples_per_s"] > 0 for r in lines)
     # a finished run is not trained again
     mtime = (tmp_path / "small" / "model" / "open_clip_pytorch_model.bin").stat().st_mtime
-    assert api.train(c, tiers, "small", tmp_path / "small", progress=False, log=quiet)["steps"] == 8
+    assert api.train(c, tiers, "small", tmp_path / "small", progress=False)["steps"] == 8
     assert (tmp_path / "small" / "model" / "open_clip_pytorch_model.bin").stat().st_mtime == mtime
     with pytest.raises(InputError, match="another config"):
-        api.train(cfg(samples_seen=640), tiers, "small", tmp_path / "small", progress=False, log=quiet)
+        api.train(cfg(samples_seen=640), tiers, "small", tmp_path / "small", progress=False)
 
 
 def test_resume_after_kill_9_ends_with_the_same_weights(tiers, tmp_path):
     """The improved recipe (random crops, jitter, text aug, token and patch dropout) in 2 loader workers."""
     settings = {**MICRO, "samples_seen": 32 * 12, "workers": 2, "checkpoint_every": 3, "preset": "improved"}
     c = make_config(settings)
-    api.train(c, tiers, "full", tmp_path / "straight", progress=False, log=quiet)
+    api.train(c, tiers, "full", tmp_path / "straight", progress=False)
 
     toml = tmp_path / "train.toml"
     toml.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items()))
@@ -101,7 +97,7 @@ def test_resume_after_kill_9_ends_with_the_same_weights(tiers, tmp_path):
     killed_at = checkpoint.all_steps(run / "checkpoints")[-1][0]
     assert 0 < killed_at < 12
 
-    resumed = api.train(c, tiers, "full", run, progress=False, log=quiet)
+    resumed = api.train(c, tiers, "full", run, progress=False)
     assert resumed["resumed_from"] == killed_at and resumed["steps"] == 12
     a, b = weights(tmp_path / "straight"), weights(run)
     assert a.keys() == b.keys()
@@ -148,7 +144,7 @@ def test_hostile_bytes_are_skipped_and_counted(small_web, tmp_path):
 def test_sixty_steps_learn_the_concepts_well_above_chance(tiers, small_web, tmp_path):
     c = cfg(samples_seen=32 * 60, workers=1, checkpoint_every=0, lr=3e-3)
     c = make_config({**c.to_dict(), "eval": {"zeroshot": [str(small_web / "eval" / "zeroshot.parquet")]}})
-    s = api.train(c, tiers, "full", tmp_path / "run", progress=False, log=quiet)
+    s = api.train(c, tiers, "full", tmp_path / "run", progress=False)
     zs = json.loads((tmp_path / "run" / "eval.json").read_text())["zeroshot"]["zeroshot"]
     assert zs["classes"] == 25 and zs["chance"] == pytest.approx(0.04) and zs["n"] == 100
     assert s["eval"]["zeroshot_top1"] == zs["top1"] >= 3 * zs["chance"]  # chance is 4%; a fuller run is in bench/
@@ -160,7 +156,7 @@ def test_checkpoints_load_as_open_clip_models_and_refuse_pickled_code(tiers, tmp
     from train import load_model
 
     c = cfg(samples_seen=64, workers=0, checkpoint_every=1, keep_checkpoints=1)
-    api.train(c, tiers, "small", tmp_path / "run", progress=False, log=quiet)
+    api.train(c, tiers, "small", tmp_path / "run", progress=False)
     assert [s for s, _ in checkpoint.all_steps(tmp_path / "run" / "checkpoints")] == [2]
     model, preprocess, tokenizer = load_model(tmp_path / "run")
     direct = open_clip.create_model("local-dir:" + str(tmp_path / "run" / "model"))
@@ -223,8 +219,8 @@ def test_eval_reads_image_folders_with_a_split(small_web, tmp_path, tiers):
     assert all(" " in n for n in data.classnames)
     assert dataset_name(str(Path("x/cifar10/test.parquet")))[0] == "cifar10-test"
     run = tmp_path / "run"
-    api.train(cfg(samples_seen=64, workers=0), tiers, "small", run, progress=False, log=quiet)
-    doc = api.evaluate(run, zeroshot=[str(tmp_path / "folder")], linear_probe=[str(tmp_path / "folder")], log=quiet)
+    api.train(cfg(samples_seen=64, workers=0), tiers, "small", run, progress=False)
+    doc = api.evaluate(run, zeroshot=[str(tmp_path / "folder")], linear_probe=[str(tmp_path / "folder")])
     assert doc["linear_probe"]["folder"]["n_test"] == 10 and doc["zeroshot"]["folder"]["n"] == 50
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from curate.core import units
 from curate.core.errors import InputError
 from curate.core.manifest import read_tier
 from train.config import EvalConfig, TrainConfig, make_config
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
 SUMMARY = "summary.json"
@@ -42,7 +45,7 @@ def _rank() -> int:
 
 
 def train(
-    cfg: TrainConfig, tiers_dir: str | os.PathLike, tier: str, out: str | os.PathLike, progress: bool = True, log=print
+    cfg: TrainConfig, tiers_dir: str | os.PathLike, tier: str, out: str | os.PathLike, progress: bool = True
 ) -> dict:
     """Train ``cfg`` on tier ``tier`` of the build at ``tiers_dir`` into ``out``; returns the summary
     (with ``eval`` results when ``cfg.eval`` names datasets). Raises :class:`InputError` on bad input."""
@@ -67,17 +70,17 @@ def train(
         )
     if (out / SUMMARY).is_file():
         summary = json.loads((out / SUMMARY).read_text())
-        log(f"{out}: already trained ({summary['steps']} steps); nothing to do")
+        log.debug(f"{out}: already trained ({summary['steps']} steps); nothing to do")
     else:
         if _rank() == 0:
             out.mkdir(parents=True, exist_ok=True)
             if old is None:
                 _write_json(out / CONFIG, doc)
-        summary = loop.run(cfg, t, out, progress=progress, log=log)
+        summary = loop.run(cfg, t, out, progress=progress)
         if _rank() == 0:
             _write_json(out / SUMMARY, summary)
     if _rank() == 0 and any(getattr(cfg.eval, k) for k in TASKS):
-        summary = {**summary, "eval": flat(evaluate(out, eval_cfg=cfg.eval, log=log))}
+        summary = {**summary, "eval": flat(evaluate(out, eval_cfg=cfg.eval))}
     return summary
 
 
@@ -92,7 +95,6 @@ def evaluate(
     limit: int | None = None,
     batch_size: int | None = None,
     device: str = "auto",
-    log=print,
 ) -> dict:
     """Evaluate the model of ``run`` (a run dir, model dir or checkpoint) on the named datasets, or on
     the run config's ``[eval]`` datasets when none are named; merges into and returns ``eval.json``.
@@ -145,7 +147,7 @@ def evaluate(
             else:
                 res = ev.linear_probe(model, preprocess, p, **common)
             doc.setdefault(task, {})[name] = {**res, **key}
-            log(f"{task} {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items() if isinstance(v, float)))
+            log.debug(f"{task} {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items() if isinstance(v, float)))
     _write_json(path, doc)
     return doc
 
@@ -183,7 +185,7 @@ def train_run(run: dict, run_dir: str | os.PathLike) -> dict:
         )
     except (TypeError, ValueError) as e:
         raise InputError(f"bad [train] settings in the study: {e}") from None
-    s = train(cfg, run["tiers_dir"], run["tier"], run_dir, progress=False, log=lambda *_: None)
+    s = train(cfg, run["tiers_dir"], run["tier"], run_dir, progress=False)
     return {k: s[k] for k in ("steps", "repetition", "train_seconds", "samples_per_s", "final_loss")}
 
 
@@ -195,5 +197,5 @@ def evaluate_run(run: dict, run_dir: str | os.PathLike) -> dict:
     sets = {t: [ev[t]] if ev.get(t) else [] for t in TASKS}
     if not any(sets.values()):
         return {}
-    doc = evaluate(run_dir, **sets, classes=ev.get("classes"), log=lambda *_: None)
+    doc = evaluate(run_dir, **sets, classes=ev.get("classes"))
     return flat(doc, {t: dataset_name(v[0])[0] for t, v in sets.items() if v})

@@ -15,6 +15,7 @@ restarted ends with the same weights as one never stopped.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -30,6 +31,8 @@ from curate.core.manifest import Tier
 from train import augment, checkpoint, models
 from train.config import TrainConfig
 from train.data import StreamSpec, TierStream, make_loader
+
+log = logging.getLogger(__name__)
 
 METRICS = "metrics.jsonl"
 
@@ -132,7 +135,7 @@ def _trim_metrics(path: Path, last_step: int) -> None:
 
 
 def run(
-    cfg: TrainConfig, tier: Tier, out: str | os.PathLike, progress: bool = True, log=print, stop_at: int | None = None
+    cfg: TrainConfig, tier: Tier, out: str | os.PathLike, progress: bool = True, stop_at: int | None = None
 ) -> dict | None:
     """Train on ``tier`` into run directory ``out`` (resuming from its newest checkpoint); returns the summary.
 
@@ -142,12 +145,12 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     dist = Dist(cfg.device)
     try:
-        return _run(cfg, tier, out, dist, progress, log, stop_at)
+        return _run(cfg, tier, out, dist, progress, stop_at)
     finally:
         dist.close()
 
 
-def _run(cfg: TrainConfig, tier: Tier, out: Path, dist: Dist, progress: bool, log, stop_at) -> dict | None:
+def _run(cfg: TrainConfig, tier: Tier, out: Path, dist: Dist, progress: bool, stop_at) -> dict | None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device, rank, world = dist.device, dist.rank, dist.world
@@ -188,7 +191,7 @@ def _run(cfg: TrainConfig, tier: Tier, out: Path, dist: Dist, progress: bool, lo
         opt.load_state_dict(state["optimizer"])
         checkpoint.set_rng_state(state["rng"][rank])
         start, positions, counters = state["step"], dict(state["positions"]), dict(state["counters"])
-        log(f"resuming {out} at step {start} of {steps}")
+        log.info(f"resuming {out} at step {start} of {steps}")
     ddp = model
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(

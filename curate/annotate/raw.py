@@ -146,7 +146,9 @@ def download_plain(
     For tests and benchmarks of this stage only; ``tiers download`` is the real downloader. The URL
     list must be a parquet with url, caption and uid columns, pointing only at hosts you trust.
     """
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from curate.core.runtime import quiet_environment
+
+    quiet_environment()
     from img2dataset import download
 
     raw = Path(build_dir) / "raw"

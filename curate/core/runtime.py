@@ -11,7 +11,8 @@ import os
 from collections.abc import Iterator
 
 
-def _quiet_env() -> None:
+def quiet_environment() -> None:
+    """The environment defaults every entry point sets once: no telemetry, no update checks, our bars only."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     # Ray Data's progress bars would fight with ours.
@@ -21,7 +22,7 @@ def _quiet_env() -> None:
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
     """Use the running Ray if this process already started one; otherwise start (and later stop) one."""
-    _quiet_env()
+    quiet_environment()
     import ray
 
     if ray.is_initialized():

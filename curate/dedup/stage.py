@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +25,8 @@ from curate.core import schema, units
 from curate.core.errors import InputError
 from curate.dedup import DedupConfig, deduplicate
 from curate.dedup.decontaminate import eval_hashes, find_contaminated, set_name
+
+log = logging.getLogger(__name__)
 
 DEDUP = "dedup.parquet"
 SUMMARY = "dedup.json"
@@ -45,7 +48,6 @@ def run_dedup(
     quality: np.ndarray | None = None,
     prefer: np.ndarray | None = None,
     decontaminate: tuple[str, ...] = (),
-    log=print,
 ) -> dict:
     """Decide and write duplicates for ``build_dir``; returns the summary.
 
@@ -103,7 +105,7 @@ def run_dedup(
         out = out.set_column(1, schema.DUP_OF, pa.array(dup_of, pa.string()))
         out = out.set_column(2, schema.DUP_KIND, pa.array(kind, pa.string()))
         for name, n in per_set.items():
-            log(f"decontamination: {n} pool samples copy images of {name}")
+            log.info(f"decontamination: {n} pool samples copy images of {name}")
 
     kinds = out.column(schema.DUP_KIND).to_pylist()
     summary = {

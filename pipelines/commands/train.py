@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from curate.core.errors import InputError
+
+log = logging.getLogger("tiers")
 
 # CLI flag -> TrainConfig field, for the common settings; anything else goes through --set.
 _FLAGS = {
@@ -50,7 +53,6 @@ def register(sub) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config field, e.g. image_aug.flip=0.5"
     )
     _eval_options(p, "evaluate at the end of training on ")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
     e = sub.add_parser(
@@ -92,15 +94,15 @@ def _train(args) -> int:
     cfg = load_config(args.config, overrides)
     if cfg.samples_seen <= 0:
         raise InputError("--samples-seen is required (or samples_seen in --config)")
-    s = api.train(cfg, args.tiers, args.tier, args.out, progress=not args.no_progress)
-    print(
+    s = api.train(cfg, args.tiers, args.tier, args.out, progress=args.progress)
+    log.info(
         f"{args.out}: {s['steps']} steps, {s['samples_seen']:,} samples seen on tier {s['tier']} "
         f"({s['tier_samples']:,} samples, repetition {s['repetition']:.2f}) in {s['train_seconds']:.0f} s, "
         f"{s['samples_per_s']:.0f} samples/s; final loss {s['final_loss']:.4f}"
     )
-    print(f"model: {args.out}/model (open_clip local-dir; train.load_model reads it)")
+    log.info(f"model: {args.out}/model (open_clip local-dir; train.load_model reads it)")
     for k, v in (s.get("eval") or {}).items():
-        print(f"  {k:<22} {v:.4f}")
+        log.info(f"  {k:<22} {v:.4f}")
     return 0
 
 
@@ -116,10 +118,9 @@ def _eval(args) -> int:
         limit=args.limit,
         batch_size=args.batch_size,
         device=args.device,
-        log=lambda *_: None,
     )
     for task in api.TASKS:
         for name, res in (doc.get(task) or {}).items():
             nums = ", ".join(f"{k} {v:.4f}" for k, v in res.items() if isinstance(v, float) and k != "penalty")
-            print(f"{task:<13} {name:<20} {nums}  (n={res.get('n', res.get('n_test'))})")
+            log.info(f"{task:<13} {name:<20} {nums}  (n={res.get('n', res.get('n_test'))})")
     return 0
