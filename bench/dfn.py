@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = train.shards_from_synthweb(trusted_web, work / "trusted", tiers={"trusted": 1.0})
     cfg = train.make_config({"model": args.model, "samples_seen": args.samples})
     t1 = time.perf_counter()
-    summary = train.train(cfg, manifest, "trusted", work / "run", progress=False, log=lambda *a, **k: None)
+    summary = train.train(cfg, manifest, "trusted", work / "run", progress=False)
     results["train"] = {"seconds": time.perf_counter() - t1, **{k: summary.get(k) for k in ("steps", "samples_seen")}}
     print(f"filter model {args.model}: {args.samples} samples seen in {results['train']['seconds']:.0f} s")
 

@@ -401,12 +401,12 @@ def test_clip_scores_and_embeddings_stored_apart(tmp_path, tiny_clip):
 def test_a_tiers_train_run_scores_the_pool(tmp_path):
     """The DFN path's plumbing: a CLIP trained by `tiers train` on trusted data annotates the pool."""
     import train
-    from synthweb import WebConfig, build
+    from synthweb import WebConfig, build, shards_from_synthweb
 
     build(tmp_path / "trusted", WebConfig(n=80, seed=9, mix={"clean": 1.0}, eval_per_concept=1, retrieval_pairs=2))
-    manifest = train.shards_from_synthweb(tmp_path / "trusted", tmp_path / "tiers", tiers={"trusted": 1.0})
+    manifest = shards_from_synthweb(tmp_path / "trusted", tmp_path / "tiers", tiers={"trusted": 1.0})
     cfg = train.make_config({"model": "ct-vit-micro-32", "samples_seen": 64, "batch_size": 32})
-    train.train(cfg, manifest, "trusted", tmp_path / "run", progress=False, log=lambda *a, **k: None)
+    train.train(cfg, manifest, "trusted", tmp_path / "run", progress=False)
     write_raw_shard(tmp_path / "pool" / "raw")
     spec = f"run:{tmp_path / 'run'}"
     ShardAnnotator(str(tmp_path / "pool"), AnnotateConfig(clip_model=spec), worker=False)(

@@ -126,7 +126,7 @@ def test_retier_recuts_without_downloading(built, tmp_path):
     cfg = stored_config(copy)
     cfg = type(cfg)(**{**cfg.__dict__, "bands": type(cfg.bands)(edges=(0.25, 0.5, 1.0))})
     t0 = time.perf_counter()
-    m = retier(copy, cfg, progress=False, log=lambda *_: None)
+    m = retier(copy, cfg, progress=False)
     assert list(m["tiers"]) == ["top25", "top50", "kept", "unfiltered"]
     assert state(copy / "raw") | state(copy / "annotations") == before  # nothing downloaded or decoded again
     assert time.perf_counter() - t0 < 30
@@ -141,7 +141,7 @@ def test_balanced_bands_without_clip_embeddings_say_what_to_do(built, tmp_path):
     cfg = stored_config(copy)
     cfg = type(cfg)(**{**cfg.__dict__, "bands": type(cfg.bands)(balance="clusters")})
     with pytest.raises(InputError, match="needs CLIP image embeddings"):
-        retier(copy, cfg, progress=False, log=lambda *_: None)
+        retier(copy, cfg, progress=False)
     assert (copy / "tiers" / "manifest.json").exists()  # refused before anything changed
 
 

@@ -18,11 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from curate.core import rundir
 from curate.core.errors import InputError
 from curate.core.manifest import read_tier
 from pipelines.cli import main
 from synthweb.shards import shards_from_synthweb
-from train import api, checkpoint
+from train import api
 from train.config import load_config, make_config, parse_set
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,14 +88,14 @@ def test_resume_after_kill_9_ends_with_the_same_weights(tiers, tmp_path):
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while not checkpoint.all_steps(run / "checkpoints") and time.monotonic() < deadline:
+        while not rundir.all_steps(run / "checkpoints") and time.monotonic() < deadline:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             time.sleep(0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the run and its loader workers, mid-step
         proc.wait()
     assert not (run / "summary.json").exists(), "the run finished before it could be killed"
-    killed_at = checkpoint.all_steps(run / "checkpoints")[-1][0]
+    killed_at = rundir.all_steps(run / "checkpoints")[-1][0]
     assert 0 < killed_at < 12
 
     resumed = api.train(c, tiers, "full", run, progress=False)
@@ -157,7 +158,7 @@ def test_checkpoints_load_as_open_clip_models_and_refuse_pickled_code(tiers, tmp
 
     c = cfg(samples_seen=64, workers=0, checkpoint_every=1, keep_checkpoints=1)
     api.train(c, tiers, "small", tmp_path / "run", progress=False)
-    assert [s for s, _ in checkpoint.all_steps(tmp_path / "run" / "checkpoints")] == [2]
+    assert [s for s, _ in rundir.all_steps(tmp_path / "run" / "checkpoints")] == [2]
     model, preprocess, tokenizer = load_model(tmp_path / "run")
     direct = open_clip.create_model("local-dir:" + str(tmp_path / "run" / "model"))
     for k, v in direct.state_dict().items():

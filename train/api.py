@@ -22,16 +22,16 @@ import os
 from pathlib import Path
 
 from curate import code_version
-from curate.core import units
+from curate.core import rundir, units
 from curate.core.errors import InputError
 from curate.core.manifest import read_tier
 from train.config import EvalConfig, TrainConfig, make_config
 
 log = logging.getLogger(__name__)
 
-CONFIG = "config.json"
-SUMMARY = "summary.json"
-EVAL = "eval.json"
+CONFIG = rundir.CONFIG
+SUMMARY = rundir.SUMMARY
+EVAL = rundir.EVAL
 TASKS = ("zeroshot", "retrieval", "linear_probe")
 
 
