@@ -24,20 +24,21 @@ import json
 import logging
 import os
 import time
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.annotate import AnnotateConfig
-from curate.core import schema, units
+from curate.core import config, schema, units
 from curate.core.errors import InputError
 from curate.core.failpoints import failpoint
-from curate.core.manifest import MANIFEST, SAMPLES, TIERS
+from curate.core.manifest import MANIFEST, SAMPLES, TIERS, Manifest
 from curate.dedup import DedupConfig
-from curate.filters import FilterConfig, config_from_dict
+from curate.download.config import DownloadConfig
+from curate.filters import FilterConfig
+from curate.filters import config_from_dict as filters_config
 from curate.select.bands import BandConfig
 from curate.select.quality import QualityConfig
 from curate.shard.writer import ShardConfig
@@ -47,15 +48,9 @@ log = logging.getLogger(__name__)
 INPUTS = "inputs.parquet"  # the URL list as read, so retier never needs the original files
 
 
-def _download_config():
-    from curate.download import DownloadConfig
-
-    return DownloadConfig()
-
-
 @dataclass(frozen=True)
 class BuildConfig:
-    download: object = field(default_factory=_download_config)
+    download: DownloadConfig = DownloadConfig()
     annotate: AnnotateConfig = AnnotateConfig()
     filters: FilterConfig = FilterConfig()
     dedup: DedupConfig = DedupConfig()
@@ -65,53 +60,32 @@ class BuildConfig:
     decontaminate: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = (
-                v.to_dict() if hasattr(v, "to_dict") else (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
-            )
-        return out
-
-
-def _replace(obj, values: dict, section: str, source: str | None):
-    names = {f.name for f in dataclasses.fields(obj)}
-    unknown = set(values) - names
-    if unknown:
-        raise InputError(f"[{section}] unknown key(s): {', '.join(sorted(unknown))}", path=source)
-    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return dataclasses.replace(obj, **fixed)
+        return config.to_dict(self)
 
 
 def config_from_toml(data: dict, source: str | None = None) -> BuildConfig:
-    cfg = BuildConfig()
-    unknown = set(data) - {f.name for f in dataclasses.fields(cfg)}
-    if unknown:
-        raise InputError(f"unknown section(s): {', '.join(sorted(unknown))}", path=source)
-    kw = {}
-    for name in ("download", "annotate", "dedup", "quality", "bands", "shards"):
-        if name in data:
-            kw[name] = _replace(getattr(cfg, name), data[name], name, source)
-    if "filters" in data:
-        kw["filters"] = config_from_dict(data["filters"], source=source)
-    if "decontaminate" in data:
-        kw["decontaminate"] = tuple(data["decontaminate"])
-    out = dataclasses.replace(cfg, **kw)
+    """A build config from a TOML document (or the dict ``to_dict`` wrote); InputError names section and file.
+
+    The filters' size rules scale to the download size: ``[filters] image_size`` follows
+    ``[download] image_size`` unless the file sets it.
+    """
+    data = dict(data)
+    filters = dict(data.pop("filters", {}) or {})
+    cfg = config.from_dict(BuildConfig, data, section="build", source=source)
+    filters.setdefault("image_size", cfg.download.image_size)
+    cfg = dataclasses.replace(cfg, filters=filters_config(filters, source=source))
     try:
-        out.bands.validate()
+        cfg.bands.validate()
     except ValueError as e:
         raise InputError(f"[bands] {e}", path=source) from None
-    return out
+    return cfg
 
 
 def load_build_config(path: str | os.PathLike | None) -> BuildConfig:
+    """The build config in the TOML file at ``path`` (defaults when None)."""
     if path is None:
         return BuildConfig()
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise InputError(f"unreadable build config: {e}", path=str(path)) from None
-    return config_from_toml(data, source=str(path))
+    return config_from_toml(config.read_toml(path), source=os.fspath(path))
 
 
 def decide(out: Path, cfg: BuildConfig) -> pa.Table:
@@ -158,7 +132,8 @@ def decide(out: Path, cfg: BuildConfig) -> pa.Table:
     return samples
 
 
-def shard(out: Path, cfg: BuildConfig, samples: pa.Table, progress: bool = True) -> dict:
+def shard(out: Path, cfg: BuildConfig, samples: pa.Table, progress: bool = True) -> Manifest:
+    """Band shards and the tier manifest for ``samples`` (the shard stage)."""
     from curate.select.samples import counts
     from curate.shard.writer import write_tiers
 
@@ -168,7 +143,7 @@ def shard(out: Path, cfg: BuildConfig, samples: pa.Table, progress: bool = True)
         cfg.bands,
         cfg.shards,
         config={"build": cfg.to_dict()},
-        extra={"input_rows": samples.num_rows, "counts": counts(samples)},
+        counts=counts(samples),
         progress=progress,
     )
 
@@ -181,7 +156,7 @@ def build(
     ray_address: str | None = None,
     allow_private: str | None = None,
     progress: bool = True,
-) -> dict:
+) -> Manifest:
     """Run every stage; each skips what a previous run finished. Returns the tier manifest."""
     from curate.annotate import annotate
     from curate.core.runtime import ray_session
@@ -211,11 +186,11 @@ def build(
     log.info(f"[4/5] decided ({time.perf_counter() - t0:.0f} s)")
     manifest = shard(out, cfg, samples, progress=progress)
     _write_config(out, cfg)
-    log.info(f"[5/5] wrote {len(manifest['tiers'])} tiers in {out / 'tiers'} ({time.perf_counter() - t0:.0f} s)")
+    log.info(f"[5/5] wrote {len(manifest.tiers)} tiers in {out / 'tiers'} ({time.perf_counter() - t0:.0f} s)")
     return manifest
 
 
-def retier(out: str | os.PathLike, cfg: BuildConfig, progress: bool = True) -> dict:
+def retier(out: str | os.PathLike, cfg: BuildConfig, progress: bool = True) -> Manifest:
     """Re-decide and re-shard from stored tables: no download, no decode."""
     out = Path(out)
     if not (out / INPUTS).exists():

@@ -120,8 +120,8 @@ def run_demo(args: DemoConfig) -> int:
         )
     finally:
         server.stop()
-    for name, t in manifest["tiers"].items():
-        log.info(f"  {name:<11} {t['samples']:>6} samples")
+    for name, t in manifest.tiers.items():
+        log.info(f"  {name:<11} {t.samples:>6} samples")
 
     budgets, seeds = args.budgets, args.seeds
     log.info(f"[4/4] study: 3 tiers x {len(budgets)} budgets x {len(seeds)} seeds ({time.perf_counter() - t0:.0f} s)")

@@ -99,7 +99,7 @@ def write_report(out: Path, rows: list[dict], study: dict, tiers_dir: str, exten
     build_dir = manifest_path(tiers_dir).parent.parent
     chance = _chance(study)
     analysis = analyse(rows, extend)
-    pool = max(t["samples"] for t in manifest["tiers"].values())
+    pool = max(t.samples for t in manifest.tiers.values())
 
     figures = []
     for variant in sorted({r["variant"] for r in rows}):
@@ -158,13 +158,13 @@ def write_report(out: Path, rows: list[dict], study: dict, tiers_dir: str, exten
     tier_rows = [
         {
             "tier": k,
-            "bands": ", ".join(v["bands"]),
-            "samples": v["samples"],
-            "MB": v["bytes"] / 1e6,
-            "quality": "–".join(f"{q:.3g}" for q in v["quality"] if q is not None),
-            "shards": len(v["shards"]),
+            "bands": ", ".join(v.bands),
+            "samples": v.samples,
+            "MB": v.bytes / 1e6,
+            "quality": "–".join(f"{q:.3g}" for q in v.quality if q is not None),
+            "shards": len(v.shards),
         }
-        for k, v in manifest["tiers"].items()
+        for k, v in manifest.tiers.items()
     ]
     summary = []
     for v, a in analysis.items():
@@ -192,8 +192,8 @@ Code version {html.escape(code_version())}.</p>
 <h2>Runs</h2>{_table(ordered, cols)}
 <h2>Tiers</h2>{_table(tier_rows, ["tier", "bands", "samples", "MB", "quality", "shards"])}
 <h2>Configs</h2><h3>Study</h3><pre>{html.escape(json.dumps(study, indent=2, default=str))}</pre>
-<h3>Tiers build</h3><pre>{html.escape(json.dumps(manifest.get("config", {}), indent=2, default=str))}</pre>
-<p>Tiers built by {html.escape(str(manifest.get("code_version")))}.</p>
+<h3>Tiers build</h3><pre>{html.escape(json.dumps(manifest.config, indent=2, default=str))}</pre>
+<p>Tiers built by {html.escape(manifest.code_version)}.</p>
 </body></html>"""
     path = out / REPORT
     path.write_text(page)

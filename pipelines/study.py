@@ -104,9 +104,9 @@ def load_study(path: str | os.PathLike) -> StudyConfig:
 def plan_runs(cfg: StudyConfig) -> list[dict]:
     """One dict per run: everything that determines its result, plus its ``config_hash``."""
     manifest = load_manifest(cfg.tiers_dir)
-    unknown = [t for t in cfg.tiers if t not in manifest["tiers"]]
+    unknown = [t for t in cfg.tiers if t not in manifest.tiers]
     if unknown:
-        raise InputError(f"tiers not in the manifest: {unknown}; it has {list(manifest['tiers'])}", path=cfg.tiers_dir)
+        raise InputError(f"tiers not in the manifest: {unknown}; it has {list(manifest.tiers)}", path=cfg.tiers_dir)
     runs = []
     for variant in cfg.variants:
         overrides = {**cfg.train, **{k: v for k, v in variant.items() if k != "name"}}
@@ -120,7 +120,7 @@ def plan_runs(cfg: StudyConfig) -> list[dict]:
                         "seed": seed,
                         "model": cfg.model,
                         "train": overrides,
-                        "tier_samples": int(manifest["tiers"][tier]["samples"]),
+                        "tier_samples": manifest.tiers[tier].samples,
                         "tiers_dir": cfg.tiers_dir,
                         "eval": {"zeroshot": cfg.zeroshot, "classes": cfg.classes, "retrieval": cfg.retrieval},
                     }

@@ -147,7 +147,7 @@ def test_config_from_toml(tmp_path):
     p.write_text("image_size = 128\n")
     assert load_config(p).image_size == 128
     p.write_text("imagesize = 128\n")
-    with pytest.raises(InputError, match="unknown download setting"):
+    with pytest.raises(InputError, match=r"\[download\] unknown key\(s\): imagesize"):
         load_config(p)
     p.write_text("resize_mode = 'stretch'\n")
     with pytest.raises(InputError, match="resize_mode"):

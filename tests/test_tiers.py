@@ -158,9 +158,9 @@ def test_write_tiers_bands_disjoint_tiers_nested_shards_uniform_and_readable(tmp
     cfg = ShardConfig(shard_size=16, seed=1)
     m = write_tiers(tmp_path, samples, shard_cfg=cfg, progress=False)
     seen = {}
-    for band, info in m["bands"].items():
+    for band, info in m.bands.items():
         sizes = []
-        for rel in info["shards"]:
+        for rel in info.shards:
             keys = [s["__key__"] for s in wds.WebDataset(str(tmp_path / "tiers" / rel), shardshuffle=False)]
             sizes.append(len(keys))
             for s in wds.WebDataset(str(tmp_path / "tiers" / rel), shardshuffle=False):
@@ -170,15 +170,15 @@ def test_write_tiers_bands_disjoint_tiers_nested_shards_uniform_and_readable(tmp
                 assert k not in seen
                 seen[k] = band
         assert all(x == 16 for x in sizes[:-1]) and 0 < sizes[-1] <= 16 if sizes else True
-        assert sum(sizes) == info["samples"]
+        assert sum(sizes) == info.samples
     assert len(seen) == 225  # 5 duplicates have no band
-    assert m["tiers"]["unfiltered"]["samples"] == 225 and m["tiers"]["kept"]["samples"] == 190
+    assert m.tiers["unfiltered"].samples == 225 and m.tiers["kept"].samples == 190
     order = ["top10", "top20", "top30", "top40", "top50", "kept", "unfiltered"]
-    sizes = [m["tiers"][t]["samples"] for t in order]
+    sizes = [m.tiers[t].samples for t in order]
     assert sizes == sorted(sizes)
     tier = read_tier(tmp_path, "top20")
-    assert tier.samples == m["tiers"]["top20"]["samples"] and all(p.endswith(".tar") for p in tier.shards)
-    assert "{000000.." in m["tiers"]["kept"]["brace"] and "::" in m["tiers"]["kept"]["brace"]
+    assert tier.samples == m.tiers["top20"].samples and all(p.endswith(".tar") for p in tier.shards)
+    assert "{000000.." in m.tiers["kept"].brace and "::" in m.tiers["kept"].brace
 
 
 def test_bytes_are_copied_not_reencoded_and_rerun_is_identical(tmp_path):
@@ -220,7 +220,7 @@ def test_retier_rewrites_only_what_changed(tmp_path):
     cfg = BandConfig(edges=(0.25, 0.5, 1.0))
     samples2 = recut(samples, cfg)
     m = write_tiers(tmp_path, samples2, band_cfg=cfg, shard_cfg=ShardConfig(shard_size=20), progress=False)
-    assert list(m["tiers"]) == ["top25", "top50", "kept", "unfiltered"]
+    assert list(m.tiers) == ["top25", "top50", "kept", "unfiltered"]
     assert units.read_marker(tmp_path / "tiers", "filtered-000000") == filtered_marker
     assert sorted(p.name for p in (tmp_path / "tiers" / "bands").iterdir()) == [
         "filtered",

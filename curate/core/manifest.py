@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from curate.core.errors import InputError
@@ -54,6 +54,139 @@ class Tier:
     manifest: str
 
 
+@dataclass(frozen=True)
+class BandEntry:
+    """One band: its shards (relative to the manifest's directory), samples, bytes, quality range."""
+
+    shards: tuple[str, ...]
+    samples: int
+    bytes: int
+    quality: tuple[float | None, float | None] = (None, None)
+
+
+@dataclass(frozen=True)
+class TierEntry:
+    """One tier: the bands it is made of (best first) and what they add up to; ``brace`` is absolute."""
+
+    bands: tuple[str, ...]
+    shards: tuple[str, ...]
+    samples: int
+    bytes: int
+    quality: tuple[float | None, float | None]
+    brace: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The tier manifest (``tiers/manifest.json``): the one contract between the shard writers and the trainer."""
+
+    bands: dict[str, BandEntry]
+    tiers: dict[str, TierEntry]
+    config: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)  # {status: {reason: rows}}
+    input_rows: int | None = None
+    code_version: str = ""
+    format: str = FORMAT
+
+    @classmethod
+    def assemble(
+        cls, tiers_dir: str | os.PathLike, bands: dict[str, BandEntry], tier_bands: dict[str, list[str]], **meta
+    ) -> Manifest:
+        """Tiers from their bands (``tier -> [band, ...]``, best first); ``meta``: config, counts, ..."""
+        root = Path(tiers_dir)
+        tiers = {}
+        for name, members in tier_bands.items():
+            shards = tuple(s for b in members for s in bands[b].shards)
+            qs = [bands[b].quality for b in members if bands[b].samples and bands[b].quality[0] is not None]
+            tiers[name] = TierEntry(
+                bands=tuple(members),
+                shards=shards,
+                samples=sum(bands[b].samples for b in members),
+                bytes=sum(bands[b].bytes for b in members),
+                quality=(min(q[0] for q in qs), max(q[1] for q in qs)) if qs else (None, None),
+                brace=brace([str((root / s).resolve()) for s in shards]),
+            )
+        return cls(bands=bands, tiers=tiers, **meta)
+
+    def to_dict(self) -> dict:
+        return {
+            "format": self.format,
+            "code_version": self.code_version,
+            "config": self.config,
+            "input_rows": self.input_rows,
+            "counts": self.counts,
+            "bands": {k: _plain(asdict(v)) for k, v in self.bands.items()},
+            "tiers": {k: _plain(asdict(v)) for k, v in self.tiers.items()},
+        }
+
+    def write(self, tiers_dir: str | os.PathLike) -> Path:
+        """Write ``tiers_dir/manifest.json`` atomically (the last file a build writes)."""
+        from curate.core import units
+
+        path = Path(tiers_dir) / MANIFEST
+        with units.atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str | None = None) -> Manifest:
+        if data.get("format") != FORMAT:
+            raise InputError(
+                f"not a clip-tiers manifest (format {data.get('format')!r}, expected {FORMAT!r})", path=source
+            )
+        try:
+            bands = {k: _band(v) for k, v in data["bands"].items()}
+            tiers = {k: _tier(v) for k, v in data["tiers"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise InputError(
+                f"damaged tier manifest ({type(e).__name__}: {e}); run `tiers retier`", path=source
+            ) from None
+        meta = {k: data[k] for k in ("config", "counts", "input_rows", "code_version") if k in data}
+        return cls(bands=bands, tiers=tiers, **meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Manifest:
+        """The manifest of a build dir, its ``tiers/`` dir or the file itself; InputError when unusable."""
+        p = manifest_path(path)
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"unreadable tier manifest: {e}", path=str(p)) from None
+        return cls.from_dict(data, source=str(p))
+
+    def tier(self, name: str, path: str | os.PathLike) -> Tier:
+        """Tier ``name`` with absolute shard paths (``path``: where this manifest lives)."""
+        if name not in self.tiers:
+            raise InputError(f"no tier {name!r}; this manifest has: {', '.join(self.tiers) or 'none'}", path=str(path))
+        t = self.tiers[name]
+        shards = tuple(str((Path(path).parent / s).resolve()) for s in t.shards)
+        return Tier(name, shards, t.samples, t.bytes, t.quality, str(path))
+
+
+def _quality(v: dict) -> tuple[float | None, float | None]:
+    q = v.get("quality") or (None, None)
+    return (q[0], q[1])
+
+
+def _band(v: dict) -> BandEntry:
+    return BandEntry(tuple(v["shards"]), int(v["samples"]), int(v.get("bytes", 0)), _quality(v))
+
+
+def _tier(v: dict) -> TierEntry:
+    return TierEntry(
+        tuple(v["bands"]),
+        tuple(v["shards"]),
+        int(v["samples"]),
+        int(v.get("bytes", 0)),
+        _quality(v),
+        v.get("brace", ""),
+    )
+
+
+def _plain(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
 def manifest_path(path: str | os.PathLike) -> Path:
     """Accept a build dir, its ``tiers/`` dir or the manifest itself."""
     p = Path(path)
@@ -63,30 +196,14 @@ def manifest_path(path: str | os.PathLike) -> Path:
     raise InputError("no tier manifest here (looked for tiers/manifest.json); run `tiers build` first", path=str(p))
 
 
-def load_manifest(path: str | os.PathLike) -> dict:
-    p = manifest_path(path)
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"unreadable tier manifest: {e}", path=str(p)) from None
-    if data.get("format") != FORMAT:
-        raise InputError(
-            f"not a clip-tiers manifest (format {data.get('format')!r}, expected {FORMAT!r})", path=str(p)
-        )
-    return data
+def load_manifest(path: str | os.PathLike) -> Manifest:
+    return Manifest.load(path)
 
 
 def read_tier(path: str | os.PathLike, name: str) -> Tier:
     """The shards and size of tier ``name`` from the manifest under ``path``."""
     p = manifest_path(path)
-    data = load_manifest(p)
-    tiers = data.get("tiers", {})
-    if name not in tiers:
-        raise InputError(f"no tier {name!r}; this manifest has: {', '.join(tiers) or 'none'}", path=str(p))
-    t = tiers[name]
-    shards = tuple(str((p.parent / s).resolve()) for s in t["shards"])
-    q = t.get("quality") or [None, None]
-    return Tier(name, shards, int(t["samples"]), int(t.get("bytes", 0)), (q[0], q[1]), str(p))
+    return Manifest.load(p).tier(name, p)
 
 
 def brace(shards: list[str] | tuple[str, ...]) -> str:

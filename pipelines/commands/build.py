@@ -60,13 +60,13 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_tiers(manifest: dict) -> None:
+def _print_tiers(manifest) -> None:
     log.info(
-        f"{manifest['input_rows']:,} input rows: "
-        + ", ".join(f"{s} {sum(v.values()):,}" for s, v in manifest["counts"].items())
+        f"{manifest.input_rows:,} input rows: "
+        + ", ".join(f"{s} {sum(v.values()):,}" for s, v in manifest.counts.items())
     )
-    for name, t in manifest["tiers"].items():
-        log.info(f"  {name:<11} {t['samples']:>9,} samples  {t['bytes'] / 1e6:9.1f} MB  {len(t['shards']):>4} shards")
+    for name, t in manifest.tiers.items():
+        log.info(f"  {name:<11} {t.samples:>9,} samples  {t.bytes / 1e6:9.1f} MB  {len(t.shards):>4} shards")
 
 
 def _retier(args: argparse.Namespace) -> int:
