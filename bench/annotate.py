@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                     w = time.perf_counter() - w0
                     tag = f"{side}px clip={'on' if clip else 'off'}"
                     row(f"ray    {tag} end to end", n, w, float("nan"), per=cores)
-                    marks = [units.read_marker(build / "annotations", f"{k:05d}") for k in range(s["shards"])]
+                    marks = [units.read_marker(build / "annotations", f"{k:05d}") for k in range(s.shards)]
                     busy = sum(m["seconds"] for m in marks)
                     row(f"ray    {tag} in workers", n, busy, sum(m["cpu_seconds"] for m in marks))
 

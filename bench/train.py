@@ -137,7 +137,7 @@ def cpu_seconds() -> float:
 
 def learn(web: Path, tiers: Path, out: Path, a) -> dict:
     from train import api
-    from train.config import make_config
+    from train.config import EvalConfig, make_config
 
     ev = web / "eval"
     cfg = make_config(
@@ -158,11 +158,11 @@ def learn(web: Path, tiers: Path, out: Path, a) -> dict:
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     doc = json.loads((out / "eval.json").read_text())
     res = {
-        "samples_seen": s["samples_seen"],
-        "steps": s["steps"],
+        "samples_seen": s.samples_seen,
+        "steps": s.steps,
         "batch": a.learn_batch,
         "preset": a.preset,
-        "repetition": s["repetition"],
+        "repetition": s.repetition,
         "wall_seconds": wall,
         "cpu_seconds": cpu,
         "zeroshot_top1": doc["zeroshot"]["zeroshot"]["top1"],
@@ -172,10 +172,12 @@ def learn(web: Path, tiers: Path, out: Path, a) -> dict:
     }
     if CIFAR.is_file():
         t0 = time.perf_counter()
-        cif = api.evaluate(out, zeroshot=[f"cifar10={CIFAR}"], linear_probe=[f"cifar10={CIFAR}"], limit=a.cifar_limit)
-        res["cifar10_zeroshot_top1"] = cif["zeroshot"]["cifar10"]["top1"]
-        res["cifar10_linear_probe_top1"] = cif["linear_probe"]["cifar10"]["top1"]
-        res["cifar10_n"] = cif["zeroshot"]["cifar10"]["n"]
+        cif = api.evaluate(
+            out, EvalConfig(zeroshot=(f"cifar10={CIFAR}",), linear_probe=(f"cifar10={CIFAR}",), limit=a.cifar_limit)
+        )
+        res["cifar10_zeroshot_top1"] = cif.get("zeroshot", "cifar10")["top1"]
+        res["cifar10_linear_probe_top1"] = cif.get("linear_probe", "cifar10")["top1"]
+        res["cifar10_n"] = cif.get("zeroshot", "cifar10")["n"]
         res["cifar10_eval_seconds"] = time.perf_counter() - t0
     return res
 

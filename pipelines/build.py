@@ -127,7 +127,7 @@ def decide(out: Path, cfg: BuildConfig) -> pa.Table:
     log.info(
         f"decided {samples.num_rows:,} rows by {which} quality: "
         + ", ".join(f"{s} {sum(v.values()):,}" for s, v in c.items())
-        + f"; {summary['duplicates']:,} duplicates"
+        + f"; {summary.duplicates:,} duplicates"
     )
     return samples
 

@@ -504,8 +504,8 @@ def test_hostile_images_through_ray_workers_are_recorded_not_fatal(tmp_path, ray
     ok_uids = write_raw_shard(tmp_path / "raw", "00000")
     write_raw_shard(tmp_path / "raw", "00001")
     summary = annotate(tmp_path, AnnotateConfig(actors=2), progress=False)
-    assert summary["rows"] == 2 * len(ok_uids) and summary["done"] == 2
-    assert summary["decode_errors"] == {
+    assert summary.rows == 2 * len(ok_uids) and summary.done == 2
+    assert summary.decode_errors == {
         "empty": 2,
         "missing_in_tar": 2,
         "not_an_image": 2,

@@ -24,7 +24,7 @@ from curate.core.manifest import read_tier
 from pipelines.cli import main
 from synthweb.shards import shards_from_synthweb
 from train import api
-from train.config import load_config, make_config, parse_set
+from train.config import EvalConfig, load_config, make_config, parse_set
 
 REPO = Path(__file__).resolve().parent.parent
 MICRO = {"model": "ct-vit-micro-32", "batch_size": 32, "threads": 1, "log_every": 2, "lr": 2e-3}
@@ -58,17 +58,17 @@ def test_same_budget_gives_same_steps_on_a_ten_times_smaller_tier(tiers, tmp_pat
     c = cfg(samples_seen=256, workers=1)
     big = api.train(c, tiers, "full", tmp_path / "full", progress=False)
     small = api.train(c, tiers, "small", tmp_path / "small", progress=False)
-    assert big["steps"] == small["steps"] == 8
-    assert big["samples_seen"] == small["samples_seen"] == 256
-    ratio = small["repetition"] / big["repetition"]
-    assert ratio == pytest.approx(big["tier_samples"] / small["tier_samples"]) and 9 <= ratio <= 11
+    assert big.steps == small.steps == 8
+    assert big.samples_seen == small.samples_seen == 256
+    ratio = small.repetition / big.repetition
+    assert ratio == pytest.approx(big.tier_samples / small.tier_samples) and 9 <= ratio <= 11
     lines = [json.loads(x) for x in (tmp_path / "small" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [2, 4, 6, 8]
-    assert lines[-1]["repetition"] == pytest.approx(small["repetition"])
+    assert lines[-1]["repetition"] == pytest.approx(small.repetition)
     assert all(0 <= r["data_wait"] <= 1 and r["samples_per_s"] > 0 for r in lines)
     # a finished run is not trained again
     mtime = (tmp_path / "small" / "model" / "open_clip_pytorch_model.bin").stat().st_mtime
-    assert api.train(c, tiers, "small", tmp_path / "small", progress=False)["steps"] == 8
+    assert api.train(c, tiers, "small", tmp_path / "small", progress=False).steps == 8
     assert (tmp_path / "small" / "model" / "open_clip_pytorch_model.bin").stat().st_mtime == mtime
     with pytest.raises(InputError, match="another config"):
         api.train(cfg(samples_seen=640), tiers, "small", tmp_path / "small", progress=False)
@@ -99,7 +99,7 @@ def test_resume_after_kill_9_ends_with_the_same_weights(tiers, tmp_path):
     assert 0 < killed_at < 12
 
     resumed = api.train(c, tiers, "full", run, progress=False)
-    assert resumed["resumed_from"] == killed_at and resumed["steps"] == 12
+    assert resumed.resumed_from == killed_at and resumed.steps == 12
     a, b = weights(tmp_path / "straight"), weights(run)
     assert a.keys() == b.keys()
     for k in a:
@@ -148,7 +148,7 @@ def test_sixty_steps_learn_the_concepts_well_above_chance(tiers, small_web, tmp_
     s = api.train(c, tiers, "full", tmp_path / "run", progress=False)
     zs = json.loads((tmp_path / "run" / "eval.json").read_text())["zeroshot"]["zeroshot"]
     assert zs["classes"] == 25 and zs["chance"] == pytest.approx(0.04) and zs["n"] == 100
-    assert s["eval"]["zeroshot_top1"] == zs["top1"] >= 3 * zs["chance"]  # chance is 4%; a fuller run is in bench/
+    assert s.eval["zeroshot_top1"] == zs["top1"] >= 3 * zs["chance"]  # chance is 4%; a fuller run is in bench/
 
 
 def test_checkpoints_load_as_open_clip_models_and_refuse_pickled_code(tiers, tmp_path):
@@ -221,8 +221,9 @@ def test_eval_reads_image_folders_with_a_split(small_web, tmp_path, tiers):
     assert dataset_name(str(Path("x/cifar10/test.parquet")))[0] == "cifar10-test"
     run = tmp_path / "run"
     api.train(cfg(samples_seen=64, workers=0), tiers, "small", run, progress=False)
-    doc = api.evaluate(run, zeroshot=[str(tmp_path / "folder")], linear_probe=[str(tmp_path / "folder")])
-    assert doc["linear_probe"]["folder"]["n_test"] == 10 and doc["zeroshot"]["folder"]["n"] == 50
+    folder = (str(tmp_path / "folder"),)
+    doc = api.evaluate(run, EvalConfig(zeroshot=folder, linear_probe=folder))
+    assert doc.get("linear_probe", "folder")["n_test"] == 10 and doc.get("zeroshot", "folder")["n"] == 50
 
 
 def test_config_presets_toml_and_overrides(tmp_path):
@@ -274,11 +275,11 @@ def test_torchrun_ddp_on_cpu_gathers_features_and_halves_the_steps(tiers, tmp_pa
     res = subprocess.run(cmd + ["--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     s = json.loads((run / "summary.json").read_text())
-    assert s["world_size"] == 2 and s["global_batch"] == 64 and s["steps"] == 4
+    assert s.world_size == 2 and s.global_batch == 64 and s.steps == 4
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_training_runs(tiers, tmp_path):
     s = api.train(cfg(samples_seen=256, device="cuda", workers=1), tiers, "full", tmp_path / "gpu", progress=False)
-    assert s["steps"] == 8 and s["final_loss"] == s["final_loss"]  # not NaN
+    assert s.steps == 8 and s.final_loss == s.final_loss  # not NaN

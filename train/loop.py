@@ -31,6 +31,7 @@ from curate.core.manifest import Tier
 from train import augment, checkpoint, loss, models
 from train.config import TrainConfig
 from train.data import StreamSpec, TierStream, make_loader
+from train.results import TrainSummary
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def _trim_metrics(path: Path, last_step: int) -> None:
 
 def run(
     cfg: TrainConfig, tier: Tier, out: str | os.PathLike, progress: bool = True, stop_at: int | None = None
-) -> dict | None:
+) -> TrainSummary | None:
     """Train on ``tier`` into run directory ``out`` (resuming from its newest checkpoint); returns the summary.
 
     ``stop_at``: leave after that step's checkpoint as if killed (a time slice), returning None.
@@ -232,31 +233,31 @@ class _Run:
         _save(self.cfg, self.dist, self.ckpt_root, done, self.model, self.model_cfg, self.opt, self.positions,
               self.counters, self.spec)  # fmt: skip
 
-    def summary(self, loss_val: float) -> dict:
-        cfg, n = self.cfg, self.steps * self.global_batch
-        return {
-            "steps": self.steps,
-            "samples_seen": n,
-            "global_batch": self.global_batch,
-            "world_size": self.dist.world,
-            "tier": self.tier.name,
-            "tier_samples": self.tier.samples,
-            "repetition": n / max(1, self.tier.samples),
-            "train_seconds": self.counters["train_seconds"],
-            "samples_per_s": n / max(self.counters["train_seconds"], 1e-9),
-            "final_loss": loss_val,
-            "skipped": self.counters["skipped"],
-            "resumed_from": self.start or None,
-            "config_hash": cfg.hash(),
-            "code_version": code_version(),
-        }
+    def summary(self, loss_val: float) -> TrainSummary:
+        n = self.steps * self.global_batch
+        return TrainSummary(
+            steps=self.steps,
+            samples_seen=n,
+            global_batch=self.global_batch,
+            world_size=self.dist.world,
+            tier=self.tier.name,
+            tier_samples=self.tier.samples,
+            repetition=n / max(1, self.tier.samples),
+            train_seconds=self.counters["train_seconds"],
+            samples_per_s=n / max(self.counters["train_seconds"], 1e-9),
+            final_loss=loss_val,
+            skipped=self.counters["skipped"],
+            resumed_from=self.start or None,
+            config_hash=self.cfg.hash(),
+            code_version=code_version(),
+        )
 
 
 def _new_window() -> dict:
     return {"t0": time.perf_counter(), "data": 0.0, "n": 0, "loss": 0.0}
 
 
-def _run(cfg: TrainConfig, tier: Tier, out: Path, dist: Dist, progress: bool, stop_at) -> dict | None:
+def _run(cfg: TrainConfig, tier: Tier, out: Path, dist: Dist, progress: bool, stop_at) -> TrainSummary | None:
     r = _Run(cfg, tier, out, dist)
     loader = r.loader()
     if dist.rank == 0:

@@ -8,12 +8,13 @@ Roles: :mod:`~curate.annotate.raw` (the raw layout), :mod:`~curate.annotate.imag
 The commands, ``tiers annotate`` and ``tiers filter``, are in :mod:`pipelines.commands.annotate`.
 """
 
-from curate.annotate.run import annotate, load_embeddings, read_annotations, summarise
+from curate.annotate.run import AnnotateSummary, annotate, load_embeddings, read_annotations, summarise
 from curate.annotate.stage import OUTPUT_SCHEMA, AnnotateConfig, Annotator
 
 __all__ = [
     "OUTPUT_SCHEMA",
     "AnnotateConfig",
+    "AnnotateSummary",
     "Annotator",
     "annotate",
     "load_embeddings",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +154,7 @@ def annotate(
     cfg: AnnotateConfig = AnnotateConfig(),
     ray_address: str | None = None,
     progress: bool = True,
-) -> dict:
+) -> AnnotateSummary:
     """Annotate every raw shard of ``build_dir`` not already done; return counts over all shards.
 
     Raises :class:`InputError` for a missing ``raw/`` or models that cannot be loaded (checked here,
@@ -219,7 +220,19 @@ def _run_ray(build_dir: Path, cfg: AnnotateConfig, todo: list[str], progress: bo
     return failures
 
 
-def summarise(build_dir: str | os.PathLike, shards: list[str] | None = None, annotated: int = 0) -> dict:
+@dataclass(frozen=True)
+class AnnotateSummary:
+    """Counts over every raw shard's completion marker: ``decoded + sum(decode_errors) == rows``."""
+
+    shards: int  # raw shards in the build
+    done: int  # of them annotated (now or before)
+    annotated: int  # of them annotated by this call
+    rows: int  # downloaded samples annotated
+    decoded: int
+    decode_errors: dict[str, int]
+
+
+def summarise(build_dir: str | os.PathLike, shards: list[str] | None = None, annotated: int = 0) -> AnnotateSummary:
     """Counts from the completion markers: rows, decode errors by reason, shards done."""
     out_dir = Path(build_dir) / manifest.ANNOTATIONS
     shards = shards if shards is not None else list_shards(Path(build_dir) / manifest.RAW)
@@ -230,14 +243,14 @@ def summarise(build_dir: str | os.PathLike, shards: list[str] | None = None, ann
             done += 1
             rows += m["rows"]
             errors.update(m["decode_errors"])
-    return {
-        "shards": len(shards),
-        "done": done,
-        "annotated": annotated,
-        "rows": rows,
-        "decoded": rows - sum(errors.values()),
-        "decode_errors": dict(sorted(errors.items())),
-    }
+    return AnnotateSummary(
+        shards=len(shards),
+        done=done,
+        annotated=annotated,
+        rows=rows,
+        decoded=rows - sum(errors.values()),
+        decode_errors=dict(sorted(errors.items())),
+    )
 
 
 def _done_shards(build_dir: Path) -> list[str]:

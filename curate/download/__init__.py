@@ -20,12 +20,14 @@ from curate.download.config import DownloadConfig, config_from_dict, load_config
 from curate.download.reasons import REASONS, TRANSIENT
 from curate.download.run import download, read_manifest, read_results, retry_failed
 from curate.download.safety import AddressPolicy, parse_allow
+from curate.download.summary import DownloadSummary
 
 __all__ = [
     "REASONS",
     "TRANSIENT",
     "AddressPolicy",
     "DownloadConfig",
+    "DownloadSummary",
     "config_from_dict",
     "download",
     "load_config",

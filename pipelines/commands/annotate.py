@@ -50,10 +50,10 @@ def _annotate(args: argparse.Namespace) -> int:
     s = annotate(args.dir, cfg, ray_address=args.ray_address, progress=args.progress)
     dt = time.perf_counter() - t0
     log.info(
-        f"annotated {s['annotated']} of {s['shards']} shards in {dt:.1f} s "
-        f"({s['shards'] - s['annotated']} already done); {s['rows']} samples, {s['decoded']} decoded"
+        f"annotated {s.annotated} of {s.shards} shards in {dt:.1f} s "
+        f"({s.shards - s.annotated} already done); {s.rows} samples, {s.decoded} decoded"
     )
-    for reason, n in s["decode_errors"].items():
+    for reason, n in s.decode_errors.items():
         log.info(f"  decode_error {reason:<16} {n:>8}")
     return 0
 

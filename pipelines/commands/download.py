@@ -62,21 +62,21 @@ def _download(args: argparse.Namespace) -> int:
             raise InputError("give a URL list and --out DIR (or --retry-failed DIR)")
         s = download(args.urls, args.out, load_config(args.config), read_config=read_config(args), **common)
     dt = time.perf_counter() - t0
-    if s["status"] != "complete":
-        log.error(f"download incomplete after {dt:.1f} s: {len(s['missing_shards'])} shard(s) ran out of retries:")
-        for shard, err in s["failed_shards"].items():
+    if not s.complete:
+        log.error(f"download incomplete after {dt:.1f} s: {len(s.missing_shards)} shard(s) ran out of retries:")
+        for shard, err in s.failed_shards.items():
             log.error(f"  {shard}: {err}")
         log.error("run the same command again to finish them")
         return 1
-    n, ok = s["input_rows"], s["successes"]
-    log.info(f"{n} URLs in {dt:.1f} s: {ok} downloaded ({100 * ok / max(1, n):.1f}%), {s['failures']} failed")
-    for reason, k in s["failures_by_reason"].items():
+    n, ok = s.input_rows, s.successes
+    log.info(f"{n} URLs in {dt:.1f} s: {ok} downloaded ({100 * ok / max(1, n):.1f}%), {s.failures} failed")
+    for reason, k in s.failures_by_reason.items():
         log.info(f"  {reason:<18} {k:>8}")
     if args.retry_failed:
-        if not s["retried"]:
+        if not s.retried:
             log.info("nothing to retry: no failures with those reasons")
             return 0
-        r = s["rounds"][-1]
+        r = s.rounds[-1]
         log.info(
             f"retry round {r['round']}: {r['rows']} retried ({', '.join(r['reasons'])}), {r['recovered']} recovered"
         )

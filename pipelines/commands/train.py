@@ -96,31 +96,31 @@ def _train(args) -> int:
         raise InputError("--samples-seen is required (or samples_seen in --config)")
     s = api.train(cfg, args.tiers, args.tier, args.out, progress=args.progress)
     log.info(
-        f"{args.out}: {s['steps']} steps, {s['samples_seen']:,} samples seen on tier {s['tier']} "
-        f"({s['tier_samples']:,} samples, repetition {s['repetition']:.2f}) in {s['train_seconds']:.0f} s, "
-        f"{s['samples_per_s']:.0f} samples/s; final loss {s['final_loss']:.4f}"
+        f"{args.out}: {s.steps} steps, {s.samples_seen:,} samples seen on tier {s.tier} "
+        f"({s.tier_samples:,} samples, repetition {s.repetition:.2f}) in {s.train_seconds:.0f} s, "
+        f"{s.samples_per_s:.0f} samples/s; final loss {s.final_loss:.4f}"
     )
     log.info(f"model: {args.out}/model (open_clip local-dir; train.load_model reads it)")
-    for k, v in (s.get("eval") or {}).items():
+    for k, v in s.eval.items():
         log.info(f"  {k:<22} {v:.4f}")
     return 0
 
 
 def _eval(args) -> int:
-    from train import api
+    import dataclasses
 
-    doc = api.evaluate(
-        args.run,
-        zeroshot=args.zeroshot,
-        classes=args.classes,
-        retrieval=args.retrieval,
-        linear_probe=args.linear_probe,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
-    for task in api.TASKS:
-        for name, res in (doc.get(task) or {}).items():
+    from train import api
+    from train.config import EvalConfig
+
+    cfg = api.run_eval_config(args.run)
+    named = {"zeroshot": args.zeroshot, "retrieval": args.retrieval, "linear_probe": args.linear_probe}
+    if any(named.values()):  # datasets named here replace the run's own
+        cfg = EvalConfig(batch_size=cfg.batch_size, limit=cfg.limit, **{k: tuple(v) for k, v in named.items()})
+    given = {"classes": args.classes, "limit": args.limit, "batch_size": args.batch_size}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    report = api.evaluate(args.run, cfg, device=args.device)
+    for task, results in report.results.items():
+        for name, res in results.items():
             nums = ", ".join(f"{k} {v:.4f}" for k, v in res.items() if isinstance(v, float) and k != "penalty")
             log.info(f"{task:<13} {name:<20} {nums}  (n={res.get('n', res.get('n_test'))})")
     return 0
