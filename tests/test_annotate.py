@@ -18,7 +18,7 @@ from curate.annotate.language import LanguageID
 from curate.annotate.run import ShardAnnotator, _is_current
 from curate.core import schema, units
 from curate.core.errors import InputError
-from synthweb.build import HTML_BODY, bomb_png
+from synthweb.bodies import HTML_BODY, bomb_png
 
 
 def encode(pixels: np.ndarray, fmt: str, **kw) -> bytes:

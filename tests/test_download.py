@@ -28,7 +28,8 @@ from curate.download import DownloadConfig, download, load_config, read_manifest
 from curate.download.fetch import Fetcher, inspect_body
 from curate.download.reasons import REASONS, reason
 from curate.download.safety import AddressPolicy, parse_allow
-from synthweb.build import FAULT_KINDS, PRIVATE_BASE, bomb_png
+from synthweb.bodies import bomb_png
+from synthweb.build import FAULT_KINDS, PRIVATE_BASE
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -110,7 +110,7 @@ def test_resume_after_kill_9_ends_with_the_same_weights(tiers, tmp_path):
 
 def test_hostile_bytes_are_skipped_and_counted(small_web, tmp_path):
     from curate.core.tarstream import TarWriter
-    from synthweb.build import HTML_BODY, bomb_png
+    from synthweb.bodies import HTML_BODY, bomb_png
     from train import augment
     from train.data import StreamSpec, TierStream
 
