@@ -275,7 +275,7 @@ def test_torchrun_ddp_on_cpu_gathers_features_and_halves_the_steps(tiers, tmp_pa
     res = subprocess.run(cmd + ["--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     s = json.loads((run / "summary.json").read_text())
-    assert s.world_size == 2 and s.global_batch == 64 and s.steps == 4
+    assert s["world_size"] == 2 and s["global_batch"] == 64 and s["steps"] == 4
 
 
 @pytest.mark.gpu
