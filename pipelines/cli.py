@@ -53,9 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    quiet_environment()
     args = build_parser().parse_args(argv)
     console.setup(console.QUIET if args.quiet else console.VERBOSE if args.verbose else console.NORMAL)
+    quiet_environment()  # after setup: how loud Ray may be depends on --verbose
     if args.quiet:
         args.progress = False
     log = logging.getLogger("tiers")

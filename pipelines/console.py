@@ -2,8 +2,8 @@
 
 Results and progress lines go to stdout as plain text (``logging`` INFO); warnings and errors go to
 stderr, prefixed ``tiers: warning:`` / ``tiers: error:``. ``--quiet`` keeps errors only, ``--verbose``
-adds our DEBUG lines and lets Ray and the other libraries speak (they are held at WARNING, and Ray's
-own C++ logging at ERROR, otherwise).
+adds our DEBUG lines and lets Ray and the other libraries speak (otherwise they are held at WARNING,
+Ray at ERROR and Ray's own C++ logging at FATAL: see :mod:`curate.core.runtime`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+
+from curate.core import runtime
 
 OURS = ("tiers", "curate", "train", "pipelines", "synthweb")
 QUIET, NORMAL, VERBOSE = -1, 0, 1
@@ -53,9 +55,8 @@ class _Below(logging.Filter):
 
 def setup(verbosity: int = NORMAL) -> None:
     """Route our loggers to stdout/stderr at the level ``verbosity`` asks for (idempotent)."""
-    if verbosity < VERBOSE:
-        # Ray's core (C++) logs go to stderr at INFO unless told otherwise; set before Ray starts.
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    if verbosity >= VERBOSE:
+        os.environ[runtime.RAY_VERBOSE] = "1"  # read by curate.core.runtime when Ray starts
     out = _Std("stdout")
     out.addFilter(_Below(logging.WARNING))
     err = _Std("stderr")
