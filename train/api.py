@@ -118,7 +118,7 @@ def evaluate(
             if prev is not None and all(prev.get(k) == v for k, v in key.items()):
                 continue
             if task == "zeroshot":
-                res = ev.zeroshot(model, preprocess, tokenizer, p, cfg.classes, templates, **common)
+                res = ev.zeroshot(model, preprocess, tokenizer, p, cfg.classes, templates, **common, name=name)
             elif task == "retrieval":
                 res = ev.retrieval(model, preprocess, tokenizer, p, **common)
             else:
