@@ -83,6 +83,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             ray.init(address=address, log_to_driver=ray_verbose(), logging_level=level)
         else:
             ray.init(
+                # "local": a Ray of our own. Without it ray.init() joins whatever Ray another process on
+                # this machine started (its /tmp/ray/ray_current_cluster), and refuses num_cpus there.
+                address="local",
                 num_cpus=num_cpus or os.cpu_count(),
                 include_dashboard=False,
                 log_to_driver=ray_verbose(),
