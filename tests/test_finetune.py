@@ -134,3 +134,17 @@ def test_wandb_offline_run_per_training_run_grouped(tiers, tmp_path, monkeypatch
     runs = list((tmp_path / "w" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     assert c.hash() == make_config({**MICRO, "samples_seen": 64}).hash()  # tracking is not the run's identity
+
+
+def test_a_study_cell_is_one_tracked_run_grouped_by_study(tiers, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train = {**{k: v for k, v in MICRO.items() if k != "model"}, "track": {"log_to": ["tensorboard"]}}
+    cell = {"variant": "default", "tier": "small", "samples_seen": 64, "seed": 0, "model": "ct-vit-micro-32",
+            "tiers_dir": str(tiers), "study": "quality-vs-size", "train": train}  # fmt: skip
+    api.train_run(cell, tmp_path / "cell")
+    doc = json.loads((tmp_path / "cell" / "config.json").read_text())["config"]["track"]
+    assert (doc["group"], doc["name"]) == ("quality-vs-size", "default/small/64/seed0")
+    acc = EventAccumulator(str(tmp_path / "cell" / "tensorboard"))
+    acc.Reload()
+    assert len(acc.Scalars("train/loss")) == 1

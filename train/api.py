@@ -139,10 +139,19 @@ def run_eval_config(run: str | os.PathLike) -> EvalConfig:
 
 
 def train_run(run: dict, run_dir: str | os.PathLike) -> dict:
-    """Study adapter: one planned run (``pipelines.study.plan_runs``) -> flat training figures."""
-    cfg = make_config(
-        {**run.get("train", {}), "model": run["model"], "samples_seen": run["samples_seen"], "seed": run["seed"]}
-    )
+    """Study adapter: one planned run (``pipelines.study.plan_runs``) -> flat training figures.
+
+    Tracking (``train.track.log_to`` in the study's ``[train]``): each cell is one tracked run named
+    variant/tier/budget/seed, grouped by ``run["study"]`` when the plan names the study."""
+    values = dict(run.get("train", {}))
+    track = dict(values.get("track") or {})
+    if track.get("log_to"):
+        cell = f"{run.get('variant', 'default')}/{run['tier']}/{run['samples_seen']}/seed{run['seed']}"
+        track.setdefault("name", cell)
+        if run.get("study"):
+            track.setdefault("group", run["study"])
+        values["track"] = track
+    cfg = make_config({**values, "model": run["model"], "samples_seen": run["samples_seen"], "seed": run["seed"]})
     s = train(cfg, run["tiers_dir"], run["tier"], run_dir, progress=False)
     return {k: getattr(s, k) for k in ("steps", "repetition", "train_seconds", "samples_per_s", "final_loss")}
 
