@@ -8,7 +8,7 @@ prompt set's effect on this model; numbers comparable with published ones need a
 this machine cannot download. Needs ../shared/data/cifar10/test.parquet. Writes
 bench/results/standard_eval.json.
 
-    .venv/bin/python bench/standard_eval.py [--run RUN] [--limit 0]
+    .venv/bin/python bench/standard_eval.py [--run RUN] [--limit 0] [--samples 4096]
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ sys.path.insert(0, str(REPO))
 CIFAR = REPO.parent / "shared" / "data" / "cifar10" / "test.parquet"
 
 
-def tiny_run(root: Path) -> Path:
+def tiny_run(root: Path, samples: int) -> Path:
     from synthweb import WebConfig, build
     from synthweb.shards import shards_from_synthweb
     from train import api
     from train.config import make_config
 
-    build(root / "web", WebConfig(n=3000, seed=0, mix={"clean": 1.0}))
+    build(root / "web", WebConfig(n=1000, seed=0, mix={"clean": 1.0}))
     shards_from_synthweb(root / "web", root / "tiers", {"full": 1.0}, shard_size=500)
-    cfg = make_config({"model": "ct-vit-tiny-32", "samples_seen": 16384, "batch_size": 64, "workers": 1})
+    cfg = make_config({"model": "ct-vit-tiny-32", "samples_seen": samples, "batch_size": 64, "workers": 1})
     api.train(cfg, root / "tiers", "full", root / "run", progress=False)
     return root / "run"
 
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, help="a `tiers train` run (default: train a tiny one on synthetic data)")
     p.add_argument("--limit", type=int, default=0, help="CIFAR-10 rows (0: all 10,000)")
+    p.add_argument("--samples", type=int, default=4096, help="samples seen by the tiny run")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "standard_eval.json")
     a = p.parse_args(argv)
     if not CIFAR.is_file():
@@ -56,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_environment()
     root = Path(tempfile.mkdtemp(prefix="bench-stdeval-"))
     try:
-        run = a.run or tiny_run(root)
-        res = {"run": str(a.run or "tiny synthetic run (ct-vit-tiny-32, 16,384 samples seen)")}
+        run = a.run or tiny_run(root, a.samples)
+        res = {"run": str(a.run or f"tiny synthetic run (ct-vit-tiny-32, {a.samples:,} samples seen)")}
         for name in ("cifar10", "plain"):
             shutil.rmtree(root / "eval", ignore_errors=True)
             t0 = time.perf_counter()

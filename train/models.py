@@ -136,6 +136,8 @@ def build(cfg, device) -> tuple[object, dict, object, dict]:
         return create(name, model_cfg, cfg.patch_dropout, device), model_cfg, open_clip.get_tokenizer(name), {}
     from curate.core import pretrained
 
+    _check_loss(cfg.loss, model_config(arch)[1], {"weights": weights})  # the weights' own config, not ours
+
     kwargs, source = {}, {"weights": weights}
     if not os.path.isfile(weights):
         found = pretrained.cached_weights(name, weights)
@@ -145,7 +147,6 @@ def build(cfg, device) -> tuple[object, dict, object, dict]:
         weights = found.path
         if kwargs["force_quick_gelu"]:
             model_cfg["quick_gelu"] = True
-    _check_loss(cfg.loss, model_cfg, source)
     extra = {k: model_cfg[k] for k in ("init_logit_scale", "init_logit_bias") if k in model_cfg}
     model = _load(name, weights, cfg.patch_dropout, device, {**kwargs, **extra})
     return model, model_cfg, open_clip.get_tokenizer(name), source
