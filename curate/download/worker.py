@@ -184,8 +184,12 @@ def run_shard(raw_dir: str, shard_id: int, cfg: DownloadConfig, policy: AddressP
         with pa.OSFile(str(feather), "wb") as f, pa.ipc.new_file(f, inputs.select(column_list).schema) as w:
             w.write_table(inputs.select(column_list))
         downloader = _downloader(cfg, str(work), column_list)
-        with _fetch_with(Fetcher(cfg, policy)):
-            downloader.download_shard((shard_id, str(feather)))  # exceptions propagate: the shard is retried
+        fetcher = Fetcher(cfg, policy)
+        try:
+            with _fetch_with(fetcher):
+                downloader.download_shard((shard_id, str(feather)))  # exceptions propagate: the shard is retried
+        finally:
+            fetcher.close()
         table = complete_parquet(pq.read_table(work / f"{shard}.parquet"), inputs, shard_id, cfg.samples_per_shard)
         with units.atomic_path(work / f"{shard}.final.parquet") as tmp:
             pq.write_table(table, tmp)
