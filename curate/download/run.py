@@ -41,14 +41,17 @@ FORMAT = "clip-tiers/raw@1"
 MANIFEST = "manifest.json"
 
 
-def as_policy(allow_private: AddressPolicy | str | bool | None) -> AddressPolicy:
-    """None/False: public hosts only; True or "": plus loopback; "NET,NET": plus loopback and those networks."""
+def as_policy(allow_private: AddressPolicy | str | None) -> AddressPolicy:
+    """None: public hosts only; "ENTRY,ENTRY": plus those (``loopback``, networks, hosts, each with an
+    optional port; see :mod:`curate.download.safety`). Bad entries raise InputError."""
     if isinstance(allow_private, AddressPolicy):
         return allow_private
-    if allow_private is None or allow_private is False:
+    if allow_private is None:
         return AddressPolicy()
+    if not isinstance(allow_private, str):
+        raise TypeError(f"allow_private must be a string of entries such as 'loopback', not {allow_private!r}")
     try:
-        return parse_allow("" if allow_private is True else allow_private)
+        return parse_allow(allow_private)
     except ValueError as e:
         raise InputError(f"--allow-private-hosts: {e}") from None
 
@@ -64,7 +67,7 @@ def download(
     cfg: DownloadConfig | None = None,
     *,
     read_config=None,
-    allow_private: AddressPolicy | str | bool | None = None,
+    allow_private: AddressPolicy | str | None = None,
     ray_address: str | None = None,
     num_cpus: int | None = None,
     progress: bool = True,
@@ -91,7 +94,7 @@ def retry_failed(
     *,
     reasons: list[str] | tuple[str, ...] | None = None,
     config_file: str | os.PathLike | None = None,
-    allow_private: AddressPolicy | str | bool | None = None,
+    allow_private: AddressPolicy | str | None = None,
     ray_address: str | None = None,
     num_cpus: int | None = None,
     progress: bool = True,
