@@ -40,6 +40,7 @@ LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 REFUSED_PREFIX = "refused: private address"  # reasons.py maps messages starting with this to private_address
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*\.?$", re.IGNORECASE)
+_FILE_SUFFIXES = frozenset({"parquet", "pq", "csv", "tsv", "tab", "jsonl", "ndjson", "txt", "gz", "toml", "json"})
 ENTRY_FORMS = "loopback, a network (10.0.0.0/8), an address, a host name, each optionally with :PORT"
 
 
@@ -138,6 +139,8 @@ def parse_entry(part: str) -> Allow:
         pass
     if "/" in target or not _HOSTNAME.match(target) or target.replace(".", "").isdigit():
         raise ValueError(f"{part!r} is not an allow-list entry ({ENTRY_FORMS})")
+    if target.rsplit(".", 1)[-1].lower() in _FILE_SUFFIXES:
+        raise ValueError(f"{part!r} looks like a file, not a host; the flag takes entries, e.g. 'loopback'")
     return Allow((), target.rstrip(".").lower(), port, part)
 
 
