@@ -98,3 +98,17 @@ def test_parquet_page_checksums_catch_every_flipped_data_byte(tmp_path):
         caught += 1
         assert str(path) in str(e.value) and "tiers build" in str(e.value)
     assert caught == 40 and silent_before > 0
+
+
+def test_an_empty_or_nearly_empty_result_gets_one_line_with_the_cause_and_the_fix():
+    from curate.outcome import judge
+
+    o = judge({"failed": {"private_address": 590, "http_404": 10}})
+    assert o.empty and o.kept == 0 and "\n" not in o.message
+    assert "private_address 590 (98%)" in o.message and "--allow-private-hosts" in o.message
+    o = judge({"failed": {"http_404": 40}, "dropped": {"min_side": 560}})
+    assert o.empty and "min_side 560" in o.message and 'drop = ["min_side"]' in o.message
+    o = judge({"failed": {"http_404": 40}, "dropped": {"min_side": 545}, "kept": {"-": 15}})
+    assert not o.empty and o.kept == 15 and "545 of 560 (97%) dropped as min_side" in o.message
+    assert judge({"failed": {"http_404": 40}, "dropped": {"min_side": 140}, "kept": {"-": 420}}).message is None
+    assert judge({}).empty
