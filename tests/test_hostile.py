@@ -13,12 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate import imagecheck, schema, units
-from curate.download import DownloadConfig, bombs
+from curate.core import imagecheck, schema, units
+from curate.download import DownloadConfig
 from curate.download.fetch import Fetcher
-from curate.download.hostile import HostileServer
 from curate.download.reasons import reason
 from curate.download.safety import parse_allow
+from synthweb import bombs
+from synthweb.hostile import HostileServer
 
 DEADLINE = 2.0
 CFG = DownloadConfig(timeout=1, url_deadline=DEADLINE, image_size=64, threads=8, samples_per_shard=20)
@@ -61,7 +62,7 @@ def test_a_shard_with_slow_headers_finishes_within_the_deadline(hostile, tmp_pat
     """The unit a Ray task runs, run here: the slow URL fails as timeout and the shard is marked done."""
     from curate.download import plan
     from curate.download.worker import run_shard
-    from curate.readers import read_url_list
+    from curate.urllist.readers import read_url_list
 
     urls = [hostile.url(p) for p in ("/ok.jpeg", "/slow-headers", "/ok.png", "/slow-status", "/ok.webp")]
     src = tmp_path / "urls.parquet"

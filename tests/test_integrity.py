@@ -15,13 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.dirlock import DirectoryBusy, hold, read_holder
-from curate.integrity import DamagedFile, check_file, read_parquet, stamp, write_parquet
+from curate.core.dirlock import DirectoryBusy, hold, read_holder
+from curate.core.integrity import DamagedFile, check_file, read_parquet, stamp, write_parquet
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLDER = """
 import sys, time
-from curate.dirlock import hold
+from curate.core.dirlock import hold
 with hold(sys.argv[1], command="tiers build (test holder)"):
     print("held", flush=True)
     time.sleep(600)
@@ -101,7 +101,7 @@ def test_parquet_page_checksums_catch_every_flipped_data_byte(tmp_path):
 
 
 def test_an_empty_or_nearly_empty_result_gets_one_line_with_the_cause_and_the_fix():
-    from curate.outcome import judge
+    from curate.core.outcome import judge
 
     o = judge({"failed": {"private_address": 590, "http_404": 10}})
     assert o.empty and o.kept == 0 and "\n" not in o.message

@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate import schema
-from curate.errors import InputError
-from curate.readers import ReadConfig, read_url_list
+from curate.core import schema
+from curate.core.errors import InputError
+from curate.urllist.readers import ReadConfig, read_url_list
 from pipelines.cli import main
 
 ROWS = [
@@ -232,3 +232,14 @@ def test_a_ragged_csv_names_its_row(tmp_path):
     q = tmp_path / "b.tsv"
     q.write_text("url\tcaption\nhttp://a/1\tx\ty\n")
     assert "line 2 (data row 1)" in _error(q)
+
+
+def test_quiet_prints_nothing_but_errors(tmp_path, capsys):
+    p = tmp_path / "u.csv"
+    p.write_text("url,caption\nhttp://a/1.jpg,x\n")
+    assert main(["check", str(p), "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+    assert main(["check", str(tmp_path / "missing.csv"), "-q"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith("tiers: error:") and len(out.err.strip().splitlines()) == 1

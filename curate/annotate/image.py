@@ -3,7 +3,7 @@
 :func:`decode` turns bytes into an RGB array or a short reason (``empty``, ``not_an_image``,
 ``unsupported_format``, ``too_many_pixels``, ``truncated``, ``decode_failed``); it never raises on bad
 bytes. Format and pixel count are checked from the header before any pixel is decoded, by the one
-check every decoder shares (:mod:`curate.imagecheck`), so a 200-byte PNG declaring 10^10 pixels or a
+check every decoder shares (:mod:`curate.core.imagecheck`), so a 200-byte PNG declaring 10^10 pixels or a
 682-byte JPEG 2000 declaring 8000x6000 is refused without allocating them.
 :func:`measure` computes every signal from that one decoded array.
 
@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from curate.imagecheck import Refused, check, open_image
+from curate.core.imagecheck import Refused, check, open_image
 
 # Above this PIL raises DecompressionBombError on open; we refuse earlier, with our own limit.
 DEFAULT_MAX_PIXELS = 64_000_000

@@ -13,7 +13,7 @@ unchanged around it. On top of img2dataset's urllib fetch it:
   (:mod:`~curate.download.deadline`) — and stops reading at ``max_image_bytes`` (``too large``);
 - looks at the bytes before the resizer does: empty bodies, HTML served as an image, images that
   end early (JPEG without its end marker after the last scan, PNG without IEND, a short WebP), and
-  through :func:`curate.imagecheck.check` formats whose size cannot be checked and headers declaring
+  through :func:`curate.core.imagecheck.check` formats whose size cannot be checked and headers declaring
   more than ``max_pixels`` in any accepted format (JPEG 2000, TIFF, GIF, BMP, ICO, PSD, AVIF as much
   as JPEG, PNG, WebP) fail here with a message, so OpenCV never allocates for a bomb and a half JPEG
   is not stored as a grey-padded success;
@@ -27,7 +27,7 @@ import os
 import urllib.error
 import urllib.request
 
-from curate import imagecheck
+from curate.core import imagecheck
 from curate.download import reasons
 from curate.download.config import DownloadConfig
 from curate.download.deadline import Watchdog

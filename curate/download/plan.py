@@ -20,10 +20,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import code_version, schema, units
+from curate import code_version
+from curate.core import schema, units
+from curate.core.errors import InputError
 from curate.download.config import DownloadConfig, config_from_dict
 from curate.download.worker import INPUT, input_path, shard_name
-from curate.errors import InputError
 
 PLAN = "plan.json"
 FORMAT = "clip-tiers/download-plan@1"
@@ -63,7 +64,7 @@ def _plain_column(col: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
 
 def img2dataset_safe(table: pa.Table) -> pa.Table:
     """The canonical URL table with extra columns renamed away from img2dataset's names and made plain."""
-    from curate.readers import prefixed_names
+    from curate.urllist.readers import prefixed_names
 
     first = (schema.UID, schema.URL, schema.CAPTION)
     rest = [n for n in table.column_names if n not in first]

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from curate.errors import InputError
+from curate.core.errors import InputError
 
 DIGEST = "xxh3_128"
 

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from curate.errors import InputError
+from curate.core.errors import InputError
 
 LOCK = ".lock"
 
