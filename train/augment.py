@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from curate.imagecheck import open_image
+from curate.core.imagecheck import open_image
 from train.config import ImageAug, TextAug
 
 # Refuse before decoding: a 200-byte PNG can declare 10^10 pixels.
@@ -35,7 +35,7 @@ STOPWORDS = frozenset(
 def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
     """RGB image from encoded bytes. With ``min_side``, JPEGs decode at the smallest DCT scale that
     keeps both sides >= ``min_side`` (several times faster for small models). Raises on bad input:
-    :class:`curate.imagecheck.Refused` before decoding (a format we do not accept, a bomb), PIL's
+    :class:`curate.core.imagecheck.Refused` before decoding (a format we do not accept, a bomb), PIL's
     errors while decoding."""
     img = open_image(data, MAX_PIXELS)
     if min_side and img.format == "JPEG":
