@@ -25,13 +25,15 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from curate.core.errors import InputError
+from curate.core.errors import EXIT_BUSY, InputError
 
 LOCK = ".lock"
 
 
 class DirectoryBusy(InputError):
     """Another live process holds the directory's lock. ``holder``: what it wrote (pid, host, started, command)."""
+
+    exit_code = EXIT_BUSY
 
     def __init__(self, directory: Path, holder: dict):
         self.holder = holder

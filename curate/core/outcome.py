@@ -4,15 +4,15 @@ A build where every URL failed (``--allow-private-hosts`` forgotten, no network,
 column) or where one filter drops nearly everything (DataComp's 200 px ``min_side`` on a pool of
 32 px images) still writes tiers — empty ones. :func:`judge` reads the fate counts of
 ``samples.parquet`` (``{status: {reason: rows}}``) and returns an :class:`Outcome`: ``empty`` when
-nothing was kept (the command then exits with :data:`EXIT_NOTHING_KEPT`), and a one-line ``message``
-whenever nothing was kept or one reason removed at least ``DOMINANT`` of the rows that reached it.
+nothing was kept (the command then raises :class:`~curate.core.errors.NothingKept`: exit code 3),
+and a one-line ``message`` whenever nothing was kept or one reason removed at least ``DOMINANT`` of
+the rows that reached it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-EXIT_NOTHING_KEPT = 3
 DOMINANT = 0.9  # a single reason removing this share of what reached its stage is worth a line
 
 # What to change, by reason. Filter names (min_side, english, clip_score, ...) get the filter hint.
