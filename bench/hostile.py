@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from bench.hostile_cases import build_cases, fetch_cases, input_cases  # noqa: E402
+from bench.hostile_build import build_cases  # noqa: E402
+from bench.hostile_cases import fetch_cases, input_cases  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
