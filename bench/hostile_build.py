@@ -50,7 +50,9 @@ def _garble(path: Path) -> None:
 
 
 def _last(out: str) -> str:
-    return (out.strip().splitlines() or [""])[-1][-140:]
+    """The error line of a tiers run (stderr comes first in ``out``), else its last line."""
+    lines = out.strip().splitlines() or [""]
+    return next((ln for ln in lines if "tiers: error:" in ln), lines[-1])
 
 
 def build_cases(deadline: float, work: Path) -> list[dict]:
@@ -74,7 +76,8 @@ def build_cases(deadline: float, work: Path) -> list[dict]:
         common = ("--config", cfg, *allow)
         out = work / "build"
         code, log, seconds = tiers("build", urls, "--out", out, *common)
-        rows.append(row("build: tiers build of the hostile list", "exit 0", f"exit {code} in {seconds:.0f} s"))
+        observed = f"exit {code} in {seconds:.0f} s"
+        rows.append(row("build: tiers build of the hostile list", "exit 0", observed, code == 0, seconds=seconds))
         if code != 0:
             rows[-1]["observed"] += f": {_last(log)}"
             return rows
@@ -104,14 +107,17 @@ def _concurrent_and_kill(urls: Path, common: tuple, ref: Path, work: Path) -> li
         time.sleep(0.1)
     time.sleep(3)  # into the download: the slow URLs hold it for url_deadline
     code, log, seconds = tiers("build", urls, "--out", out, *common)
+    _, _, startup = tiers("--version")  # the same interpreter start and imports, doing nothing
     line = _last(log)
     ok = code == 4 and f"pid {first.pid}" in line and first.poll() is None
     rows = [
         row(
             "9: second build on a directory in use",
             "exit 4 at once, naming the first",
-            f"exit {code} in {seconds:.1f} s: {line[-90:]}",
+            f"exit {code} in {seconds:.1f} s (`tiers --version`: {startup:.1f} s): {line[-90:]}",
             ok,
+            refuse_seconds=round(seconds, 2),
+            cli_startup_seconds=round(startup, 2),
         )
     ]
     first.send_signal(signal.SIGKILL)  # kill -9 mid-build: its lock must not outlive it
@@ -171,7 +177,7 @@ def _damage(urls: Path, common: tuple, ref: Path, work: Path) -> list[dict]:
             row(
                 f"11: retier with {path.relative_to(out)} {'deleted' if damage is Path.unlink else 'garbled'}",
                 f"exit 2 naming it and `{fix}`",
-                f"exit {code}: {line[-100:]}",
+                f"exit {code}: {line[-110:]}",
                 ok,
             )
         )
@@ -229,7 +235,7 @@ def _recut_train_empty(urls: Path, cfg: Path, ref: Path, work: Path) -> list[dic
         row(
             "13: a filter drops everything",
             "exit 3, one line naming min_side",
-            f"exit {code}: {line[-100:]}",
+            f"exit {code}: {line[-110:]}",
             code == 3 and "min_side" in line,
         )
     )
@@ -239,7 +245,7 @@ def _recut_train_empty(urls: Path, cfg: Path, ref: Path, work: Path) -> list[dic
         row(
             "13: train on an empty tier",
             "exit 2, one line",
-            f"exit {code}: {line[-100:]}",
+            f"exit {code}: {line[-110:]}",
             code == 2 and "no samples" in line and "Traceback" not in log,
         )
     )
@@ -250,7 +256,7 @@ def _recut_train_empty(urls: Path, cfg: Path, ref: Path, work: Path) -> list[dic
         row(
             "13: build with every URL refused (flag forgotten)",
             "exit 3, names private_address and the flag",
-            f"exit {code}: {line[-100:]}",
+            f"exit {code}: {line[-110:]}",
             ok,
         )
     )

@@ -193,3 +193,20 @@ def test_endless_bodies_huge_lengths_and_stalls_end(hostile):
     why, _, seconds = fetch(hostile.url("/stall"), "loopback")
     assert why == "timeout" and seconds < CFG.timeout + 0.5
     assert fetch(hostile.url("/html"), "loopback")[0] == "not_an_image"
+
+
+def test_the_hostile_bench_fast_subset_handles_every_case(tmp_path):
+    """bench/hostile.py --fast: every fetch and input case (the build cases run in the bench itself)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "hostile.json"
+    cmd = [sys.executable, str(root / "bench" / "hostile.py"), "--fast", "--deadline", "2", "--json", str(out)]
+    p = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    doc = json.loads(out.read_text())
+    failed = [r for r in doc["results"] if not r["handled"]]
+    assert p.returncode == 0 and not failed, failed or p.stderr[-2000:]
+    assert doc["cases"] >= 60 and f"{doc['cases']}/{doc['cases']} handled" in p.stdout
