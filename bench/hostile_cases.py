@@ -115,6 +115,8 @@ def _slow_shard(server, cfg, work: Path) -> dict:
     pq.write_table(pa.table({"url": [server.url(p) for p in paths], "caption": ["c"] * len(paths)}), src)
     raw = work / "slow-shard" / "raw"
     plan.plan(raw, read_url_list(src), cfg, str(src))
+    for module in ("downloader", "resizer", "writer"):  # imported once per worker process, not per shard
+        __import__(f"img2dataset.{module}")
     t0 = time.perf_counter()
     run_shard(str(raw), 0, cfg, parse_allow(f"loopback:{server.port}"))
     dt = time.perf_counter() - t0

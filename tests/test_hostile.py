@@ -69,6 +69,8 @@ def test_a_shard_with_slow_headers_finishes_within_the_deadline(hostile, tmp_pat
     pq.write_table(pa.table({"url": urls, "caption": [f"c{i}" for i in range(len(urls))]}), src)
     raw = tmp_path / "out" / "raw"
     plan.plan(raw, read_url_list(src), CFG, str(src))
+    for module in ("downloader", "resizer", "writer"):  # imported once per worker process, not per shard
+        __import__(f"img2dataset.{module}")
     t0 = time.perf_counter()
     info = run_shard(str(raw), 0, CFG, parse_allow(f"loopback:{hostile.port}"))
     seconds = time.perf_counter() - t0

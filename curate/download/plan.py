@@ -18,11 +18,11 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate import code_version
 from curate.core import schema, units
 from curate.core.errors import InputError
+from curate.core.integrity import read_parquet, write_parquet
 from curate.download.config import DownloadConfig, config_from_dict
 from curate.download.worker import INPUT, input_path, shard_name
 
@@ -114,7 +114,7 @@ def plan(raw: Path, table: pa.Table, cfg: DownloadConfig, source: str | None = N
     ids = list(range((table.num_rows + n - 1) // n))
     for i in ids:
         with units.atomic_path(input_path(raw, shard_name(i))) as tmp:
-            pq.write_table(table.slice(i * n, n), tmp)
+            write_parquet(table.slice(i * n, n), tmp)
     info = {
         "format": FORMAT,
         "code_version": code_version(),
@@ -176,7 +176,7 @@ def plan_round(
     ids = [start + k for k in range((rows.num_rows + n - 1) // n)]
     for k, i in enumerate(ids):
         with units.atomic_path(input_path(raw, shard_name(i))) as tmp:
-            pq.write_table(rows.slice(k * n, n), tmp)
+            write_parquet(rows.slice(k * n, n), tmp)
     info = {"round": r, "reasons": reasons, "rows": rows.num_rows, "shards": ids, "origins": origins}
     write_json(round_path(raw, r), info)
     return info
@@ -185,7 +185,7 @@ def plan_round(
 def round_uids(raw: Path, info: dict) -> set[str]:
     out: set[str] = set()
     for s in info["shards"]:
-        out.update(pq.read_table(input_path(raw, shard_name(s)), columns=[schema.UID]).column(0).to_pylist())
+        out.update(read_parquet(input_path(raw, shard_name(s)), columns=[schema.UID]).column(0).to_pylist())
     return out
 
 

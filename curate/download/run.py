@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curate import code_version
 from curate.core import manifest, schema, units
@@ -147,7 +146,7 @@ def _retry(out: Path, cfg, reasons, config_file, policy, ray_address, num_cpus, 
         t = read_parquet(raw / f"{name}.parquet", columns=[schema.UID, schema.DOWNLOAD_REASON])
         uids = t.filter(pc.is_in(t.column(schema.DOWNLOAD_REASON), pa.array(wanted, pa.string()))).column(0)
         if len(uids):
-            rows = pq.read_table(input_path(raw, name))
+            rows = read_parquet(input_path(raw, name))
             picked.append(rows.filter(pc.is_in(rows.column(schema.UID), uids.combine_chunks())))
             origins[name] = len(uids)
     if not picked:

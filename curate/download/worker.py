@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.core import schema, units
-from curate.core.integrity import write_parquet
+from curate.core.integrity import read_parquet, write_parquet
 from curate.download import reasons
 from curate.download.config import DownloadConfig
 from curate.download.fetch import Fetcher
@@ -184,7 +184,7 @@ def run_shard(raw_dir: str, shard_id: int, cfg: DownloadConfig, policy: AddressP
     work = raw / TMP / f"{shard}.{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     try:
-        inputs = pq.read_table(input_path(raw, shard))
+        inputs = read_parquet(input_path(raw, shard))
         # img2dataset wants: extra columns (uid first), then caption, then url.
         extras = [c for c in inputs.column_names if c not in (schema.URL, schema.CAPTION)]
         column_list = extras + [schema.CAPTION, schema.URL]
