@@ -49,7 +49,7 @@ def _hint(reason: str, stage: str) -> str:
     if stage == "dropped":
         return (
             f"filter {reason!r} removes them: relax it in [filters] (its value or image_size) or drop it "
-            f'(drop = ["{reason}"]), then `tiers retier DIR`'
+            f'(drop = ["{reason}"]), then `tiers retier DIR --config FILE`'
         )
     return "see download_error / decode_error in samples.parquet for the raw messages"
 
