@@ -38,9 +38,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.core import schema, uid128, units
+from curate.core.dirlock import hold
 from curate.core.errors import InputError
 from curate.core.manifest import SAMPLES, SUBSET_FILE, SUBSETS, TIERS, BandEntry, Manifest, manifest_path
-from curate.shard.writer import ShardConfig, ShardJob, _fingerprint, _sample_meta, plan, raw_tars, run_jobs
+from curate.shard.writer import (
+    ShardConfig,
+    ShardJob,
+    _fingerprint,
+    _is_current,
+    _sample_meta,
+    plan,
+    raw_tars,
+    run_jobs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +137,15 @@ def make_subset(
 ) -> SubsetSummary:
     """Make tier ``name`` of the build at ``build_dir`` from the uids in ``uids_file`` (see the module doc).
 
-    A rerun with the same file is a no-op; another file under an existing name needs ``replace``.
+    A rerun with the same file is a no-op; another file under an existing name needs ``replace``. Holds the
+    build directory's lock (:mod:`curate.core.dirlock`): it rewrites the tier manifest.
     """
-    build, src = _build_dir(build_dir), Path(uids_file)
+    build = _build_dir(build_dir)
+    with hold(build, command="tiers subset"):
+        return _make_subset(build, Path(uids_file), name, shard_cfg, replace, progress)
+
+
+def _make_subset(build: Path, src: Path, name: str, shard_cfg, replace: bool, progress: bool) -> SubsetSummary:
     tiers_dir = build / TIERS
     manifest = Manifest.load(tiers_dir)
     _validate_name(name, manifest, tiers_dir)
@@ -202,8 +218,7 @@ def _write(tiers_dir: Path, sub: pa.Table, name: str, cfg: ShardConfig, progress
         unit_rows = [rows[i] for i in idx.tolist()]
         metas = [_sample_meta(r) for r in unit_rows]
         job = ShardJob(f"subset-{name}", k, rel, unit_rows, metas, _fingerprint(unit_rows, metas))
-        marker = units.read_marker(tiers_dir, job.unit)
-        if not (marker and marker.get("fingerprint") == job.fingerprint and (tiers_dir / rel).exists()):
+        if not _is_current(tiers_dir, job):  # same samples, and the bytes written then (size, XXH3)
             units.clear_marker(tiers_dir, job.unit)
             jobs.append(job)
     raw_dir = tiers_dir.parent / "raw"
