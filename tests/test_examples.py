@@ -94,7 +94,7 @@ def test_small_images_example_through_a_ray_another_process_started(web, ray_loc
     address = ray_local.get_runtime_context().gcs_address
     out = tmp_path / "small"
     argv = ["build", str(urls), "--out", str(out), "--config", str(EXAMPLES / "small-images.toml"),
-            "--ray-address", address, "--quiet", "--allow-private-hosts"]  # fmt: skip
+            "--ray-address", address, "--quiet", "--allow-private-hosts", "loopback"]  # fmt: skip
     r = subprocess.run([sys.executable, "-m", "pipelines.cli", *argv], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert (r.returncode, r.stderr) == (0, "")

@@ -45,7 +45,7 @@ def test_quiet_build_and_tracked_train_print_nothing(web, tmp_path):
     root, urls = web
     out = tmp_path / "build"
     r = tiers("build", str(urls), "--out", str(out), "--config", str(root / "build.toml"), "--quiet",
-              "--allow-private-hosts")  # fmt: skip
+              "--allow-private-hosts", "loopback")  # fmt: skip
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
     assert (out / "tiers" / "manifest.json").is_file()
     r = tiers("train", "--tiers", str(out), "--tier", "kept", "--samples-seen", "32", "--batch-size", "16",
