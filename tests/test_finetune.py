@@ -148,3 +148,14 @@ def test_a_study_cell_is_one_tracked_run_grouped_by_study(tiers, tmp_path):
     acc = EventAccumulator(str(tmp_path / "cell" / "tensorboard"))
     acc.Reload()
     assert len(acc.Scalars("train/loss")) == 1
+
+
+def test_run_study_hands_each_cell_its_study_name_for_tracking(tiers, tmp_path):
+    from pipelines.study import StudyConfig, run_study
+
+    train = {k: v for k, v in MICRO.items() if k != "model"} | {"track": {"log_to": ["tensorboard"]}}
+    cfg = StudyConfig(str(tiers), ("small",), (64,), model="ct-vit-micro-32", train=train, name="q-vs-size")
+    (row,) = run_study(cfg, tmp_path / "study", runner=api.train_run)
+    doc = json.loads((tmp_path / "study" / "runs" / row["config_hash"] / "config.json").read_text())["config"]
+    assert (doc["track"]["group"], doc["track"]["name"]) == ("q-vs-size", "default/small/64/seed0")
+    assert list((tmp_path / "study").glob("runs/*/tensorboard/events.out.tfevents.*"))

@@ -9,14 +9,16 @@
   ``RUN/wandb/``, **offline** by default: nothing leaves the machine until ``wandb sync``. The run id is
   derived from the run directory and config hash, so a resumed run continues the same W&B run.
 
-The study runner makes each cell one tracked run by setting ``track.group`` (the study's name) and
-``track.name`` (the cell's) in the cell's train config; nothing else is needed.
+A study cell is one tracked run, grouped by its study: the study runner passes each cell's config through
+:func:`study_cell` (the study's name, the cell's name) before training it; a ``[train.track]`` table in
+the study file that names ``group`` or ``name`` itself wins.
 
 Only rank 0 tracks. The trackers are imported only when asked for.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -29,6 +31,17 @@ log = logging.getLogger(__name__)
 TENSORBOARD = "tensorboard"
 WANDB = "wandb"
 _NOT_SCALARS = ("step",)
+
+
+def study_cell(cfg, study: str, cell: str):
+    """The study runner's hook: ``cfg`` (a TrainConfig) as one tracked run named ``cell`` in the group
+    ``study``, unless the config names them already. Unchanged when it tracks nothing; never changes the
+    run's identity (``cfg.hash()`` leaves tracking out)."""
+    track = cfg.track
+    if not track.log_to:
+        return cfg
+    track = dataclasses.replace(track, group=track.group or study or "", name=track.name or cell)
+    return dataclasses.replace(cfg, track=track)
 
 
 class Tracker:
