@@ -69,6 +69,8 @@ ENTROPY = "entropy"  # grey-level histogram entropy, bits
 SHA256 = "sha256"
 PHASH = "phash"  # 64-bit DCT perceptual hash
 PIXEL_HASH = "pixel_hash"  # hash of decoded pixels: identical images in different encodings
+THUMB = "thumb"  # the image area-resized to 16x16 RGB, 768 bytes: near copies are verified on it
+THUMB_BYTES = 16 * 16 * 3
 DECODE_ERROR = "decode_error"
 
 CAPTION_CHARS = "caption_chars"
@@ -102,6 +104,7 @@ ANNOTATIONS = pa.schema(
         pa.field(SHA256, pa.string()),
         pa.field(PHASH, pa.uint64()),
         pa.field(PIXEL_HASH, pa.string()),
+        pa.field(THUMB, pa.binary(THUMB_BYTES)),
         pa.field(DECODE_ERROR, pa.string()),
         pa.field(CAPTION_CHARS, pa.int32()),
         pa.field(CAPTION_WORDS, pa.int32()),

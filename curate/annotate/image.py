@@ -17,6 +17,8 @@ Definitions (what the numbers mean, so thresholds can be chosen):
   frequencies compared with their median; bit 63 is coefficient (0, 0), row-major after it.
 - ``pixel_hash``: SHA-1 of the decoded RGB pixels and their shape, so the same pixels stored as PNG
   and as lossless WebP get the same value (``sha256`` only matches identical bytes).
+- ``thumb``: the whole image area-resized to ``THUMB_SIDE`` x ``THUMB_SIDE`` RGB (aspect not kept),
+  768 bytes row-major; near-copy dedup aligns and compares these (:mod:`curate.dedup.copies`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from curate.annotate.headers import sniff
 # Above this PIL raises DecompressionBombError on open; we refuse earlier, with our own limit.
 DEFAULT_MAX_PIXELS = 64_000_000
 THUMB = 64
+THUMB_SIDE = 16
 BLANK_TOLERANCE = 12
 
 
@@ -123,6 +126,7 @@ class ImageSignals:
     entropy: float
     phash: int
     pixel_hash: str
+    thumb: bytes
 
 
 def measure(pixels: np.ndarray) -> ImageSignals:
@@ -138,6 +142,7 @@ def measure(pixels: np.ndarray) -> ImageSignals:
         entropy=entropy(grey),
         phash=phash(grey),
         pixel_hash=pixel_hash(pixels),
+        thumb=thumbnail(pixels),
     )
 
 
@@ -175,6 +180,11 @@ def phash(grey: np.ndarray) -> int:
     mid = np.partition(low, (31, 32))
     bits = low > (mid[31] + mid[32]) / 2  # above the median of the 64 coefficients
     return int(np.packbits(bits).view(">u8")[0])
+
+
+def thumbnail(pixels: np.ndarray) -> bytes:
+    small = cv2.resize(pixels, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(small, np.uint8).tobytes()
 
 
 def pixel_hash(pixels: np.ndarray) -> str:

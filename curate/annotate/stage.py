@@ -23,7 +23,7 @@ from curate.annotate.language import LanguageID
 from curate.annotate.raw import IMAGE, SAMPLE_SCHEMA
 
 # Bumped when a signal's definition changes, so finished shards are annotated again.
-SIGNALS_VERSION = 1
+SIGNALS_VERSION = 2
 
 IDENTITY = [schema.UID, schema.URL, schema.CAPTION, schema.SHARD, schema.KEY]
 OUTPUT_SCHEMA = pa.schema([SAMPLE_SCHEMA.field(n) for n in IDENTITY] + list(schema.ANNOTATIONS))
@@ -98,6 +98,7 @@ class Annotator:
         ent = np.zeros(n, np.float32)
         phash = np.zeros(n, np.uint64)
         pixel_hash: list[str | None] = [None] * n
+        thumb: list[bytes | None] = [None] * n
         fmt: list[str | None] = [None] * n
         error: list[str | None] = [None] * n
         clip_rows, clip_inputs = [], []
@@ -108,7 +109,7 @@ class Annotator:
             ok[i] = True
             width[i], height[i], aspect[i] = sig.width, sig.height, sig.aspect
             blank[i], sharp[i], ent[i] = sig.blank_share, sig.sharpness, sig.entropy
-            phash[i], pixel_hash[i] = sig.phash, sig.pixel_hash
+            phash[i], pixel_hash[i], thumb[i] = sig.phash, sig.pixel_hash, sig.thumb
             if pre is not None:
                 clip_rows.append(i)
                 clip_inputs.append(pre)
@@ -131,6 +132,7 @@ class Annotator:
                 schema.SHA256: pa.array([img.sha256(d) if d else None for d in data], pa.string()),
                 schema.PHASH: pa.array(phash, mask=bad),
                 schema.PIXEL_HASH: pa.array(pixel_hash, pa.string()),
+                schema.THUMB: pa.array(thumb, pa.binary(schema.THUMB_BYTES)),
                 schema.DECODE_ERROR: pa.array(error, pa.string()),
             }
         )

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from curate import schema
 from curate.synthweb import captions
+from curate.synthweb.copies import FAMILIES, near_copy
 from curate.synthweb.render import CONTENT_TYPES, EXTENSIONS, Concept, all_concepts, blank, encode, render
 
 DEFAULT_BASE = "http://127.0.0.1:8765"
@@ -175,6 +176,11 @@ def _plan(cfg: WebConfig) -> list[dict]:
                 r["w"], r["h"], r["format"] = o["w"], o["h"], o["format"]
             else:  # a near copy is made from the original's pixels: render those at the original's size
                 r["orig_w"], r["orig_h"] = o["w"], o["h"]
+                family = FAMILIES[int(cap_rng.integers(len(FAMILIES)))]
+                if family == "png" and o["format"] == "png":
+                    family = "webp"  # a PNG of a PNG would be the same bytes: an exact copy
+                r["family"] = family
+                r["format"] = {"png": "png", "webp": "webp"}.get(family, "jpeg")
         concept = Concept(r["colour"], r["shape"])
         if r["kind"] == "misaligned":
             others = [c for c in concepts if c != concept]
@@ -212,19 +218,6 @@ def _image(row: dict, seed: int) -> Image.Image:
     return render(concept, rng, (row["w"], row["h"]), texture=row["texture"], clutter=row["kind"] != "tiny")
 
 
-def _near_copy(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, str]:
-    """Resize, crop a few percent, or both; the caller also re-encodes (other format or quality)."""
-    ops = ["resize", "crop", "resize+crop", "reencode"][int(rng.integers(4))]
-    w, h = img.size
-    if "crop" in ops:
-        dx, dy = (int(round(v * f)) for v, f in zip((w, h), rng.uniform(0.005, 0.02, 2), strict=True))
-        img = img.crop((dx, dy, w - dx, h - dy))
-    if "resize" in ops:
-        s = float(rng.uniform(0.6, 0.95))
-        img = img.resize((max(16, round(img.width * s)), max(16, round(img.height * s))), Image.BILINEAR)
-    return img, ops
-
-
 def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     """A 200-byte PNG declaring width x height pixels: its IDAT inflates far past any sane limit."""
 
@@ -251,8 +244,7 @@ def _body(row: dict, seed: int) -> bytes:
         return bomb_png()
     if kind == "near_dup":
         orig = dict(row, i=row["orig"], kind="clean", w=row["orig_w"], h=row["orig_h"])
-        img, _ = _near_copy(_image(orig, seed), np.random.default_rng([seed, row["i"], 2]))
-        return encode(img, row["format"], row["quality"])
+        return near_copy(_image(orig, seed), row["family"], np.random.default_rng([seed, row["i"], 2]), min_side=16)
     data = encode(_image(row, seed), row["format"], row["quality"])
     if kind == "truncated":
         return data[: max(64, len(data) // 2)]
@@ -355,6 +347,7 @@ def build(out: str | os.PathLike, cfg: WebConfig = WebConfig()) -> dict:
                 [r["h"] if r["kind"] in SERVES_IMAGE - {"near_dup"} else None for r in rows], pa.int32()
             ),
             "texture": [r["texture"] for r in rows],
+            "near_family": [r.get("family") for r in rows],  # how a near_dup was made (synthweb/copies.py)
         }
     )
     url_table = pa.table({"url": urls, "caption": caps, "uid": uids})
