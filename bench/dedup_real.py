@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "results"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def _jpeg(img, quality: int = 90) -> bytes:
@@ -66,9 +66,11 @@ def pool_rows(name: str, originals: int, upscaled: int, seed: int = 0) -> list[d
         rows[-1].update(family=family, label=label)
 
     if name == "32px":
+        first = seed * originals  # another seed takes other CIFAR photos as originals
         for k, (data, label) in enumerate(zip(cifar["image"], cifar["label_name"], strict=True)):
-            add(data, "original" if k < originals else "unique", f"cifar{k}", label=label)
-            if k < originals:
+            is_original = first <= k < first + originals
+            add(data, "original" if is_original else "unique", f"cifar{k}", label=label)
+            if is_original:
                 im = Image.open(io.BytesIO(data)).convert("RGB")
                 for f in FAMILIES:
                     add(near_copy(im, f, rng), "copy", f"cifar{k}", f, label)
@@ -121,11 +123,12 @@ def signals(rows: list[dict]) -> pa.Table:
 
 
 def load_pool(name: str, args) -> pa.Table:
-    path = RESULTS / "cache" / f"dedup_real_{name}_v{CACHE_VERSION}_{args.originals}_{args.upscaled}.parquet"
+    tag = f"v{CACHE_VERSION}_{args.originals}_{args.upscaled}_seed{args.seed}"
+    path = RESULTS / "cache" / f"dedup_real_{name}_{tag}.parquet"
     if path.exists():
         return pq.read_table(path)
     t0 = time.perf_counter()
-    table = signals(pool_rows(name, args.originals, args.upscaled))
+    table = signals(pool_rows(name, args.originals, args.upscaled, args.seed))
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
     print(f"{name}: {table.num_rows} images measured in {time.perf_counter() - t0:.0f} s -> {path}")
@@ -174,7 +177,7 @@ def source_pairs(pool: pa.Table, res: dict, png: Path) -> list[dict]:
 
     label = pool.column("label").to_pylist()
     source = pool.column("source").to_pylist()
-    _, t = thumbs(pool.column("thumb"), pool.num_rows)
+    _, t, _ = thumbs(pool.column("thumb"), pool.num_rows)
     pairs, tiles = [], []
     for k in res["_removed"]:
         keeper = int(res["_cluster"][k])
@@ -204,7 +207,7 @@ def run_pool(name: str, args) -> dict:
         res = score(pool, deduplicate(pool.drop_columns(["role", "source", "family", "label"]), cfg))
         res["seconds"] = round(time.perf_counter() - t0, 2)
         if label == "default":
-            res["source_pairs"] = source_pairs(pool, res, RESULTS / f"dedup_real_{name}_links.png")
+            res["source_pairs"] = source_pairs(pool, res, RESULTS / f"dedup_real_{name}_seed{args.seed}_links.png")
             cross = sum(p["classes"][0] != p["classes"][1] for p in res["source_pairs"])
             res["links_across_classes"] = cross
         res = {k: v for k, v in res.items() if not k.startswith("_")}
@@ -218,8 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--originals", type=int, default=1000, help="CIFAR photos that get near copies (32px pool)")
     ap.add_argument("--upscaled", type=int, default=2000, help="CIFAR photos upscaled to 256 px as uniques")
     ap.add_argument("--pools", default="32px,256px")
-    ap.add_argument("--out", type=Path, default=RESULTS / "dedup_real.json")
+    ap.add_argument("--seed", type=int, default=0, help="transformations drawn, and (32px) which photos are originals")
+    ap.add_argument("--out", type=Path, help="default: bench/results/dedup_real[_seedN].json")
     args = ap.parse_args(argv)
+    args.out = args.out or RESULTS / ("dedup_real.json" if args.seed == 0 else f"dedup_real_seed{args.seed}.json")
     if not (DATA / "cifar10" / "test.parquet").exists():
         print(f"needs {DATA}/cifar10 and coco_mini (../shared/data); not found", file=sys.stderr)
         return 2

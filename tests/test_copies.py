@@ -1,7 +1,5 @@
 """Near-copy detection with thumbnails: transformed copies are found, distinct images are left alone."""
 
-import io
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -12,30 +10,7 @@ from curate.annotate import image as img
 from curate.dedup import DedupConfig, deduplicate
 from curate.dedup.copies import CopyConfig, copy_pairs, flat, neighbour_pairs, search_vectors, thumbs, verify
 from curate.synthweb.copies import FAMILIES, near_copy
-
-
-def photo(seed: int, size=(96, 72)) -> Image.Image:
-    """A generated 'photo': a smooth random colour field with a few strokes and blobs on it, drawn at
-    four times the size and shrunk, as small web photos are."""
-    rng = np.random.default_rng(seed)
-    w, h = size[0] * 4, size[1] * 4
-    field = Image.fromarray(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
-    draw = ImageDraw.Draw(field)
-    for _ in range(6):
-        x0, y0 = rng.uniform(0, w), rng.uniform(0, h)
-        r = rng.uniform(12, 56)
-        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        if rng.random() < 0.5:
-            draw.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], fill=colour)
-        else:
-            draw.line([(x0, y0), (rng.uniform(0, w), rng.uniform(0, h))], fill=colour, width=int(r / 3) + 1)
-    return field.resize(size, Image.BOX)
-
-
-def encode(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+from tests.photos import encode, photo
 
 
 def annotation_table(blobs: list[bytes]) -> pa.Table:
@@ -118,8 +93,8 @@ def test_same_background_with_the_object_elsewhere_is_not_a_copy():
     ImageDraw.Draw(a).polygon([(10, 12), (26, 16), (10, 20)], fill=(40, 40, 40))
     ImageDraw.Draw(b).polygon([(40, 44), (56, 48), (40, 52)], fill=(40, 40, 40))
     table = annotation_table([encode(a), encode(b)])
-    _, t = thumbs(table.column(schema.THUMB), 2)
-    sim, detail = verify(t[:1], t[1:])
+    _, t, grey = thumbs(table.column(schema.THUMB), 2)
+    sim, detail = verify(t[:1], t[1:], grey[:1], grey[1:])
     assert sim[0] > 0.9  # the colours alone would call them copies
     assert detail[0] < CopyConfig().min_detail
     assert deduplicate(table, DedupConfig(semantic=False)).column("dup_of").null_count == 2
@@ -128,9 +103,9 @@ def test_same_background_with_the_object_elsewhere_is_not_a_copy():
 def test_flat_images_are_never_near_copies():
     blobs = [encode(Image.new("RGB", (40, 40), (200, 200, 200 - k))) for k in range(3)]
     table = annotation_table(blobs)
-    _, t = thumbs(table.column(schema.THUMB), 3)
+    _, t, grey = thumbs(table.column(schema.THUMB), 3)
     assert flat(t).all()
-    assert len(copy_pairs(t)[0]) == 0
+    assert len(copy_pairs(t, grey)[0]) == 0
 
 
 def test_neighbour_search_finds_planted_neighbours_without_comparing_all_pairs():

@@ -28,6 +28,7 @@ SIGNALS_VERSION = 2
 IDENTITY = [schema.UID, schema.URL, schema.CAPTION, schema.SHARD, schema.KEY]
 OUTPUT_SCHEMA = pa.schema([SAMPLE_SCHEMA.field(n) for n in IDENTITY] + list(schema.ANNOTATIONS))
 EMBEDDINGS = (schema.IMAGE_EMBEDDING, schema.TEXT_EMBEDDING)
+LOOKS = (schema.CONTRAST, schema.EFFECTIVE_SIDE, schema.PALETTE_SHARE, schema.BLOCKINESS)  # ImageSignals names
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class Annotator:
         blank = np.zeros(n, np.float32)
         sharp = np.zeros(n, np.float32)
         ent = np.zeros(n, np.float32)
+        looks = {k: np.zeros(n, np.float32) for k in LOOKS}
         phash = np.zeros(n, np.uint64)
         pixel_hash: list[str | None] = [None] * n
         thumb: list[bytes | None] = [None] * n
@@ -109,6 +111,8 @@ class Annotator:
             ok[i] = True
             width[i], height[i], aspect[i] = sig.width, sig.height, sig.aspect
             blank[i], sharp[i], ent[i] = sig.blank_share, sig.sharpness, sig.entropy
+            for k, arr in looks.items():
+                arr[i] = getattr(sig, k)
             phash[i], pixel_hash[i], thumb[i] = sig.phash, sig.pixel_hash, sig.thumb
             if pre is not None:
                 clip_rows.append(i)
@@ -129,6 +133,7 @@ class Annotator:
                 schema.BLANK_SHARE: pa.array(blank, mask=bad),
                 schema.SHARPNESS: pa.array(sharp, mask=bad),
                 schema.ENTROPY: pa.array(ent, mask=bad),
+                **{k: pa.array(arr, mask=bad) for k, arr in looks.items()},
                 schema.SHA256: pa.array([img.sha256(d) if d else None for d in data], pa.string()),
                 schema.PHASH: pa.array(phash, mask=bad),
                 schema.PIXEL_HASH: pa.array(pixel_hash, pa.string()),

@@ -36,8 +36,8 @@ class DedupConfig:
     verify: bool = True
     copy_neighbours: int = 6
     copy_max_crop: float = 0.12
-    copy_min_similarity: float = 0.92
-    copy_min_detail: float = 0.6
+    copy_min_similarity: float = 0.90
+    copy_min_detail: float = 0.70
     # SemDeDup needs an eps calibrated to the embedding model: with a weak CLIP (a tiny filter model
     # trained on a laptop) every embedding sits within cosine 0.97 of its neighbours and eps = 0.03
     # chains 90% of a pool into one cluster. So it is opt-in: set it when the model is good.
@@ -138,11 +138,16 @@ def _near_links(table: pa.Table, cfg: DedupConfig, links: Links) -> None:
     # Rows sharing a pHash value are candidates of their value's representative, not links yet.
     other = rep[inverse] != valid
     i, j = np.concatenate([i, valid[other]]), np.concatenate([j, rep[inverse][other]])
-    rows, t = thumbs(table.column(schema.THUMB), n)
+    rows, t, grey = thumbs(table.column(schema.THUMB), n)
     at = np.full(n, -1, np.int64)
     at[rows] = np.arange(len(rows))
     ok = (at[i] >= 0) & (at[j] >= 0)
-    a, b = copy_pairs(t, cfg.copy_config(), (at[i[ok]], at[j[ok]]), None if shape is None else shape[rows])
+    side = None
+    if schema.WIDTH in names and schema.HEIGHT in names:
+        w, h = (table.column(c).cast(pa.float64()).fill_null(np.nan).to_numpy() for c in (schema.WIDTH, schema.HEIGHT))
+        side = np.minimum(w, h)[rows]
+    extra = (at[i[ok]], at[j[ok]])
+    a, b = copy_pairs(t, grey, cfg.copy_config(), extra, None if shape is None else shape[rows], side)
     links.add("near", rows[a], rows[b])
 
 

@@ -4,26 +4,32 @@ A 64-bit pHash finds resized, recompressed and re-toned copies (they sit a few b
 original), but a crop of a few percent per side moves every DCT basis function against the content:
 on CIFAR-10 photos such copies sit a median 14 bits away, farther than the nearest *distinct* photo.
 So near copies are found in two steps, both over the ``thumb`` column the annotate stage stores (the
-whole image area-resized to 16x16 RGB, from the one decode every signal shares):
+whole image area-resized to 16x16 RGB and to 32x32 grey, from the one decode every signal shares):
 
 1. **Candidates**, without comparing all pairs: each image's ``neighbours`` nearest images by the
    cosine of their mean-removed 8x8 colour thumbnails, searched in an inverted file (spherical
-   k-means cells, each image looked up in its ``probes`` nearest cells), plus every pHash pair within
-   ``near_k`` bits (:mod:`~curate.dedup.near`). A crop keeps the coarse layout and colours, so the
-   original stays among the nearest few (rank < 5 for 99% of crops in 10k CIFAR photos).
+   k-means cells, each image looked up in its ``probes`` nearest cells) and kept above
+   ``min_cosine``, plus every pHash pair within ``near_k`` bits (:mod:`~curate.dedup.near`). A crop
+   keeps the coarse layout and colours, so the original stays among the nearest few (rank < 5 for
+   99% of crops among 10k CIFAR photos).
 2. **Verification** of each candidate pair by alignment: for each axis, the crop window (up to
-   ``max_crop`` off each side, in steps of ``step``) that best maps one image's row/column colour
-   profile onto the other's; the thumbnail resampled through that window is then compared with the
-   other thumbnail twice: Pearson correlation of the colours (``similarity``), and of their high-pass
-   parts, the thumbnail minus its 3x3 blur (``detail``). Both directions are tried (either image may
-   be the crop). A copy has both high; two sky photos with a small aeroplane in different places
-   correlate in colour but not in detail. Thumbnails that are nearly flat (grey-level standard
-   deviation below ``min_std``) carry no layout to verify and are never near copies (exact and pixel
-   hashes still catch them).
+   ``max_crop`` off each side, every other ``step`` first, then refined to ``step``) that best maps
+   one image's mean row/column grey profile onto the other's. Through that window the colour
+   thumbnail is compared with the other's (Pearson correlation: ``similarity``), and the grey one too,
+   after a high-pass (the thumbnail minus its 3x3 blur: ``detail``; at 16 px when either image is
+   under 32 px, which has no finer detail). Both directions are tried (either image may be the
+   crop). A copy has both high; two sky photos with a small aeroplane in different places, or two
+   renderings of one synthetic concept, correlate in colour but not in detail. Thumbnails that are
+   nearly flat (grey standard deviation below ``min_std``) carry no layout to verify and are never
+   near copies (exact and pixel hashes still catch them).
 
-Precision is set by the two thresholds, recall by how many candidates reach the verifier; both are
-measured, per transformation, by ``bench/dedup_real.py``. There is no closed-form recall bound for
-the neighbour search: its recall falls as the pool gets denser around an image.
+Pairs whose width/height ratios differ more than a crop of ``max_crop`` per side can make are no
+candidates. Precision is set by the two thresholds, recall by how many candidates reach the verifier;
+``bench/dedup_real.py`` measures both, per transformation, on CIFAR-10 and COCO photos, and
+``bench/dedup_quality.py`` on the synthetic web. The pHash candidates keep their recall bound
+(:func:`curate.dedup.near.recall_bound`); the neighbour search has none in closed form, and its
+recall falls as the pool gets denser around an image (a copy must rank among its original's
+``neighbours`` nearest thumbnails, or the original among the copy's).
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curate.annotate.image import THUMB_SIDE
+from curate.annotate.image import DETAIL_SIDE, THUMB_SIDE
 from curate.dedup.near import aspect_differs
+
+COLOUR_BYTES = THUMB_SIDE * THUMB_SIDE * 3
 
 
 @dataclass(frozen=True)
@@ -43,22 +51,25 @@ class CopyConfig:
     min_cosine: float = 0.7  # unaligned 8x8 thumbnail cosine below which a pair is no candidate
     max_crop: float = 0.12  # largest crop per side the verifier searches for
     step: float = 0.01
-    min_similarity: float = 0.92  # aligned colour correlation of a copy
-    min_detail: float = 0.6  # aligned high-pass correlation of a copy
+    min_similarity: float = 0.90  # aligned colour correlation of a copy
+    min_detail: float = 0.70  # aligned grey high-pass correlation of a copy
     min_std: float = 2.0  # thumbnails flatter than this (grey levels) are not verified
     seed: int = 0
 
 
-def thumbs(column, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, (len(rows), 16, 16, 3) float32) from a fixed-size binary ``thumb`` column; null rows left out."""
+def thumbs(column, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, colour (len(rows), 16, 16, 3), grey (len(rows), 32, 32)), float32, from a ``thumb``
+    column (fixed-size binary); null rows left out."""
     import pyarrow as pa
 
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     valid = np.flatnonzero(arr.is_valid().to_numpy(zero_copy_only=False)) if arr.null_count else np.arange(n)
-    size = THUMB_SIDE * THUMB_SIDE * 3
+    size = COLOUR_BYTES + DETAIL_SIDE * DETAIL_SIDE
     buf = np.frombuffer(arr.buffers()[1], np.uint8)[arr.offset * size : (arr.offset + len(arr)) * size]
-    out = buf.reshape(len(arr), THUMB_SIDE, THUMB_SIDE, 3)[valid].astype(np.float32)
-    return valid, out
+    raw = buf.reshape(len(arr), size)[valid]
+    colour = raw[:, :COLOUR_BYTES].reshape(-1, THUMB_SIDE, THUMB_SIDE, 3).astype(np.float32)
+    grey = raw[:, COLOUR_BYTES:].reshape(-1, DETAIL_SIDE, DETAIL_SIDE).astype(np.float32)
+    return valid, colour, grey
 
 
 def _zn(x: np.ndarray, axes) -> np.ndarray:
@@ -128,10 +139,10 @@ def _interp(side: int, start: float, size: float) -> np.ndarray:
     return out
 
 
-def _windows(cfg: CopyConfig) -> tuple[np.ndarray, int]:
+def _windows(cfg: CopyConfig, side: int = THUMB_SIDE) -> tuple[np.ndarray, int]:
     """Interpolation matrices of every window (lo, hi crop on the grid), index lo * g + hi; and g."""
     grid = np.arange(0.0, cfg.max_crop + 1e-9, cfg.step)
-    return np.stack([_interp(THUMB_SIDE, lo, 1 - lo - hi) for lo in grid for hi in grid]), len(grid)
+    return np.stack([_interp(side, lo, 1 - lo - hi) for lo in grid for hi in grid]), len(grid)
 
 
 def _profile_scores(res: np.ndarray, bn: np.ndarray) -> np.ndarray:
@@ -167,32 +178,67 @@ def _best_window(a: np.ndarray, b: np.ndarray, windows: np.ndarray, g: int) -> n
     return near[_profile_scores(res, bn).argmax(axis=0), np.arange(p)]
 
 
+def _box(x: np.ndarray, k: int) -> np.ndarray:
+    s, r = x.shape[1], k // 2
+    pad = np.pad(x, ((0, 0), (r, r), (r, r)), mode="edge")
+    c = pad.cumsum(axis=1).cumsum(axis=2)
+    c = np.pad(c, ((0, 0), (1, 0), (1, 0)))
+    return (c[:, k:, k:] - c[:, :-k, k:] - c[:, k:, :-k] + c[:, :-k, :-k])[:, :s, :s] / (k * k)
+
+
 def _high_pass(x: np.ndarray) -> np.ndarray:
-    s = x.shape[1]
-    pad = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-    return x - sum(pad[:, dy : dy + s, dx : dx + s] for dy in range(3) for dx in range(3)) / 9
+    """Grey images (P, S, S) minus their 3x3 box blur (edges replicated). A coarser band (5x5, 7x7)
+    keeps more crops of 256 px photos but links more distinct synthetic-web images of one concept."""
+    return x - _box(x, 3)
 
 
-def _one_way(a: np.ndarray, b: np.ndarray, windows: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray]:
+def _one_way(a, b, ga, gb, coarse, w16, w32, g) -> tuple[np.ndarray, np.ndarray]:
+    """Align colour thumbnails ``a`` onto ``b``; (colour correlation, grey high-pass correlation, on the
+    16 px grid where ``coarse``)."""
     p, s, _, c = a.shape
-    kx = _best_window(a.mean(axis=1), b.mean(axis=1), windows, g)  # column profiles
-    ky = _best_window(a.mean(axis=2), b.mean(axis=2), windows, g)  # row profiles
-    win = np.matmul(windows[ky], a.reshape(p, s, s * c)).reshape(p, s, s, c)
-    win = np.matmul(windows[kx][:, None], win)
+    # Column profiles (mean over rows) give the horizontal window, row profiles the vertical one. Each
+    # profile of ``ga`` averages rows (columns) the other image may have cropped away, so each axis is
+    # fitted again on ``ga`` cut to the other axis's window.
+    col_b, row_b = gb.mean(axis=1)[..., None], gb.mean(axis=2)[..., None]
+    ky = _best_window(ga.mean(axis=2)[..., None], row_b, w32, g)
+    kx = _best_window(np.matmul(w32[ky], ga).mean(axis=1)[..., None], col_b, w32, g)
+    ky = _best_window(np.matmul(ga, w32[kx].transpose(0, 2, 1)).mean(axis=2)[..., None], row_b, w32, g)
+    win = np.matmul(w16[ky], a.reshape(p, s, s * c)).reshape(p, s, s, c)
+    win = np.matmul(w16[kx][:, None], win)
     sim = (_zn(win, (1, 2, 3)) * _zn(b, (1, 2, 3))).sum(axis=(1, 2, 3))
-    detail = (_zn(_high_pass(win), (1, 2, 3)) * _zn(_high_pass(b), (1, 2, 3))).sum(axis=(1, 2, 3))
+    # The same window on the finer grey thumbnail: texture and small objects a 16 px thumbnail averages away.
+    gwin = np.matmul(np.matmul(w32[ky], ga), w32[kx].transpose(0, 2, 1))
+    detail = (_zn(_high_pass(gwin), (1, 2)) * _zn(_high_pass(gb), (1, 2))).sum(axis=(1, 2))
+    if coarse.any():
+        # An image under 32 px has no detail at 32 px: compare such pairs at 16 px.
+        half = lambda x: x.reshape(-1, s, 2, s, 2).mean(axis=(2, 4))  # noqa: E731
+        w, y = half(gwin[coarse]), half(gb[coarse])
+        detail[coarse] = (_zn(_high_pass(w), (1, 2)) * _zn(_high_pass(y), (1, 2))).sum(axis=(1, 2))
     return sim, detail
 
 
-def verify(a: np.ndarray, b: np.ndarray, cfg: CopyConfig = CopyConfig()) -> tuple[np.ndarray, np.ndarray]:
-    """(similarity, detail) of thumbnail pairs ``a[k]``, ``b[k]`` ((P, 16, 16, 3)), aligned in the better
-    direction (either image may be a crop of the other)."""
-    windows, g = _windows(cfg)
+def verify(
+    a: np.ndarray,
+    b: np.ndarray,
+    ga: np.ndarray,
+    gb: np.ndarray,
+    cfg: CopyConfig = CopyConfig(),
+    coarse: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(similarity, detail) of pairs with colour thumbnails ``a[k]``, ``b[k]`` ((P, 16, 16, 3)) and grey
+    thumbnails ``ga[k]``, ``gb[k]`` ((P, 32, 32)), aligned in the better direction (either image may be
+    a crop of the other). ``coarse`` marks pairs whose detail is compared at 16 px (an image under
+    32 px a side); default: none."""
+    coarse = np.zeros(len(a), bool) if coarse is None else np.asarray(coarse, bool)
+    w16, g = _windows(cfg)
+    w32, _ = _windows(cfg, DETAIL_SIDE)
     sims, details = [], []
     for s in range(0, len(a), 4096):
         x, y = a[s : s + 4096].astype(np.float32), b[s : s + 4096].astype(np.float32)
-        s1, d1 = _one_way(x, y, windows, g)
-        s2, d2 = _one_way(y, x, windows, g)
+        gx, gy = ga[s : s + 4096].astype(np.float32), gb[s : s + 4096].astype(np.float32)
+        c = coarse[s : s + 4096]
+        s1, d1 = _one_way(x, y, gx, gy, c, w16, w32, g)
+        s2, d2 = _one_way(y, x, gy, gx, c, w16, w32, g)
         pick = s1 >= s2
         sims.append(np.where(pick, s1, s2))
         details.append(np.where(pick, d1, d2))
@@ -209,13 +255,17 @@ def flat(t: np.ndarray, cfg: CopyConfig = CopyConfig()) -> np.ndarray:
 
 def copy_pairs(
     t: np.ndarray,
+    grey: np.ndarray,
     cfg: CopyConfig = CopyConfig(),
     extra: tuple[np.ndarray, np.ndarray] | None = None,
     shape: np.ndarray | None = None,
+    side: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j) rows of thumbnails ``t`` that are near copies: neighbour candidates plus ``extra``
-    candidate pairs (e.g. pHash matches), each verified. ``shape`` (log width/height per row, NaN
-    where unknown) drops pairs whose shapes differ more than a crop within ``max_crop`` can make."""
+    """(i, j) rows that are near copies, from colour thumbnails ``t`` and grey thumbnails ``grey``
+    (:func:`thumbs`): neighbour candidates plus ``extra`` candidate pairs (e.g. pHash matches), each
+    verified. ``shape`` (log width/height per row, NaN where unknown) drops pairs whose shapes differ
+    more than a crop within ``max_crop`` can make; ``side`` (shorter side in pixels per row) sends pairs
+    with an image under 32 px to the 16 px detail comparison."""
     n = len(t)
     i, j = neighbour_pairs(search_vectors(t), cfg)
     if extra is not None and len(extra[0]):
@@ -225,6 +275,7 @@ def copy_pairs(
     if shape is not None:
         keep &= ~aspect_differs(shape[i], shape[j], 1 / (1 - 2 * cfg.max_crop) - 1)
     i, j = i[keep], j[keep]
-    sim, detail = verify(t[i], t[j], cfg)
+    coarse = None if side is None else np.minimum(side[i], side[j]) < DETAIL_SIDE
+    sim, detail = verify(t[i], t[j], grey[i], grey[j], cfg, coarse)
     ok = (sim >= cfg.min_similarity) & (detail >= cfg.min_detail)
     return i[ok], j[ok]
