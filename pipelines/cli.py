@@ -127,9 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_read_options(p)
     p.set_defaults(func=_check)
 
-    from pipelines import build, demo, study
+    from pipelines import bootstrap, build, demo, study
 
     build.register(sub)
+    bootstrap.register(sub)
     demo.register(sub)
     study.register(sub)
     __import__("curate.annotate.cli", fromlist=["register"]).register(sub)  # tiers annotate, tiers filter
