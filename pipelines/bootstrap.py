@@ -58,6 +58,9 @@ class BootstrapConfig:
     seed: int = 0
     device: str = "auto"
     shard_size: int = 1000
+    # Samples sharing a value of this samples.parquet column share a fold: with dedup off, "sha256"
+    # keeps one image's captions out of each other's training; an input column can name a group too.
+    fold_by: str = schema.UID
 
     def validate(self) -> None:
         if self.rounds < 1 or self.folds < 2:
@@ -126,11 +129,14 @@ Trainer = Callable[[BootstrapConfig, Path, Path, int], str]
 Scorer = Callable[[Path, pa.Table, np.ndarray, list[str], str], np.ndarray]
 
 
-def read_kept(build_dir: Path) -> pa.Table:
+def read_kept(build_dir: Path, fold_by: str = schema.UID) -> pa.Table:
     path = build_dir / SAMPLES
     if not path.exists():
         raise InputError("not a finished build (no samples.parquet); run `tiers build` first", path=str(build_dir))
-    samples = pq.read_table(path, columns=[schema.UID, schema.URL, schema.CAPTION, schema.SHARD, schema.KEY, "status"])
+    cols = [schema.UID, schema.URL, schema.CAPTION, schema.SHARD, schema.KEY, schema.STATUS]
+    if fold_by not in pq.read_schema(path).names:
+        raise InputError(f"bootstrap fold_by: samples.parquet has no column {fold_by!r}", path=str(path))
+    samples = pq.read_table(path, columns=list(dict.fromkeys(cols + [fold_by])))
     kept = samples.filter(pa.compute.equal(samples.column(schema.STATUS), schema.STATUS_KEPT))
     if kept.num_rows < 2:
         raise InputError(f"bootstrap needs kept samples to train on; this build keeps {kept.num_rows}", path=str(path))
@@ -148,9 +154,9 @@ def run_bootstrap(
     ``bootstrap_score``, ``bootstrap_raw`` (cosine), ``bootstrap_fold``, ``bootstrap_round``, ``bootstrap_model``."""
     cfg.validate()
     build_dir = Path(build_dir)
-    kept = read_kept(build_dir)
+    kept = read_kept(build_dir, cfg.fold_by)
     uids = np.asarray(kept.column(schema.UID).to_pylist(), dtype=object)
-    fold = fold_of(list(uids), cfg.folds, cfg.seed)
+    fold = fold_of([str(v) for v in kept.column(cfg.fold_by).to_pylist()], cfg.folds, cfg.seed)
     pool = np.ones(len(uids), bool)  # round 1 trains on all of kept
     root = build_dir / BOOTSTRAP
     scores = None

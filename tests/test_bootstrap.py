@@ -106,3 +106,19 @@ def test_bad_settings_and_unbuilt_dirs_are_refused(tmp_path):
         run_bootstrap(tmp_path, BootstrapConfig(folds=1))
     with pytest.raises(InputError, match="samples.parquet"):
         run_bootstrap(tmp_path, BootstrapConfig())
+
+
+def test_fold_by_keeps_a_group_out_of_its_own_training(tmp_path):
+    samples = make_build(tmp_path, n=90, raw_shards=2, filtered=0)
+    samples = samples.append_column("status", pa.array(["kept"] * 90))
+    samples = samples.append_column("photo", pa.array([f"p{k // 3}" for k in range(90)]))  # 3 captions a photo
+    pq.write_table(samples, tmp_path / "samples.parquet")
+    rec = Recorder()
+    scores = run_bootstrap(
+        tmp_path, BootstrapConfig(fold_by="photo"), trainer=rec.train, scorer=rec.score, log=lambda *_: None
+    )
+    photo = dict(zip(samples.column("uid").to_pylist(), samples.column("photo").to_pylist(), strict=True))
+    for r in scores.to_pylist():
+        assert photo[r["uid"]] not in {photo[u] for u in rec.trained[r["bootstrap_model"]]}
+    with pytest.raises(InputError, match="no column"):
+        run_bootstrap(tmp_path, BootstrapConfig(fold_by="nope"), trainer=rec.train, scorer=rec.score)
