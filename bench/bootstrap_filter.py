@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import os
 import sys
 import time
@@ -65,7 +66,7 @@ shard_size = 500
 
 
 def synthetic_web(out: Path, n: int) -> Path:
-    from curate.synthweb import WebConfig, build
+    from synthweb import WebConfig, build
 
     if not (out / "web.json").exists():
         build(out, WebConfig(n=n, seed=7, mix={"clean": 0.5, "misaligned": 0.5}, eval_per_concept=8))
@@ -73,7 +74,7 @@ def synthetic_web(out: Path, n: int) -> Path:
 
 
 def cifar_web(out: Path, n: int, seed: int = 0) -> Path:
-    from curate.synthweb.pairs import write_pairs
+    from synthweb.pairs import write_pairs
 
     if (out / "urls.parquet").exists():
         return out
@@ -92,7 +93,7 @@ def cifar_web(out: Path, n: int, seed: int = 0) -> Path:
 def coco_web(out: Path, seed: int = 0) -> Path:
     from PIL import Image
 
-    from curate.synthweb.pairs import write_pairs
+    from synthweb.pairs import write_pairs
 
     if (out / "urls.parquet").exists():
         return out
@@ -119,8 +120,8 @@ def build_pool(web: Path, out: Path, dedup: bool) -> None:
     import dataclasses
     import tomllib
 
-    from curate.synthweb import WebServer
     from pipelines.build import build, config_from_toml
+    from synthweb import WebServer
 
     cfg = config_from_toml(tomllib.loads(BUILD))
     if not dedup:
@@ -129,7 +130,7 @@ def build_pool(web: Path, out: Path, dedup: bool) -> None:
     if (out / "tiers" / "manifest.json").exists():
         return
     with WebServer(web, slow_seconds=5) as server:
-        build(server.urls_path, out, cfg, allow_private="loopback", progress=False, log=lambda *a: None)
+        build(server.urls_path, out, cfg, allow_private="loopback", progress=False)
 
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -185,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cifar-n", type=int, default=6000)
     ap.add_argument("--work", type=Path, default=RESULTS / "work" / "bootstrap")
     args = ap.parse_args(argv)
-    from curate.runtime import ray_session
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from curate.core.runtime import ray_session
     from pipelines.bootstrap import BootstrapConfig, run_bootstrap
 
     results = {"args": {k: str(v) for k, v in vars(args).items()}}
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             fold_by="photo" if pool == "coco" else "uid",
             device="cpu",
         )
-        run_bootstrap(args.work / pool, cfg, log=lambda m, p=pool: print(f"  {p}: {m}", flush=True))
+        run_bootstrap(args.work / pool, cfg)
         results[pool] = evaluate(args.work / pool, web, args.rounds)
         results[pool]["seconds"] = round(time.perf_counter() - t0)
         print(f"{pool}:")

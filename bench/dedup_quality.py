@@ -2,7 +2,7 @@
 
 Builds a synthetic web, downloads it with `tiers download`, annotates it, deduplicates, and prints:
 exact duplicates removed (target >= 0.99), near duplicates removed (>= 0.95), per near-copy family
-(the web's near copies are made by curate/synthweb/copies.py, as the real-photo benchmark's are),
+(the web's near copies are made by synthweb/copies.py, as the real-photo benchmark's are),
 unique samples wrongly removed (< 0.5%), for the default detector (pHash and thumbnail-neighbour
 candidates verified by aligned thumbnails) and for pHash alone at several k (the detector before).
 Then decontamination against the web's zero-shot set: pool images wrongly flagged as eval copies (the
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from curate.annotate import AnnotateConfig, annotate, read_annotations
 from curate.dedup import DedupConfig, deduplicate
-from curate.synthweb import DEFAULT_MIX, WebConfig, WebServer, build
+from synthweb import DEFAULT_MIX, WebConfig, WebServer, build
 
 # Kinds that need no download to tell apart (and private_address must never be fetched).
 SKIP = {"private_address", "slow"}

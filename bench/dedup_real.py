@@ -3,7 +3,7 @@
 Two pools, built from ``../shared/data`` (never from the synthetic web):
 
 - ``32px``: the first ``--originals`` CIFAR-10 test photos (32x32) each get one near copy per family
-  of :mod:`curate.synthweb.copies` (resize 0.5-1.5x, crop 1-10% per side, JPEG 30-95, brightness and
+  of :mod:`synthweb.copies` (resize 0.5-1.5x, crop 1-10% per side, JPEG 30-95, brightness and
   contrast, PNG and WebP round trips, and all of resize + crop + tone + JPEG at once); the other CIFAR
   test photos are the uniques.
 - ``256px``: the 239 COCO photos, each resized so its long side is 256-512 px, with one copy per
@@ -55,7 +55,7 @@ def pool_rows(name: str, originals: int, upscaled: int, seed: int = 0) -> list[d
     """Rows of uid, image bytes, role (original / copy / unique), source, family, label."""
     from PIL import Image
 
-    from curate.synthweb.copies import FAMILIES, near_copy
+    from synthweb.copies import FAMILIES, near_copy
 
     rng = np.random.default_rng([seed, 17])
     cifar = pq.read_table(DATA / "cifar10" / "test.parquet", columns=["image", "label_name"]).to_pydict()
@@ -96,8 +96,8 @@ def pool_rows(name: str, originals: int, upscaled: int, seed: int = 0) -> list[d
 
 def signals(rows: list[dict]) -> pa.Table:
     """The annotate stage's image columns for every row (one decode each)."""
-    from curate import schema
     from curate.annotate import image as img
+    from curate.core import schema
 
     cols = {k: [] for k in ("sha256", "pixel_hash", "phash", "width", "height", "thumb")}
     for r in rows:

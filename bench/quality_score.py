@@ -2,13 +2,13 @@
 
 The pool: ``--photos`` CIFAR-10 test photos (32 px) and the 239 COCO photos resized to a long side
 of 256-512 px (``../shared/data``), plus ``--junk`` images of each kind of
-:mod:`curate.synthweb.junk` (noise, flat colour, tiny upscales, text screenshots, JPEG at quality
+:mod:`synthweb.junk` (noise, flat colour, tiny upscales, text screenshots, JPEG at quality
 1-7), each at the size of a photo drawn half from CIFAR, half from COCO. Every image gets a caption
 drawn at random from real CC3M alt-texts, so captions say nothing about which images are junk and
 the ranking is the image part's. Each image goes through the annotate stage itself
 (``curate.annotate.Annotator``: one decode, every signal, fastText language ID), then is scored by
 the heuristic before issue 17 (rewarding entropy and sharpness) and by today's
-(``curate.quality.heuristic``). Printed and written to bench/results/quality_score.json:
+(``curate.select.quality.heuristic``). Printed and written to bench/results/quality_score.json:
 
 - the share of junk in the top 10 / 30 / 50 % of each ranking against its share of the pool, in
   all and per kind (the goal: below the pool share at every cut);
@@ -40,8 +40,8 @@ CUTS = (0.1, 0.3, 0.5)
 
 def heuristic_before(table: pa.Table, ref_side: int = 224) -> np.ndarray:
     """The no-model score as it was before issue 17 (curate/quality.py at d9c4588), for comparison."""
-    from curate import schema
-    from curate.quality import QualityConfig, _col, caption_part
+    from curate.core import schema
+    from curate.select.quality import QualityConfig, _col, caption_part
 
     text = caption_part(table, QualityConfig())
     side = np.minimum(_col(table, schema.WIDTH, 0.0), _col(table, schema.HEIGHT, 0.0))
@@ -66,7 +66,7 @@ def pool(n_photos: int, n_junk: int, seed: int) -> tuple[list[bytes], list[str],
     """(image bytes, kind, size group) per image; kind is "photo" or a junk kind."""
     from PIL import Image
 
-    from curate.synthweb.junk import KINDS, junk
+    from synthweb.junk import KINDS, junk
 
     rng = np.random.default_rng(seed)
     cifar = pq.read_table(DATA / "cifar10" / "test.parquet", columns=["image"]).column("image").to_pylist()
@@ -97,9 +97,9 @@ def pool(n_photos: int, n_junk: int, seed: int) -> tuple[list[bytes], list[str],
 
 
 def annotate(blobs: list[bytes], seed: int) -> pa.Table:
-    from curate import schema
     from curate.annotate import AnnotateConfig, Annotator
     from curate.annotate.raw import IMAGE, SAMPLE_SCHEMA
+    from curate.core import schema
 
     captions = pq.read_table(DATA / "web_captions" / "cc3m_validation.parquet", columns=["caption"])
     captions = captions.column("caption").to_pylist()
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (DATA / "cifar10" / "test.parquet").exists():
         print(f"needs {DATA} (cifar10, coco_mini, web_captions); not found", file=sys.stderr)
         return 2
-    from curate.quality import QualityConfig, heuristic, image_terms
+    from curate.select.quality import QualityConfig, heuristic, image_terms
 
     t0 = time.perf_counter()
     cache = RESULTS / "cache" / f"quality_score_{args.photos}_{args.junk}_{args.seed}.parquet"

@@ -17,13 +17,14 @@ standing). Everything lands in ``DIR/bootstrap/``: per round and fold a training
 (``rR/fF/tiers``, shards copied from the raw tars), a run (``rR/fF/run``) and ``rR/scores.parquet``;
 ``DIR/bootstrap/scores.parquet`` is the last round's. Finished runs are skipped on a rerun (the trainer
 resumes), as are finished rounds. ``tiers bootstrap DIR`` then re-cuts the bands with
-``[quality] score = "bootstrap"``.
+``[quality] score = "bootstrap"`` (``pipelines/commands/bootstrap.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,12 +34,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import schema, units
-from curate.bands import BandConfig
-from curate.errors import InputError
-from curate.manifest import SAMPLES
-from curate.quality import BOOTSTRAP_SCORE
-from curate.tiers import ShardConfig, write_tiers
+from curate.core import schema, units
+from curate.core.errors import InputError
+from curate.core.manifest import SAMPLES
+from curate.select.bands import BandConfig
+from curate.select.quality import BOOTSTRAP_SCORE
+from curate.shard import ShardConfig, write_tiers
+
+log = logging.getLogger(__name__)
 
 BOOTSTRAP = "bootstrap"
 SCORES = "scores.parquet"
@@ -115,7 +118,7 @@ def _train(cfg: BootstrapConfig, tiers_dir: Path, out: Path, seed: int) -> str:
 
     tier = cfg.trusted_tier if cfg.trusted and Path(tiers_dir) == Path(cfg.trusted) else TRAIN_TIER
     tcfg = make_config({**cfg.train, "model": cfg.model, "samples_seen": cfg.samples_seen, "seed": seed})
-    train(tcfg, tiers_dir, tier, out, progress=False, log=lambda *a, **k: None)
+    train(tcfg, tiers_dir, tier, out, progress=False)
     return f"local-dir:{(out / 'model').resolve()}"
 
 
@@ -148,7 +151,6 @@ def run_bootstrap(
     cfg: BootstrapConfig = BootstrapConfig(),
     trainer: Trainer = _train,
     scorer: Scorer = _score,
-    log=print,
 ) -> pa.Table:
     """Run every round (finished ones are read back) and return the last round's scores: uid,
     ``bootstrap_score``, ``bootstrap_raw`` (cosine), ``bootstrap_fold``, ``bootstrap_round``, ``bootstrap_model``."""
@@ -161,7 +163,7 @@ def run_bootstrap(
     root = build_dir / BOOTSTRAP
     scores = None
     for r in range(1, cfg.rounds + 1):
-        scores = _round(build_dir, root / f"r{r}", kept, uids, fold, pool, r, cfg, trainer, scorer, log)
+        scores = _round(build_dir, root / f"r{r}", kept, uids, fold, pool, r, cfg, trainer, scorer)
         rank = scores.column(BOOTSTRAP_SCORE).to_numpy()
         pool = rank >= 1 - cfg.top
     with units.atomic_path(root / SCORES) as tmp:
@@ -169,7 +171,7 @@ def run_bootstrap(
     return scores
 
 
-def _round(build_dir, out, kept, uids, fold, pool, r, cfg, trainer, scorer, log) -> pa.Table:
+def _round(build_dir, out, kept, uids, fold, pool, r, cfg, trainer, scorer) -> pa.Table:
     key = {"config": asdict(cfg), "round": r, "pool": hashlib.sha256(np.packbits(pool).tobytes()).hexdigest()[:16]}
     done = out / "round.json"
     if done.exists() and (out / SCORES).exists() and json.loads(done.read_text()) == key:
@@ -177,13 +179,13 @@ def _round(build_dir, out, kept, uids, fold, pool, r, cfg, trainer, scorer, log)
     trusted = r == 1 and cfg.trusted is not None
     specs, model_of = [], np.full(len(uids), -1, np.int64)
     if trusted:
-        log(f"bootstrap round {r}: a filter CLIP on trusted data ({cfg.trusted}) scores all {len(uids):,} kept")
+        log.info(f"bootstrap round {r}: a filter CLIP on trusted data ({cfg.trusted}) scores all {len(uids):,} kept")
         specs.append(trainer(cfg, Path(cfg.trusted), out / "trusted" / "run", cfg.seed))
         model_of[:] = 0
     else:
         for f in range(cfg.folds):
             train_rows = np.flatnonzero(pool & (fold != f))
-            log(f"bootstrap round {r}, fold {f}: train on {len(train_rows):,}, score {(fold == f).sum():,}")
+            log.info(f"bootstrap round {r}, fold {f}: train on {len(train_rows):,}, score {(fold == f).sum():,}")
             tiers_dir = _training_tier(build_dir, kept, train_rows, out / f"f{f}", cfg.shard_size)
             specs.append(trainer(cfg, tiers_dir, out / f"f{f}" / "run", cfg.seed + f))
             model_of[fold == f] = f
@@ -212,45 +214,3 @@ def read_scores(build_dir: str | os.PathLike) -> pa.Table:
     if not path.exists():
         raise InputError("no bootstrap scores yet; run `tiers bootstrap DIR`", path=str(path))
     return pq.read_table(path)
-
-
-def register(sub) -> None:
-    p = sub.add_parser(
-        "bootstrap", help="score a build with filter CLIPs trained on its own kept samples (held-out folds), re-cut"
-    )
-    p.add_argument("out", help="build directory (a finished `tiers build`)")
-    p.add_argument("--rounds", type=int, default=1, help="rounds; each after the first trains on the last top share")
-    p.add_argument("--folds", type=int, default=2, help="folds: each is scored by a model trained on the others")
-    p.add_argument("--top", type=float, default=0.5, help="share of the ranking the next round trains on")
-    p.add_argument("--model", default="ct-vit-micro-32", help="filter CLIP architecture (open_clip name or ours)")
-    p.add_argument("--samples-seen", type=int, default=20_000, help="samples seen by each filter CLIP")
-    p.add_argument("--preset", default="baseline", help="training recipe of the filter CLIPs (baseline | improved)")
-    p.add_argument("--trusted", help="a tiers dir of trusted data: round 1 trains on it (the DFN path), no folds")
-    p.add_argument("--trusted-tier", default="kept", help="the tier of --trusted to train on (default: kept)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_bootstrap_cli)
-
-
-def _bootstrap_cli(args) -> int:
-    import dataclasses
-
-    from pipelines.build import _print_tiers, retier, stored_config
-
-    cfg = BootstrapConfig(
-        rounds=args.rounds,
-        folds=args.folds,
-        top=args.top,
-        model=args.model,
-        samples_seen=args.samples_seen,
-        train={"preset": args.preset},
-        trusted=args.trusted,
-        trusted_tier=args.trusted_tier,
-        seed=args.seed,
-        device=args.device,
-    )
-    run_bootstrap(args.out, cfg)
-    build_cfg = stored_config(args.out)
-    build_cfg = dataclasses.replace(build_cfg, quality=dataclasses.replace(build_cfg.quality, score="bootstrap"))
-    _print_tiers(retier(args.out, build_cfg))
-    return 0

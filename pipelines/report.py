@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from curate import code_version
-from curate.manifest import SAMPLES, load_manifest, manifest_path
+from curate.core.manifest import SAMPLES, load_manifest, manifest_path
 from pipelines import plots
 from pipelines.scaling import best_tier, fit
 
@@ -90,17 +90,8 @@ def _table(rows: list[dict], cols: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def write_report(out: Path, rows: list[dict], study: dict, tiers_dir: str, extend: float = 10.0) -> Path:
-    """Plots into ``out/plots/``, the analysis into ``out/fit.json``, everything into ``out/report.html``."""
-    out = Path(out)
-    pdir = out / "plots"
-    pdir.mkdir(parents=True, exist_ok=True)
-    manifest = load_manifest(tiers_dir)
-    build_dir = manifest_path(tiers_dir).parent.parent
-    chance = _chance(study)
-    analysis = analyse(rows, extend)
-    pool = max(t["samples"] for t in manifest["tiers"].values())
-
+def _figures(rows: list[dict], analysis: dict, pdir: Path, pool: int, chance, extend: float) -> list[Path]:
+    """The per-variant plots: accuracy vs compute (with the fit), accuracy vs fraction kept, retrieval."""
     figures = []
     for variant in sorted({r["variant"] for r in rows}):
         vr = [r for r in rows if r["variant"] == variant]
@@ -129,14 +120,12 @@ def write_report(out: Path, rows: list[dict], study: dict, tiers_dir: str, exten
                     pdir / f"retrieval_vs_samples{sfx}.png",
                 )
             )
-    fates = fate_counts(build_dir)
-    if fates:
-        figures.append(plots.drop_reasons(fates, pdir / "drop_reasons.png"))
+    return figures
 
-    fit_json = {v: {**a, "fit": a["fit"].to_dict()} for v, a in analysis.items()}
-    (out / "fit.json").write_text(json.dumps(fit_json, indent=2, default=float))
 
-    cols = [
+def _run_columns(rows: list[dict]) -> list[str]:
+    """The results-table columns that some run has."""
+    return [
         c
         for c in (
             "variant",
@@ -155,16 +144,38 @@ def write_report(out: Path, rows: list[dict], study: dict, tiers_dir: str, exten
         )
         if any(c in r for r in rows)
     ]
+
+
+def write_report(out: Path, rows: list[dict], study: dict, tiers_dir: str, extend: float = 10.0) -> Path:
+    """Plots into ``out/plots/``, the analysis into ``out/fit.json``, everything into ``out/report.html``."""
+    out = Path(out)
+    pdir = out / "plots"
+    pdir.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(tiers_dir)
+    build_dir = manifest_path(tiers_dir).parent.parent
+    chance = _chance(study)
+    analysis = analyse(rows, extend)
+    pool = max(t.samples for t in manifest.tiers.values())
+
+    figures = _figures(rows, analysis, pdir, pool, chance, extend)
+    fates = fate_counts(build_dir)
+    if fates:
+        figures.append(plots.drop_reasons(fates, pdir / "drop_reasons.png"))
+
+    fit_json = {v: {**a, "fit": a["fit"].to_dict()} for v, a in analysis.items()}
+    (out / "fit.json").write_text(json.dumps(fit_json, indent=2, default=float))
+
+    cols = _run_columns(rows)
     tier_rows = [
         {
             "tier": k,
-            "bands": ", ".join(v["bands"]),
-            "samples": v["samples"],
-            "MB": v["bytes"] / 1e6,
-            "quality": "–".join(f"{q:.3g}" for q in v["quality"] if q is not None),
-            "shards": len(v["shards"]),
+            "bands": ", ".join(v.bands),
+            "samples": v.samples,
+            "MB": v.bytes / 1e6,
+            "quality": "–".join(f"{q:.3g}" for q in v.quality if q is not None),
+            "shards": len(v.shards),
         }
-        for k, v in manifest["tiers"].items()
+        for k, v in manifest.tiers.items()
     ]
     summary = []
     for v, a in analysis.items():
@@ -192,8 +203,8 @@ Code version {html.escape(code_version())}.</p>
 <h2>Runs</h2>{_table(ordered, cols)}
 <h2>Tiers</h2>{_table(tier_rows, ["tier", "bands", "samples", "MB", "quality", "shards"])}
 <h2>Configs</h2><h3>Study</h3><pre>{html.escape(json.dumps(study, indent=2, default=str))}</pre>
-<h3>Tiers build</h3><pre>{html.escape(json.dumps(manifest.get("config", {}), indent=2, default=str))}</pre>
-<p>Tiers built by {html.escape(str(manifest.get("code_version")))}.</p>
+<h3>Tiers build</h3><pre>{html.escape(json.dumps(manifest.config, indent=2, default=str))}</pre>
+<p>Tiers built by {html.escape(manifest.code_version)}.</p>
 </body></html>"""
     path = out / REPORT
     path.write_text(page)

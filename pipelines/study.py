@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tomllib
 from collections.abc import Callable
@@ -36,9 +37,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import code_version, units
-from curate.errors import InputError
-from curate.manifest import load_manifest
+from curate import code_version
+from curate.core import units
+from curate.core.errors import InputError
+from curate.core.manifest import load_manifest
+
+log = logging.getLogger(__name__)
 
 RESULTS = "results.parquet"
 
@@ -100,9 +104,9 @@ def load_study(path: str | os.PathLike) -> StudyConfig:
 def plan_runs(cfg: StudyConfig) -> list[dict]:
     """One dict per run: everything that determines its result, plus its ``config_hash``."""
     manifest = load_manifest(cfg.tiers_dir)
-    unknown = [t for t in cfg.tiers if t not in manifest["tiers"]]
+    unknown = [t for t in cfg.tiers if t not in manifest.tiers]
     if unknown:
-        raise InputError(f"tiers not in the manifest: {unknown}; it has {list(manifest['tiers'])}", path=cfg.tiers_dir)
+        raise InputError(f"tiers not in the manifest: {unknown}; it has {list(manifest.tiers)}", path=cfg.tiers_dir)
     runs = []
     for variant in cfg.variants:
         overrides = {**cfg.train, **{k: v for k, v in variant.items() if k != "name"}}
@@ -116,7 +120,7 @@ def plan_runs(cfg: StudyConfig) -> list[dict]:
                         "seed": seed,
                         "model": cfg.model,
                         "train": overrides,
-                        "tier_samples": int(manifest["tiers"][tier]["samples"]),
+                        "tier_samples": manifest.tiers[tier].samples,
                         "tiers_dir": cfg.tiers_dir,
                         "eval": {"zeroshot": cfg.zeroshot, "classes": cfg.classes, "retrieval": cfg.retrieval},
                     }
@@ -143,7 +147,7 @@ def _write_results(out: Path, rows: list[dict]) -> None:
 Runner = Callable[[dict, Path], dict]
 
 
-def run_study(cfg: StudyConfig, out: str | os.PathLike, runner: Runner | None = None, log=print) -> list[dict]:
+def run_study(cfg: StudyConfig, out: str | os.PathLike, runner: Runner | None = None) -> list[dict]:
     """Run every planned run not yet in ``results.parquet``; return all result rows."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,9 +156,11 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike, runner: Runner | None = 
     rows = read_results(out)
     done = {r["config_hash"] for r in rows}
     todo = [r for r in plan_runs(cfg) if r["config_hash"] not in done]
-    log(f"study {cfg.name}: {len(done)} runs finished, {len(todo)} to go")
+    log.info(f"study {cfg.name}: {len(done)} runs finished, {len(todo)} to go")
     for i, run in enumerate(todo, 1):
-        log(f"[{i}/{len(todo)}] {run['variant']} {run['tier']} x {run['samples_seen']:,} samples, seed {run['seed']}")
+        log.info(
+            f"[{i}/{len(todo)}] {run['variant']} {run['tier']} x {run['samples_seen']:,} samples, seed {run['seed']}"
+        )
         metrics = runner(run, out / "runs" / run["config_hash"])
         row = {
             "config_hash": run["config_hash"],
@@ -181,20 +187,3 @@ def default_runner(run: dict, run_dir: Path) -> dict:
     summary = train_run(run, run_dir)
     metrics = evaluate_run(run, run_dir)
     return {**summary, **metrics}
-
-
-def register(sub) -> None:
-    p = sub.add_parser("study", help="train tiers x budgets x seeds, fit the scaling law, write report.html")
-    p.add_argument("study", help="study TOML file")
-    p.add_argument("--out", required=True, help="study directory (results.parquet, plots/, report.html)")
-    p.set_defaults(func=_cli)
-
-
-def _cli(args) -> int:
-    from pipelines.report import write_report
-
-    cfg = load_study(args.study)
-    rows = run_study(cfg, args.out)
-    path = write_report(Path(args.out), rows, asdict(cfg), cfg.tiers_dir, cfg.extend)
-    print(f"report: {path}")
-    return 0

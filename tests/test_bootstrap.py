@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.errors import InputError
-from curate.manifest import read_tier
+from curate.core.errors import InputError
+from curate.core.manifest import read_tier
 from pipelines.bootstrap import BootstrapConfig, fold_of, run_bootstrap, within_fold_rank
 from tests.test_tiers import make_build
 
@@ -49,7 +49,7 @@ def test_no_sample_is_scored_by_a_model_that_trained_on_it(tmp_path, rounds):
     samples = build_dir(tmp_path)
     rec = Recorder()
     cfg = BootstrapConfig(rounds=rounds, folds=2, top=0.5)
-    scores = run_bootstrap(tmp_path, cfg, trainer=rec.train, scorer=rec.score, log=lambda *_: None)
+    scores = run_bootstrap(tmp_path, cfg, trainer=rec.train, scorer=rec.score)
     kept = {r["uid"] for r in samples.to_pylist() if r["status"] == "kept"}
     assert set(scores.column("uid").to_pylist()) == kept  # every kept sample scored, nothing else
     for r in scores.to_pylist():
@@ -66,7 +66,7 @@ def test_no_sample_is_scored_by_a_model_that_trained_on_it(tmp_path, rounds):
             assert uids == {u for u in kept if fold[u] != f}
         else:  # later rounds: the previous round's top half of the other fold
             assert len(uids) < 0.6 * sum(fold[u] != f for u in kept)
-    again = run_bootstrap(tmp_path, cfg, trainer=rec.train, scorer=rec.score, log=lambda *_: None)
+    again = run_bootstrap(tmp_path, cfg, trainer=rec.train, scorer=rec.score)
     assert again.equals(scores)  # a rerun reads finished rounds back
 
 
@@ -86,7 +86,6 @@ def test_trusted_data_scores_every_kept_sample_with_one_model(tmp_path):
         BootstrapConfig(trusted=str(trusted)),
         trainer=trainer,
         scorer=rec.score,
-        log=lambda *_: None,
     )
     assert calls == [trusted] and set(scores.column("bootstrap_fold").to_pylist()) == {-1}
 
@@ -114,9 +113,7 @@ def test_fold_by_keeps_a_group_out_of_its_own_training(tmp_path):
     samples = samples.append_column("photo", pa.array([f"p{k // 3}" for k in range(90)]))  # 3 captions a photo
     pq.write_table(samples, tmp_path / "samples.parquet")
     rec = Recorder()
-    scores = run_bootstrap(
-        tmp_path, BootstrapConfig(fold_by="photo"), trainer=rec.train, scorer=rec.score, log=lambda *_: None
-    )
+    scores = run_bootstrap(tmp_path, BootstrapConfig(fold_by="photo"), trainer=rec.train, scorer=rec.score)
     photo = dict(zip(samples.column("uid").to_pylist(), samples.column("photo").to_pylist(), strict=True))
     for r in scores.to_pylist():
         assert photo[r["uid"]] not in {photo[u] for u in rec.trained[r["bootstrap_model"]]}

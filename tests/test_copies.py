@@ -5,11 +5,11 @@ import pyarrow as pa
 import pytest
 from PIL import Image, ImageDraw
 
-from curate import schema
 from curate.annotate import image as img
+from curate.core import schema
 from curate.dedup import DedupConfig, deduplicate
 from curate.dedup.copies import CopyConfig, copy_pairs, flat, neighbour_pairs, search_vectors, thumbs, verify
-from curate.synthweb.copies import FAMILIES, near_copy
+from synthweb.copies import FAMILIES, near_copy
 from tests.photos import encode, photo
 
 

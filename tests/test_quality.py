@@ -7,11 +7,11 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from curate import schema
 from curate.annotate import image as img
 from curate.annotate.caption import caption_signals
-from curate.quality import QualityConfig, heuristic, image_terms, quality
-from curate.synthweb.junk import KINDS, junk
+from curate.core import schema
+from curate.select.quality import QualityConfig, heuristic, image_terms, quality
+from synthweb.junk import KINDS, junk
 from tests.photos import encode, photo
 
 COLUMNS = ("width", "height", "aspect", "blank_share", "sharpness", "entropy") + (

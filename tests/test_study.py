@@ -5,8 +5,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from curate.errors import InputError
-from curate.tiers import ShardConfig, write_tiers
+from curate.core.errors import InputError
+from curate.shard.writer import ShardConfig, write_tiers
 from pipelines.report import write_report
 from pipelines.scaling import predict
 from pipelines.study import load_study, run_study
@@ -58,25 +58,25 @@ class FakeRunner:
 def test_study_runs_each_config_once_and_a_rerun_skips_them(tmp_path, tiers_dir):
     cfg = load_study(write_study(tmp_path, tiers_dir))
     runner = FakeRunner()
-    rows = run_study(cfg, tmp_path / "out", runner=runner, log=lambda *_: None)
+    rows = run_study(cfg, tmp_path / "out", runner=runner)
     assert len(rows) == 3 * 3 * 2 == len(set(runner.calls))
     table = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
     assert len(table) == 18 and len({r["config_hash"] for r in table}) == 18
     kept = next(r for r in table if r["tier"] == "kept")
     assert kept["repetition"] == pytest.approx(kept["samples_seen"] / kept["tier_samples"])
     again = FakeRunner()
-    assert len(run_study(cfg, tmp_path / "out", runner=again, log=lambda *_: None)) == 18
+    assert len(run_study(cfg, tmp_path / "out", runner=again)) == 18
     assert again.calls == []
     # a new budget runs only the new configs
     cfg2 = dataclasses.replace(cfg, budgets=(100, 300, 1000, 3000))
     third = FakeRunner()
-    run_study(cfg2, tmp_path / "out", runner=third, log=lambda *_: None)
+    run_study(cfg2, tmp_path / "out", runner=third)
     assert len(third.calls) == 3 * 2
 
 
 def test_report_is_self_contained_with_plots_and_fit(tmp_path, tiers_dir):
     cfg = load_study(write_study(tmp_path, tiers_dir))
-    rows = run_study(cfg, tmp_path / "out", runner=FakeRunner(), log=lambda *_: None)
+    rows = run_study(cfg, tmp_path / "out", runner=FakeRunner())
     path = write_report(tmp_path / "out", rows, {"name": "unit", "classes": cfg.classes}, cfg.tiers_dir)
     page = path.read_text()
     for png in ("accuracy_vs_samples", "accuracy_vs_fraction", "retrieval_vs_samples"):
@@ -98,13 +98,13 @@ def test_bad_study_files_name_the_file(tmp_path, tiers_dir):
         load_study(p)
     p.write_text(f'tiers_dir = "{tiers_dir}"\ntiers = ["top99"]\nbudgets = [10]')
     with pytest.raises(InputError, match="top99"):
-        run_study(load_study(p), tmp_path / "o", runner=FakeRunner(), log=lambda *_: None)
+        run_study(load_study(p), tmp_path / "o", runner=FakeRunner())
 
 
 def test_a_tiny_real_study_end_to_end(small_web, tmp_path, monkeypatch):
     """The real trainer and evaluation: 2 tiers x 2 budgets, results, plots, report; a rerun trains nothing."""
     import pipelines.study as study_mod
-    from train.synthshards import shards_from_synthweb
+    from synthweb.shards import shards_from_synthweb
 
     shards_from_synthweb(small_web, tmp_path / "shards", tiers={"small": 0.25, "full": 1.0})
     cfg = study_mod.StudyConfig(
@@ -118,11 +118,11 @@ def test_a_tiny_real_study_end_to_end(small_web, tmp_path, monkeypatch):
         retrieval=str(small_web / "eval" / "retrieval.parquet"),
         name="tiny",
     )
-    rows = run_study(cfg, tmp_path / "out", log=lambda *_: None)
+    rows = run_study(cfg, tmp_path / "out")
     assert len(rows) == 4 and all(0 <= r["zeroshot_top1"] <= 1 for r in rows)
     assert {r["steps"] for r in rows} == {2, 4}  # steps follow the budget, never the tier size
     path = write_report(tmp_path / "out", rows, dataclasses.asdict(cfg), cfg.tiers_dir)
     assert path.exists() and (tmp_path / "out" / "plots" / "accuracy_vs_samples.png").exists()
     calls = []
     monkeypatch.setattr(study_mod, "default_runner", lambda run, d: calls.append(run) or {})
-    assert len(run_study(cfg, tmp_path / "out", log=lambda *_: None)) == 4 and calls == []
+    assert len(run_study(cfg, tmp_path / "out")) == 4 and calls == []

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curate import schema
 from curate.annotate import image as img
 from curate.annotate.raw import IMAGE, iter_samples
+from curate.core import schema
 
 
 def clip_scores(

@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import schema
+from curate.core import schema
 
 SCORES = ("auto", "clip", "heuristic", "bootstrap")
 BOOTSTRAP_SCORE = "bootstrap_score"  # written by pipelines/bootstrap.py into DIR/bootstrap/scores.parquet

@@ -16,10 +16,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import schema
 from curate.annotate.headers import sniff
-from curate.synthweb.build import DEFAULT_BASE, _token
-from curate.synthweb.render import CONTENT_TYPES, EXTENSIONS
+from curate.core import schema
+from synthweb.build import DEFAULT_BASE, _token
+from synthweb.render import CONTENT_TYPES, EXTENSIONS
 
 
 def write_pairs(
