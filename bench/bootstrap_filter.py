@@ -129,7 +129,9 @@ def build_pool(web: Path, out: Path, dedup: bool) -> None:
         cfg = dataclasses.replace(cfg, dedup=off)
     if (out / "tiers" / "manifest.json").exists():
         return
-    with WebServer(web, slow_seconds=5) as server:
+    from curate.core.runtime import ray_session
+
+    with ray_session(), WebServer(web, slow_seconds=5) as server:
         build(server.urls_path, out, cfg, allow_private="loopback", progress=False)
 
 
@@ -187,7 +189,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=RESULTS / "work" / "bootstrap")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from curate.core.runtime import ray_session
     from pipelines.bootstrap import BootstrapConfig, run_bootstrap
 
     results = {"args": {k: str(v) for k, v in vars(args).items()}}
@@ -202,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             coco_web(web)
         else:
             raise SystemExit(f"unknown pool {pool!r}")
-        with ray_session():
-            build_pool(web, args.work / pool, dedup=pool != "coco")
+        build_pool(web, args.work / pool, dedup=pool != "coco")
         cfg = BootstrapConfig(
             rounds=args.rounds,
             model=args.model,

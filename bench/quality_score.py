@@ -157,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     from curate.select.quality import QualityConfig, heuristic, image_terms
 
     t0 = time.perf_counter()
-    cache = RESULTS / "cache" / f"quality_score_{args.photos}_{args.junk}_{args.seed}.parquet"
+    from curate.annotate.stage import SIGNALS_VERSION
+
+    tag = f"{args.photos}_{args.junk}_{args.seed}_signals{SIGNALS_VERSION}"
+    cache = RESULTS / "cache" / f"quality_score_{tag}.parquet"  # delete it after changing a signal's code
     blobs, kinds, groups = pool(args.photos, args.junk, args.seed)
     if cache.exists() and pq.read_metadata(cache).num_rows == len(blobs):
         table = pq.read_table(cache)
