@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from curate.core import schema, units
 from curate.core.errors import InputError
+from curate.core.integrity import DamagedFile, read_parquet, write_parquet
 from curate.core.manifest import SAMPLES
 from curate.select.bands import BandConfig
 from curate.select.quality import BOOTSTRAP_SCORE
@@ -139,7 +140,7 @@ def read_kept(build_dir: Path, fold_by: str = schema.UID) -> pa.Table:
     cols = [schema.UID, schema.URL, schema.CAPTION, schema.SHARD, schema.KEY, schema.STATUS]
     if fold_by not in pq.read_schema(path).names:
         raise InputError(f"bootstrap fold_by: samples.parquet has no column {fold_by!r}", path=str(path))
-    samples = pq.read_table(path, columns=list(dict.fromkeys(cols + [fold_by])))
+    samples = read_parquet(path, columns=list(dict.fromkeys(cols + [fold_by])), fix="run `tiers build` again")
     kept = samples.filter(pa.compute.equal(samples.column(schema.STATUS), schema.STATUS_KEPT))
     if kept.num_rows < 2:
         raise InputError(f"bootstrap needs kept samples to train on; this build keeps {kept.num_rows}", path=str(path))
@@ -167,7 +168,7 @@ def run_bootstrap(
         rank = scores.column(BOOTSTRAP_SCORE).to_numpy()
         pool = rank >= 1 - cfg.top
     with units.atomic_path(root / SCORES) as tmp:
-        pq.write_table(scores, tmp)
+        write_parquet(scores, tmp)
     return scores
 
 
@@ -175,7 +176,10 @@ def _round(build_dir, out, kept, uids, fold, pool, r, cfg, trainer, scorer) -> p
     key = {"config": asdict(cfg), "round": r, "pool": hashlib.sha256(np.packbits(pool).tobytes()).hexdigest()[:16]}
     done = out / "round.json"
     if done.exists() and (out / SCORES).exists() and json.loads(done.read_text()) == key:
-        return pq.read_table(out / SCORES)
+        try:
+            return read_parquet(out / SCORES)
+        except DamagedFile as e:
+            log.warning(f"{out / SCORES}: {e.problem}; scoring round {r} again")
     trusted = r == 1 and cfg.trusted is not None
     specs, model_of = [], np.full(len(uids), -1, np.int64)
     if trusted:
@@ -203,7 +207,7 @@ def _round(build_dir, out, kept, uids, fold, pool, r, cfg, trainer, scorer) -> p
     )
     out.mkdir(parents=True, exist_ok=True)
     with units.atomic_path(out / SCORES) as tmp:
-        pq.write_table(table, tmp)
+        write_parquet(table, tmp)
     with units.atomic_path(done) as tmp:
         tmp.write_text(json.dumps(key, indent=2, sort_keys=True))
     return table
@@ -213,4 +217,4 @@ def read_scores(build_dir: str | os.PathLike) -> pa.Table:
     path = Path(build_dir) / BOOTSTRAP / SCORES
     if not path.exists():
         raise InputError("no bootstrap scores yet; run `tiers bootstrap DIR`", path=str(path))
-    return pq.read_table(path)
+    return read_parquet(path, fix="run `tiers bootstrap DIR` again")
