@@ -119,3 +119,15 @@ def test_fold_by_keeps_a_group_out_of_its_own_training(tmp_path):
         assert photo[r["uid"]] not in {photo[u] for u in rec.trained[r["bootstrap_model"]]}
     with pytest.raises(InputError, match="no column"):
         run_bootstrap(tmp_path, BootstrapConfig(fold_by="nope"), trainer=rec.train, scorer=rec.score)
+
+
+def test_demo_keeps_the_trusted_data_filter():
+    """``tiers demo`` ranks by a filter CLIP trained on trusted data, not by the bootstrap or the heuristic."""
+    import tomllib
+
+    from pipelines.build import config_from_toml
+    from pipelines.demo import DEMO_BUILD
+
+    cfg = config_from_toml(tomllib.loads(DEMO_BUILD.format(dfn="/trusted/run")))
+    assert cfg.quality.score == "clip"
+    assert cfg.annotate.clip_model == "run:/trusted/run"
