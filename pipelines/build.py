@@ -12,7 +12,7 @@ A build config is one TOML file with a section per stage::
     [annotate]   clip_model = "run:runs/dfn"  (curate.annotate.AnnotateConfig)
     [filters]    preset = "synthetic-basic"   (curate.filters.FilterConfig)
     [dedup]      near_k = 6                    (curate.dedup.DedupConfig)
-    [quality]    score = "auto"                (curate.select.quality.QualityConfig)
+    [quality]    score = "auto"                (curate.select.quality.QualityConfig; "bootstrap": `tiers bootstrap`)
     [bands]      edges = [0.1, 0.2, 0.3, 0.4, 0.5, 1.0]   balance = "clusters"   (curate.select.bands.BandConfig)
     [shards]     shard_size = 1000
 """
@@ -102,6 +102,8 @@ def decide(out: Path, cfg: BuildConfig) -> pa.Table:
     downloads = read_results(out)
     ann = read_annotations(out)
     filt = apply_filters(ann, build_filters(cfg.filters))
+    if cfg.quality.score == "bootstrap":
+        ann = _with_bootstrap_scores(out, ann)
     try:
         q, which = quality(ann, cfg.quality)
     except ValueError as e:
@@ -131,6 +133,20 @@ def decide(out: Path, cfg: BuildConfig) -> pa.Table:
         + f"; {summary.duplicates:,} duplicates"
     )
     return samples
+
+
+def _with_bootstrap_scores(out: Path, ann: pa.Table) -> pa.Table:
+    """``ann`` with ``bootstrap_score`` joined by uid (null for rows the bootstrap did not score: they
+    were not kept when it ran, and rank last)."""
+    import pyarrow.compute as pc
+
+    from curate.select.quality import BOOTSTRAP_SCORE
+    from pipelines.bootstrap import read_scores
+
+    scores = read_scores(out)
+    idx = pc.index_in(ann.column(schema.UID), value_set=scores.column(schema.UID).combine_chunks())
+    col = scores.column(BOOTSTRAP_SCORE).combine_chunks().take(idx)
+    return ann.append_column(BOOTSTRAP_SCORE, col)
 
 
 def _stored_equals(path: Path, table: pa.Table) -> bool:

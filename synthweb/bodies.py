@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from synthweb.copies import near_copy
 from synthweb.render import Concept, blank, encode, render
 
 
@@ -29,19 +30,6 @@ def _image(row: dict, seed: int) -> Image.Image:
         return blank(rng, (row["w"], row["h"]))
     concept = Concept(row["colour"], row["shape"])
     return render(concept, rng, (row["w"], row["h"]), texture=row["texture"], clutter=row["kind"] != "tiny")
-
-
-def _near_copy(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, str]:
-    """Resize, crop a few percent, or both; the caller also re-encodes (other format or quality)."""
-    ops = ["resize", "crop", "resize+crop", "reencode"][int(rng.integers(4))]
-    w, h = img.size
-    if "crop" in ops:
-        dx, dy = (int(round(v * f)) for v, f in zip((w, h), rng.uniform(0.005, 0.02, 2), strict=True))
-        img = img.crop((dx, dy, w - dx, h - dy))
-    if "resize" in ops:
-        s = float(rng.uniform(0.6, 0.95))
-        img = img.resize((max(16, round(img.width * s)), max(16, round(img.height * s))), Image.BILINEAR)
-    return img, ops
 
 
 def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
@@ -70,8 +58,7 @@ def _body(row: dict, seed: int) -> bytes:
         return bomb_png()
     if kind == "near_dup":
         orig = dict(row, i=row["orig"], kind="clean", w=row["orig_w"], h=row["orig_h"])
-        img, _ = _near_copy(_image(orig, seed), np.random.default_rng([seed, row["i"], 2]))
-        return encode(img, row["format"], row["quality"])
+        return near_copy(_image(orig, seed), row["family"], np.random.default_rng([seed, row["i"], 2]), min_side=16)
     data = encode(_image(row, seed), row["format"], row["quality"])
     if kind == "truncated":
         return data[: max(64, len(data) // 2)]

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from curate.core import schema
 from synthweb import captions
 from synthweb.bodies import captions_texture, render_all
+from synthweb.copies import FAMILIES
 from synthweb.render import CONTENT_TYPES, EXTENSIONS, Concept, all_concepts
 
 DEFAULT_BASE = "http://127.0.0.1:8765"
@@ -170,6 +171,11 @@ def _plan(cfg: WebConfig) -> list[dict]:
                 r["w"], r["h"], r["format"] = o["w"], o["h"], o["format"]
             else:  # a near copy is made from the original's pixels: render those at the original's size
                 r["orig_w"], r["orig_h"] = o["w"], o["h"]
+                family = FAMILIES[int(cap_rng.integers(len(FAMILIES)))]
+                if family == "png" and o["format"] == "png":
+                    family = "webp"  # a PNG of a PNG would be the same bytes: an exact copy
+                r["family"] = family
+                r["format"] = {"png": "png", "webp": "webp"}.get(family, "jpeg")
         concept = Concept(r["colour"], r["shape"])
         if r["kind"] == "misaligned":
             others = [c for c in concepts if c != concept]
@@ -265,6 +271,7 @@ def build(out: str | os.PathLike, cfg: WebConfig = WebConfig()) -> dict:
                 [r["h"] if r["kind"] in SERVES_IMAGE - {"near_dup"} else None for r in rows], pa.int32()
             ),
             "texture": [r["texture"] for r in rows],
+            "near_family": [r.get("family") for r in rows],  # how a near_dup was made (synthweb/copies.py)
         }
     )
     url_table = pa.table({"url": urls, "caption": caps, "uid": uids})

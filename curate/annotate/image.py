@@ -18,6 +18,11 @@ Definitions (what the numbers mean, so thresholds can be chosen):
   frequencies compared with their median; bit 63 is coefficient (0, 0), row-major after it.
 - ``pixel_hash``: SHA-1 of the decoded RGB pixels and their shape, so the same pixels stored as PNG
   and as lossless WebP get the same value (``sha256`` only matches identical bytes).
+- ``thumb``: the whole image area-resized (aspect not kept) to 16x16 RGB, then to 32x32 grey: 768 +
+  1024 bytes, row-major; near-copy dedup aligns the colour one and compares both
+  (:mod:`curate.dedup.copies`).
+- ``contrast``, ``effective_side``, ``palette_share``, ``blockiness``: what tells a photo from noise,
+  flat colour, a tiny upscale, a text screenshot or a JPEG at quality 5 (:mod:`~curate.annotate.artefacts`).
 """
 
 from __future__ import annotations
@@ -29,11 +34,14 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from curate.annotate import artefacts
 from curate.core.imagecheck import Refused, check, open_image
 
 # Above this PIL raises DecompressionBombError on open; we refuse earlier, with our own limit.
 DEFAULT_MAX_PIXELS = 64_000_000
 THUMB = 64
+THUMB_SIDE = 16  # colour thumbnail side
+DETAIL_SIDE = 32  # grey thumbnail side
 BLANK_TOLERANCE = 12
 
 
@@ -110,30 +118,37 @@ class ImageSignals:
     entropy: float
     phash: int
     pixel_hash: str
+    thumb: bytes
+    contrast: float
+    effective_side: float
+    palette_share: float
+    blockiness: float
 
 
 def measure(pixels: np.ndarray) -> ImageSignals:
     """Every pixel-derived signal of one RGB uint8 image."""
     h, w = pixels.shape[:2]
     grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
+    thumb64 = artefacts.small(pixels)
     return ImageSignals(
         width=w,
         height=h,
         aspect=max(w, h) / min(w, h),
-        blank_share=blank_share(pixels),
+        blank_share=blank_share(thumb64),
         sharpness=sharpness(grey),
         entropy=entropy(grey),
         phash=phash(grey),
         pixel_hash=pixel_hash(pixels),
+        thumb=thumbnail(pixels),
+        contrast=artefacts.contrast(grey),
+        effective_side=artefacts.effective_side(grey),
+        palette_share=artefacts.palette_share(thumb64),
+        blockiness=artefacts.blockiness(grey),
     )
 
 
 def blank_share(pixels: np.ndarray) -> float:
-    h, w = pixels.shape[:2]
-    if max(h, w) > THUMB:
-        s = THUMB / max(h, w)
-        pixels = cv2.resize(pixels, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-    pixels = np.ascontiguousarray(pixels)
+    pixels = artefacts.small(pixels, THUMB)
     # The dominant colour is the fullest of 16x16x16 colour bins; a tolerance of 12 around the bin's
     # centre covers the bin (+-8) and a little noise, even for a flat tone that straddles two bins.
     hist = cv2.calcHist([pixels], [0, 1, 2], None, [16, 16, 16], [0, 256, 0, 256, 0, 256])
@@ -162,6 +177,14 @@ def phash(grey: np.ndarray) -> int:
     mid = np.partition(low, (31, 32))
     bits = low > (mid[31] + mid[32]) / 2  # above the median of the 64 coefficients
     return int(np.packbits(bits).view(">u8")[0])
+
+
+def thumbnail(pixels: np.ndarray) -> bytes:
+    colour = cv2.resize(pixels, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+    grey = cv2.resize(
+        cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY), (DETAIL_SIDE, DETAIL_SIDE), interpolation=cv2.INTER_AREA
+    )
+    return np.ascontiguousarray(colour, np.uint8).tobytes() + np.ascontiguousarray(grey, np.uint8).tobytes()
 
 
 def pixel_hash(pixels: np.ndarray) -> str:

@@ -23,11 +23,12 @@ from curate.annotate.raw import IMAGE, SAMPLE_SCHEMA
 from curate.core import schema
 
 # Bumped when a signal's definition changes, so finished shards are annotated again.
-SIGNALS_VERSION = 1
+SIGNALS_VERSION = 2
 
 IDENTITY = [schema.UID, schema.URL, schema.CAPTION, schema.SHARD, schema.KEY]
 OUTPUT_SCHEMA = pa.schema([SAMPLE_SCHEMA.field(n) for n in IDENTITY] + list(schema.ANNOTATIONS))
 EMBEDDINGS = (schema.IMAGE_EMBEDDING, schema.TEXT_EMBEDDING)
+LOOKS = (schema.CONTRAST, schema.EFFECTIVE_SIDE, schema.PALETTE_SHARE, schema.BLOCKINESS)  # ImageSignals names
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,10 @@ class Annotator:
         blank = np.zeros(n, np.float32)
         sharp = np.zeros(n, np.float32)
         ent = np.zeros(n, np.float32)
+        looks = {k: np.zeros(n, np.float32) for k in LOOKS}
         phash = np.zeros(n, np.uint64)
         pixel_hash: list[str | None] = [None] * n
+        thumb: list[bytes | None] = [None] * n
         fmt: list[str | None] = [None] * n
         error: list[str | None] = [None] * n
         clip_rows, clip_inputs = [], []
@@ -108,7 +111,9 @@ class Annotator:
             ok[i] = True
             width[i], height[i], aspect[i] = sig.width, sig.height, sig.aspect
             blank[i], sharp[i], ent[i] = sig.blank_share, sig.sharpness, sig.entropy
-            phash[i], pixel_hash[i] = sig.phash, sig.pixel_hash
+            for k, arr in looks.items():
+                arr[i] = getattr(sig, k)
+            phash[i], pixel_hash[i], thumb[i] = sig.phash, sig.pixel_hash, sig.thumb
             if pre is not None:
                 clip_rows.append(i)
                 clip_inputs.append(pre)
@@ -128,9 +133,11 @@ class Annotator:
                 schema.BLANK_SHARE: pa.array(blank, mask=bad),
                 schema.SHARPNESS: pa.array(sharp, mask=bad),
                 schema.ENTROPY: pa.array(ent, mask=bad),
+                **{k: pa.array(arr, mask=bad) for k, arr in looks.items()},
                 schema.SHA256: pa.array([img.sha256(d) if d else None for d in data], pa.string()),
                 schema.PHASH: pa.array(phash, mask=bad),
                 schema.PIXEL_HASH: pa.array(pixel_hash, pa.string()),
+                schema.THUMB: pa.array(thumb, pa.binary(schema.THUMB_BYTES)),
                 schema.DECODE_ERROR: pa.array(error, pa.string()),
             }
         )

@@ -66,9 +66,15 @@ IMAGE_BYTES = "image_bytes"
 BLANK_SHARE = "blank_share"  # share of pixels equal (within tolerance) to the dominant colour
 SHARPNESS = "sharpness"  # variance of the Laplacian on the grey image
 ENTROPY = "entropy"  # grey-level histogram entropy, bits
+CONTRAST = "contrast"  # standard deviation of the grey image
+EFFECTIVE_SIDE = "effective_side"  # shorter side at the coarsest scale that still holds the picture
+PALETTE_SHARE = "palette_share"  # share of pixels in the 8 fullest colour bins
+BLOCKINESS = "blockiness"  # grey steps across the JPEG 8x8 grid over steps elsewhere
 SHA256 = "sha256"
 PHASH = "phash"  # 64-bit DCT perceptual hash
 PIXEL_HASH = "pixel_hash"  # hash of decoded pixels: identical images in different encodings
+THUMB = "thumb"  # the image area-resized to 16x16 RGB and 32x32 grey: near copies are verified on it
+THUMB_BYTES = 16 * 16 * 3 + 32 * 32
 DECODE_ERROR = "decode_error"
 
 CAPTION_CHARS = "caption_chars"
@@ -99,9 +105,14 @@ ANNOTATIONS = pa.schema(
         pa.field(BLANK_SHARE, pa.float32()),
         pa.field(SHARPNESS, pa.float32()),
         pa.field(ENTROPY, pa.float32()),
+        pa.field(CONTRAST, pa.float32()),
+        pa.field(EFFECTIVE_SIDE, pa.float32()),
+        pa.field(PALETTE_SHARE, pa.float32()),
+        pa.field(BLOCKINESS, pa.float32()),
         pa.field(SHA256, pa.string()),
         pa.field(PHASH, pa.uint64()),
         pa.field(PIXEL_HASH, pa.string()),
+        pa.field(THUMB, pa.binary(THUMB_BYTES)),
         pa.field(DECODE_ERROR, pa.string()),
         pa.field(CAPTION_CHARS, pa.int32()),
         pa.field(CAPTION_WORDS, pa.int32()),

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from curate.core import schema
 from curate.dedup.clusters import Links, resolve
+from curate.dedup.copies import CopyConfig, copy_pairs, thumbs
 from curate.dedup.near import NearConfig, aspect_differs, distinct, log_aspect, near_pairs
 from curate.dedup.semantic import SemanticConfig, semantic_pairs
 
@@ -23,13 +24,20 @@ from curate.dedup.semantic import SemanticConfig, semantic_pairs
 class DedupConfig:
     exact: bool = True  # identical bytes (sha256)
     pixels: bool = True  # identical decoded pixels in another encoding
-    near: bool = True  # pHash within near_k bits
-    # Chosen on the synthetic web (bench/dedup_quality.py prints the distances for each k).
+    near: bool = True  # near copies: pHash within near_k bits and thumbnail neighbours, verified
     near_k: int = 6
-    # A resized or re-encoded copy keeps its shape, and a crop of a few percent nearly so: pHash
-    # pairs whose width/height ratios differ by more than this are not near duplicates. 0 disables.
+    # Without stored thumbnails (annotations from before they existed) a pHash match is a near
+    # duplicate unless the width/height ratios differ by more than this (a resized or re-encoded copy
+    # keeps its shape). With thumbnails the verifier searches crops of up to copy_max_crop per side,
+    # and the shape may differ as much as such a crop makes it. 0 disables.
     near_shape_tolerance: float = 0.05
     near_tables: int = 10
+    # Verify near-copy candidates by aligned thumbnails (curate.dedup.copies; bench/dedup_real.py).
+    verify: bool = True
+    copy_neighbours: int = 6
+    copy_max_crop: float = 0.12
+    copy_min_similarity: float = 0.90
+    copy_min_detail: float = 0.70
     # SemDeDup needs an eps calibrated to the embedding model: with a weak CLIP (a tiny filter model
     # trained on a laptop) every embedding sits within cosine 0.97 of its neighbours and eps = 0.03
     # chains 90% of a pool into one cluster. So it is opt-in: set it when the model is good.
@@ -40,6 +48,15 @@ class DedupConfig:
 
     def near_config(self) -> NearConfig:
         return NearConfig(k=self.near_k, tables=self.near_tables, seed=self.seed)
+
+    def copy_config(self) -> CopyConfig:
+        return CopyConfig(
+            neighbours=self.copy_neighbours,
+            max_crop=self.copy_max_crop,
+            min_similarity=self.copy_min_similarity,
+            min_detail=self.copy_min_detail,
+            seed=self.seed,
+        )
 
 
 def _group_ids(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -80,21 +97,7 @@ def deduplicate(
     if cfg.pixels and schema.PIXEL_HASH in names:
         links.add_groups("pixels", _group_ids(table.column(schema.PIXEL_HASH)))
     if cfg.near and schema.PHASH in names:
-        col = table.column(schema.PHASH)
-        valid = np.flatnonzero(pc.is_valid(col).to_numpy(zero_copy_only=False))
-        hashes = col.to_numpy(zero_copy_only=False)[valid].astype(np.uint64)
-        values, inverse = distinct(hashes)
-        # Equal hashes are near duplicates at distance 0; link them as groups, then their values.
-        links.add_groups("near", _scatter(valid, inverse, n))
-        vi, vj, _ = near_pairs(values, cfg.near_config())
-        rep = np.full(len(values), -1, np.int64)
-        rep[inverse[::-1]] = valid[::-1]  # a representative row per distinct value
-        i, j = rep[vi], rep[vj]
-        if cfg.near_shape_tolerance and schema.WIDTH in names and schema.HEIGHT in names:
-            shape = log_aspect(table)
-            ok = ~aspect_differs(shape[i], shape[j], cfg.near_shape_tolerance)
-            i, j = i[ok], j[ok]
-        links.add("near", i, j)
+        _near_links(table, cfg, links)
     if cfg.semantic and embeddings is not None:
         ok = np.flatnonzero(np.isfinite(embeddings).all(axis=1) & (np.abs(embeddings).sum(axis=1) > 0))
         i, j = semantic_pairs(embeddings[ok], SemanticConfig(eps=cfg.semantic_eps, seed=cfg.seed))
@@ -111,6 +114,41 @@ def deduplicate(
             schema.DUP_KIND: pa.array(out["dup_kind"], pa.string()),
         }
     )
+
+
+def _near_links(table: pa.Table, cfg: DedupConfig, links: Links) -> None:
+    """pHash candidates, plus thumbnail neighbours and verification where annotate stored thumbnails."""
+    n, names = table.num_rows, table.column_names
+    col = table.column(schema.PHASH)
+    valid = np.flatnonzero(pc.is_valid(col).to_numpy(zero_copy_only=False))
+    values, inverse = distinct(col.to_numpy(zero_copy_only=False)[valid].astype(np.uint64))
+    vi, vj, _ = near_pairs(values, cfg.near_config())
+    rep = np.full(len(values), -1, np.int64)
+    rep[inverse[::-1]] = valid[::-1]  # a representative row per distinct value
+    i, j = rep[vi], rep[vj]
+    shape = log_aspect(table) if schema.WIDTH in names and schema.HEIGHT in names else None
+    if not (cfg.verify and schema.THUMB in names):
+        # Equal hashes are near duplicates at distance 0; link them as groups, then their values.
+        links.add_groups("near", _scatter(valid, inverse, n))
+        if cfg.near_shape_tolerance and shape is not None:
+            ok = ~aspect_differs(shape[i], shape[j], cfg.near_shape_tolerance)
+            i, j = i[ok], j[ok]
+        links.add("near", i, j)
+        return
+    # Rows sharing a pHash value are candidates of their value's representative, not links yet.
+    other = rep[inverse] != valid
+    i, j = np.concatenate([i, valid[other]]), np.concatenate([j, rep[inverse][other]])
+    rows, t, grey = thumbs(table.column(schema.THUMB), n)
+    at = np.full(n, -1, np.int64)
+    at[rows] = np.arange(len(rows))
+    ok = (at[i] >= 0) & (at[j] >= 0)
+    side = None
+    if schema.WIDTH in names and schema.HEIGHT in names:
+        w, h = (table.column(c).cast(pa.float64()).fill_null(np.nan).to_numpy() for c in (schema.WIDTH, schema.HEIGHT))
+        side = np.minimum(w, h)[rows]
+    extra = (at[i[ok]], at[j[ok]])
+    a, b = copy_pairs(t, grey, cfg.copy_config(), extra, None if shape is None else shape[rows], side)
+    links.add("near", rows[a], rows[b])
 
 
 def _scatter(valid: np.ndarray, inverse: np.ndarray, n: int) -> np.ndarray:

@@ -8,6 +8,11 @@ found with probability ~0.96, at distance <= 4 with > 0.999), while a 21-bit ban
 collisions in 1M hashes to ~240k pairs. Every candidate is then verified by popcount, so precision
 is exact; only recall is probabilistic, and :func:`recall_bound` states it.
 
+In ``deduplicate``, where annotate stored thumbnails, these pairs are near-copy *candidates*, each
+then verified by aligned thumbnails (:mod:`curate.dedup.copies`), which also adds candidates pHash
+cannot reach (crops); the bound is then the pHash path's recall before verification, not the
+detector's (``bench/dedup_real.py`` measures that per transformation).
+
 Identical hashes are grouped first (a placeholder image at 10,000 URLs would otherwise make a
 bucket of 50M pairs); near search runs over the distinct values.
 """

@@ -30,8 +30,11 @@ def register(sub) -> None:
 
     p = sub.add_parser("dedup", help="re-decide duplicates over the annotation table and rewrite what changed")
     p.add_argument("out", help="build directory")
-    p.add_argument("--near-k", type=int, help="largest pHash Hamming distance of a near duplicate (default 6)")
-    p.add_argument("--shape-tolerance", type=float, help="largest relative difference of width/height ratios")
+    p.add_argument("--near-k", type=int, help="pHash Hamming distance within which pairs are near-copy candidates")
+    p.add_argument("--shape-tolerance", type=float, help="with --no-verify: largest difference of width/height ratios")
+    p.add_argument(
+        "--no-verify", action="store_true", help="near copies by pHash alone, without thumbnail neighbours and checks"
+    )
     p.add_argument(
         "--semantic-eps", type=float, help="also link CLIP embeddings with cosine > 1 - eps (SemDeDup; off by default)"
     )
@@ -103,6 +106,7 @@ def _dedup(args: argparse.Namespace) -> int:
         "semantic_eps": args.semantic_eps,
         "semantic": False if args.no_semantic else (True if args.semantic_eps is not None else None),
         "captions": True if args.captions else None,
+        "verify": False if args.no_verify else None,
     }
     d = dataclasses.replace(cfg.dedup, **{k: v for k, v in changes.items() if v is not None})
     cfg = dataclasses.replace(cfg, dedup=d)

@@ -1,0 +1,155 @@
+"""Does the bootstrapped filter's ``top30`` train a better CLIP than ``kept`` at equal samples seen?
+
+Runs after ``bench/bootstrap_filter.py`` on one of its pools (its build and bootstrap scores under
+bench/results/work/bootstrap/): re-cuts the pool's bands by the last round's held-out scores
+(``[quality] score = "bootstrap"``, as ``tiers bootstrap`` does), then a ``tiers study``
+(``pipelines.study.run_study``) of ``--tiers`` x ``--budgets`` x ``--seeds`` with a tiny CLIP, and zero-shot
+evaluation on photos the pool never held:
+
+- ``cifar``: the CIFAR-10 test photos the pool did not draw (up to ``--eval-n``), 10 classes, the
+  pool's caption phrasings as prompts;
+- ``synthetic``: the synthetic web's own held-out ``eval/zeroshot.parquet`` (25 concepts).
+
+Prints zero-shot top-1 per tier and budget, every seed and the mean +- half-range, with each tier's
+misaligned share and repetition; writes bench/results/bootstrap_study_<pool>.json.
+
+    .venv/bin/python bench/bootstrap_study.py --pool cifar [--budgets 20000] [--seeds 0,1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "bench"))  # after the repo: bench/train.py must not shadow the train package
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+RESULTS = ROOT / "bench" / "results"
+
+
+def cifar_eval(web: Path, out: Path, n: int) -> tuple[str, str]:
+    """The CIFAR-10 test photos the pool did not use, as a zero-shot set, and its classes.json."""
+    from bootstrap_filter import CIFAR_TEMPLATES, DATA
+
+    out.mkdir(parents=True, exist_ok=True)
+    t = pq.read_table(DATA / "cifar10" / "test.parquet", columns=["image", "label", "label_name"])
+    pool_bytes = open(web / "blobs.bin", "rb").read()
+    routes = pq.read_table(web / "routes.parquet").to_pylist()
+    used = {pool_bytes[r["offset"] : r["offset"] + r["length"]] for r in routes}
+    rows = [k for k, b in enumerate(t.column("image").to_pylist()) if b not in used][:n]
+    names = sorted(set(t.column("label_name").to_pylist()))
+    label = [names.index(x) for x in t.column("label_name").to_pylist()]
+    pq.write_table(
+        pa.table(
+            {
+                "image": t.column("image").take(rows),
+                "label": pa.array([label[k] for k in rows], pa.int64()),
+                "label_name": t.column("label_name").take(rows),
+            }
+        ),
+        out / "zeroshot.parquet",
+    )
+    (out / "classes.json").write_text(json.dumps({"classnames": names, "templates": list(CIFAR_TEMPLATES)}))
+    return str(out / "zeroshot.parquet"), str(out / "classes.json")
+
+
+def misaligned_share(build: Path, web: Path, tiers: list[str]) -> dict[str, float]:
+    from curate.core.manifest import load_manifest
+
+    truth = pq.read_table(web / "truth.parquet").to_pydict()
+    aligned = truth["aligned"] if "aligned" in truth else [k == "clean" for k in truth["kind"]]
+    aligned_of = dict(zip(truth["uid"], aligned, strict=True))
+    samples = pq.read_table(build / "samples.parquet", columns=["uid", "band"]).to_pydict()
+    bands = load_manifest(build).tiers
+    out = {}
+    for tier in tiers:
+        members = set(bands[tier].bands)
+        uids = [u for u, b in zip(samples["uid"], samples["band"], strict=True) if b in members]
+        out[tier] = round(float(np.mean([not aligned_of[u] for u in uids])), 4)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pool", default="cifar", choices=["cifar", "synthetic"])
+    ap.add_argument("--tiers", default="top30,kept")
+    ap.add_argument("--budgets", default="20000")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--model", default="ct-vit-micro-32")
+    ap.add_argument("--eval-n", type=int, default=2000)
+    ap.add_argument("--work", type=Path, default=RESULTS / "work" / "bootstrap")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from pipelines.build import retier, stored_config
+    from pipelines.study import StudyConfig, run_study
+
+    build, web = args.work / args.pool, args.work / f"{args.pool}_web"
+    if not (build / "bootstrap" / "scores.parquet").exists():
+        print(
+            f"no bootstrap scores in {build}; run bench/bootstrap_filter.py --pools {args.pool} first", file=sys.stderr
+        )
+        return 2
+    cfg = stored_config(build)
+    retier(
+        build, dataclasses.replace(cfg, quality=dataclasses.replace(cfg.quality, score="bootstrap")), progress=False
+    )
+    if args.pool == "cifar":
+        zeroshot, classes = cifar_eval(web, args.work / "cifar_eval", args.eval_n)
+    else:
+        zeroshot, classes = str(web / "eval" / "zeroshot.parquet"), str(web / "eval" / "classes.json")
+    tiers = args.tiers.split(",")
+    study = StudyConfig(
+        tiers_dir=str(build),
+        tiers=tuple(tiers),
+        budgets=tuple(int(b) for b in args.budgets.split(",")),
+        seeds=tuple(int(s) for s in args.seeds.split(",")),
+        model=args.model,
+        train={"preset": "baseline"},
+        zeroshot=zeroshot,
+        classes=classes,
+        name=f"bootstrap-{args.pool}",
+    )
+    rows = run_study(study, args.work / f"{args.pool}_study_bootstrap")
+    result = {"args": {k: str(v) for k, v in vars(args).items()}, "misaligned": misaligned_share(build, web, tiers)}
+    n_classes = len(json.loads(Path(classes).read_text())["classnames"])
+    print(
+        f"{args.pool}: zero-shot top-1 on held-out photos (chance {1 / n_classes:.3f}); tiers cut by bootstrap scores"
+    )
+    for budget in study.budgets:
+        for tier in tiers:
+            runs = sorted(
+                (r for r in rows if r["tier"] == tier and r["samples_seen"] == budget), key=lambda r: r["seed"]
+            )
+            accs = [r["zeroshot_top1"] for r in runs]
+            cell = {
+                "seeds": {str(r["seed"]): round(r["zeroshot_top1"], 4) for r in runs},
+                "mean": round(float(np.mean(accs)), 4),
+                "half_range": round((max(accs) - min(accs)) / 2, 4),
+                "repetition": round(runs[0]["repetition"], 2),
+                "misaligned": result["misaligned"][tier],
+            }
+            result[f"{tier}@{budget}"] = cell
+            print(
+                f"  {budget:>7,} samples  {tier:<6} {cell['mean']:.3f} +- {cell['half_range']:.3f}  "
+                f"(seeds {', '.join(f'{v:.3f}' for v in cell['seeds'].values())}; repetition {cell['repetition']}, "
+                f"misaligned {cell['misaligned']:.3f})"
+            )
+    out = RESULTS / f"bootstrap_study_{args.pool}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Near-copy detection with thumbnails: transformed copies are found, distinct images are left alone."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image, ImageDraw
+
+from curate.annotate import image as img
+from curate.core import schema
+from curate.dedup import DedupConfig, deduplicate
+from curate.dedup.copies import CopyConfig, copy_pairs, flat, neighbour_pairs, search_vectors, thumbs, verify
+from synthweb.copies import FAMILIES, near_copy
+from tests.photos import encode, photo
+
+
+def annotation_table(blobs: list[bytes]) -> pa.Table:
+    """The columns the annotate stage writes for dedup, measured by its own decoder and signals."""
+    rows = []
+    for k, data in enumerate(blobs):
+        dec, err = img.decode(data)
+        assert err is None
+        m = img.measure(dec.pixels)
+        rows.append(
+            {
+                "uid": f"u{k:04d}",
+                "sha256": img.sha256(data),
+                "pixel_hash": m.pixel_hash,
+                "phash": m.phash,
+                "width": m.width,
+                "height": m.height,
+                "thumb": m.thumb,
+            }
+        )
+    return pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [
+                ("uid", pa.string()),
+                ("sha256", pa.string()),
+                ("pixel_hash", pa.string()),
+                ("phash", pa.uint64()),
+                ("width", pa.int32()),
+                ("height", pa.int32()),
+                (schema.THUMB, pa.binary(schema.THUMB_BYTES)),
+            ]
+        ),
+    )
+
+
+@pytest.mark.parametrize("side", [32, 256])
+def test_every_family_of_near_copy_is_found_and_distinct_photos_stay(side):
+    rng = np.random.default_rng(side)
+    originals = [photo(s, (side, side * 3 // 4)) for s in range(24)]
+    blobs, source = [], []
+    for k, im in enumerate(originals):
+        blobs.append(encode(im))
+        source.append(k)
+        for family in FAMILIES:
+            blobs.append(near_copy(im, family, rng))
+            source.append(k)
+    out = deduplicate(annotation_table(blobs), DedupConfig(semantic=False)).to_pydict()
+    cluster = [d or u for u, d in zip(out["uid"], out["dup_of"], strict=True)]
+    original = {s: cluster[k] for k, s in enumerate(source) if k % (len(FAMILIES) + 1) == 0}
+    found = {f: [] for f in FAMILIES}
+    for k, (s, c) in enumerate(zip(source, cluster, strict=True)):
+        if k % (len(FAMILIES) + 1):
+            found[FAMILIES[k % (len(FAMILIES) + 1) - 1]].append(c == original[s])
+    # Each single transformation is always found; all of them at once (a 32 px photo halved, cropped,
+    # re-toned and saved at JPEG quality 30 keeps little detail) nearly always.
+    assert all(all(v) for f, v in found.items() if f != "combined"), found
+    assert np.mean(found["combined"]) >= 0.85
+    # No two distinct photos share a cluster.
+    assert len(set(original.values())) == len(originals)
+
+
+def test_phash_alone_misses_crops_that_the_verified_search_finds():
+    rng = np.random.default_rng(3)
+    blobs = []
+    for s in range(16):
+        im = photo(100 + s, (64, 48))
+        blobs += [encode(im), near_copy(im, "crop", rng)]
+    table = annotation_table(blobs)
+    found = sum(d is not None for d in deduplicate(table, DedupConfig(semantic=False)).column("dup_of").to_pylist())
+    old = DedupConfig(semantic=False, verify=False)
+    found_old = sum(d is not None for d in deduplicate(table, old).column("dup_of").to_pylist())
+    assert found == 16 and found_old < 16
+
+
+def test_same_background_with_the_object_elsewhere_is_not_a_copy():
+    """Two sky photos with a small aeroplane in different places correlate in colour, not in detail."""
+    sky = Image.fromarray(np.linspace([90, 140, 230], [150, 190, 250], 64).astype(np.uint8)[:, None].repeat(64, 1))
+    a, b = sky.copy(), sky.copy()
+    ImageDraw.Draw(a).polygon([(10, 12), (26, 16), (10, 20)], fill=(40, 40, 40))
+    ImageDraw.Draw(b).polygon([(40, 44), (56, 48), (40, 52)], fill=(40, 40, 40))
+    table = annotation_table([encode(a), encode(b)])
+    _, t, grey = thumbs(table.column(schema.THUMB), 2)
+    sim, detail = verify(t[:1], t[1:], grey[:1], grey[1:])
+    assert sim[0] > 0.9  # the colours alone would call them copies
+    assert detail[0] < CopyConfig().min_detail
+    assert deduplicate(table, DedupConfig(semantic=False)).column("dup_of").null_count == 2
+
+
+def test_flat_images_are_never_near_copies():
+    blobs = [encode(Image.new("RGB", (40, 40), (200, 200, 200 - k))) for k in range(3)]
+    table = annotation_table(blobs)
+    _, t, grey = thumbs(table.column(schema.THUMB), 3)
+    assert flat(t).all()
+    assert len(copy_pairs(t, grey)[0]) == 0
+
+
+def test_neighbour_search_finds_planted_neighbours_without_comparing_all_pairs():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 192)).astype(np.float32)
+    x[2000:2300] = x[:300] + 0.3 * rng.normal(size=(300, 192))  # planted neighbours, cosine ~0.96
+    v = x / np.linalg.norm(x, axis=1, keepdims=True)
+    i, j = neighbour_pairs(v, CopyConfig(neighbours=3, min_cosine=0.7))
+    got = set(zip(i.tolist(), j.tolist(), strict=True))
+    assert sum((k, 2000 + k) in got for k in range(300)) >= 0.95 * 300
+    assert ((v[i] * v[j]).sum(axis=1) >= 0.7).all() and (i < j).all()
+
+
+def test_search_vectors_are_unit_and_mean_free():
+    t = np.random.default_rng(1).integers(0, 256, (5, 16, 16, 3)).astype(np.float32)
+    v = search_vectors(t)
+    assert v.shape == (5, 192)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-4) and np.allclose(v.mean(axis=1), 0, atol=1e-5)
+
+
+def test_tables_without_thumbnails_keep_the_phash_rule():
+    t = annotation_table([encode(photo(7))]).drop_columns([schema.THUMB])
+    assert deduplicate(t, DedupConfig(semantic=False)).column("dup_of").null_count == 1
