@@ -35,15 +35,28 @@ class Links:
             i, j = np.concatenate([a, i]), np.concatenate([b, j])
         self.by_kind[kind] = (i, j)
 
-    def add_groups(self, kind: str, group: np.ndarray) -> None:
-        """Link rows that share a group id (e.g. equal sha256); ids < 0 mean "no group"."""
+    def add_groups(self, kind: str, group: np.ndarray, rows: np.ndarray | None = None) -> None:
+        """Link rows that share a group id (e.g. equal sha256); ids < 0 mean "no group". ``rows`` names
+        the row of each entry of ``group`` (default: its position), for a partition of the pool."""
         group = np.asarray(group, np.int64)
-        rows = np.flatnonzero(group >= 0)
-        order = rows[np.argsort(group[rows], kind="stable")]
+        at = np.flatnonzero(group >= 0)
+        order = at[np.argsort(group[at], kind="stable")]
         g = group[order]
+        if rows is not None:
+            order = np.asarray(rows, np.int64)[order]
         # Link each member to the previous one in its group: a chain is enough for components.
         same = np.flatnonzero(g[1:] == g[:-1])
         self.add(kind, order[same], order[same + 1])
+
+    def compact(self) -> tuple[np.ndarray, Links]:
+        """(nodes, links between positions in ``nodes``): the rows that have a link, sorted, and the same
+        links over them. Unlinked rows are singletons, so the components of the rest are unchanged."""
+        ends = [a for i, j in self.by_kind.values() for a in (i, j)]
+        nodes = np.unique(np.concatenate(ends)) if ends else np.empty(0, np.int64)
+        small = Links(len(nodes))
+        for kind, (i, j) in self.by_kind.items():
+            small.by_kind[kind] = (np.searchsorted(nodes, i), np.searchsorted(nodes, j))
+        return nodes, small
 
     def components(self, kinds: tuple[str, ...]) -> np.ndarray:
         i = [self.by_kind[k][0] for k in kinds if k in self.by_kind]

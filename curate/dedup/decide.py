@@ -45,6 +45,10 @@ class DedupConfig:
     semantic_eps: float = 0.03
     captions: bool = False  # identical normalised captions on different images
     seed: int = 0
+    # 0: decide in memory. N > 0: split the pool into hash partitions of about N rows, spilled to a
+    # temporary directory (curate.dedup.partitioned), so memory is one partition plus the duplicate
+    # links, not the pool; the decisions are the same.
+    partition_rows: int = 0
 
     def near_config(self) -> NearConfig:
         return NearConfig(k=self.near_k, tables=self.near_tables, seed=self.seed)
@@ -83,7 +87,7 @@ def deduplicate(
     quality: np.ndarray | None = None,
     prefer: np.ndarray | None = None,
 ) -> pa.Table:
-    """Decide duplicates among the rows of ``table`` (uid, sha256, pixel_hash, phash, caption).
+    """Decide duplicates among the rows of ``table`` (uid, sha256, pixel_hash, phash, caption), in memory.
 
     ``embeddings`` (rows aligned with ``table``) enables semantic dedup; ``quality`` and ``prefer``
     (e.g. "passes the filters") rank keepers. Returns uid, dup_of (keeper uid or null), dup_kind.
@@ -138,6 +142,15 @@ def _near_links(table: pa.Table, cfg: DedupConfig, links: Links) -> None:
     # Rows sharing a pHash value are candidates of their value's representative, not links yet.
     other = rep[inverse] != valid
     i, j = np.concatenate([i, valid[other]]), np.concatenate([j, rep[inverse][other]])
+    verified_links(table, cfg, links, i, j, shape)
+
+
+def verified_links(
+    table: pa.Table, cfg: DedupConfig, links: Links, i: np.ndarray, j: np.ndarray, shape: np.ndarray | None
+) -> None:
+    """Link near copies among the rows of ``table`` (thumb, width, height): thumbnail neighbours plus
+    the pHash candidate pairs (i, j), each verified by aligned thumbnails (:mod:`curate.dedup.copies`)."""
+    n, names = table.num_rows, table.column_names
     rows, t, grey = thumbs(table.column(schema.THUMB), n)
     at = np.full(n, -1, np.int64)
     at[rows] = np.arange(len(rows))
