@@ -62,14 +62,16 @@ def child(engine: str, pool: str, out: str, cfg: DedupConfig) -> None:
     from curate.dedup.partitioned import deduplicate_partitioned
 
     base = peak_rss_mb()
+    stats: dict = {}
     t0 = time.perf_counter()
     if engine == "memory":
         table = pq.read_table(pool)
         pq.write_table(deduplicate(table, cfg), out)
     else:
-        deduplicate_partitioned([pool], cfg, out=out, workdir=str(Path(out).parent))
+        deduplicate_partitioned([pool], cfg, out=out, workdir=str(Path(out).parent), stats=stats)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": round(seconds, 1), "peak_rss_mb": peak_rss_mb(), "import_rss_mb": base}))
+    row = {"seconds": round(seconds, 1), "peak_rss_mb": peak_rss_mb(), "import_rss_mb": base}
+    print(json.dumps(row | stats))
 
 
 def run_engine(engine: str, pool: Path, out: Path, cfg: DedupConfig) -> dict:

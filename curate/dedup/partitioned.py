@@ -19,8 +19,10 @@ takes the embeddings as one array.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -34,6 +36,8 @@ from curate.dedup.clusters import Links, resolve
 from curate.dedup.decide import DedupConfig, _group_ids, normalise_caption, verified_links
 from curate.dedup.near import _masks, _pairs_in_runs, aspect_differs, log_aspect
 from curate.dedup.semantic import SemanticConfig, semantic_pairs
+
+log = logging.getLogger(__name__)
 
 BATCH_ROWS = 1 << 18
 # Band spills written in one pass over the distinct hashes: masks per pass x partitions open files.
@@ -247,34 +251,41 @@ def _unique_pairs(i: list[np.ndarray], j: list[np.ndarray], n: int) -> tuple[np.
     return packed // n, packed % n
 
 
-def _links(source: Source, cfg: DedupConfig, work: Path, parts: int, embeddings: np.ndarray | None) -> Links:
-    """Every duplicate link of the pool, found one partition at a time."""
+def _links(source: Source, cfg: DedupConfig, work: Path, parts: int, embeddings, clock) -> Links:
+    """Every duplicate link of the pool, found one partition at a time; ``clock(phase)`` marks the end
+    of each phase."""
     found: dict[str, list] = {"near": [], "candidates": []}
     spills, hashes = _scatter(source, cfg, work, parts)
+    clock("scatter")
     links = Links(source.num_rows)
     for kind, spill in spills.items():
         part = Links(0)
         for t in spill:
             part.add_groups(kind, _group_ids(t.column("value")), rows=t.column("row").to_numpy())
-            found[kind] = found.get(kind, []) + [part.by_kind.pop(kind)]
+            found.setdefault(kind, []).append(part.by_kind.pop(kind))
         links.add(kind, *_concat(found.pop(kind, [])))
+    clock("groups")
     if hashes is not None:
         verify = cfg.verify and schema.THUMB in source.names
         distinct = _equal_hashes(hashes, verify, work, found)
+        clock("equal_hashes")
         tolerance = 0.0 if verify else cfg.near_shape_tolerance
         i, j = _band_pairs(distinct, cfg, work, parts, tolerance, source.num_rows)
+        clock("bands")
         if verify:
             ci, cj = zip(*found["candidates"], strict=True) if found["candidates"] else ((), ())
             i, j = np.concatenate([i, *ci]), np.concatenate([j, *cj])
             table = source.read([schema.THUMB, schema.WIDTH, schema.HEIGHT])
             has_shape = schema.WIDTH in source.names and schema.HEIGHT in source.names
             verified_links(table, cfg, links, i, j, log_aspect(table) if has_shape else None)
+            clock("verify")
         else:
             links.add("near", *_concat([*found["near"], (i, j)]))
     if cfg.semantic and embeddings is not None:
         ok = np.flatnonzero(np.isfinite(embeddings).all(axis=1) & (np.abs(embeddings).sum(axis=1) > 0))
         i, j = semantic_pairs(embeddings[ok], SemanticConfig(eps=cfg.semantic_eps, seed=cfg.seed))
         links.add("semantic", ok[i], ok[j])
+        clock("semantic")
     return links
 
 
@@ -302,19 +313,31 @@ def deduplicate_partitioned(
     prefer: np.ndarray | None = None,
     out: str | None = None,
     workdir: str | None = None,
+    stats: dict | None = None,
 ) -> pa.Table | None:
     """:func:`curate.dedup.deduplicate`'s decisions over ``data`` (a table or parquet files, rows in
     that order) in partitions of about ``cfg.partition_rows`` rows (:func:`partitions`) spilled under
     ``workdir`` (a temporary directory by default). Returns uid, dup_of, dup_kind; or, given ``out``,
-    writes them there as parquet a batch at a time and returns None."""
+    writes them there as parquet a batch at a time and returns None. ``stats``, when given, receives
+    the partition count, link and linked-row counts and seconds per phase."""
     source = Source(data)
     parts = partitions(source.num_rows, cfg.partition_rows)
+    stats = {} if stats is None else stats
+    stats.update(partitions=parts, seconds={})
+    last = [time.perf_counter()]
+
+    def clock(phase: str) -> None:
+        now = time.perf_counter()
+        stats["seconds"][phase] = round(now - last[0], 2)
+        last[0] = now
+
     work = Path(tempfile.mkdtemp(prefix="dedup-", dir=workdir))
     try:
-        links = _links(source, cfg, work, parts, embeddings)
+        links = _links(source, cfg, work, parts, embeddings, clock)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     nodes, small = links.compact()
+    stats.update(links=sum(len(i) for i, _ in small.by_kind.values()), linked_rows=len(nodes))
     del links
     uids = np.asarray(_take_rows(source, schema.UID, nodes).to_pylist(), dtype=object)
     q = None if quality is None else np.asarray(quality)[nodes]
@@ -322,7 +345,11 @@ def deduplicate_partitioned(
     decided = resolve(small, uids, q, pr)
     dup_of = pa.array(decided["dup_of"], pa.string())
     kind = pa.array(decided["dup_kind"], pa.string())
-    return _write(source, nodes, dup_of, kind, out)
+    clock("resolve")
+    result = _write(source, nodes, dup_of, kind, out)
+    clock("write")
+    log.info(f"dedup in {parts} partitions: {len(nodes):,} linked rows; seconds {stats['seconds']}")
+    return result
 
 
 def _write(source: Source, nodes: np.ndarray, dup_of: pa.Array, kind: pa.Array, out: str | None) -> pa.Table | None:
