@@ -91,6 +91,16 @@ def resolve(
     (bool), ``dup_of`` (keeper's uid or None), ``dup_kind`` (None for keepers and singletons).
     """
     uids = np.asarray(uids, dtype=object)
+    out = keepers(links, uids, quality, prefer)
+    out["dup_of"] = np.where(out["keeper"], None, uids[out["cluster"]])
+    return out
+
+
+def keepers(
+    links: Links, uids: np.ndarray, quality: np.ndarray | None = None, prefer: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """:func:`resolve` without ``dup_of``; ``uids`` may be anything that sorts as the uids do (their
+    ranks, say), so a caller with many rows needs no Python string per row."""
     labels = links.components(KINDS)
     rank = rank_order(uids, quality, prefer)
     # The keeper of each component: its member with the lowest rank.
@@ -114,5 +124,4 @@ def resolve(
         joined = pending & (lab == lab[keeper_row])
         kind[joined] = k
         pending &= ~joined
-    dup_of = np.where(keeper, None, uids[keeper_row])
-    return {"cluster": keeper_row, "keeper": keeper, "dup_of": dup_of, "dup_kind": kind}
+    return {"cluster": keeper_row, "keeper": keeper, "dup_kind": kind}

@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.core import schema
-from curate.dedup.clusters import Links, resolve
+from curate.dedup.clusters import Links, keepers
 from curate.dedup.decide import DedupConfig, _group_ids, normalise_caption, verified_links
 from curate.dedup.near import _masks, _pairs_in_runs, aspect_differs, log_aspect
 from curate.dedup.semantic import SemanticConfig, semantic_pairs
@@ -339,11 +340,14 @@ def deduplicate_partitioned(
     nodes, small = links.compact()
     stats.update(links=sum(len(i) for i, _ in small.by_kind.values()), linked_rows=len(nodes))
     del links
-    uids = np.asarray(_take_rows(source, schema.UID, nodes).to_pylist(), dtype=object)
+    uids = _take_rows(source, schema.UID, nodes)
+    # Keepers are ranked by uid last: the uid's rank among the linked rows (Arrow compares UTF-8 bytes,
+    # which orders as Python compares the strings) ranks them alike without a Python string per row.
+    uid_rank = pc.rank(uids, sort_keys="ascending", tiebreaker="first").to_numpy().astype(np.int64)
     q = None if quality is None else np.asarray(quality)[nodes]
     pr = None if prefer is None else np.asarray(prefer)[nodes]
-    decided = resolve(small, uids, q, pr)
-    dup_of = pa.array(decided["dup_of"], pa.string())
+    decided = keepers(small, uid_rank, q, pr)
+    dup_of = uids.cast(pa.string()).take(pa.array(decided["cluster"], mask=decided["keeper"]))
     kind = pa.array(decided["dup_kind"], pa.string())
     clock("resolve")
     result = _write(source, nodes, dup_of, kind, out)
