@@ -33,10 +33,12 @@ def busy_pool(n=20_000, seed=3):
 
 
 @pytest.mark.parametrize("partition_rows", [10**9, 3_000, 97])
-@pytest.mark.parametrize("kinds", ["default", "captions"])
+@pytest.mark.parametrize("kinds", ["default", "captions", "wide bands"])
 def test_partitioned_decisions_are_the_in_memory_ones(partition_rows, kinds):
     table, quality, prefer = busy_pool()
     cfg = DedupConfig(semantic=False, captions=kinds == "captions")
+    if kinds == "wide bands":  # the setting README suggests for 1B hashes
+        cfg = replace(cfg, near_bands=2, near_tables=110)
     want = deduplicate(table, cfg, quality=quality, prefer=prefer)
     got = deduplicate(table, replace(cfg, partition_rows=partition_rows), quality=quality, prefer=prefer)
     assert got.equals(want)

@@ -32,6 +32,10 @@ class DedupConfig:
     # and the shape may differ as much as such a crop makes it. 0 disables.
     near_shape_tolerance: float = 0.05
     near_tables: int = 10
+    # Bits per band are 64 / near_bands: 3 bands of ~21 bits suit pools up to ~10M distinct hashes;
+    # random candidates grow as n^2 / 2^bits, so 1B wants 2 bands of 32 bits and ~110 tables for the
+    # same recall at distance 6 (README, "Dedup at scale").
+    near_bands: int = 3
     # Verify near-copy candidates by aligned thumbnails (curate.dedup.copies; bench/dedup_real.py).
     verify: bool = True
     copy_neighbours: int = 6
@@ -51,7 +55,7 @@ class DedupConfig:
     partition_rows: int = 0
 
     def near_config(self) -> NearConfig:
-        return NearConfig(k=self.near_k, tables=self.near_tables, seed=self.seed)
+        return NearConfig(k=self.near_k, bands=self.near_bands, tables=self.near_tables, seed=self.seed)
 
     def copy_config(self) -> CopyConfig:
         return CopyConfig(
