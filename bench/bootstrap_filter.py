@@ -214,9 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         run_bootstrap(args.work / pool, cfg)
         results[pool] = evaluate(args.work / pool, web, args.rounds)
         results[pool]["seconds"] = round(time.perf_counter() - t0)
+        results[pool]["args"] = results["args"]
         print(f"{pool}:")
         for name, f in results[pool].items():
-            if isinstance(f, dict):
+            if isinstance(f, dict) and "auc" in f:
                 print(
                     f"  {name:<20} AUC {f['auc']:.3f}  misaligned: kept {f['misaligned_kept']:.3f}, "
                     f"top20 {f['misaligned_top20']:.3f}  (top-20% precision {f['precision_top20']:.3f}, "

@@ -175,7 +175,7 @@ def run_bootstrap(
 def _round(build_dir, out, kept, uids, fold, pool, r, cfg, trainer, scorer) -> pa.Table:
     key = {"config": asdict(cfg), "round": r, "pool": hashlib.sha256(np.packbits(pool).tobytes()).hexdigest()[:16]}
     done = out / "round.json"
-    if done.exists() and (out / SCORES).exists() and json.loads(done.read_text()) == key:
+    if done.exists() and (out / SCORES).exists() and _same_round(json.loads(done.read_text()), key):
         try:
             return read_parquet(out / SCORES)
         except DamagedFile as e:
@@ -211,6 +211,16 @@ def _round(build_dir, out, kept, uids, fold, pool, r, cfg, trainer, scorer) -> p
     with units.atomic_path(done) as tmp:
         tmp.write_text(json.dumps(key, indent=2, sort_keys=True))
     return table
+
+
+def _same_round(stored: dict, key: dict) -> bool:
+    """Did ``stored`` (a finished round's key) come from this round? The number of rounds asked for
+    does not change a round, so asking for more rounds later reuses the finished ones."""
+
+    def strip(k: dict) -> dict:
+        return {**k, "config": {n: v for n, v in k.get("config", {}).items() if n != "rounds"}}
+
+    return strip(stored) == strip(key)
 
 
 def read_scores(build_dir: str | os.PathLike) -> pa.Table:

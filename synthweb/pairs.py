@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.annotate.headers import sniff
 from curate.core import schema
+from curate.core.imagecheck import sniff
 from synthweb.build import DEFAULT_BASE, _token
 from synthweb.render import CONTENT_TYPES, EXTENSIONS
 

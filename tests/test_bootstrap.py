@@ -70,6 +70,22 @@ def test_no_sample_is_scored_by_a_model_that_trained_on_it(tmp_path, rounds):
     assert again.equals(scores)  # a rerun reads finished rounds back
 
 
+def test_more_rounds_later_reuse_the_finished_ones(tmp_path):
+    build_dir(tmp_path)
+    rec = Recorder()
+    one = run_bootstrap(tmp_path, BootstrapConfig(rounds=1), trainer=rec.train, scorer=rec.score)
+    assert len(rec.trained) == 2
+    calls = []
+    two = run_bootstrap(
+        tmp_path,
+        BootstrapConfig(rounds=2),
+        trainer=lambda *a: calls.append(a[2]) or rec.train(*a),
+        scorer=rec.score,
+    )
+    assert all("/r2/" in str(out) for out in calls) and len(calls) == 2  # round 1 read back, not retrained
+    assert two.column("bootstrap_round").to_pylist() == [2] * one.num_rows
+
+
 def test_trusted_data_scores_every_kept_sample_with_one_model(tmp_path):
     build_dir(tmp_path / "pool")
     trusted = tmp_path / "trusted"
@@ -119,3 +135,15 @@ def test_fold_by_keeps_a_group_out_of_its_own_training(tmp_path):
         assert photo[r["uid"]] not in {photo[u] for u in rec.trained[r["bootstrap_model"]]}
     with pytest.raises(InputError, match="no column"):
         run_bootstrap(tmp_path, BootstrapConfig(fold_by="nope"), trainer=rec.train, scorer=rec.score)
+
+
+def test_demo_keeps_the_trusted_data_filter():
+    """``tiers demo`` ranks by a filter CLIP trained on trusted data, not by the bootstrap or the heuristic."""
+    import tomllib
+
+    from pipelines.build import config_from_toml
+    from pipelines.demo import DEMO_BUILD
+
+    cfg = config_from_toml(tomllib.loads(DEMO_BUILD.format(dfn="/trusted/run")))
+    assert cfg.quality.score == "clip"
+    assert cfg.annotate.clip_model == "run:/trusted/run"

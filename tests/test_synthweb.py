@@ -164,3 +164,27 @@ def test_url_list_rebased_for_another_port(small_web, tmp_path):
 def test_cli_build_rejects_a_bad_mix(tmp_path, capsys):
     assert main(["web", "build", str(tmp_path / "w"), "--n", "10", "--mix", "clean=1,bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_write_pairs_serves_given_images_with_their_captions_and_truth(tmp_path):
+    from synthweb.pairs import write_pairs
+
+    images = []
+    for colour, fmt in (("red", "JPEG"), ("blue", "PNG")):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), colour).save(buf, fmt)
+        images.append(buf.getvalue())
+    web = write_pairs(
+        tmp_path,
+        images,
+        ["a red square", "a blue square"],
+        columns={"photo": ["1", "2"]},
+        truth={"aligned": [True, False]},
+    )
+    urls = pq.read_table(web / "urls.parquet").to_pydict()
+    truth = pq.read_table(web / "truth.parquet").to_pydict()
+    assert urls["caption"] == ["a red square", "a blue square"] and urls["photo"] == ["1", "2"]
+    assert truth == {"uid": urls["uid"], "aligned": [True, False]}
+    assert [u.rsplit(".", 1)[1] for u in urls["url"]] == ["jpg", "png"]
+    with pytest.raises(ValueError):
+        write_pairs(tmp_path / "bad", [b"not an image"], ["x"])
