@@ -71,7 +71,8 @@ def child(engine: str, pool: str, out: str, cfg: DedupConfig) -> None:
         deduplicate_partitioned([pool], cfg, out=out, workdir=str(Path(out).parent), stats=stats)
     seconds = time.perf_counter() - t0
     row = {"seconds": round(seconds, 1), "peak_rss_mb": peak_rss_mb(), "import_rss_mb": base}
-    print(json.dumps(row | stats))
+    row |= {"phase_seconds": stats.pop("seconds", {})} | stats
+    print(json.dumps(row))
 
 
 def run_engine(engine: str, pool: Path, out: Path, cfg: DedupConfig) -> dict:
@@ -140,7 +141,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--anchor-max", type=int, default=10_000_000, help="largest size the in-memory path runs at")
-    ap.add_argument("--partition-rows", type=int, default=1_000_000)
+    ap.add_argument("--partition-rows", type=int, default=250_000)
     ap.add_argument("--k", type=int, default=6)
     ap.add_argument("--work", default="/tmp/clip-tiers-bench-dedup")
     ap.add_argument("--out", default="bench/results/dedup.json")

@@ -5,8 +5,8 @@ Row ``r`` is an original unless drawn as a copy of an earlier row: an exact copy
 pixel copy (the same pixels re-encoded: new sha256, same pixel hash and pHash), a near copy (resized
 0.5-1.5x and re-encoded: its pHash 1-6 bits from the source's, a new pixel hash) or one of a few
 placeholder images served at many URLs (a "no image" GIF). Every original's values are a hash of
-its row number, so a chunk is made without holding the rows before it, and 10M rows take a few
-seconds and no more memory than one chunk.
+its row number, so a chunk is made without holding the rows before it: 10M rows need no more
+memory than one chunk.
 """
 
 from __future__ import annotations
