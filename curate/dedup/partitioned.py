@@ -188,7 +188,7 @@ def _scatter(source: Source, cfg: DedupConfig, work: Path, parts: int) -> tuple[
 
 def _equal_hashes(hashes: Spill, verify: bool, work: Path, links: dict[str, list]) -> Spill:
     """Per pHash partition: rows of one value linked (or, to be verified, made candidates of the value's
-    first row); returns the distinct values with that first row and its shape, one file per partition."""
+    first row); returns the distinct values with that first row and its shape, in one spill file."""
     distinct = Spill(work, "distinct", 1)
     for t in hashes:
         rows, h = t.column("row").to_numpy(), t.column("phash").to_numpy()
