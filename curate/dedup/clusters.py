@@ -35,15 +35,28 @@ class Links:
             i, j = np.concatenate([a, i]), np.concatenate([b, j])
         self.by_kind[kind] = (i, j)
 
-    def add_groups(self, kind: str, group: np.ndarray) -> None:
-        """Link rows that share a group id (e.g. equal sha256); ids < 0 mean "no group"."""
+    def add_groups(self, kind: str, group: np.ndarray, rows: np.ndarray | None = None) -> None:
+        """Link rows that share a group id (e.g. equal sha256); ids < 0 mean "no group". ``rows`` names
+        the row of each entry of ``group`` (default: its position), for a partition of the pool."""
         group = np.asarray(group, np.int64)
-        rows = np.flatnonzero(group >= 0)
-        order = rows[np.argsort(group[rows], kind="stable")]
+        at = np.flatnonzero(group >= 0)
+        order = at[np.argsort(group[at], kind="stable")]
         g = group[order]
+        if rows is not None:
+            order = np.asarray(rows, np.int64)[order]
         # Link each member to the previous one in its group: a chain is enough for components.
         same = np.flatnonzero(g[1:] == g[:-1])
         self.add(kind, order[same], order[same + 1])
+
+    def compact(self) -> tuple[np.ndarray, Links]:
+        """(nodes, links between positions in ``nodes``): the rows that have a link, sorted, and the same
+        links over them. Unlinked rows are singletons, so the components of the rest are unchanged."""
+        ends = [a for i, j in self.by_kind.values() for a in (i, j)]
+        nodes = np.unique(np.concatenate(ends)) if ends else np.empty(0, np.int64)
+        small = Links(len(nodes))
+        for kind, (i, j) in self.by_kind.items():
+            small.by_kind[kind] = (np.searchsorted(nodes, i), np.searchsorted(nodes, j))
+        return nodes, small
 
     def components(self, kinds: tuple[str, ...]) -> np.ndarray:
         i = [self.by_kind[k][0] for k in kinds if k in self.by_kind]
@@ -78,6 +91,16 @@ def resolve(
     (bool), ``dup_of`` (keeper's uid or None), ``dup_kind`` (None for keepers and singletons).
     """
     uids = np.asarray(uids, dtype=object)
+    out = keepers(links, uids, quality, prefer)
+    out["dup_of"] = np.where(out["keeper"], None, uids[out["cluster"]])
+    return out
+
+
+def keepers(
+    links: Links, uids: np.ndarray, quality: np.ndarray | None = None, prefer: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """:func:`resolve` without ``dup_of``; ``uids`` may be anything that sorts as the uids do (their
+    ranks, say), so a caller with many rows needs no Python string per row."""
     labels = links.components(KINDS)
     rank = rank_order(uids, quality, prefer)
     # The keeper of each component: its member with the lowest rank.
@@ -101,5 +124,4 @@ def resolve(
         joined = pending & (lab == lab[keeper_row])
         kind[joined] = k
         pending &= ~joined
-    dup_of = np.where(keeper, None, uids[keeper_row])
-    return {"cluster": keeper_row, "keeper": keeper, "dup_of": dup_of, "dup_kind": kind}
+    return {"cluster": keeper_row, "keeper": keeper, "dup_kind": kind}

@@ -32,6 +32,10 @@ class DedupConfig:
     # and the shape may differ as much as such a crop makes it. 0 disables.
     near_shape_tolerance: float = 0.05
     near_tables: int = 10
+    # Bits per band are 64 / near_bands: 3 bands of ~21 bits suit pools up to ~10M distinct hashes;
+    # random candidates grow as n^2 / 2^bits, so 1B wants 2 bands of 32 bits and ~110 tables for the
+    # same recall at distance 6 (README, "Dedup at scale").
+    near_bands: int = 3
     # Verify near-copy candidates by aligned thumbnails (curate.dedup.copies; bench/dedup_real.py).
     verify: bool = True
     copy_neighbours: int = 6
@@ -45,9 +49,13 @@ class DedupConfig:
     semantic_eps: float = 0.03
     captions: bool = False  # identical normalised captions on different images
     seed: int = 0
+    # 0: decide in memory. N > 0: split the pool into hash partitions of about N rows, spilled to a
+    # temporary directory (curate.dedup.partitioned), so memory is one partition plus the duplicate
+    # links, not the pool; the decisions are the same.
+    partition_rows: int = 0
 
     def near_config(self) -> NearConfig:
-        return NearConfig(k=self.near_k, tables=self.near_tables, seed=self.seed)
+        return NearConfig(k=self.near_k, bands=self.near_bands, tables=self.near_tables, seed=self.seed)
 
     def copy_config(self) -> CopyConfig:
         return CopyConfig(
@@ -83,7 +91,7 @@ def deduplicate(
     quality: np.ndarray | None = None,
     prefer: np.ndarray | None = None,
 ) -> pa.Table:
-    """Decide duplicates among the rows of ``table`` (uid, sha256, pixel_hash, phash, caption).
+    """Decide duplicates among the rows of ``table`` (uid, sha256, pixel_hash, phash, caption), in memory.
 
     ``embeddings`` (rows aligned with ``table``) enables semantic dedup; ``quality`` and ``prefer``
     (e.g. "passes the filters") rank keepers. Returns uid, dup_of (keeper uid or null), dup_kind.
@@ -138,6 +146,15 @@ def _near_links(table: pa.Table, cfg: DedupConfig, links: Links) -> None:
     # Rows sharing a pHash value are candidates of their value's representative, not links yet.
     other = rep[inverse] != valid
     i, j = np.concatenate([i, valid[other]]), np.concatenate([j, rep[inverse][other]])
+    verified_links(table, cfg, links, i, j, shape)
+
+
+def verified_links(
+    table: pa.Table, cfg: DedupConfig, links: Links, i: np.ndarray, j: np.ndarray, shape: np.ndarray | None
+) -> None:
+    """Link near copies among the rows of ``table`` (thumb, width, height): thumbnail neighbours plus
+    the pHash candidate pairs (i, j), each verified by aligned thumbnails (:mod:`curate.dedup.copies`)."""
+    n, names = table.num_rows, table.column_names
     rows, t, grey = thumbs(table.column(schema.THUMB), n)
     at = np.full(n, -1, np.int64)
     at[rows] = np.arange(len(rows))

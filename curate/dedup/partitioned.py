@@ -1,0 +1,387 @@
+"""Dedup decisions for pools larger than memory: hash partitions spilled to disk, one at a time.
+
+:func:`deduplicate_partitioned` makes the same decisions as the in-memory
+:func:`curate.dedup.decide.deduplicate`, row for row, but no step holds the pool: rows are read in
+batches of their metadata columns, scattered by a hash of the key each kind of duplicate is found by
+(``sha256``, ``pixel_hash``, the normalised caption, the pHash value, and for each of pHash's band
+masks the hash's bits under that mask) into ``partitions`` Arrow IPC files, and each file is then
+read and searched alone. Rows that can be linked always share a partition (equal keys hash alike),
+so the union of the per-partition links is the in-memory path's set of links, and the clusters,
+keepers and kinds that follow from it are the same.
+
+What stays in memory: one batch or one partition at a time, the duplicate links (two int64 per
+link) and, for the rows that have a link, their uid and rank. The connected components and keepers
+are decided over the linked rows only (:meth:`Links.compact`); the final table is written batch by
+batch. Not yet partitioned: the thumbnail neighbour search and verification
+(:mod:`curate.dedup.copies`) read the ``thumb`` column whole when it is there, and semantic dedup
+takes the embeddings as one array.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate.core import schema
+from curate.dedup.clusters import Links, keepers
+from curate.dedup.decide import DedupConfig, _group_ids, normalise_caption, verified_links
+from curate.dedup.near import _masks, _pairs_in_runs, aspect_differs, log_aspect
+from curate.dedup.semantic import SemanticConfig, semantic_pairs
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = 1 << 18
+# Band spills written in one pass over the distinct hashes: masks per pass x partitions open files.
+OPEN_FILES = 512
+# Files open at once while scattering are a few per partition; 1,024 partitions of 1M rows hold 1B.
+MAX_PARTITIONS = 1024
+
+
+def partitions(rows: int, partition_rows: int) -> int:
+    """How many partitions: about ``partition_rows`` rows each (0: one), at most MAX_PARTITIONS."""
+    if partition_rows <= 0:
+        return 1
+    return int(min(MAX_PARTITIONS, max(1, -(-rows // partition_rows))))
+
+
+class Source:
+    """The rows of the annotation table in a fixed order, read as batches of chosen columns: an
+    in-memory table, or parquet files read a row group at a time."""
+
+    def __init__(self, data: pa.Table | Sequence[str], batch_rows: int = BATCH_ROWS):
+        self.batch_rows = batch_rows
+        if isinstance(data, pa.Table):
+            self.table, self.paths = data, []
+            self.names, self.num_rows = data.column_names, data.num_rows
+        else:
+            self.table, self.paths = None, [str(p) for p in data]
+            files = [pq.ParquetFile(p) for p in self.paths]
+            self.names = files[0].schema_arrow.names if files else []
+            self.num_rows = sum(f.metadata.num_rows for f in files)
+
+    def batches(self, columns: Sequence[str]) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """(first row, batch) with those of ``columns`` that exist, in row order."""
+        cols = [c for c in columns if c in self.names]
+        r0 = 0
+        if self.table is not None:
+            parts: Iterator[pa.RecordBatch] = iter(self.table.select(cols).to_batches(self.batch_rows))
+        else:
+            # Without pre-buffering and reader threads a read holds about one batch, not a row group's
+            # column chunks several times over (measured: 150 MB less at 256k rows of hashes).
+            files = (pq.ParquetFile(p, pre_buffer=False) for p in self.paths)
+            parts = (b for f in files for b in f.iter_batches(self.batch_rows, columns=cols, use_threads=False))
+        for b in parts:
+            yield r0, b
+            r0 += b.num_rows
+
+    def read(self, columns: Sequence[str]) -> pa.Table:
+        return pa.Table.from_batches([b for _, b in self.batches(columns)])
+
+
+class Spill:
+    """Rows scattered into ``parts`` Arrow IPC files by a partition id, each read back alone. Rows keep
+    their order within a partition (batches arrive in row order, and the split is stable)."""
+
+    def __init__(self, directory: Path, name: str, parts: int):
+        self.paths = [directory / f"{name}-{p:05d}.arrow" for p in range(parts)]
+        self.writers: list[pa.ipc.RecordBatchFileWriter | None] = [None] * parts
+
+    def add(self, batch: pa.RecordBatch | pa.Table, pid: np.ndarray) -> None:
+        # A stable sort of 16-bit ids is a radix sort in numpy: linear, so scattering stays cheap.
+        order = np.argsort(pid.astype(np.uint16), kind="stable")
+        counts = np.bincount(pid, minlength=len(self.paths))
+        batch = batch.take(pa.array(order))
+        start = 0
+        for p in np.flatnonzero(counts):
+            if self.writers[p] is None:
+                self.writers[p] = pa.ipc.new_file(str(self.paths[p]), batch.schema)
+            self.writers[p].write(batch.slice(start, counts[p]))
+            start += counts[p]
+
+    def close(self) -> None:
+        for w in self.writers:
+            if w is not None:
+                w.close()
+
+    def coalesced(self, rows: int) -> Iterator[pa.Table]:
+        """All partitions' rows in order, as tables of about ``rows`` rows; the files stay."""
+        self.close()
+        pending: list[pa.RecordBatch] = []
+        for p, w in zip(self.paths, self.writers, strict=True):
+            if w is None:
+                continue
+            with pa.memory_map(str(p)) as src:
+                reader = pa.ipc.open_file(src)
+                for k in range(reader.num_record_batches):
+                    pending.append(reader.get_batch(k))
+                    if sum(b.num_rows for b in pending) >= rows:
+                        yield pa.Table.from_batches(pending)
+                        pending = []
+        if pending:
+            yield pa.Table.from_batches(pending)
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        """Each non-empty partition in turn, memory-mapped, its file removed once read."""
+        self.close()
+        for p, w in zip(self.paths, self.writers, strict=True):
+            if w is None:
+                continue
+            with pa.memory_map(str(p)) as src:
+                yield pa.ipc.open_file(src).read_all()
+            p.unlink()
+
+
+def _part(keys: np.ndarray, parts: int) -> np.ndarray:
+    """Partition of each 64-bit key: Fibonacci hashing (one multiply), so keys that differ only in a
+    few bits, or only in low bits, still spread over all partitions."""
+    mixed = (np.asarray(keys, np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
+    return (mixed % np.uint64(parts)).astype(np.int64)
+
+
+def _string_part(values: pa.Array, parts: int) -> np.ndarray:
+    # polars hashes strings in native code; the hash need only agree within this run.
+    return (pl.Series(values).hash(seed=0).to_numpy() % np.uint64(parts)).astype(np.int64)
+
+
+def _group_columns(cfg: DedupConfig, names: Sequence[str]) -> dict[str, str]:
+    """Kind -> column whose equal values link rows, as in the in-memory path."""
+    want = {"exact": (cfg.exact, schema.SHA256), "pixels": (cfg.pixels, schema.PIXEL_HASH)}
+    want["caption"] = (cfg.captions, schema.CAPTION)
+    return {kind: col for kind, (on, col) in want.items() if on and col in names}
+
+
+def _scatter(source: Source, cfg: DedupConfig, work: Path, parts: int) -> tuple[dict[str, Spill], Spill | None]:
+    """One pass over the pool: each group key's rows into its spill, valid pHashes (with the row's log
+    aspect ratio) into the pHash spill by their value."""
+    groups = _group_columns(cfg, source.names)
+    spills = {kind: Spill(work, kind, parts) for kind in groups}
+    near = cfg.near and schema.PHASH in source.names
+    hashes = Spill(work, "phash", parts) if near else None
+    shape_cols = [schema.WIDTH, schema.HEIGHT] if near else []
+    for r0, b in source.batches([*groups.values(), schema.PHASH, *shape_cols]):
+        rows = np.arange(r0, r0 + b.num_rows, dtype=np.int64)
+        for kind, col in groups.items():
+            values = b.column(col)
+            if kind == "caption":
+                values = pa.array([normalise_caption(c) for c in values.to_pylist()], pa.string())
+            ok = values.is_valid().to_numpy(zero_copy_only=False)
+            values = values.filter(pa.array(ok))
+            spills[kind].add(pa.record_batch({"row": rows[ok], "value": values}), _string_part(values, parts))
+        if hashes is not None:
+            col = b.column(schema.PHASH)
+            ok = col.is_valid().to_numpy(zero_copy_only=False)
+            h = col.to_numpy(zero_copy_only=False)[ok].astype(np.uint64)
+            shape = log_aspect(pa.Table.from_batches([b]))[ok]
+            hashes.add(pa.record_batch({"row": rows[ok], "phash": h, "shape": shape}), _part(h, parts))
+    return spills, hashes
+
+
+def _equal_hashes(hashes: Spill, verify: bool, work: Path, links: dict[str, list]) -> Spill:
+    """Per pHash partition: rows of one value linked (or, to be verified, made candidates of the value's
+    first row); returns the distinct values with that first row and its shape, in one spill file."""
+    distinct = Spill(work, "distinct", 1)
+    for t in hashes:
+        rows, h = t.column("row").to_numpy(), t.column("phash").to_numpy()
+        values, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+        inverse = inverse.ravel()
+        if verify:
+            rep = rows[first][inverse]
+            other = rep != rows
+            links["candidates"].append((rows[other], rep[other]))
+        else:
+            g = Links(0)
+            g.add_groups("near", inverse, rows=rows)
+            links["near"].append(g.by_kind["near"])
+        shape = t.column("shape").to_numpy()[first]
+        distinct.add(
+            pa.record_batch({"phash": values, "row": rows[first], "shape": shape}), np.zeros(len(values), int)
+        )
+    distinct.close()
+    return distinct
+
+
+def _band_pairs(distinct: Spill, cfg: DedupConfig, work: Path, parts: int, tolerance: float, n: int):
+    """pHash pairs within ``near_k`` found by the band masks, each mask's keys partitioned on their own:
+    (first rows i, j). Several masks share one pass over the distinct values."""
+    masks = _masks(cfg.near_config())
+    per_pass = max(1, OPEN_FILES // parts)
+    found_i, found_j = [], []
+    for start in range(0, len(masks), per_pass):
+        group = masks[start : start + per_pass]
+        bands = [Spill(work, f"band{start + m}", parts) for m in range(len(group))]
+        for t in distinct.coalesced(BATCH_ROWS):
+            h = t.column("phash").to_numpy()
+            for mask, spill in zip(group, bands, strict=True):
+                spill.add(t, _part(h & mask, parts))
+        for mask, spill in zip(group, bands, strict=True):
+            for t in spill:
+                h = t.column("phash").to_numpy()
+                keys = h & mask
+                order = np.argsort(keys)  # run membership, not order within a run, makes the pairs
+                i, j = _pairs_in_runs(order, keys[order])
+                ok = np.bitwise_count(h[i] ^ h[j]) <= cfg.near_k
+                i, j = i[ok], j[ok]
+                if tolerance:
+                    shape = t.column("shape").to_numpy()
+                    keep = ~aspect_differs(shape[i], shape[j], tolerance)
+                    i, j = i[keep], j[keep]
+                rows = t.column("row").to_numpy()
+                found_i.append(rows[i])
+                found_j.append(rows[j])
+        i, j = _unique_pairs(found_i, found_j, n)
+        found_i, found_j = [i], [j]
+    return _unique_pairs(found_i, found_j, n)
+
+
+def _unique_pairs(i: list[np.ndarray], j: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each unordered pair once (a pair close in several bands is found several times)."""
+    if not i:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    a, b = np.concatenate(i), np.concatenate(j)
+    packed = np.unique(np.minimum(a, b) * n + np.maximum(a, b))
+    return packed // n, packed % n
+
+
+def _links(source: Source, cfg: DedupConfig, work: Path, parts: int, embeddings, clock) -> Links:
+    """Every duplicate link of the pool, found one partition at a time; ``clock(phase)`` marks the end
+    of each phase."""
+    found: dict[str, list] = {"near": [], "candidates": []}
+    spills, hashes = _scatter(source, cfg, work, parts)
+    clock("scatter")
+    links = Links(source.num_rows)
+    for kind, spill in spills.items():
+        part = Links(0)
+        for t in spill:
+            part.add_groups(kind, _group_ids(t.column("value")), rows=t.column("row").to_numpy())
+            found.setdefault(kind, []).append(part.by_kind.pop(kind))
+        links.add(kind, *_concat(found.pop(kind, [])))
+    clock("groups")
+    if hashes is not None:
+        verify = cfg.verify and schema.THUMB in source.names
+        distinct = _equal_hashes(hashes, verify, work, found)
+        clock("equal_hashes")
+        tolerance = 0.0 if verify else cfg.near_shape_tolerance
+        i, j = _band_pairs(distinct, cfg, work, parts, tolerance, source.num_rows)
+        clock("bands")
+        if verify:
+            ci, cj = zip(*found["candidates"], strict=True) if found["candidates"] else ((), ())
+            i, j = np.concatenate([i, *ci]), np.concatenate([j, *cj])
+            table = source.read([schema.THUMB, schema.WIDTH, schema.HEIGHT])
+            has_shape = schema.WIDTH in source.names and schema.HEIGHT in source.names
+            verified_links(table, cfg, links, i, j, log_aspect(table) if has_shape else None)
+            clock("verify")
+        else:
+            links.add("near", *_concat([*found["near"], (i, j)]))
+    if cfg.semantic and embeddings is not None:
+        ok = np.flatnonzero(np.isfinite(embeddings).all(axis=1) & (np.abs(embeddings).sum(axis=1) > 0))
+        i, j = semantic_pairs(embeddings[ok], SemanticConfig(eps=cfg.semantic_eps, seed=cfg.seed))
+        links.add("semantic", ok[i], ok[j])
+        clock("semantic")
+    return links
+
+
+def _concat(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    if not pairs:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs])
+
+
+def _take_rows(source: Source, column: str, rows: np.ndarray) -> pa.Array:
+    """``column`` at the sorted ``rows``, read a batch at a time."""
+    parts = []
+    for r0, b in source.batches([column]):
+        lo, hi = np.searchsorted(rows, [r0, r0 + b.num_rows])
+        if hi > lo:
+            parts.append(b.column(0).take(pa.array(rows[lo:hi] - r0)))
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+
+
+def deduplicate_partitioned(
+    data: pa.Table | Sequence[str],
+    cfg: DedupConfig = DedupConfig(),
+    embeddings: np.ndarray | None = None,
+    quality: np.ndarray | None = None,
+    prefer: np.ndarray | None = None,
+    out: str | None = None,
+    workdir: str | None = None,
+    stats: dict | None = None,
+) -> pa.Table | None:
+    """:func:`curate.dedup.deduplicate`'s decisions over ``data`` (a table or parquet files, rows in
+    that order) in partitions of about ``cfg.partition_rows`` rows (:func:`partitions`) spilled under
+    ``workdir`` (a temporary directory by default). Returns uid, dup_of, dup_kind; or, given ``out``,
+    writes them there as parquet a batch at a time and returns None. ``stats``, when given, receives
+    the partition count, link and linked-row counts and seconds per phase."""
+    source = Source(data)
+    parts = partitions(source.num_rows, cfg.partition_rows)
+    stats = {} if stats is None else stats
+    stats.update(partitions=parts, seconds={})
+    last = [time.perf_counter()]
+
+    def clock(phase: str) -> None:
+        now = time.perf_counter()
+        stats["seconds"][phase] = round(now - last[0], 2)
+        last[0] = now
+
+    work = Path(tempfile.mkdtemp(prefix="dedup-", dir=workdir))
+    try:
+        links = _links(source, cfg, work, parts, embeddings, clock)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    nodes, small = links.compact()
+    stats.update(links=sum(len(i) for i, _ in small.by_kind.values()), linked_rows=len(nodes))
+    del links
+    uids = _take_rows(source, schema.UID, nodes)
+    # Keepers are ranked by uid last: the uid's rank among the linked rows (Arrow compares UTF-8 bytes,
+    # which orders as Python compares the strings) ranks them alike without a Python string per row.
+    uid_rank = pc.rank(uids, sort_keys="ascending", tiebreaker="first").to_numpy().astype(np.int64)
+    q = None if quality is None else np.asarray(quality)[nodes]
+    pr = None if prefer is None else np.asarray(prefer)[nodes]
+    decided = keepers(small, uid_rank, q, pr)
+    dup_of = uids.cast(pa.string()).take(pa.array(decided["cluster"], mask=decided["keeper"]))
+    kind = pa.array(decided["dup_kind"], pa.string())
+    clock("resolve")
+    result = _write(source, nodes, dup_of, kind, out)
+    clock("write")
+    log.info(f"dedup in {parts} partitions: {len(nodes):,} linked rows; seconds {stats['seconds']}")
+    return result
+
+
+def _write(source: Source, nodes: np.ndarray, dup_of: pa.Array, kind: pa.Array, out: str | None) -> pa.Table | None:
+    """uid, dup_of, dup_kind for every row, a batch at a time: null except at linked rows."""
+    writer, batches = None, []
+    for r0, b in source.batches([schema.UID]):
+        lo, hi = np.searchsorted(nodes, [r0, r0 + b.num_rows])
+        at = np.zeros(b.num_rows, np.int64)
+        linked = np.zeros(b.num_rows, bool)
+        at[nodes[lo:hi] - r0], linked[nodes[lo:hi] - r0] = np.arange(lo, hi), True
+        idx = pa.array(at, mask=~linked)
+        batch = pa.record_batch(
+            {schema.UID: b.column(0), schema.DUP_OF: dup_of.take(idx), schema.DUP_KIND: kind.take(idx)}
+        )
+        if out is None:
+            batches.append(batch)
+            continue
+        if writer is None:
+            writer = pq.ParquetWriter(out, batch.schema)
+        writer.write_batch(batch)
+    if out is None:
+        uid_type = source.table.schema.field(schema.UID).type if source.table is not None else pa.string()
+        empty = pa.schema([(schema.UID, uid_type), (schema.DUP_OF, pa.string()), (schema.DUP_KIND, pa.string())])
+        return pa.Table.from_batches(batches, schema=None if batches else empty).combine_chunks()
+    if writer is None:
+        pq.write_table(
+            pa.table({c: pa.array([], pa.string()) for c in (schema.UID, schema.DUP_OF, schema.DUP_KIND)}), out
+        )
+    else:
+        writer.close()
+    return None
