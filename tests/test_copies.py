@@ -129,3 +129,26 @@ def test_search_vectors_are_unit_and_mean_free():
 def test_tables_without_thumbnails_keep_the_phash_rule():
     t = annotation_table([encode(photo(7))]).drop_columns([schema.THUMB])
     assert deduplicate(t, DedupConfig(semantic=False)).column("dup_of").null_count == 1
+
+
+def test_the_build_stage_verifies_near_copies_with_the_stored_thumbnails(tmp_path, monkeypatch):
+    """`tiers build` / `tiers dedup` decide from the stored annotations: they must read the thumbnails,
+    or every near copy falls back to the pHash-only rule (crops missed)."""
+    import curate.annotate
+    from curate.dedup.stage import run_dedup
+
+    rng = np.random.default_rng(3)
+    blobs = []
+    for s in range(16):
+        im = photo(100 + s, (64, 48))
+        blobs += [encode(im), near_copy(im, "crop", rng)]
+    t = annotation_table(blobs)
+    n = t.num_rows
+    t = t.append_column(schema.ORIGINAL_WIDTH, t.column("width")).append_column(
+        schema.ORIGINAL_HEIGHT, t.column("height")
+    )
+    t = t.append_column(schema.CAPTION, pa.array([f"c{k}" for k in range(n)]))
+    t = t.append_column(schema.DECODE_ERROR, pa.nulls(n, pa.string()))
+    monkeypatch.setattr(curate.annotate, "annotation_columns", lambda d: t.column_names)
+    monkeypatch.setattr(curate.annotate, "read_annotations", lambda d, columns=None: t.select(columns))
+    assert run_dedup(tmp_path, DedupConfig(semantic=False)).duplicates == 16

@@ -8,7 +8,14 @@ Roles: :mod:`~curate.annotate.raw` (the raw layout), :mod:`~curate.annotate.imag
 The commands, ``tiers annotate`` and ``tiers filter``, are in :mod:`pipelines.commands.annotate`.
 """
 
-from curate.annotate.run import AnnotateSummary, annotate, load_embeddings, read_annotations, summarise
+from curate.annotate.run import (
+    AnnotateSummary,
+    annotate,
+    annotation_columns,
+    load_embeddings,
+    read_annotations,
+    summarise,
+)
 from curate.annotate.stage import OUTPUT_SCHEMA, AnnotateConfig, Annotator
 
 __all__ = [
@@ -17,6 +24,7 @@ __all__ = [
     "AnnotateSummary",
     "Annotator",
     "annotate",
+    "annotation_columns",
     "load_embeddings",
     "read_annotations",
     "summarise",

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from curate import code_version
 from curate.annotate.raw import iter_samples, list_shards
@@ -298,6 +299,18 @@ def read_annotations(build_dir: str | os.PathLike, columns: list[str] | None = N
     fix = f"run `tiers annotate {build_dir}`: it annotates damaged shards again"
     parts = [read_parquet(out_dir / f"{s}.parquet", columns=columns, fix=fix) for s in _done_shards(build_dir)]
     return pa.concat_tables(parts) if parts else OUTPUT_SCHEMA.empty_table()
+
+
+def annotation_columns(build_dir: str | os.PathLike) -> list[str]:
+    """The columns the stored annotation tables have (older builds lack the newer ones, e.g. ``thumb``)."""
+    build_dir = Path(build_dir)
+    shards = _done_shards(build_dir)
+    if not shards:
+        return list(OUTPUT_SCHEMA.names)
+    try:
+        return list(pq.read_schema(build_dir / manifest.ANNOTATIONS / f"{shards[0]}.parquet").names)
+    except (OSError, pa.ArrowException):  # damaged: read_annotations names the file and the fix
+        return list(OUTPUT_SCHEMA.names)
 
 
 def load_embeddings(build_dir: str | os.PathLike, which: str = schema.IMAGE_EMBEDDING) -> tuple[list[str], np.ndarray]:

@@ -59,6 +59,7 @@ def _key(build_dir: Path, cfg: DedupConfig, quality, prefer, decontaminate) -> d
         return None if a is None else hashlib.sha256(np.asarray(a, dtype).tobytes()).hexdigest()[:16]
 
     return {
+        "rule": 2,  # 2: near copies verified by the stored thumbnails (decisions of rule 1 are redone)
         "config": asdict(cfg),
         "annotations": _annotations_state(build_dir),
         "decontaminate": [str(Path(p).resolve()) for p in decontaminate],
@@ -79,7 +80,7 @@ def run_dedup(
     ``quality`` and ``prefer`` (aligned with the annotation table) rank keepers; ``prefer`` is
     typically "passes the filters", so a cluster keeps a sample that will be kept.
     """
-    from curate.annotate import read_annotations
+    from curate.annotate import annotation_columns, read_annotations
 
     build_dir = Path(build_dir)
     key = _key(build_dir, cfg, quality, prefer, decontaminate)
@@ -89,6 +90,8 @@ def run_dedup(
 
     cols = [schema.UID, schema.SHA256, schema.PIXEL_HASH, schema.PHASH, schema.WIDTH, schema.HEIGHT]
     cols += [schema.ORIGINAL_WIDTH, schema.ORIGINAL_HEIGHT]
+    if cfg.near and cfg.verify and schema.THUMB in annotation_columns(build_dir):
+        cols.append(schema.THUMB)  # near copies verified by aligned thumbnails (curate.dedup.copies)
     table = read_annotations(build_dir, columns=cols + [schema.CAPTION, schema.DECODE_ERROR])
     # An image that did not decode has failed already; its bytes (an HTML page, a bomb) are often
     # shared by many URLs, and must not make those URLs "duplicates" of anything.
