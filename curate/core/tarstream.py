@@ -169,12 +169,15 @@ class MappedTar:
     truncated in place.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, populate: bool = True):
         self.path = str(path)
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size == 0:
                 raise tarfile.ReadError(f"{path}: empty file, not a tar")
-            self._map = mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED | _POPULATE, mmap.PROT_READ)
+            # Populating maps every page at once (fast when the whole file is read); a reader of a few
+            # members, or of a file larger than memory, lets pages come as they are touched.
+            flags = mmap.MAP_SHARED | (_POPULATE if populate else 0)
+            self._map = mmap.mmap(f.fileno(), 0, flags, mmap.PROT_READ)
         self._view = memoryview(self._map)
         try:
             self.members = scan(self._map, self.path)
