@@ -57,10 +57,10 @@ class Report:
     skipped: list[str] = field(default_factory=list)  # finished before
     failed: dict[str, str] = field(default_factory=dict)  # unit -> last error, one line
 
-    def raise_failures(self, stage: str) -> None:
+    def raise_failures(self, stage: str, noun: str = "unit") -> None:
         """One :class:`InputError` naming every failed unit (the way a stage ends when some did)."""
         if self.failed:
-            raise InputError(f"{stage}: " + "; ".join(f"{k}: {v}" for k, v in sorted(self.failed.items())))
+            raise InputError(f"{stage}: " + "; ".join(f"{noun} {k}: {v}" for k, v in sorted(self.failed.items())))
 
 
 def finished(root: str, unit: Unit, markers: set[str] | None = None) -> bool:
