@@ -15,23 +15,25 @@ A build config is one TOML file with a section per stage::
     [quality]    score = "auto"                (curate.select.quality.QualityConfig)
     [bands]      edges = [0.1, 0.2, 0.3, 0.4, 0.5, 1.0]   balance = "clusters"   (curate.select.bands.BandConfig)
     [shards]     shard_size = 1000
+    [storage.s3] endpoint_url = "http://minio:9000"   (fsspec options per protocol; never written out)
+
+``DIR`` and the URL lists may be URLs (``s3://bucket/build``, ``gs://...``, ``memory://...``): every
+stage reads and writes through :mod:`curate.core.storage`, and the store is checked (reachable, the
+bucket there, the credentials accepted, writes allowed) before any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate.annotate import AnnotateConfig
-from curate.core import config, schema, units
+from curate.core import config, schema, storage
 from curate.core.errors import InputError
 from curate.core.failpoints import failpoint
 from curate.core.manifest import MANIFEST, SAMPLES, TIERS, Manifest
@@ -58,6 +60,9 @@ class BuildConfig:
     bands: BandConfig = BandConfig()
     shards: ShardConfig = ShardConfig()
     decontaminate: tuple[str, ...] = ()
+    # fsspec options per protocol ([storage.s3] ...): how to reach the data, not what it is, so they are
+    # neither compared nor written into build.json or the manifest (they may hold secrets).
+    storage: dict = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict:
         return config.to_dict(self)
@@ -71,9 +76,12 @@ def config_from_toml(data: dict, source: str | None = None) -> BuildConfig:
     """
     data = dict(data)
     filters = dict(data.pop("filters", {}) or {})
+    stores = data.pop("storage", {}) or {}
+    if not isinstance(stores, dict) or not all(isinstance(v, dict) for v in stores.values()):
+        raise InputError("[storage] holds one table per protocol, e.g. [storage.s3] endpoint_url = ...", path=source)
     cfg = config.from_dict(BuildConfig, data, section="build", source=source)
     filters.setdefault("image_size", cfg.download.image_size)
-    cfg = dataclasses.replace(cfg, filters=filters_config(filters, source=source))
+    cfg = dataclasses.replace(cfg, filters=filters_config(filters, source=source), storage=dict(stores))
     try:
         cfg.bands.validate()
     except ValueError as e:
@@ -88,7 +96,7 @@ def load_build_config(path: str | os.PathLike | None) -> BuildConfig:
     return config_from_toml(config.read_toml(path), source=os.fspath(path))
 
 
-def decide(out: Path, cfg: BuildConfig) -> pa.Table:
+def decide(out: str, cfg: BuildConfig) -> pa.Table:
     """Filters, quality, dedup and bands over the stored tables -> ``samples.parquet``."""
     from curate.annotate import read_annotations
     from curate.dedup.stage import read_dedup, run_dedup
@@ -97,7 +105,7 @@ def decide(out: Path, cfg: BuildConfig) -> pa.Table:
     from curate.select.quality import quality
     from curate.select.samples import assemble, counts
 
-    inputs = pq.read_table(out / INPUTS)
+    inputs = storage.read_parquet(storage.join(out, INPUTS))
     downloads = read_results(out)
     ann = read_annotations(out)
     filt = apply_filters(ann, build_filters(cfg.filters))
@@ -118,11 +126,11 @@ def decide(out: Path, cfg: BuildConfig) -> pa.Table:
         if emb_uids != ann.column(schema.UID).to_pylist():
             raise InputError("embeddings and annotations disagree on row order; run `tiers annotate` again")
     samples = assemble(inputs, downloads, ann, filt.table, read_dedup(out), q, cfg.bands, embeddings)
-    if not (out / SAMPLES).exists() or not pq.read_table(out / SAMPLES).equals(samples):
+    path = storage.join(out, SAMPLES)
+    if not storage.exists(path) or not storage.read_parquet(path).equals(samples):
         # New decisions: the old manifest no longer describes them, so it goes before anything changes.
-        (out / TIERS / MANIFEST).unlink(missing_ok=True)
-        with units.atomic_path(out / SAMPLES) as tmp:
-            pq.write_table(samples, tmp)
+        storage.remove(storage.join(out, TIERS, MANIFEST))
+        storage.write_parquet(samples, path)
     c = counts(samples)
     log.info(
         f"decided {samples.num_rows:,} rows by {which} quality: "
@@ -132,7 +140,7 @@ def decide(out: Path, cfg: BuildConfig) -> pa.Table:
     return samples
 
 
-def shard(out: Path, cfg: BuildConfig, samples: pa.Table, progress: bool = True) -> Manifest:
+def shard(out: str, cfg: BuildConfig, samples: pa.Table, progress: bool = True) -> Manifest:
     """Band shards and the tier manifest for ``samples`` (the shard stage)."""
     from curate.select.samples import counts
     from curate.shard.writer import write_tiers
@@ -164,16 +172,18 @@ def build(
     from curate.urllist.readers import ReadConfig, read_url_list
 
     cfg = cfg or BuildConfig()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if cfg.storage:
+        storage.configure(cfg.storage)
+    out = storage.normalise(out)
+    storage.check_access(out)  # before any work: nothing written to a store that cannot take it
+    storage.makedirs(out)
     t0 = time.perf_counter()
-    inputs_path = out / INPUTS
+    inputs_path = storage.join(out, INPUTS)
     inputs = read_url_list(urls, read_cfg or ReadConfig())
-    if inputs_path.exists() and not pq.read_table(inputs_path).equals(inputs):
+    if storage.exists(inputs_path) and not storage.read_parquet(inputs_path).equals(inputs):
         raise InputError(f"{out} was built from another URL list; use a new --out or remove it")
-    if not inputs_path.exists():
-        with units.atomic_path(inputs_path) as tmp:
-            pq.write_table(inputs, tmp)
+    if not storage.exists(inputs_path):
+        storage.write_parquet(inputs, inputs_path)
     log.info(f"[1/5] {inputs.num_rows:,} input rows")
     with ray_session(ray_address):
         download(inputs_path, out, cfg.download, allow_private=allow_private, progress=progress)
@@ -182,33 +192,36 @@ def build(
         annotate(out, cfg.annotate, progress=progress)
         log.info(f"[3/5] annotated ({time.perf_counter() - t0:.0f} s)")
         failpoint("build:after_annotate")
-    samples = decide(out, cfg)
-    log.info(f"[4/5] decided ({time.perf_counter() - t0:.0f} s)")
-    manifest = shard(out, cfg, samples, progress=progress)
+        samples = decide(out, cfg)
+        log.info(f"[4/5] decided ({time.perf_counter() - t0:.0f} s)")
+        manifest = shard(out, cfg, samples, progress=progress)  # band shards as Ray tasks
     _write_config(out, cfg)
-    log.info(f"[5/5] wrote {len(manifest.tiers)} tiers in {out / 'tiers'} ({time.perf_counter() - t0:.0f} s)")
+    log.info(
+        f"[5/5] wrote {len(manifest.tiers)} tiers in {storage.join(out, TIERS)} ({time.perf_counter() - t0:.0f} s)"
+    )
     return manifest
 
 
 def retier(out: str | os.PathLike, cfg: BuildConfig, progress: bool = True) -> Manifest:
     """Re-decide and re-shard from stored tables: no download, no decode."""
-    out = Path(out)
-    if not (out / INPUTS).exists():
-        raise InputError("not a build directory (no inputs.parquet); run `tiers build` first", path=str(out))
+    if cfg.storage:
+        storage.configure(cfg.storage)
+    out = storage.normalise(out)
+    if not storage.exists(storage.join(out, INPUTS)):
+        raise InputError("not a build directory (no inputs.parquet); run `tiers build` first", path=out)
     samples = decide(out, cfg)
     manifest = shard(out, cfg, samples, progress=progress)
     _write_config(out, cfg)
     return manifest
 
 
-def _write_config(out: Path, cfg: BuildConfig) -> None:
-    with units.atomic_path(out / "build.json") as tmp:
-        tmp.write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+def _write_config(out: str, cfg: BuildConfig) -> None:
+    storage.write_json(storage.join(out, "build.json"), cfg.to_dict())
 
 
 def stored_config(out: str | os.PathLike) -> BuildConfig:
     """The config a build directory was last built with (for retier)."""
-    p = Path(out) / "build.json"
-    if not p.exists():
+    p = storage.join(out, "build.json")
+    if not storage.exists(p):
         return BuildConfig()
-    return config_from_toml(json.loads(p.read_text()), source=str(p))
+    return config_from_toml(storage.read_json(p), source=p)

@@ -29,7 +29,6 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from curate.core.errors import InputError
 
@@ -93,7 +92,6 @@ class Manifest:
         cls, tiers_dir: str | os.PathLike, bands: dict[str, BandEntry], tier_bands: dict[str, list[str]], **meta
     ) -> Manifest:
         """Tiers from their bands (``tier -> [band, ...]``, best first); ``meta``: config, counts, ..."""
-        root = Path(tiers_dir)
         tiers = {}
         for name, members in tier_bands.items():
             shards = tuple(s for b in members for s in bands[b].shards)
@@ -104,7 +102,7 @@ class Manifest:
                 samples=sum(bands[b].samples for b in members),
                 bytes=sum(bands[b].bytes for b in members),
                 quality=(min(q[0] for q in qs), max(q[1] for q in qs)) if qs else (None, None),
-                brace=brace([str((root / s).resolve()) for s in shards]),
+                brace=brace([_absolute(tiers_dir, s) for s in shards]),
             )
         return cls(bands=bands, tiers=tiers, **meta)
 
@@ -119,13 +117,12 @@ class Manifest:
             "tiers": {k: _plain(asdict(v)) for k, v in self.tiers.items()},
         }
 
-    def write(self, tiers_dir: str | os.PathLike) -> Path:
+    def write(self, tiers_dir: str | os.PathLike) -> str:
         """Write ``tiers_dir/manifest.json`` atomically (the last file a build writes)."""
-        from curate.core import units
+        from curate.core import storage
 
-        path = Path(tiers_dir) / MANIFEST
-        with units.atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        path = storage.join(tiers_dir, MANIFEST)
+        storage.write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True))
         return path
 
     @classmethod
@@ -147,9 +144,11 @@ class Manifest:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Manifest:
         """The manifest of a build dir, its ``tiers/`` dir or the file itself; InputError when unusable."""
+        from curate.core import storage
+
         p = manifest_path(path)
         try:
-            data = json.loads(p.read_text())
+            data = json.loads(storage.read_bytes(p))
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError(f"unreadable tier manifest: {e}", path=str(p)) from None
         return cls.from_dict(data, source=str(p))
@@ -159,7 +158,9 @@ class Manifest:
         if name not in self.tiers:
             raise InputError(f"no tier {name!r}; this manifest has: {', '.join(self.tiers) or 'none'}", path=str(path))
         t = self.tiers[name]
-        shards = tuple(str((Path(path).parent / s).resolve()) for s in t.shards)
+        from curate.core import storage
+
+        shards = tuple(_absolute(storage.parent(path), s) for s in t.shards)
         return Tier(name, shards, t.samples, t.bytes, t.quality, str(path))
 
 
@@ -187,13 +188,24 @@ def _plain(d: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def manifest_path(path: str | os.PathLike) -> Path:
-    """Accept a build dir, its ``tiers/`` dir or the manifest itself."""
-    p = Path(path)
-    for cand in (p, p / MANIFEST, p / TIERS / MANIFEST):
-        if cand.is_file():
+def _absolute(root: str | os.PathLike, rel: str) -> str:
+    """A shard's absolute path (a URL when the manifest is in object storage)."""
+    from curate.core import storage
+
+    if storage.is_local(root):
+        return str((storage.local_path(root) / rel).resolve())
+    return storage.join(root, rel)
+
+
+def manifest_path(path: str | os.PathLike) -> str:
+    """Accept a build dir, its ``tiers/`` dir or the manifest itself (any of them a URL)."""
+    from curate.core import storage
+
+    p = storage.normalise(path)
+    for cand in (p, storage.join(p, MANIFEST), storage.join(p, TIERS, MANIFEST)):
+        if storage.isfile(cand):
             return cand
-    raise InputError("no tier manifest here (looked for tiers/manifest.json); run `tiers build` first", path=str(p))
+    raise InputError("no tier manifest here (looked for tiers/manifest.json); run `tiers build` first", path=p)
 
 
 def load_manifest(path: str | os.PathLike) -> Manifest:

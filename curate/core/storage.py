@@ -86,10 +86,11 @@ def filesystem(url: str | os.PathLike):
     proto = protocol(url)
     if proto in ("file", "local"):
         return fsspec.filesystem("file"), os.fspath(local_path(url).absolute())
-    fs = _cache.get(proto)
+    key = f"{proto}:{os.getpid()}"  # a forked child (a loader worker) must not share its parent's client
+    fs = _cache.get(key)
     if fs is None:
         try:
-            fs = _cache[proto] = fsspec.filesystem(proto, **options().get(proto, {}))
+            fs = _cache[key] = fsspec.filesystem(proto, **options().get(proto, {}))
         except (ImportError, ValueError) as e:
             raise InputError(f"cannot open {proto}:// URLs ({e})", path=os.fspath(url)) from None
     return fs, fs._strip_protocol(os.fspath(url))

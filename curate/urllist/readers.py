@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from curate.core import schema
+from curate.core import schema, storage
 from curate.core.errors import InputError
 
 FORMATS = {
@@ -60,7 +60,9 @@ def list_files(spec: str | os.PathLike | list) -> list[str]:
     out: list[str] = []
     for s in specs:
         s = os.fspath(s)
-        if os.path.isdir(s):
+        if not storage.is_local(s):
+            out.extend(_list_remote(s))
+        elif os.path.isdir(s):
             found = sorted(str(p) for p in Path(s).iterdir() if p.is_file() and _format_of(str(p), None, strict=False))
             if not found:
                 raise InputError(f"no URL list files in directory (looked for {', '.join(sorted(FORMATS))})", path=s)
@@ -75,6 +77,26 @@ def list_files(spec: str | os.PathLike | list) -> list[str]:
         else:
             raise InputError("no such file or directory", path=s)
     return out
+
+
+def _list_remote(s: str) -> list[str]:
+    """The list files a URL names: an object, a prefix holding list files, or a glob."""
+    storage.check_access(s, write=False)  # an unreachable store, a missing bucket, refused credentials
+    if any(ch in s for ch in "*?["):
+        fs, path = storage.filesystem(s)
+        proto = storage.protocol(s)
+        found = sorted(f"{proto}://{p}" for p in fs.glob(path) if fs.isfile(p))
+        if not found:
+            raise InputError("glob matches no files", path=s)
+        return found
+    if storage.isfile(s):
+        return [s]
+    if storage.isdir(s):
+        names = [n for n in storage.listdir(s) if _format_of(n, None, strict=False)]
+        if not names:
+            raise InputError(f"no URL list files in directory (looked for {', '.join(sorted(FORMATS))})", path=s)
+        return [storage.join(s, n) for n in names]
+    raise InputError("no such file or directory", path=s)
 
 
 def _format_of(path: str, forced: str | None, strict: bool = True) -> str | None:
@@ -95,8 +117,7 @@ def _format_of(path: str, forced: str | None, strict: bool = True) -> str | None
 
 def _read_bytes(path: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = storage.read_bytes(path)
         if path.endswith(".gz"):
             data = gzip.decompress(data)
     except (OSError, EOFError) as e:
@@ -165,7 +186,7 @@ def _read_parquet(path: str) -> pa.Table:
     try:
         if path.endswith(".gz"):
             return pq.read_table(io.BytesIO(_read_bytes(path)))
-        return pq.read_table(path)
+        return storage.read_parquet(path)
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"corrupt or unreadable parquet: {str(e).strip().splitlines()[0]}", path=path) from None
 
