@@ -118,7 +118,8 @@ def evaluate(
             if prev is not None and all(prev.get(k) == v for k, v in key.items()):
                 continue
             if task == "zeroshot":
-                res = ev.zeroshot(model, preprocess, tokenizer, p, cfg.classes, templates, **common)
+                classes = ev.local_copy(cfg.classes) if cfg.classes else None
+                res = ev.zeroshot(model, preprocess, tokenizer, p, classes, templates, **common)
             elif task == "retrieval":
                 res = ev.retrieval(model, preprocess, tokenizer, p, **common)
             else:

@@ -77,6 +77,7 @@ def normalise(url: str | os.PathLike) -> str:
 
 
 _cache: dict[str, object] = {}
+_OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 
 
 def filesystem(url: str | os.PathLike):
@@ -89,21 +90,13 @@ def filesystem(url: str | os.PathLike):
     key = f"{proto}:{os.getpid()}"  # a forked child (a loader worker) must not share its parent's client
     fs = _cache.get(key)
     if fs is None:
+        # Workers on other processes and nodes write what this one lists: a cached listing would hide it.
+        opts = {**({"use_listings_cache": False} if proto in _OBJECT_STORES else {}), **options().get(proto, {})}
         try:
-            fs = _cache[key] = fsspec.filesystem(proto, **options().get(proto, {}))
+            fs = _cache[key] = fsspec.filesystem(proto, **opts)
         except (ImportError, ValueError) as e:
             raise InputError(f"cannot open {proto}:// URLs ({e})", path=os.fspath(url)) from None
     return fs, fs._strip_protocol(os.fspath(url))
-
-
-def arrow_filesystem(url: str | os.PathLike):
-    """``(pyarrow filesystem, path)``: pyarrow reads through fsspec's filesystem, so both see the same options."""
-    import pyarrow.fs as pafs
-
-    fs, path = filesystem(url)
-    if is_local(url):
-        return pafs.LocalFileSystem(), path
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
 def join(base: str | os.PathLike, *parts: str) -> str:
@@ -235,12 +228,13 @@ def write_json(url: str | os.PathLike, data, indent: int | None = 2, sort_keys: 
 
 
 def read_parquet(url: str | os.PathLike, columns: list[str] | None = None):
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if is_local(url):
         return pq.read_table(local_path(url), columns=columns)
-    fs, path = arrow_filesystem(url)
-    return pq.read_table(path, columns=columns, filesystem=fs)
+    # One GET of the whole object: these tables are per-shard metadata, small, and read whole anyway.
+    return pq.read_table(pa.BufferReader(read_bytes(url)), columns=columns)
 
 
 def write_parquet(table, url: str | os.PathLike) -> None:

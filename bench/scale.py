@@ -1,0 +1,169 @@
+"""Benchmark: `tiers build` at growing pool sizes — wall time per stage, peak RSS of every process, local vs S3.
+
+For each size (default 20,000 and 200,000 URLs) a synthetic web is generated (cached under --work) and
+served on 127.0.0.1, and `tiers build` runs on it as a user would (a fresh process, which starts its own
+Ray), watched from /proc (:mod:`bench.procmon`): the driver's peak RSS, the largest Ray worker's, and
+CPU seconds of the whole process tree. Stage times come from the build's own progress lines. Memory
+must stay flat in pool size: the ratio of the largest to the smallest size's peak RSS, per process
+kind, is printed (target <= 1.3). With ``--s3`` every size is built again with ``--out s3://...`` on
+moto's S3 server (in this process, on 127.0.0.1), and the wall-time ratio S3 / local is printed.
+Writes bench/results/scale.json.
+
+    .venv/bin/python bench/scale.py [--sizes 20000,200000] [--s3] [--work /tmp/clip-tiers-scale]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.procmon import run_watched  # noqa: E402
+
+CONFIG = """
+[download]
+image_size = 64
+timeout = 2
+url_deadline = 10
+samples_per_shard = 10000
+threads = 32
+[filters]
+preset = "synthetic-basic"
+image_size = 64
+[shards]
+shard_size = 1000
+"""
+STAGE = re.compile(r"\[(\d)/5\] .*?\((\d+) s\)")
+NAMES = {2: "download", 3: "annotate", 4: "decide", 5: "shard"}
+
+
+def web_for(work: Path, n: int) -> Path:
+    from synthweb import WebConfig, build
+
+    root = work / f"web-{n}"
+    if not (root / "urls.parquet").exists():
+        t0 = time.perf_counter()
+        shutil.rmtree(root, ignore_errors=True)
+        build(root, WebConfig(n=n, seed=0, eval_per_concept=1, retrieval_pairs=2))
+        print(f"  generated a {n:,}-URL web in {time.perf_counter() - t0:.0f} s", flush=True)
+    return root
+
+
+def one_build(urls: Path, out: str, config: Path) -> dict:
+    stages: dict[str, float] = {}
+    last = [0.0]
+
+    def on_line(t: float, line: str) -> None:
+        m = STAGE.search(line)
+        if m and int(m.group(1)) in NAMES:
+            stages[NAMES[int(m.group(1))]] = round(t - last[0], 1)
+            last[0] = t
+
+    cmd = [sys.executable, "-m", "pipelines.cli", "build", str(urls), "--out", out, "--config", str(config)]
+    cmd += ["--allow-private-hosts", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    rc, wall, stats, pid = run_watched(cmd, on_line=on_line, cwd=ROOT, env=env)
+    if rc != 0:
+        raise SystemExit(f"tiers build {out} failed with exit {rc}")
+    worker_cmd, worker_peak = stats.largest_worker(pid)
+    return {
+        "out": out,
+        "wall_s": round(wall, 1),
+        "stages_s": stages,
+        "driver_peak_mb": round(stats.driver_peak(pid) / 2**20),
+        "largest_worker_peak_mb": round(worker_peak / 2**20),
+        "largest_worker": worker_cmd.split(" ")[0],
+        "processes": len(stats.peak),
+        "cpu_s": round(stats.cpu_seconds, 1),
+    }
+
+
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=f"http://{host}:{port}",
+    )  # fmt: skip
+    import s3fs
+
+    s3fs.S3FileSystem().mkdir("scale")
+    return server
+
+
+def report(results: list[dict]) -> dict:
+    out = {}
+    for where in ("local", "s3"):
+        rows = sorted((r for r in results if r["where"] == where), key=lambda r: r["n"])
+        if len(rows) >= 2:
+            small, big = rows[0], rows[-1]
+            out[f"{where}_driver_peak_ratio"] = round(big["driver_peak_mb"] / small["driver_peak_mb"], 3)
+            out[f"{where}_worker_peak_ratio"] = round(
+                big["largest_worker_peak_mb"] / small["largest_worker_peak_mb"], 3
+            )
+    for n in sorted({r["n"] for r in results}):
+        pair = {r["where"]: r for r in results if r["n"] == n}
+        if "s3" in pair and "local" in pair:
+            out[f"s3_over_local_wall_{n}"] = round(pair["s3"]["wall_s"] / pair["local"]["wall_s"], 3)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="20000,200000")
+    ap.add_argument("--s3", action="store_true", help="also build into s3:// on moto's server")
+    ap.add_argument("--work", default="/tmp/clip-tiers-scale")
+    ap.add_argument("--keep", action="store_true", help="keep the build directories")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
+    args = ap.parse_args()
+
+    from synthweb import WebServer
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    config = work / "build.toml"
+    config.write_text(CONFIG)
+    server = s3_endpoint() if args.s3 else None
+    results = []
+    print(f"tiers build at scale on {os.cpu_count()} cores (load average {os.getloadavg()[0]:.2f})", flush=True)
+    for n in (int(x) for x in args.sizes.split(",")):
+        root = web_for(work, n)
+        with WebServer(root, slow_seconds=4) as web:
+            targets = [("local", str(work / f"build-{n}"))] + ([("s3", f"s3://scale/build-{n}")] if server else [])
+            for where, out in targets:
+                if where == "local":
+                    shutil.rmtree(out, ignore_errors=True)
+                load = os.getloadavg()[0]
+                r = {"n": n, "where": where, "load_avg_before": round(load, 2)}
+                r.update(one_build(web.urls_path, out, config))
+                r["load_avg_after"] = round(os.getloadavg()[0], 2)
+                results.append(r)
+                print(
+                    f"  {n:>9,} {where:<5} {r['wall_s']:>7.1f} s  stages {r['stages_s']}  driver peak "
+                    f"{r['driver_peak_mb']} MB  largest worker {r['largest_worker_peak_mb']} MB "
+                    f"({r['largest_worker']})  cpu {r['cpu_s']} s  load {load:.1f}",
+                    flush=True,
+                )
+                if not args.keep and where == "local":
+                    shutil.rmtree(out, ignore_errors=True)
+    summary = report(results)
+    print(json.dumps(summary, indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"cores": os.cpu_count(), "runs": results, "summary": summary}, indent=2))
+    if server is not None:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
