@@ -166,17 +166,33 @@ def build(
     progress: bool = True,
 ) -> Manifest:
     """Run every stage; each skips what a previous run finished. Returns the tier manifest."""
-    from curate.annotate import annotate
-    from curate.core.runtime import ray_session
-    from curate.download import download
-    from curate.urllist.readers import ReadConfig, read_url_list
-
     cfg = cfg or BuildConfig()
     if cfg.storage:
         storage.configure(cfg.storage)
     out = storage.normalise(out)
     storage.check_access(out)  # before any work: nothing written to a store that cannot take it
     storage.makedirs(out)
+    with _one_run(out):
+        return _build(urls, out, cfg, read_cfg, ray_address, allow_private, progress)
+
+
+def _one_run(out: str):
+    """One run at a time per build directory: on object storage a lease (:mod:`curate.core.lease`)."""
+    import contextlib
+
+    if storage.is_local(out):
+        return contextlib.nullcontext()
+    from curate.core import lease
+
+    return lease.hold(out)
+
+
+def _build(urls, out: str, cfg: BuildConfig, read_cfg, ray_address, allow_private, progress: bool) -> Manifest:
+    from curate.annotate import annotate
+    from curate.core.runtime import ray_session
+    from curate.download import download
+    from curate.urllist.readers import ReadConfig, read_url_list
+
     t0 = time.perf_counter()
     inputs_path = storage.join(out, INPUTS)
     inputs = read_url_list(urls, read_cfg or ReadConfig())
@@ -209,9 +225,10 @@ def retier(out: str | os.PathLike, cfg: BuildConfig, progress: bool = True) -> M
     out = storage.normalise(out)
     if not storage.exists(storage.join(out, INPUTS)):
         raise InputError("not a build directory (no inputs.parquet); run `tiers build` first", path=out)
-    samples = decide(out, cfg)
-    manifest = shard(out, cfg, samples, progress=progress)
-    _write_config(out, cfg)
+    with _one_run(out):
+        samples = decide(out, cfg)
+        manifest = shard(out, cfg, samples, progress=progress)
+        _write_config(out, cfg)
     return manifest
 
 

@@ -39,7 +39,7 @@ def web(tmp_path_factory):
     from synthweb import WebConfig, WebServer, build
 
     root = tmp_path_factory.mktemp("clusterweb")
-    build(root, WebConfig(n=160, seed=11, eval_per_concept=1, retrieval_pairs=2, workers=1))
+    build(root, WebConfig(n=100, seed=11, eval_per_concept=1, retrieval_pairs=2, workers=1))
     with WebServer(root, slow_seconds=3) as server:
         (root / "build.toml").write_text(CONFIG)
         yield root, server.urls_path
@@ -100,7 +100,7 @@ def test_s3_build_on_the_cluster_equals_the_local_build(builds):
     assert s_local.equals(s_remote)
     assert m_local == m_remote and m_remote["tiers"]["kept"]["brace"].startswith("OUT/tiers/bands/")
     assert shards_local == shards_remote and len(shards_remote) > 5  # byte-identical band shards
-    assert s_remote.num_rows == 160
+    assert s_remote.num_rows == 100
     # Every stage wrote its markers next to its outputs in the bucket; nothing staged was left there.
     names = storage.glob(remote, "**")
     assert not [n for n in names if n.endswith(".tmp") or "/_tmp/" in n]

@@ -10,22 +10,24 @@ from __future__ import annotations
 from collections import deque
 
 from curate.core import storage
-from curate.core.runner import execute, settle
+
+# ``execute`` and ``settle`` come from curate.core.runner, which calls in here: passed, not imported.
 
 
 class UnitActor:
     """Holds one instance of a stage class (built once: a model loads once per actor) and runs units with it."""
 
-    def __init__(self, cls, init: tuple, opts: dict):
+    def __init__(self, cls, init: tuple, opts: dict, execute):
         from curate.core.runtime import quiet_environment
 
         quiet_environment()
         if opts:
             storage.configure(opts)
         self.instance = cls(*init)
+        self.execute = execute
 
     def run(self, root: str, unit, opts: dict):
-        return execute(root, unit, self.instance, opts)
+        return self.execute(root, unit, self.instance, opts)
 
 
 def _cpus() -> int:
@@ -34,19 +36,17 @@ def _cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def run_ray(root, todo, fn, executor, retries, done, report, poll) -> None:
+def run_ray(root, todo, fn, executor, retries, done, report, poll, execute, settle) -> None:
     import ray
 
     from curate.core.runtime import ray_session
 
     with ray_session():
-        if executor.kind == "tasks":
-            _run_tasks(ray, root, todo, fn, executor, retries, done, report, poll)
-        else:
-            _run_actors(ray, root, todo, fn, executor, retries, done, report, poll)
+        run = _run_tasks if executor.kind == "tasks" else _run_actors
+        run(ray, root, todo, fn, executor, retries, done, report, poll, execute, settle)
 
 
-def _run_tasks(ray, root, todo, fn, executor, retries, done, report, poll) -> None:
+def _run_tasks(ray, root, todo, fn, executor, retries, done, report, poll, execute, settle) -> None:
     opts = storage.options()
     task = ray.remote(num_cpus=executor.num_cpus, num_gpus=executor.num_gpus, max_retries=0)(execute)
     fn_ref = ray.put(fn)
@@ -70,11 +70,11 @@ def _run_tasks(ray, root, todo, fn, executor, retries, done, report, poll) -> No
             poll()
 
 
-def _run_actors(ray, root, todo, fn, executor, retries, done, report, poll) -> None:
+def _run_actors(ray, root, todo, fn, executor, retries, done, report, poll, execute, settle) -> None:
     opts = storage.options()
     actor_cls = ray.remote(num_cpus=executor.num_cpus, num_gpus=executor.num_gpus, max_restarts=0)(UnitActor)
     size = max(1, min(len(todo), executor.workers or max(1, int(_cpus() // max(executor.num_cpus, 1e-9)))))
-    idle = [actor_cls.remote(fn, executor.init, opts) for _ in range(size)]
+    idle = [actor_cls.remote(fn, executor.init, opts, execute) for _ in range(size)]
     queue, inflight, attempts = deque(todo), {}, {}
     try:
         while queue or inflight:
@@ -87,7 +87,7 @@ def _run_actors(ray, root, todo, fn, executor, retries, done, report, poll) -> N
                 try:
                     info = ray.get(ref)
                 except ray.exceptions.RayActorError as e:
-                    idle.append(actor_cls.remote(fn, executor.init, opts))  # the dead actor's replacement
+                    idle.append(actor_cls.remote(fn, executor.init, opts, execute))  # the dead actor's replacement
                     if settle(unit, e, attempts, retries, report):
                         queue.appendleft(unit)
                     continue

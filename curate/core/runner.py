@@ -138,7 +138,7 @@ def run(
         else:
             from curate.core.raypool import run_ray
 
-            run_ray(root, todo_now, fn, executor, retries, done, report, poll)
+            run_ray(root, todo_now, fn, executor, retries, done, report, poll, execute, settle)
     finally:
         bar.close()
     return report

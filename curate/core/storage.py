@@ -76,6 +76,26 @@ def normalise(url: str | os.PathLike) -> str:
     return os.fspath(url).rstrip("/")
 
 
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success rename it over ``final`` (atomic on one filesystem).
+
+    On an exception the temporary file is removed and ``final`` is left as it was. Local paths only:
+    :func:`output` is the same for any URL.
+    """
+    import uuid
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 _cache: dict[str, object] = {}
 _OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 
@@ -210,8 +230,6 @@ def read_json(url: str | os.PathLike):
 def write_bytes(url: str | os.PathLike, data: bytes) -> None:
     """Write a whole file: locally under a temporary name then renamed; remotely one atomic PUT."""
     if is_local(url):
-        from curate.core.units import atomic_path
-
         with atomic_path(local_path(url)) as tmp:
             tmp.write_bytes(data)
         return
@@ -282,8 +300,6 @@ def output(url: str | os.PathLike) -> Iterator[Path]:
     uses a multipart upload for large files, completed only at the end), then removed.
     """
     if is_local(url):
-        from curate.core.units import atomic_path
-
         with atomic_path(local_path(url)) as tmp:
             yield tmp
         return
