@@ -122,37 +122,84 @@ def test_kill_9_of_the_s3_build_at_three_points_then_rerun_equals_uninterrupted(
     assert a[0].equals(b[0]) and a[1] == b[1] and a[2] == b[2]
 
 
-def test_training_streams_an_s3_tier_and_resumes_exactly_after_kill_9(builds, tmp_path):
+SETTINGS = {**MICRO, "samples_seen": 16 * 12, "workers": 2, "checkpoint_every": 3, "preset": "improved"}
+
+
+@pytest.fixture(scope="module")
+def straight(builds, tmp_path_factory):
+    """An uninterrupted run on the bucket's `kept` tier: the weights every resumed run must end with."""
+    from train import api
+    from train.config import make_config
+
+    run = tmp_path_factory.mktemp("straight")
+    summary = api.train(make_config(SETTINGS), builds[1], "kept", run, progress=False)
+    assert summary.steps == 12
+    return run, summary
+
+
+def kill_after_checkpoint(tiers_url: str, out: str, toml: Path, has_checkpoint) -> None:
+    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--tiers", tiers_url, "--tier", "kept"]
+    cmd += ["--out", out, "--config", str(toml), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while not has_checkpoint() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its loader workers, mid-step
+        proc.wait()
+
+
+def same_weights(a_dir: Path, b_dir: Path) -> None:
+    a = torch.load(a_dir / "model" / "open_clip_pytorch_model.bin", weights_only=True)
+    b = torch.load(b_dir / "model" / "open_clip_pytorch_model.bin", weights_only=True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_training_streams_an_s3_tier_and_resumes_exactly_after_kill_9(builds, straight, tmp_path):
     from train import api
     from train.config import make_config
 
     local, remote, _ = builds
-    settings = {**MICRO, "samples_seen": 16 * 12, "workers": 2, "checkpoint_every": 3, "preset": "improved"}
-    cfg = make_config(settings)
-    straight = api.train(cfg, remote, "kept", tmp_path / "straight", progress=False)
-    assert straight.steps == 12
+    cfg = make_config(SETTINGS)
     toml = tmp_path / "train.toml"
-    toml.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items()))
+    toml.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in SETTINGS.items()))
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--tiers", remote, "--tier", "kept"]
-    cmd += ["--out", str(run), "--config", str(toml), "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 180
-        while not rundir.all_steps(run / "checkpoints") and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the run and its loader workers, mid-step
-        proc.wait()
+    kill_after_checkpoint(remote, str(run), toml, lambda: rundir.all_steps(run / "checkpoints"))
     assert not (run / "summary.json").exists(), "the run finished before it could be killed"
     killed_at = rundir.all_steps(run / "checkpoints")[-1][0]
     resumed = api.train(cfg, remote, "kept", run, progress=False)
     assert resumed.resumed_from == killed_at and resumed.steps == 12
-    a = torch.load(tmp_path / "straight" / "model" / "open_clip_pytorch_model.bin", weights_only=True)
-    b = torch.load(run / "model" / "open_clip_pytorch_model.bin", weights_only=True)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    same_weights(straight[0], run)
     # The same tier read from local disk gives the same model: the stream does not depend on the store.
     on_disk = api.train(cfg, local, "kept", tmp_path / "local", progress=False)
-    assert on_disk.final_loss == pytest.approx(straight.final_loss, rel=1e-5)
+    assert on_disk.final_loss == pytest.approx(straight[1].final_loss, rel=1e-5)
+
+
+def test_a_run_directory_in_the_bucket_resumes_on_another_machine(builds, straight, tmp_path):
+    """--out s3://...: checkpoints land in the bucket as they are made; a rerun with no local state
+    (another machine) resumes from the bucket's newest one and ends with the same weights."""
+    import shutil
+
+    from train import api
+    from train.config import make_config
+    from train.remote import mirror_dir
+
+    _, remote, bucket = builds
+    out = f"{bucket}/runs/r1"
+    toml = tmp_path / "train.toml"
+    toml.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in SETTINGS.items()))
+    kill_after_checkpoint(remote, out, toml, lambda: storage.glob(out, "checkpoints/step_*/state.pt"))
+    assert not storage.exists(f"{out}/summary.json")
+    shutil.rmtree(mirror_dir(out))  # the next run starts from the bucket alone
+    resumed = api.train(make_config(SETTINGS), remote, "kept", out, progress=False)
+    assert resumed.resumed_from > 0 and resumed.steps == 12
+    assert storage.exists(f"{out}/summary.json") and storage.exists(f"{out}/model/open_clip_pytorch_model.bin")
+    mine = tmp_path / "mine"
+    (mine / "model").mkdir(parents=True)
+    (mine / "model" / "open_clip_pytorch_model.bin").write_bytes(
+        storage.read_bytes(f"{out}/model/open_clip_pytorch_model.bin")
+    )
+    same_weights(straight[0], mine)

@@ -163,3 +163,35 @@ def test_tiers_check_reads_url_lists_from_a_bucket(bucket, tmp_path):
     assert main(["check", f"{bucket}/lists"]) == 0
     assert main(["check", f"{bucket}/lists/*.csv"]) == 0
     assert main(["check", f"{bucket}/lists/none.csv"]) == 2
+
+
+def test_one_run_per_build_directory_in_a_bucket(bucket):
+    """The S3 lock is a lease: a live holder refuses a second run; a holder that died (kill -9 here, or
+    past its expiry elsewhere) is taken over at once; a finished run leaves nothing."""
+    import json
+    import time
+
+    from curate.core import lease
+
+    d = f"{bucket}/build"
+    with lease.hold(d, ttl=30):
+        with pytest.raises(InputError, match=f"{d}: in use by another run \\(pid {os.getpid()}"):
+            with lease.hold(d, ttl=30):
+                pass
+    assert not storage.exists(f"{d}/.lock")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    for holder in (
+        {"pid": int(dead.stdout), "host": socket.gethostname(), "expires": time.time() + 60},  # killed here
+        {"pid": 1, "host": "elsewhere", "expires": time.time() - 1},  # expired on another host
+    ):
+        storage.write_bytes(f"{d}/.lock", json.dumps(holder).encode())
+        with lease.hold(d, ttl=30):
+            assert json.loads(storage.read_bytes(f"{d}/.lock"))["pid"] == os.getpid()
+    storage.write_bytes(
+        f"{d}/.lock", json.dumps({"pid": 1, "host": "elsewhere", "expires": time.time() + 60}).encode()
+    )
+    with pytest.raises(InputError, match="pid 1 on elsewhere"):
+        with lease.hold(d, ttl=30):
+            pass

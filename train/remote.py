@@ -76,11 +76,15 @@ def _push_checkpoints(local: Path, url: str, keep: int, sent: set[str]) -> None:
 
 
 @contextlib.contextmanager
-def mirrored(url: str, keep: int = 2, every: float = 2.0) -> Iterator[Path]:
-    """A local run directory mirrored to ``url`` for the block (see the module doc); yields its path."""
-    storage.check_access(url)
+def mirrored(url: str, keep: int = 2, every: float = 2.0, upload: bool = True) -> Iterator[Path]:
+    """A local run directory mirrored to ``url`` for the block (see the module doc); yields its path.
+    ``upload=False`` (DDP ranks but the first) only pulls."""
+    storage.check_access(url, write=upload)
     local = mirror_dir(url)
     pull(url, local)
+    if not upload:
+        yield local
+        return
     sent = set(_remote_steps(url))
     stop = threading.Event()
 

@@ -26,6 +26,7 @@ from curate.core.tarstream import TarWriter
 
 META_KEYS = (schema.BAND, schema.CAPTION, schema.UID, schema.URL, schema.QUALITY)
 COLUMNS = [schema.UID, schema.URL, schema.CAPTION, schema.QUALITY, schema.BAND, schema.SHARD, schema.KEY]
+WRITE_COLUMNS = [schema.UID, schema.CAPTION, schema.SHARD, schema.KEY]  # what a unit needs besides metas
 
 
 def sample_meta(row: dict) -> bytes:
@@ -76,28 +77,34 @@ def _remote_images(raw_dir: str, rows: pa.Table) -> list[bytes]:
     return out
 
 
-def _members(rows: pa.Table, images: list) -> tuple[list[str], list[bytes | memoryview]]:
+def metas(rows: pa.Table) -> list[bytes]:
+    """Every row's ``.json`` member (:func:`sample_meta`), column by column: no dict per row."""
+    cols = [rows.column(k).to_pylist() for k in META_KEYS]
+    return [sample_meta(dict(zip(META_KEYS, vals, strict=True))) for vals in zip(*cols, strict=True)]
+
+
+def _members(rows: pa.Table, images: list, meta: list[bytes]) -> tuple[list[str], list[bytes | memoryview]]:
     """Tar member names and data, three per sample: image, caption, metadata."""
     names: list[str] = []
     datas: list[bytes | memoryview] = []
-    meta_rows = rows.select(COLUMNS).to_pylist()
-    for r, ext, image in zip(meta_rows, rows.column("ext").to_pylist(), images, strict=True):
-        uid = r[schema.UID]
+    uids, exts = rows.column(schema.UID).to_pylist(), rows.column("ext").to_pylist()
+    captions = rows.column(schema.CAPTION).to_pylist()
+    for uid, ext, caption, image, m in zip(uids, exts, captions, images, meta, strict=True):
         names += (f"{uid}.{ext}", f"{uid}.txt", f"{uid}.json")
-        datas += (image, (r[schema.CAPTION] or "").encode(), sample_meta(r))
+        datas += (image, (caption or "").encode(), m)
     return names, datas
 
 
-def write_band_shard(dest: str, raw_dir: str, rows: pa.Table) -> tuple[int, int]:
-    """Write the band shard ``dest`` from ``rows`` (COLUMNS + ext, offset, size, in write order);
-    returns (samples, bytes)."""
+def write_band_shard(dest: str, raw_dir: str, rows: pa.Table, meta: list[bytes]) -> tuple[int, int]:
+    """Write the band shard ``dest`` from ``rows`` (uid, caption, shard, ext, offset, size, in write order)
+    and their ``.json`` members ``meta``; returns (samples, bytes)."""
     maps: dict[str, mmap.mmap] = {}
     try:
         if storage.is_local(raw_dir):
             images = _local_images(raw_dir, rows, maps)
         else:
             images = _remote_images(raw_dir, rows)
-        names, datas = _members(rows, images)
+        names, datas = _members(rows, images, meta)
         with storage.output(dest) as tmp:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
@@ -117,14 +124,14 @@ def write_band_shard(dest: str, raw_dir: str, rows: pa.Table) -> tuple[int, int]
 
 
 class BandShardWriter:
-    """The runner's unit function for band shards: ``unit.args`` is ``(relative path, located rows)``."""
+    """The runner's unit function for band shards: ``unit.args`` is ``(relative path, located rows, metas)``."""
 
     def __init__(self, raw_dir: str):
         self.raw_dir = raw_dir
 
     def __call__(self, root: str, unit) -> dict:
-        rel, rows = unit.args
-        n, nbytes = write_band_shard(storage.join(root, rel), self.raw_dir, rows)
+        rel, rows, meta = unit.args
+        n, nbytes = write_band_shard(storage.join(root, rel), self.raw_dir, rows, meta)
         return {"samples": n, "bytes": nbytes}
 
 

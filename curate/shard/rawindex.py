@@ -35,25 +35,30 @@ def index_dir(raw_dir: str) -> str:
 
 def _entries(members: list[tuple[str, int, int]]) -> pa.Table:
     """Image members as (key, ext, offset, size), preferring an exact ``<key>.<ext>`` name per key."""
+    exts = {e: i for i, e in enumerate(IMAGE_EXTS)}
+    other = len(IMAGE_EXTS)
     best: dict[str, tuple[int, str, int, int]] = {}
     for name, offset, size in members:
-        base = name.rsplit("/", 1)[-1]
-        stem, dot, ext = base.rpartition(".")
-        low = ext.lower()
-        if not dot or low not in IMAGE_EXTS:
-            continue
-        # img2dataset's own "<key>.<ext>" at the top level ranks first, by extension order; others after.
-        rank = IMAGE_EXTS.index(low) + (0 if base == name and ext == low else len(IMAGE_EXTS))
+        stem, dot, ext = name.rpartition(".")
+        rank = exts.get(ext)
+        if rank is None or "/" in stem:  # the rare names: folders, upper-case extensions
+            stem = stem.rpartition("/")[2]
+            rank = exts.get(ext.lower())
+            if not dot or rank is None:
+                continue
+            rank += other
+            ext = ext.lower()
         old = best.get(stem)
-        if old is None or rank < old[0] or (rank == old[0]):  # a later member of one name wins
-            best[stem] = (rank, low, offset, size)
+        if old is None or rank <= old[0]:  # a later member of one name wins
+            best[stem] = (rank, ext, offset, size)
     keys = list(best)
+    vals = list(best.values())
     return pa.table(
         {
             "key": pa.array(keys, pa.string()),
-            "ext": pa.array([best[k][1] for k in keys], pa.string()),
-            "offset": pa.array([best[k][2] for k in keys], pa.int64()),
-            "size": pa.array([best[k][3] for k in keys], pa.int64()),
+            "ext": pa.array([v[1] for v in vals], pa.string()),
+            "offset": pa.array([v[2] for v in vals], pa.int64()),
+            "size": pa.array([v[3] for v in vals], pa.int64()),
         },
         schema=INDEX_SCHEMA,
     )
@@ -63,7 +68,9 @@ def index_one(raw_dir: str, unit: runner.Unit) -> dict:
     """Index ``raw/<unit.name>.tar`` (a runner unit function)."""
     url = storage.join(raw_dir, f"{unit.name}.tar")
     try:
-        with storage.local_copy(url) as local, MappedTar(local, populate=False) as tar:
+        # Populated: the header scan touches most pages of a tar of small images anyway, and one
+        # pass over the mapping beats a page fault per member.
+        with storage.local_copy(url) as local, MappedTar(local) as tar:
             table = _entries(tar.members)
     except (OSError, tarfile.TarError) as e:
         raise InputError(f"raw shard unreadable: {e}", path=url) from None

@@ -31,7 +31,7 @@ from curate.core.failpoints import failpoint
 from curate.core.manifest import BANDS, MANIFEST, TIERS, BandEntry, Manifest
 from curate.select.bands import FILTERED, BandConfig, band_names, tiers
 from curate.shard import rawindex
-from curate.shard.bandshard import COLUMNS, BandShardWriter, after_shard, sample_meta
+from curate.shard.bandshard import COLUMNS, WRITE_COLUMNS, BandShardWriter, after_shard, metas, sample_meta
 
 _sample_meta = sample_meta  # the name tests and older callers know
 
@@ -61,11 +61,12 @@ def plan(samples: pa.Table, bands: list[str], cfg: ShardConfig) -> dict[str, lis
     return out
 
 
-def _fingerprint(rows: list[dict]) -> str:
+def _fingerprint(rows: pa.Table, meta: list[bytes]) -> str:
     h = hashlib.blake2b(digest_size=16)
-    for r in rows:
-        h.update(sample_meta(r))
-        h.update(f"{r[schema.SHARD]}/{r[schema.KEY]}".encode())
+    places = zip(rows.column(schema.SHARD).to_pylist(), rows.column(schema.KEY).to_pylist(), strict=True)
+    for m, (shard, key) in zip(meta, places, strict=True):
+        h.update(m)
+        h.update(f"{shard}/{key}".encode())
     return h.hexdigest()
 
 
@@ -90,14 +91,15 @@ def _plan_units(out_dir: str, samples: pa.Table, bands: list[str], cfg: ShardCon
             rel = f"{BANDS}/{band}/{k:06d}.tar"
             names.append(rel)
             rows = meta.take(pa.array(idx, pa.int64()))
-            unit = runner.Unit(f"{band}-{k:06d}", _fingerprint(rows.to_pylist()), outputs=(rel,))
+            shard_metas = metas(rows)
+            unit = runner.Unit(f"{band}-{k:06d}", _fingerprint(rows, shard_metas), outputs=(rel,))
             units_all.append(unit)
-            rows_of[unit.name] = (rel, idx)
+            rows_of[unit.name] = (rel, idx, shard_metas)
         all_rows = np.concatenate(shard_rows) if shard_rows else np.zeros(0, np.int64)
         quality = _quality_range(samples, all_rows) if len(all_rows) else (None, None)
         entries[band] = BandEntry(tuple(names), int(len(all_rows)), 0, quality)
     todo, _ = runner.pending(out_dir, units_all)
-    todo = [dataclasses.replace(u, args=rows_of[u.name]) for u in todo]
+    todo = [dataclasses.replace(u, args=rows_of[u.name]) for u in todo]  # the finished ones' metas go
     return todo, {band: len(s) for band, s in shards_of.items()}, entries
 
 
@@ -120,11 +122,11 @@ def _located(raw_dir: str, samples: pa.Table, todo: list[runner.Unit], executor)
     idx = np.concatenate([u.args[1] for u in todo])
     shards = pc.unique(samples.column(schema.SHARD).take(pa.array(idx, pa.int64()))).to_pylist()
     rawindex.ensure(raw_dir, shards, executor)
-    located = rawindex.locate(raw_dir, samples.select(COLUMNS).take(pa.array(idx, pa.int64())))
+    located = rawindex.locate(raw_dir, samples.select(WRITE_COLUMNS).take(pa.array(idx, pa.int64())))
     out, at = [], 0
     for u in todo:
-        rel, rows = u.args
-        out.append(dataclasses.replace(u, args=(rel, located.slice(at, len(rows)))))
+        rel, rows, meta = u.args
+        out.append(dataclasses.replace(u, args=(rel, located.slice(at, len(rows)), meta)))
         at += len(rows)
     return out
 
