@@ -99,12 +99,25 @@ def make_raw(root: Path, items, per_shard: int) -> pa.Table:
     return t.append_column("quality", pa.array(q)).append_column("band", pa.array(bands.tolist(), pa.string()))
 
 
-def timed(fn) -> float:
+def tree_cpu() -> float:
+    """CPU seconds used so far by this process, its Ray workers (descendants) and reaped children (cp)."""
+    import resource
+
+    from bench.procmon import _sample, _tree
+
+    total = sum(s[2] for p in _tree(os.getpid())[1:] if (s := _sample(p)) is not None)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return total + own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of every process involved)."""
     # Flush the last run's dirty pages first: otherwise a run pays for its predecessor's writeback.
     os.sync()
-    t0 = time.perf_counter()
+    c0, t0 = tree_cpu(), time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, tree_cpu() - c0
 
 
 def main() -> None:
@@ -152,8 +165,11 @@ def run(args) -> None:
         cp()  # warm the page cache for both
         reshard()
         # Alternate the two, so both see the same moments of this shared machine; keep each one's best.
-        pairs = [(timed(cp), timed(reshard)) for _ in range(args.repeats)]
+        runs = [(timed(cp), timed(reshard)) for _ in range(args.repeats)]
+        pairs = [(c[0], o[0]) for c, o in runs]
+        cpu_pairs = [(c[1], o[1]) for c, o in runs]
         t_cp, t_ours = min(p[0] for p in pairs), min(p[1] for p in pairs)
+        c_cp, c_ours = min(p[0] for p in cpu_pairs), min(p[1] for p in cpu_pairs)
         out_bytes = sum(p.stat().st_size for p in (root / "build" / "tiers").rglob("*.tar"))
 
     result = {
@@ -170,12 +186,18 @@ def run(args) -> None:
         "reshard_samples_per_s": round(args.n / t_ours),
         "ratio_vs_cp": round(t_cp / t_ours, 3),
         "ratio_median_of_pairs": round(float(np.median([c / o for c, o in pairs])), 3),
+        # Per CPU-second (this machine is shared): cp's CPU time over ours, best of each.
+        "cp_cpu_s": round(c_cp, 3),
+        "reshard_cpu_s": round(c_ours, 3),
+        "ratio_per_cpu_s": round(c_cp / c_ours, 3),
         "pairs_s": [[round(c, 3), round(o, 3)] for c, o in pairs],
     }
     print(json.dumps(result, indent=2))
     print(
         f"reshard {args.n:,} samples ({result['raw_mb']} MB): {t_ours:.2f} s vs cp -r {t_cp:.2f} s "
-        f"-> ratio {result['ratio_vs_cp']} (target >= 0.5; median of pairs {result['ratio_median_of_pairs']})"
+        f"-> ratio {result['ratio_vs_cp']} (target >= 0.5; median of pairs {result['ratio_median_of_pairs']}); "
+        f"per CPU-second {result['ratio_per_cpu_s']} ({c_ours:.2f} CPU-s vs cp {c_cp:.2f}); "
+        f"load average {result['load_avg']:.1f} on {os.cpu_count()} cores"
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -26,7 +26,6 @@ from curate.core.tarstream import TarWriter
 
 META_KEYS = (schema.BAND, schema.CAPTION, schema.UID, schema.URL, schema.QUALITY)
 COLUMNS = [schema.UID, schema.URL, schema.CAPTION, schema.QUALITY, schema.BAND, schema.SHARD, schema.KEY]
-WRITE_COLUMNS = [schema.UID, schema.CAPTION, schema.SHARD, schema.KEY]  # what a unit needs besides metas
 
 
 def sample_meta(row: dict) -> bytes:
@@ -95,16 +94,16 @@ def _members(rows: pa.Table, images: list, meta: list[bytes]) -> tuple[list[str]
     return names, datas
 
 
-def write_band_shard(dest: str, raw_dir: str, rows: pa.Table, meta: list[bytes]) -> tuple[int, int]:
-    """Write the band shard ``dest`` from ``rows`` (uid, caption, shard, ext, offset, size, in write order)
-    and their ``.json`` members ``meta``; returns (samples, bytes)."""
+def write_band_shard(dest: str, raw_dir: str, rows: pa.Table) -> tuple[int, int]:
+    """Write the band shard ``dest`` from ``rows`` (``COLUMNS`` + ext, offset, size, in write order);
+    returns (samples, bytes)."""
     maps: dict[str, mmap.mmap] = {}
     try:
         if storage.is_local(raw_dir):
             images = _local_images(raw_dir, rows, maps)
         else:
             images = _remote_images(raw_dir, rows)
-        names, datas = _members(rows, images, meta)
+        names, datas = _members(rows, images, metas(rows))
         with storage.output(dest) as tmp:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
@@ -124,14 +123,14 @@ def write_band_shard(dest: str, raw_dir: str, rows: pa.Table, meta: list[bytes])
 
 
 class BandShardWriter:
-    """The runner's unit function for band shards: ``unit.args`` is ``(relative path, located rows, metas)``."""
+    """The runner's unit function for band shards: ``unit.args`` is ``(relative path, located rows)``."""
 
     def __init__(self, raw_dir: str):
         self.raw_dir = raw_dir
 
     def __call__(self, root: str, unit) -> dict:
-        rel, rows, meta = unit.args
-        n, nbytes = write_band_shard(storage.join(root, rel), self.raw_dir, rows, meta)
+        rel, rows = unit.args
+        n, nbytes = write_band_shard(storage.join(root, rel), self.raw_dir, rows)
         return {"samples": n, "bytes": nbytes}
 
 

@@ -31,7 +31,7 @@ from curate.core.failpoints import failpoint
 from curate.core.manifest import BANDS, MANIFEST, TIERS, BandEntry, Manifest
 from curate.select.bands import FILTERED, BandConfig, band_names, tiers
 from curate.shard import rawindex
-from curate.shard.bandshard import COLUMNS, WRITE_COLUMNS, BandShardWriter, after_shard, metas, sample_meta
+from curate.shard.bandshard import COLUMNS, META_KEYS, BandShardWriter, after_shard, sample_meta
 
 _sample_meta = sample_meta  # the name tests and older callers know
 
@@ -50,23 +50,35 @@ def _band_seed(seed: int, band: str) -> int:
 
 def plan(samples: pa.Table, bands: list[str], cfg: ShardConfig) -> dict[str, list[np.ndarray]]:
     """Band -> list of shards, each an array of row indices into ``samples``, in write order."""
-    band_col = np.asarray(samples.column(schema.BAND).to_pylist(), dtype=object)
-    uids = np.asarray(samples.column(schema.UID).to_pylist(), dtype=object)
+    band_col = samples.column(schema.BAND).combine_chunks()
+    uids = samples.column(schema.UID).combine_chunks()
     out = {}
     for band in bands:
-        rows = np.flatnonzero(band_col == band)
-        rows = rows[np.argsort(uids[rows], kind="stable")]  # start from an order independent of row order
+        rows = np.flatnonzero(pc.equal(band_col, band).fill_null(False).to_numpy(zero_copy_only=False))
+        # Start from an order independent of row order: by uid (byte order is code-point order in UTF-8).
+        rows = rows[pc.sort_indices(uids.take(pa.array(rows, pa.int64()))).to_numpy()]
         rows = rows[np.random.default_rng(_band_seed(cfg.seed, band)).permutation(len(rows))]
         out[band] = [rows[k : k + cfg.shard_size] for k in range(0, len(rows), cfg.shard_size)]
     return out
 
 
-def _fingerprint(rows: pa.Table, meta: list[bytes]) -> str:
+def _fingerprint(rows: pa.Table) -> str:
+    """A digest of everything a band shard's bytes depend on: per sample, in order, its metadata member's
+    fields and where its image lies. Computed column-wise in Arrow (one joined string per sample, hashed
+    as one buffer), so the driver does no per-sample Python work."""
+    cols = []
+    for name in (*META_KEYS, schema.SHARD, schema.KEY):
+        col = rows.column(name)
+        if not pa.types.is_string(col.type):
+            col = pc.cast(col, pa.string())
+        cols.append(col)
+    joined = pc.binary_join_element_wise(*cols, "\x1f", null_handling="replace", null_replacement="")
     h = hashlib.blake2b(digest_size=16)
-    places = zip(rows.column(schema.SHARD).to_pylist(), rows.column(schema.KEY).to_pylist(), strict=True)
-    for m, (shard, key) in zip(meta, places, strict=True):
-        h.update(m)
-        h.update(f"{shard}/{key}".encode())
+    for col in cols:  # every field's length (-1: null), so no separator inside a caption can alias two rows
+        h.update(pc.binary_length(col).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64).tobytes())
+    for chunk in joined.chunks if isinstance(joined, pa.ChunkedArray) else [joined]:
+        chunk = pa.concat_arrays([chunk])  # compact: offsets from 0, no slack in the data buffer
+        h.update(chunk.buffers()[2] or b"")
     return h.hexdigest()
 
 
@@ -90,11 +102,9 @@ def _plan_units(out_dir: str, samples: pa.Table, bands: list[str], cfg: ShardCon
         for k, idx in enumerate(shard_rows):
             rel = f"{BANDS}/{band}/{k:06d}.tar"
             names.append(rel)
-            rows = meta.take(pa.array(idx, pa.int64()))
-            shard_metas = metas(rows)
-            unit = runner.Unit(f"{band}-{k:06d}", _fingerprint(rows, shard_metas), outputs=(rel,))
+            unit = runner.Unit(f"{band}-{k:06d}", _fingerprint(meta.take(pa.array(idx, pa.int64()))), outputs=(rel,))
             units_all.append(unit)
-            rows_of[unit.name] = (rel, idx, shard_metas)
+            rows_of[unit.name] = (rel, idx)
         all_rows = np.concatenate(shard_rows) if shard_rows else np.zeros(0, np.int64)
         quality = _quality_range(samples, all_rows) if len(all_rows) else (None, None)
         entries[band] = BandEntry(tuple(names), int(len(all_rows)), 0, quality)
@@ -122,11 +132,11 @@ def _located(raw_dir: str, samples: pa.Table, todo: list[runner.Unit], executor)
     idx = np.concatenate([u.args[1] for u in todo])
     shards = pc.unique(samples.column(schema.SHARD).take(pa.array(idx, pa.int64()))).to_pylist()
     rawindex.ensure(raw_dir, shards, executor)
-    located = rawindex.locate(raw_dir, samples.select(WRITE_COLUMNS).take(pa.array(idx, pa.int64())))
+    located = rawindex.locate(raw_dir, samples.select(COLUMNS).take(pa.array(idx, pa.int64())))
     out, at = [], 0
     for u in todo:
-        rel, rows, meta = u.args
-        out.append(dataclasses.replace(u, args=(rel, located.slice(at, len(rows)), meta)))
+        rel, rows = u.args
+        out.append(dataclasses.replace(u, args=(rel, located.slice(at, len(rows)))))
         at += len(rows)
     return out
 
