@@ -60,8 +60,10 @@ def web_for(work: Path, n: int) -> Path:
 def one_build(urls: Path, out: str, config: Path) -> dict:
     stages: dict[str, float] = {}
     last = [0.0]
+    tail: list[str] = []
 
     def on_line(t: float, line: str) -> None:
+        tail[:] = (tail + [line])[-20:]
         m = STAGE.search(line)
         if m and int(m.group(1)) in NAMES:
             stages[NAMES[int(m.group(1))]] = round(t - last[0], 1)
@@ -70,9 +72,9 @@ def one_build(urls: Path, out: str, config: Path) -> dict:
     cmd = [sys.executable, "-m", "pipelines.cli", "build", str(urls), "--out", out, "--config", str(config)]
     cmd += ["--allow-private-hosts", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
-    rc, wall, stats, pid = run_watched(cmd, on_line=on_line, cwd=ROOT, env=env)
+    rc, wall, stats, pid = run_watched(cmd, interval=1.0, on_line=on_line, cwd=ROOT, env=env)
     if rc != 0:
-        raise SystemExit(f"tiers build {out} failed with exit {rc}")
+        raise SystemExit(f"tiers build {out} failed with exit {rc}:\n" + "\n".join(tail))
     worker_cmd, worker_peak = stats.largest_worker(pid)
     return {
         "out": out,
@@ -86,20 +88,58 @@ def one_build(urls: Path, out: str, config: Path) -> dict:
     }
 
 
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
+def _free_port() -> int:
+    import socket
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def s3_endpoint():
+    """moto's S3 server in a process of its own (in this one it would share a GIL with the web server)."""
+    import subprocess
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.environ.update(
         AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL=f"http://{host}:{port}",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
     )  # fmt: skip
     import s3fs
 
-    s3fs.S3FileSystem().mkdir("scale")
+    for _ in range(100):
+        try:
+            s3fs.S3FileSystem(skip_instance_cache=True).mkdir("scale")
+            break
+        except OSError:
+            time.sleep(0.2)
     return server
+
+
+def _serve(root: str, slow: float, queue) -> None:
+    import threading
+
+    from synthweb import WebServer
+
+    with WebServer(root, slow_seconds=slow) as web:
+        queue.put(str(web.urls_path))
+        threading.Event().wait()
+
+
+def web_server(root: Path, slow: float = 4):
+    """The synthetic web served from a process of its own; returns (process, urls path)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_serve, args=(str(root), slow, queue), daemon=True)
+    proc.start()
+    return proc, Path(queue.get(timeout=300))
 
 
 def report(results: list[dict]) -> dict:
@@ -119,36 +159,45 @@ def report(results: list[dict]) -> dict:
     return out
 
 
+def _write(path: str, results: list[dict]) -> dict:
+    summary = report(results)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({"cores": os.cpu_count(), "runs": results, "summary": summary}, indent=2))
+    return summary
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="20000,200000")
     ap.add_argument("--s3", action="store_true", help="also build into s3:// on moto's server")
+    ap.add_argument("--only-s3", action="store_true", help="only the s3:// builds")
     ap.add_argument("--work", default="/tmp/clip-tiers-scale")
     ap.add_argument("--keep", action="store_true", help="keep the build directories")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
     args = ap.parse_args()
 
-    from synthweb import WebServer
-
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     config = work / "build.toml"
     config.write_text(CONFIG)
-    server = s3_endpoint() if args.s3 else None
+    server = s3_endpoint() if args.s3 or args.only_s3 else None
     results = []
     print(f"tiers build at scale on {os.cpu_count()} cores (load average {os.getloadavg()[0]:.2f})", flush=True)
     for n in (int(x) for x in args.sizes.split(",")):
         root = web_for(work, n)
-        with WebServer(root, slow_seconds=4) as web:
-            targets = [("local", str(work / f"build-{n}"))] + ([("s3", f"s3://scale/build-{n}")] if server else [])
+        web, urls = web_server(root)
+        try:
+            targets = [] if args.only_s3 else [("local", str(work / f"build-{n}"))]
+            targets += [("s3", f"s3://scale/build-{n}")] if server else []
             for where, out in targets:
                 if where == "local":
                     shutil.rmtree(out, ignore_errors=True)
                 load = os.getloadavg()[0]
                 r = {"n": n, "where": where, "load_avg_before": round(load, 2)}
-                r.update(one_build(web.urls_path, out, config))
+                r.update(one_build(urls, out, config))
                 r["load_avg_after"] = round(os.getloadavg()[0], 2)
                 results.append(r)
+                _write(args.out, results)  # as it goes: a long run stopped early keeps what it measured
                 print(
                     f"  {n:>9,} {where:<5} {r['wall_s']:>7.1f} s  stages {r['stages_s']}  driver peak "
                     f"{r['driver_peak_mb']} MB  largest worker {r['largest_worker_peak_mb']} MB "
@@ -157,12 +206,11 @@ def main() -> int:
                 )
                 if not args.keep and where == "local":
                     shutil.rmtree(out, ignore_errors=True)
-    summary = report(results)
-    print(json.dumps(summary, indent=2))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"cores": os.cpu_count(), "runs": results, "summary": summary}, indent=2))
+        finally:
+            web.terminate()
+    print(json.dumps(_write(args.out, results), indent=2))
     if server is not None:
-        server.stop()
+        server.terminate()
     return 0
 
 

@@ -81,6 +81,16 @@ def bucket(s3_server):
     return f"s3://{name}"
 
 
+def _forget_address(address: str) -> None:
+    """Ray's Cluster records its address in /tmp/ray/ray_current_cluster "for convenience", and from then
+    on every plain ray.init() on this machine — other users' included — tries to join it. Take it back."""
+    import ray._common.utils
+    import ray._private.utils
+
+    if ray._private.utils.read_ray_address() == address:
+        ray._common.utils.reset_ray_address()
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server):
     """A Ray cluster of three nodes on this machine (head + 2 workers, 1 CPU each), once per session.
@@ -94,6 +104,7 @@ def ray_cluster(s3_server):
     quiet_environment()
     node = {"num_cpus": 1, "object_store_memory": 150 * 1024**2, "include_dashboard": False}
     cluster = Cluster(initialize_head=True, connect=False, head_node_args=node)
+    _forget_address(cluster.address)
     for _ in range(2):
         cluster.add_node(num_cpus=1, object_store_memory=150 * 1024**2)
     cluster.wait_for_nodes()

@@ -83,6 +83,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             ray.init(address=address, log_to_driver=ray_verbose(), logging_level=level)
         else:
             ray.init(
+                # "local": a new instance of our own, never whatever cluster this machine's last `ray start`
+                # (or a test's ray.cluster_utils.Cluster) recorded in /tmp/ray/ray_current_cluster.
+                address="local",
                 num_cpus=num_cpus or os.cpu_count(),
                 include_dashboard=False,
                 log_to_driver=ray_verbose(),
