@@ -195,3 +195,23 @@ def test_one_run_per_build_directory_in_a_bucket(bucket):
     with pytest.raises(InputError, match="pid 1 on elsewhere"):
         with lease.hold(d, ttl=30):
             pass
+
+
+def test_a_build_into_memory_runs_every_unit_in_this_process(ray_local, tmp_path):
+    """memory:// lives in one process: `tiers build --out memory://...` runs its units here, and works."""
+    from pipelines.cli import main
+    from synthweb import WebConfig, WebServer, build
+
+    build(tmp_path / "web", WebConfig(n=60, seed=5, eval_per_concept=1, retrieval_pairs=2, workers=1))
+    (tmp_path / "b.toml").write_text(
+        '[download]\nimage_size = 64\ntimeout = 1\nsamples_per_shard = 30\n[filters]\npreset = "synthetic-basic"\n'
+        "image_size = 64\n[shards]\nshard_size = 8\n"
+    )
+    out = f"memory://m-{uuid.uuid4().hex[:8]}/build"
+    with WebServer(tmp_path / "web", slow_seconds=2) as web:
+        args = ["build", str(web.urls_path), "--out", out, "--config", str(tmp_path / "b.toml")]
+        assert main([*args, "--allow-private-hosts", "--no-progress"]) == 0
+    samples = storage.read_parquet(f"{out}/samples.parquet")
+    assert samples.num_rows == 60 and storage.exists(f"{out}/tiers/manifest.json")
+    manifest = storage.read_json(f"{out}/tiers/manifest.json")
+    assert all(storage.exists(f"{out}/tiers/{s}") for s in manifest["tiers"]["unfiltered"]["shards"])

@@ -116,6 +116,10 @@ def run(
     second while units run (a progress bar that reads workers' partial progress).
     """
     root = storage.normalise(root)
+    if storage.protocol(root) == "memory" and executor.kind in ("tasks", "actors"):
+        # memory:// lives in this process only: a worker elsewhere would write into its own memory.
+        fn = fn(*executor.init) if executor.kind == "actors" else fn
+        executor = Executor("local")
     todo_now, skipped = pending(root, todo)
     report = Report(skipped=skipped)
     if not todo_now:
