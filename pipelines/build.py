@@ -25,6 +25,7 @@ bucket there, the credentials accepted, writes allowed) before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -34,8 +35,10 @@ import pyarrow as pa
 
 from curate.annotate import AnnotateConfig
 from curate.core import config, schema, storage
+from curate.core.dirlock import hold
 from curate.core.errors import InputError
 from curate.core.failpoints import failpoint
+from curate.core.integrity import DamagedFile
 from curate.core.manifest import MANIFEST, SAMPLES, TIERS, Manifest
 from curate.dedup import DedupConfig
 from curate.download.config import DownloadConfig
@@ -105,7 +108,8 @@ def decide(out: str, cfg: BuildConfig) -> pa.Table:
     from curate.select.quality import quality
     from curate.select.samples import assemble, counts
 
-    inputs = storage.read_parquet(storage.join(out, INPUTS))
+    fix = f"run `tiers build URLS --out {out}` again: it rewrites it from the list"
+    inputs = storage.read_parquet(storage.join(out, INPUTS), fix=fix)
     downloads = read_results(out)
     ann = read_annotations(out)
     filt = apply_filters(ann, build_filters(cfg.filters))
@@ -126,11 +130,10 @@ def decide(out: str, cfg: BuildConfig) -> pa.Table:
         if emb_uids != ann.column(schema.UID).to_pylist():
             raise InputError("embeddings and annotations disagree on row order; run `tiers annotate` again")
     samples = assemble(inputs, downloads, ann, filt.table, read_dedup(out), q, cfg.bands, embeddings)
-    path = storage.join(out, SAMPLES)
-    if not storage.exists(path) or not storage.read_parquet(path).equals(samples):
+    if not _stored_equals(storage.join(out, SAMPLES), samples):
         # New decisions: the old manifest no longer describes them, so it goes before anything changes.
         storage.remove(storage.join(out, TIERS, MANIFEST))
-        storage.write_parquet(samples, path)
+        storage.write_parquet(samples, storage.join(out, SAMPLES))
     c = counts(samples)
     log.info(
         f"decided {samples.num_rows:,} rows by {which} quality: "
@@ -138,6 +141,17 @@ def decide(out: str, cfg: BuildConfig) -> pa.Table:
         + f"; {summary.duplicates:,} duplicates"
     )
     return samples
+
+
+def _stored_equals(path: str, table: pa.Table) -> bool:
+    """Does ``path`` hold ``table``? A missing or damaged file does not (it is derived: it gets rewritten)."""
+    if not storage.exists(path):
+        return False
+    try:
+        return storage.read_parquet(path).equals(table)
+    except DamagedFile as e:
+        log.warning(f"{path}: {e.problem}; computing it again")
+        return False
 
 
 def shard(out: str, cfg: BuildConfig, samples: pa.Table, progress: bool = True) -> Manifest:
@@ -166,56 +180,50 @@ def build(
     progress: bool = True,
 ) -> Manifest:
     """Run every stage; each skips what a previous run finished. Returns the tier manifest."""
-    cfg = cfg or BuildConfig()
-    if cfg.storage:
-        storage.configure(cfg.storage)
-    out = storage.normalise(out)
-    storage.check_access(out)  # before any work: nothing written to a store that cannot take it
-    storage.makedirs(out)
-    with _one_run(out):
-        return _build(urls, out, cfg, read_cfg, ray_address, allow_private, progress)
-
-
-def _one_run(out: str):
-    """One run at a time per build directory: on object storage a lease (:mod:`curate.core.lease`)."""
-    import contextlib
-
-    if storage.is_local(out):
-        return contextlib.nullcontext()
-    from curate.core import lease
-
-    return lease.hold(out)
-
-
-def _build(urls, out: str, cfg: BuildConfig, read_cfg, ray_address, allow_private, progress: bool) -> Manifest:
     from curate.annotate import annotate
     from curate.core.runtime import ray_session
     from curate.download import download
     from curate.urllist.readers import ReadConfig, read_url_list
 
-    t0 = time.perf_counter()
-    inputs_path = storage.join(out, INPUTS)
-    inputs = read_url_list(urls, read_cfg or ReadConfig())
-    if storage.exists(inputs_path) and not storage.read_parquet(inputs_path).equals(inputs):
-        raise InputError(f"{out} was built from another URL list; use a new --out or remove it")
-    if not storage.exists(inputs_path):
-        storage.write_parquet(inputs, inputs_path)
-    log.info(f"[1/5] {inputs.num_rows:,} input rows")
-    with ray_session(ray_address):
-        download(inputs_path, out, cfg.download, allow_private=allow_private, progress=progress)
-        log.info(f"[2/5] downloaded ({time.perf_counter() - t0:.0f} s)")
-        failpoint("build:after_download")
-        annotate(out, cfg.annotate, progress=progress)
-        log.info(f"[3/5] annotated ({time.perf_counter() - t0:.0f} s)")
-        failpoint("build:after_annotate")
-        samples = decide(out, cfg)
-        log.info(f"[4/5] decided ({time.perf_counter() - t0:.0f} s)")
-        manifest = shard(out, cfg, samples, progress=progress)  # band shards as Ray tasks
-    _write_config(out, cfg)
-    log.info(
-        f"[5/5] wrote {len(manifest.tiers)} tiers in {storage.join(out, TIERS)} ({time.perf_counter() - t0:.0f} s)"
-    )
+    cfg = cfg or BuildConfig()
+    if cfg.storage:
+        storage.configure(cfg.storage)
+    out = storage.normalise(out)
+    storage.check_access(out)  # before any work: nothing written to a store that cannot take it
+    with hold(out, command="tiers build"):
+        t0 = time.perf_counter()
+        inputs = read_url_list(urls, read_cfg or ReadConfig())
+        _store_inputs(out, inputs)
+        log.info(f"[1/5] {inputs.num_rows:,} input rows")
+        with ray_session(ray_address):
+            download(storage.join(out, INPUTS), out, cfg.download, allow_private=allow_private, progress=progress)
+            log.info(f"[2/5] downloaded ({time.perf_counter() - t0:.0f} s)")
+            failpoint("build:after_download")
+            annotate(out, cfg.annotate, progress=progress)
+            log.info(f"[3/5] annotated ({time.perf_counter() - t0:.0f} s)")
+            failpoint("build:after_annotate")
+            decisions = decisions_config(out, cfg)
+            samples = decide(out, decisions)
+            log.info(f"[4/5] decided ({time.perf_counter() - t0:.0f} s)")
+            manifest = shard(out, decisions, samples, progress=progress)  # band shards as Ray tasks
+        _write_config(out, decisions, requested=cfg)
+        where = storage.join(out, TIERS)
+        log.info(f"[5/5] wrote {len(manifest.tiers)} tiers in {where} ({time.perf_counter() - t0:.0f} s)")
     return manifest
+
+
+def _store_inputs(out: str, inputs: pa.Table) -> None:
+    """Keep the URL list as read (retier's source); refuse a directory built from another list. A damaged
+    copy is derived data: it is written again from the list."""
+    path = storage.join(out, INPUTS)
+    if storage.exists(path):
+        try:
+            if storage.read_parquet(path).equals(inputs):
+                return
+            raise InputError(f"{out} was built from another URL list; use a new --out or remove it")
+        except DamagedFile as e:
+            log.warning(f"{path}: {e.problem}; writing it again from the URL list")
+    storage.write_parquet(inputs, path)
 
 
 def retier(out: str | os.PathLike, cfg: BuildConfig, progress: bool = True) -> Manifest:
@@ -225,20 +233,58 @@ def retier(out: str | os.PathLike, cfg: BuildConfig, progress: bool = True) -> M
     out = storage.normalise(out)
     if not storage.exists(storage.join(out, INPUTS)):
         raise InputError("not a build directory (no inputs.parquet); run `tiers build` first", path=out)
-    with _one_run(out):
+    with hold(out, command="tiers retier"):
         samples = decide(out, cfg)
         manifest = shard(out, cfg, samples, progress=progress)
-        _write_config(out, cfg)
+        _write_config(out, cfg, requested=_stored(out).get("build"))
     return manifest
 
 
-def _write_config(out: str, cfg: BuildConfig) -> None:
-    storage.write_json(storage.join(out, "build.json"), cfg.to_dict())
+# build.json: {"config": what the directory's decisions were made with, "build": what the last `tiers
+# build` asked for}. They differ after `tiers retier` / `tiers dedup`; a rerun of the same build keeps
+# their cut instead of silently undoing it, while a build asking for something new replaces it.
+DECISIONS = ("filters", "dedup", "quality", "bands", "shards", "decontaminate")
+
+
+def _stored(out: str) -> dict:
+    p = storage.join(out, "build.json")
+    try:
+        doc = json.loads(storage.read_bytes(p))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        log.warning(f"{p}: unreadable ({e}); the build's own config is used")
+        return {}
+    return doc if "config" in doc else {"config": doc, "build": doc}  # the older layout: one config
+
+
+def decisions_config(out: str, requested: BuildConfig) -> BuildConfig:
+    """The config the decisions of a rerun ``tiers build`` use: ``requested``, unless the directory was
+    re-cut since the same request (then the re-cut's filters, dedup, quality, bands and shards stay)."""
+    doc = _stored(out)
+    if not doc or doc["config"] == doc["build"]:
+        return requested
+    current = config_from_toml(doc["config"], source=storage.join(out, "build.json"))
+    if doc["build"] != _as_json(requested):
+        log.warning(f"{out}: this build's config replaces the cut made by `tiers retier` / `tiers dedup`")
+        return requested
+    log.info(f"{out}: keeping the cut made by `tiers retier` / `tiers dedup` (a changed build config replaces it)")
+    return dataclasses.replace(requested, **{k: getattr(current, k) for k in DECISIONS})
+
+
+def _as_json(cfg: BuildConfig) -> dict:
+    return json.loads(json.dumps(cfg.to_dict(), default=str))  # as build.json holds it (lists, not tuples)
+
+
+def _write_config(out: str, cfg: BuildConfig, requested: BuildConfig | dict | None) -> None:
+    build = _as_json(requested) if isinstance(requested, BuildConfig) else requested
+    doc = {"config": _as_json(cfg), "build": build if build is not None else _as_json(cfg)}
+    storage.write_json(storage.join(out, "build.json"), doc)
 
 
 def stored_config(out: str | os.PathLike) -> BuildConfig:
-    """The config a build directory was last built with (for retier)."""
-    p = storage.join(out, "build.json")
-    if not storage.exists(p):
+    """The config a build directory's decisions were last made with (for retier)."""
+    doc = _stored(storage.normalise(out))
+    if not doc:
         return BuildConfig()
-    return config_from_toml(storage.read_json(p), source=p)
+    return config_from_toml(doc["config"], source=storage.join(out, "build.json"))

@@ -90,7 +90,8 @@ def test_runner_skips_finished_units_and_reruns_changed_or_damaged_ones(where):
     fn = Writer()
     rep = runner.run(where, _units(), fn, progress=False)
     assert sorted(rep.ran) == ["u0", "u1", "u2"] and not rep.failed
-    assert units.read_marker(where, "u1") == {"wrote": 1, "fingerprint": "a"}
+    marker = units.read_marker(where, "u1")
+    assert marker["wrote"] == 1 and marker["fingerprint"] == "a" and marker["files"]["u1.txt"]["size"] == 4
     assert runner.run(where, _units(), fn, progress=False).skipped == ["u0", "u1", "u2"]
     storage.remove(storage.join(where, "u2.txt"))  # an output gone: the unit is not finished
     changed = [*_units(2, fp="b"), _units()[2]]  # a new fingerprint for u0 and u1

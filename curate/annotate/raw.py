@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from curate.core import schema, storage
 from curate.core.errors import InputError
+from curate.core.integrity import DamagedFile
 from curate.core.tarstream import MappedTar
 
 IMAGE = "image"  # the encoded bytes, in the sample batches handed to the annotator
@@ -58,7 +59,9 @@ def read_successes(raw_dir: str | os.PathLike, shard: str) -> pa.Table:
     """The shard's successfully downloaded rows: uid, url, caption, key, original size."""
     path = storage.join(raw_dir, f"{shard}.parquet")
     try:
-        table = storage.read_parquet(path)
+        table = storage.read_parquet(path)  # page checksums: a flipped byte is an error, not a wrong width
+    except DamagedFile:
+        raise
     except (OSError, pa.ArrowInvalid) as e:
         raise InputError(f"unreadable raw shard parquet: {e}", path=str(path)) from None
     # tiers download adds download_status (success | failed); plain img2dataset has only its status.

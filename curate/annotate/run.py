@@ -35,7 +35,9 @@ from curate import code_version
 from curate.annotate.raw import iter_samples, list_shards
 from curate.annotate.stage import EMBEDDINGS, OUTPUT_SCHEMA, AnnotateConfig, Annotator
 from curate.core import manifest, runner, schema, storage, units
+from curate.core.dirlock import hold
 from curate.core.errors import InputError
+from curate.download.verify import check_raw
 
 EMBEDDINGS_DIR = "embeddings"
 
@@ -48,7 +50,8 @@ def _unit(raw_dir: str, shard: str, cfg: AnnotateConfig) -> runner.Unit:
     """A shard's unit: fingerprinted by the config and the raw files' sizes and versions."""
     key = json.dumps({"config": cfg.fingerprint(), "raw": _raw_state(raw_dir, shard)}, sort_keys=True, default=str)
     fp = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
-    return runner.Unit(shard, fp, outputs=(f"{shard}.parquet",), args=shard)
+    outputs = (f"{shard}.parquet",) + ((f"{EMBEDDINGS_DIR}/{shard}.parquet",) if cfg.clip_model else ())
+    return runner.Unit(shard, fp, outputs=outputs, args=shard)
 
 
 def _is_current(out_dir, raw_dir, shard: str, cfg: AnnotateConfig) -> bool:
@@ -148,11 +151,19 @@ def annotate(
 
     ``executor``: ``actors`` (a Ray actor pool, the default), or ``local`` (this process, for tests and
     notebooks). Raises :class:`InputError` for a missing ``raw/`` or models that cannot be loaded
-    (checked here, before Ray starts), and after the run for shards that could not be read, naming them.
+    (checked here, before Ray starts), and after the run for shards that could not be read, naming them; a
+    damaged or missing raw shard of a ``tiers download`` raises before any work, naming the command that
+    repairs it. A damaged annotation output (size or digest) is annotated again.
     """
     build_dir = storage.normalise(build_dir)
-    raw_dir, out_dir = storage.join(build_dir, manifest.RAW), storage.join(build_dir, manifest.ANNOTATIONS)
     storage.check_access(build_dir)
+    with hold(build_dir, command="tiers annotate"):
+        check_raw(build_dir)
+        return _annotate(build_dir, cfg, ray_address, progress, executor)
+
+
+def _annotate(build_dir: str, cfg: AnnotateConfig, ray_address, progress: bool, executor: str) -> AnnotateSummary:
+    raw_dir, out_dir = storage.join(build_dir, manifest.RAW), storage.join(build_dir, manifest.ANNOTATIONS)
     shards = list_shards(raw_dir)
     if not shards:
         raise InputError("no raw shards (NNNNN.tar + NNNNN.parquet) here", path=raw_dir)
@@ -238,7 +249,9 @@ def read_annotations(build_dir: str | os.PathLike, columns: list[str] | None = N
     """The whole annotation table, shards in order; raises if a raw shard is not annotated yet."""
     build_dir = storage.normalise(build_dir)
     out_dir = storage.join(build_dir, manifest.ANNOTATIONS)
-    parts = [storage.read_parquet(storage.join(out_dir, f"{s}.parquet"), columns) for s in _done_shards(build_dir)]
+    fix = f"run `tiers annotate {build_dir}`: it annotates damaged shards again"
+    shards = _done_shards(build_dir)
+    parts = [storage.read_parquet(storage.join(out_dir, f"{s}.parquet"), columns, fix) for s in shards]
     return pa.concat_tables(parts) if parts else OUTPUT_SCHEMA.empty_table()
 
 
@@ -254,7 +267,7 @@ def load_embeddings(build_dir: str | os.PathLike, which: str = schema.IMAGE_EMBE
         path = storage.join(emb_dir, f"{s}.parquet")
         if not storage.exists(path):
             raise InputError("no CLIP embeddings: annotate with --clip-model", path=path)
-        t = storage.read_parquet(path, columns=[schema.UID, which])
+        t = storage.read_parquet(path, columns=[schema.UID, which], fix=f"run `tiers annotate {build_dir}`")
         col = t.column(which).combine_chunks()
         arr = np.zeros((len(col), col.type.list_size), np.float16)
         valid = pc.is_valid(col).to_numpy(zero_copy_only=False)

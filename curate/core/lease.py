@@ -64,11 +64,12 @@ def _dead_here(holder: dict) -> bool:
     return False
 
 
-def _take(fs, path: str, url: str, ttl: float, command: str | None) -> None:
-    """Create the lease, or take over an expired one; raise when a live run holds it."""
+def _take(fs, path: str, url: str, ttl: float, command: str | None, busy) -> dict:
+    """Create the lease, or take over an expired one (returns what it holds); raise when a live run holds it."""
+    doc = _doc(ttl, command)
     try:
-        fs.pipe_file(path, _doc(ttl, command), mode="create")
-        return
+        fs.pipe_file(path, doc, mode="create")
+        return json.loads(doc)
     except FileExistsError:
         pass
     info = fs.info(path)
@@ -77,22 +78,23 @@ def _take(fs, path: str, url: str, ttl: float, command: str | None) -> None:
     except (FileNotFoundError, ValueError):
         holder = {}
     if holder.get("expires", 0) > time.time() and not _dead_here(holder):
-        raise _busy(url, holder)
+        raise busy(holder)
     etag = info.get("ETag")
     # Replace exactly the expired object: a rival that took it over first changed its ETag.
     try:
-        fs.call_s3("put_object", Bucket=path.split("/", 1)[0], Key=path.split("/", 1)[1],
-                   Body=_doc(ttl, command), IfMatch=etag)  # fmt: skip
+        fs.call_s3("put_object", Bucket=path.split("/", 1)[0], Key=path.split("/", 1)[1], Body=doc, IfMatch=etag)
     except Exception as e:  # noqa: BLE001 - PreconditionFailed in whatever shape the backend raises it
-        raise _busy(url, holder) from e
+        raise busy(holder) from e
+    return json.loads(doc)
 
 
 @contextlib.contextmanager
-def hold(directory: str, command: str | None = None, ttl: float = TTL) -> Iterator[None]:
-    """Hold ``directory``'s lease (an object-store URL) for the block."""
+def hold(directory: str, command: str | None = None, ttl: float = TTL, busy=None) -> Iterator[dict]:
+    """Hold ``directory``'s lease (an object-store URL) for the block; yields what the lease says.
+    ``busy(holder)`` makes the error raised when a live run holds it (default: an InputError)."""
     url = storage.join(directory, LOCK)
     fs, path = storage.filesystem(url)
-    _take(fs, path, directory, ttl, command)
+    me = _take(fs, path, directory, ttl, command, busy or (lambda holder: _busy(directory, holder)))
     stop = threading.Event()
 
     def renew() -> None:
@@ -103,7 +105,7 @@ def hold(directory: str, command: str | None = None, ttl: float = TTL) -> Iterat
     t = threading.Thread(target=renew, name="clip-tiers-lease", daemon=True)
     t.start()
     try:
-        yield
+        yield me
     finally:
         stop.set()
         t.join()

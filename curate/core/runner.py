@@ -19,6 +19,7 @@ Storage options travel with each unit, so a worker on another node reads and wri
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,8 +27,10 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from curate.core import storage, units
+from curate.core import integrity, storage, units
 from curate.core.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,14 +66,44 @@ class Report:
             raise InputError(f"{stage}: " + "; ".join(f"{noun} {k}: {v}" for k, v in sorted(self.failed.items())))
 
 
+def stamp(url: str) -> dict:
+    """What a marker records of an output: its size, and locally its XXH3-128 digest (memory speed, and the
+    file is hot in the page cache just after it was written). An object in a store is written whole or
+    not at all and checked on upload by the store itself, so its size is what a rerun compares."""
+    if storage.is_local(url):
+        return integrity.stamp(storage.local_path(url))
+    return {"size": storage.size(url)}
+
+
+def _damage(url: str, recorded: dict | None) -> str | None:
+    """What is wrong with an output compared with its stamp, or None (no stamp: existence only)."""
+    if storage.is_local(url):
+        return integrity.check_file(storage.local_path(url), recorded)
+    try:
+        size = storage.size(url)
+    except FileNotFoundError:
+        return "missing"
+    if recorded and "size" in recorded and size != recorded["size"]:
+        return f"{size} bytes, {recorded['size']} written"
+    return None
+
+
 def finished(root: str, unit: Unit, markers: set[str] | None = None) -> bool:
-    """Whether ``unit``'s marker holds its fingerprint and all its outputs exist."""
+    """Whether ``unit``'s marker holds its fingerprint and every output is still what was written (size and,
+    on local disk, digest: a truncated or bit-flipped output makes the unit run again)."""
     if markers is not None and unit.name not in markers:
         return False
     marker = units.read_marker(root, unit.name)
     if not marker or marker.get("fingerprint") != unit.fingerprint:
         return False
-    return all(storage.exists(storage.join(root, o)) for o in unit.outputs)
+    files = marker.get("files", {})
+    for o in unit.outputs:
+        problem = _damage(storage.join(root, o), files.get(o))
+        if problem is not None:
+            if problem != "missing":
+                log.warning(f"{storage.join(root, o)}: {problem}; {unit.name} runs again")
+            return False
+    return True
 
 
 def pending(root: str, todo: list[Unit]) -> tuple[list[Unit], list[str]]:
@@ -94,7 +127,8 @@ def execute(root: str, unit: Unit, fn: Callable, opts: dict | None = None) -> di
     info = dict(fn(root, unit) or {})
     marker = units.read_marker(root, unit.name)
     if not (marker and marker.get("fingerprint") == unit.fingerprint):
-        units.mark_done(root, unit.name, {**info, "fingerprint": unit.fingerprint})
+        files = {o: stamp(storage.join(root, o)) for o in unit.outputs}
+        units.mark_done(root, unit.name, {**info, "files": files, "fingerprint": unit.fingerprint})
     return info
 
 

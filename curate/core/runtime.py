@@ -82,9 +82,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         if address:
             ray.init(address=address, log_to_driver=ray_verbose(), logging_level=level)
         else:
+            # "local": a Ray of our own, even when another run on this machine started one (`ray start`,
+            # a test cluster): without it ray.init joins whatever /tmp/ray/ray_current_cluster names.
             ray.init(
-                # "local": a new instance of our own, never whatever cluster this machine's last `ray start`
-                # (or a test's ray.cluster_utils.Cluster) recorded in /tmp/ray/ray_current_cluster.
                 address="local",
                 num_cpus=num_cpus or os.cpu_count(),
                 include_dashboard=False,

@@ -245,21 +245,25 @@ def write_json(url: str | os.PathLike, data, indent: int | None = 2, sort_keys: 
     write_text(url, json.dumps(data, indent=indent, sort_keys=sort_keys, default=str) + "\n")
 
 
-def read_parquet(url: str | os.PathLike, columns: list[str] | None = None):
+def read_parquet(url: str | os.PathLike, columns: list[str] | None = None, fix: str | None = None):
+    """A table we wrote, its page checksums verified (:mod:`curate.core.integrity`): a flipped byte raises
+    :class:`~curate.core.integrity.DamagedFile` naming the file and ``fix``, never a wrong value."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from curate.core import integrity
 
     if is_local(url):
-        return pq.read_table(local_path(url), columns=columns)
+        return integrity.read_parquet(local_path(url), columns=columns, fix=fix)
     # One GET of the whole object: these tables are per-shard metadata, small, and read whole anyway.
-    return pq.read_table(pa.BufferReader(read_bytes(url)), columns=columns)
+    return integrity.read_parquet(pa.BufferReader(read_bytes(url)), columns=columns, fix=fix, name=normalise(url))
 
 
 def write_parquet(table, url: str | os.PathLike) -> None:
-    import pyarrow.parquet as pq
+    """Write a table with page checksums, committed as :func:`output` commits."""
+    from curate.core import integrity
 
     with output(url) as tmp:
-        pq.write_table(table, tmp)
+        integrity.write_parquet(table, tmp)
 
 
 def remove(url: str | os.PathLike) -> None:

@@ -61,16 +61,13 @@ def _plain_column(col: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
 
 def img2dataset_safe(table: pa.Table) -> pa.Table:
     """The canonical URL table with extra columns renamed away from img2dataset's names and made plain."""
-    names, cols = [], []
-    for name in table.column_names:
-        col = table.column(name)
-        if name in (schema.UID, schema.URL, schema.CAPTION):
-            cols.append(col.cast(pa.string()))
-        else:
-            cols.append(_plain_column(col))
-            if name in IMG2DATASET_OWN or name in schema.RESERVED:
-                name = schema.INPUT_PREFIX + name
-        names.append(name)
+    from curate.urllist.readers import prefixed_names
+
+    first = (schema.UID, schema.URL, schema.CAPTION)
+    rest = [n for n in table.column_names if n not in first]
+    names = [n for n in table.column_names if n in first] + prefixed_names(rest, IMG2DATASET_OWN | schema.RESERVED)
+    cols = [table.column(n).cast(pa.string()) for n in table.column_names if n in first]
+    cols += [_plain_column(table.column(n)) for n in rest]
     return pa.table(cols, names=names)
 
 

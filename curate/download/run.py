@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from collections import Counter
 
@@ -31,34 +32,46 @@ import pyarrow.compute as pc
 
 from curate import code_version
 from curate.core import manifest, runner, schema, storage, units
+from curate.core.dirlock import hold
 from curate.core.errors import InputError
 from curate.download import plan as planning
+from curate.download import verify
 from curate.download.config import DownloadConfig, load_config
 from curate.download.progress import DownloadProgress
 from curate.download.safety import AddressPolicy, parse_allow
 from curate.download.summary import DownloadSummary
-from curate.download.worker import TMP, ShardDownloader, input_path, shard_name
+from curate.download.worker import TMP, ShardDownloader, file_sizes, input_path, shard_name
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 
 
-def as_policy(allow_private: AddressPolicy | str | bool | None) -> AddressPolicy:
-    """None/False: public hosts only; True or "": plus loopback; "NET,NET": plus loopback and those networks."""
+def as_policy(allow_private: AddressPolicy | str | None) -> AddressPolicy:
+    """None: public hosts only; "ENTRY,ENTRY": plus those (``loopback``, networks, hosts, each with an
+    optional port; see :mod:`curate.download.safety`). Bad entries raise InputError."""
     if isinstance(allow_private, AddressPolicy):
         return allow_private
-    if allow_private is None or allow_private is False:
+    if allow_private is None:
         return AddressPolicy()
+    if not isinstance(allow_private, str):
+        raise TypeError(f"allow_private must be a string of entries such as 'loopback', not {allow_private!r}")
     try:
-        return parse_allow("" if allow_private is True else allow_private)
+        return parse_allow(allow_private)
     except ValueError as e:
         raise InputError(f"--allow-private-hosts: {e}") from None
 
 
 def read_manifest(out: str | os.PathLike) -> DownloadSummary | None:
-    """The summary a finished (or stopped) download left in ``out/raw/manifest.json``, or None."""
+    """The summary a finished (or stopped) download left in ``out/raw/manifest.json``, or None (also when
+    the file is damaged: it is derived from the raw shards, and the next run writes it again)."""
+    p = storage.join(out, manifest.RAW, MANIFEST)
     try:
-        return DownloadSummary.from_dict(storage.read_json(storage.join(out, manifest.RAW, MANIFEST)))
+        return DownloadSummary.from_dict(json.loads(storage.read_bytes(p)))
     except FileNotFoundError:
+        return None
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        log.warning(f"{p}: unreadable ({type(e).__name__}: {e}); it is computed again from the raw shards")
         return None
 
 
@@ -68,7 +81,7 @@ def download(
     cfg: DownloadConfig | None = None,
     *,
     read_config=None,
-    allow_private: AddressPolicy | str | bool | None = None,
+    allow_private: AddressPolicy | str | None = None,
     ray_address: str | None = None,
     num_cpus: int | None = None,
     progress: bool = True,
@@ -86,8 +99,9 @@ def download(
         table = read_url_list(urls, read_config or ReadConfig())
         source = ", ".join(map(os.fspath, urls)) if isinstance(urls, list | tuple) else os.fspath(urls)
     raw = storage.join(out, manifest.RAW)
-    info = planning.plan(raw, table, cfg, source)
-    return _complete(raw, info, cfg, policy, ray_address, num_cpus, progress)
+    with hold(out, command="tiers download"):
+        info = planning.plan(raw, table, cfg, source)
+        return _complete(raw, info, cfg, policy, ray_address, num_cpus, progress)
 
 
 def retry_failed(
@@ -96,7 +110,7 @@ def retry_failed(
     *,
     reasons: list[str] | tuple[str, ...] | None = None,
     config_file: str | os.PathLike | None = None,
-    allow_private: AddressPolicy | str | bool | None = None,
+    allow_private: AddressPolicy | str | None = None,
     ray_address: str | None = None,
     num_cpus: int | None = None,
     progress: bool = True,
@@ -105,15 +119,19 @@ def retry_failed(
     ones) and merge the results. Settings: ``cfg``, else those of the download, with the ones
     ``config_file`` names over them; returns the summary with ``retried`` (rows tried again; when not 0
     the last ``rounds`` entry says how many were recovered)."""
+    with hold(out, command="tiers download --retry-failed"):
+        return _retry(out, cfg, reasons, config_file, as_policy(allow_private), ray_address, num_cpus, progress)
+
+
+def _retry(out, cfg, reasons, config_file, policy, ray_address, num_cpus, progress) -> DownloadSummary:
     raw = storage.join(out, manifest.RAW)
     info = planning.read_plan(raw)
     if info is None:
-        raise InputError("no download here (expected DIR/raw/ from `tiers download`)", path=str(raw))
+        raise InputError("no download here (expected DIR/raw/ from `tiers download`)", path=raw)
     cfg = cfg or planning.plan_config(info)
     if config_file is not None:  # the file changes only what it names, e.g. a longer timeout
         cfg = load_config(config_file, base=cfg)
     planning.check_config(info, cfg, raw)
-    policy = as_policy(allow_private)
     unmerged = [r for r in planning.read_rounds(raw) if not units.is_done(raw, _round_unit(r))]
     summary = _complete(raw, info, cfg, policy, ray_address, num_cpus, progress)
     if not summary.complete:
@@ -139,17 +157,18 @@ def retry_failed(
     return dataclasses.replace(done, retried=rows.num_rows)
 
 
-def _round_unit(r: dict) -> str:
-    return f"round-{r['round']:03d}"
-
-
 def _fingerprint(cfg: DownloadConfig) -> str:
     return hashlib.blake2b(json.dumps(cfg.fingerprint(), sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def _round_unit(r: dict) -> str:
+    return f"round-{r['round']:03d}"
 
 
 def _complete(raw: str, info: dict, cfg, policy, ray_address, num_cpus, show: bool) -> DownloadSummary:
     rounds = planning.read_rounds(raw)
     shards = planning.all_shards(info, rounds)
+    verify.invalidate_damaged(raw, info, rounds)
     done = units.done_units(raw)
     pending = [s for s in shards if shard_name(s) not in done]
     unmerged = [r for r in rounds if _round_unit(r) not in done]
@@ -209,12 +228,13 @@ def _merge_round(raw: str, r: dict) -> None:
         marker = units.read_marker(raw, origin) or {}
         counts = Counter(x for x in keep.column(schema.DOWNLOAD_REASON).to_pylist() if x is not None)
         marker.update(rows=keep.num_rows, successes=keep.num_rows - sum(counts.values()), failures=dict(counts))
+        marker["files"] = file_sizes(raw, origin)
         units.mark_done(raw, origin, marker)
     ok = sum(units.read_marker(raw, shard_name(s))["successes"] for s in r["shards"])
     units.mark_done(raw, _round_unit(r), {"recovered": ok})
 
 
-def _finalize(raw: str, info: dict, rounds: list[dict], cfg, policy: AddressPolicy, failed: dict) -> DownloadSummary:
+def _finalize(raw: str, info: dict, rounds: list[dict], cfg, policy: AddressPolicy | None, failed: dict):
     shards = [shard_name(s) for s in planning.all_shards(info, rounds)]
     done = units.done_units(raw)
     missing = [s for s in shards if s not in done]
@@ -226,7 +246,7 @@ def _finalize(raw: str, info: dict, rounds: list[dict], cfg, policy: AddressPoli
             {**r, "recovered": (units.read_marker(raw, _round_unit(r)) or {}).get("recovered")} for r in rounds
         ),
         config=cfg.to_dict(),
-        allowed=policy.describe(),
+        allowed=policy.describe() if policy is not None else "not recorded (this summary was rebuilt from the shards)",
         code_version=code_version(),
     )
     if missing:
@@ -267,11 +287,15 @@ def read_results(out: str | os.PathLike) -> pa.Table:
     """
     raw = storage.join(out, manifest.RAW)
     m = read_manifest(out)
+    info = planning.read_plan(raw)
+    if m is None and info is not None and storage.exists(storage.join(raw, MANIFEST)):
+        m = _finalize(raw, info, planning.read_rounds(raw), planning.plan_config(info), None, {})  # was damaged
     if m is None or not m.complete:
         state = "no download" if m is None else "an incomplete download"
-        raise InputError(f"{state} here; run `tiers download` (again) first", path=str(raw))
-    info = planning.read_plan(raw)
+        raise InputError(f"{state} here; run `tiers download` (again) first", path=raw)
+    verify.check_raw(out)
     names = [shard_name(s) for s in planning.all_shards(info, planning.read_rounds(raw))]
     cols = [schema.UID] + schema.DOWNLOAD.names
-    tables = [storage.read_parquet(storage.join(raw, f"{s}.parquet"), columns=cols) for s in names]
+    fix = verify.redownload_fix
+    tables = [storage.read_parquet(storage.join(raw, f"{s}.parquet"), cols, fix(out, s)) for s in names]
     return pa.concat_tables(tables).cast(pa.schema([pa.field(schema.UID, pa.string()), *schema.DOWNLOAD]))

@@ -5,9 +5,10 @@ Input: the sample table (``samples.parquet``: one row per input row) with ``band
 seed derived from the build seed and the band's name, cut into shards of exactly ``shard_size``
 samples (the last one of a band holds the rest), and every shard is one unit of
 :mod:`curate.core.runner`, fingerprinted by its sample list: a rerun skips shards whose marker
-matches; a re-cut (``tiers retier``) rewrites only shards whose content changed and removes shards a
-band no longer has. Image bytes are copied from the raw tars as they are: never decoded, never
-re-encoded.
+matches and whose file still has the size and XXH3 digest recorded when it was written (a truncated
+or bit-flipped shard is written again); a re-cut (``tiers retier``) rewrites only shards whose content
+changed and removes shards a band no longer has. Image bytes are copied from the raw tars as they
+are: never decoded, never re-encoded.
 
 Out of core, in two passes: each raw tar is indexed once (:mod:`curate.shard.rawindex`), then each
 band shard reads only its own samples' bytes (:mod:`curate.shard.bandshard`), so a writer holds one

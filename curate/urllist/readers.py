@@ -1,9 +1,9 @@
 """Read the URL lists users actually have into one canonical Arrow table.
 
-Formats: parquet, csv, tsv, jsonl and txt (one URL a line), each optionally gzipped (``.gz``); a
-directory or a glob reads every list file in it, sorted by name, as one list. The result has
-``uid``, ``url``, ``caption`` first and every other input column after them, unchanged (a column
-whose name clip-tiers owns gets the ``input_`` prefix).
+Formats: parquet, csv, tsv, jsonl and txt (one URL a line), each optionally gzipped (``.gz``), at a
+path or a URL (``s3://``, ...); a directory, prefix or glob reads every list file in it, by name, as
+one list. The result has ``uid``, ``url``, ``caption`` first and every other input column after them
+(a column whose name clip-tiers owns gets the ``input_`` prefix).
 
 Everything wrong with the input raises :class:`~curate.core.errors.InputError` with the file, and the
 row where one applies: missing url column, unreadable or corrupt file, empty list, invalid UTF-8,
@@ -12,11 +12,13 @@ non-string or empty URLs, malformed or duplicate uids.
 
 from __future__ import annotations
 
+import csv
 import glob
 import gzip
 import io
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,19 +86,14 @@ def _list_remote(s: str) -> list[str]:
     storage.check_access(s, write=False)  # an unreachable store, a missing bucket, refused credentials
     if any(ch in s for ch in "*?["):
         fs, path = storage.filesystem(s)
-        proto = storage.protocol(s)
-        found = sorted(f"{proto}://{p}" for p in fs.glob(path) if fs.isfile(p))
-        if not found:
-            raise InputError("glob matches no files", path=s)
-        return found
+        if found := sorted(f"{storage.protocol(s)}://{p}" for p in fs.glob(path) if fs.isfile(p)):
+            return found
+        raise InputError("glob matches no files", path=s)
     if storage.isfile(s):
         return [s]
-    if storage.isdir(s):
-        names = [n for n in storage.listdir(s) if _format_of(n, None, strict=False)]
-        if not names:
-            raise InputError(f"no URL list files in directory (looked for {', '.join(sorted(FORMATS))})", path=s)
+    if names := [n for n in storage.listdir(s) if _format_of(n, None, strict=False)]:
         return [storage.join(s, n) for n in names]
-    raise InputError("no such file or directory", path=s)
+    raise InputError("no URL list files in directory" if storage.isdir(s) else "no such file or directory", path=s)
 
 
 def _format_of(path: str, forced: str | None, strict: bool = True) -> str | None:
@@ -118,10 +115,13 @@ def _format_of(path: str, forced: str | None, strict: bool = True) -> str | None
 def _read_bytes(path: str) -> bytes:
     try:
         data = storage.read_bytes(path)
-        if path.endswith(".gz"):
-            data = gzip.decompress(data)
-    except (OSError, EOFError) as e:
+    except OSError as e:
         raise InputError(f"cannot read file: {e}", path=path) from None
+    if path.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile, a cut-off stream, corrupt deflate data
+            raise InputError(f"corrupt gzip data ({e}); the file is damaged or not gzip", path=path) from None
     return data
 
 
@@ -148,7 +148,13 @@ def _read_delimited(path: str, sep: str, cfg: ReadConfig) -> pa.Table:
             )
         except (pl.exceptions.PolarsError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InputError(f"corrupt {'tsv' if sep == chr(9) else 'csv'}: {first}", path=path) from None
+            kind = "tsv" if sep == "\t" else "csv"
+            ragged = _ragged_row(text, sep, has_header)
+            if ragged is not None:
+                line, row, got, want = ragged
+                where = f"line {line}" + (f" (data row {row})" if row >= 1 else "")
+                raise InputError(f"corrupt {kind}: {where} has {got} fields, expected {want}", path=path) from None
+            raise InputError(f"corrupt {kind}: {first}", path=path) from None
 
     df = parse(True)
     if cfg.url_col not in df.columns:
@@ -163,6 +169,24 @@ def _read_delimited(path: str, sep: str, cfg: ReadConfig) -> pa.Table:
                 names[1 - url_idx[0]] = cfg.caption_col
             df.columns = names
     return df.to_arrow()
+
+
+def _ragged_row(text: str, sep: str, has_header: bool) -> tuple[int, int, int, int] | None:
+    """(line, data row, fields, expected fields) of the first row whose field count differs from the first row's."""
+    reader = csv.reader(io.StringIO(text), delimiter=sep, quotechar='"')
+    want = None
+    rows = 0
+    for fields in reader:
+        if not fields:
+            continue  # a blank line is no row, for polars either
+        if want is None:
+            want = len(fields)
+            rows += not has_header
+            continue
+        rows += 1
+        if len(fields) != want:
+            return reader.line_num, rows, len(fields), want
+    return None
 
 
 def _read_jsonl(path: str) -> pa.Table:
@@ -184,9 +208,9 @@ def _read_txt(path: str, cfg: ReadConfig) -> pa.Table:
 
 def _read_parquet(path: str) -> pa.Table:
     try:
-        if path.endswith(".gz"):
+        if path.endswith(".gz") or not storage.is_local(path):
             return pq.read_table(io.BytesIO(_read_bytes(path)))
-        return storage.read_parquet(path)
+        return pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"corrupt or unreadable parquet: {str(e).strip().splitlines()[0]}", path=path) from None
 
@@ -224,7 +248,7 @@ def _is_stringish(t: pa.DataType) -> bool:
 
 
 def _first_index(mask: pa.ChunkedArray | pa.Array) -> int | None:
-    idx = np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool))
+    idx = np.flatnonzero(np.asarray(pc.fill_null(mask, True).to_numpy(zero_copy_only=False), dtype=bool))
     return int(idx[0]) if len(idx) else None
 
 
@@ -256,7 +280,8 @@ def _canonical(path: str, raw: pa.Table, cfg: ReadConfig) -> tuple[pa.Table, boo
         raise InputError(f"column {cfg.url_col!r} has type {url.type}; URLs must be strings", path=path)
     url = url.cast(pa.string())
     _check_utf8(path, cfg.url_col, url)
-    bad = _first_index(pc.or_(pc.is_null(url), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(url)), 0)))
+    # Kleene logic: null OR anything is true here, so a null URL is found, not skipped as "unknown".
+    bad = _first_index(pc.or_kleene(pc.is_null(url), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(url)), 0)))
     if bad is not None:
         raise InputError("empty URL", path=path, row=bad + 1)
 
@@ -275,12 +300,27 @@ def _canonical(path: str, raw: pa.Table, cfg: ReadConfig) -> tuple[pa.Table, boo
     if had_uid:
         cols[schema.UID] = _checked_uids(path, raw.column(cfg.uid_col), cfg.uid_col)
     taken = {cfg.url_col, cfg.caption_col, cfg.uid_col}
-    for name in raw.column_names:
-        if name in taken:
-            continue
-        out = schema.INPUT_PREFIX + name if name in schema.RESERVED else name
+    rest = [n for n in raw.column_names if n not in taken]
+    for name, out in zip(rest, prefixed_names(rest), strict=True):
         cols[out] = raw.column(name)
     return pa.table(cols), had_uid
+
+
+def prefixed_names(names: list[str], owned=schema.RESERVED) -> list[str]:
+    """Input column names as stored: a name in ``owned`` gets the ``input_`` prefix, repeated until the
+    name is free, so ``status`` and ``input_status`` become ``input_input_status`` and ``input_status``
+    (both kept, nothing overwritten)."""
+    used = {n for n in names if n not in owned} | set(owned)
+    out = []
+    for name in names:
+        if name in owned:
+            new = schema.INPUT_PREFIX + name
+            while new in used:
+                new = schema.INPUT_PREFIX + new
+            used.add(new)
+            name = new
+        out.append(name)
+    return out
 
 
 def _checked_uids(path: str, col: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
