@@ -4,17 +4,14 @@ Thin helpers over fsspec (s3fs, gcsfs), not a storage layer of our own: a URL be
 path (:func:`filesystem`), and the few things every stage does are one call each: join, exists, list,
 read whole or in ranges, write, and the two ways a unit commits an output:
 
-- on local disk, a file is written under a temporary sibling name and renamed into place
-  (:func:`curate.core.units.atomic_path`), so readers never see half a file and the fast paths stay
-  (``mmap`` + ``writev`` in the shard writer, ``pread`` in the trainer);
-- on an object store there is no rename, but one PUT (or a completed multipart upload) is atomic: an
-  object is either all there or absent. A unit writes its outputs first and its completion marker last
-  (:mod:`curate.core.runner`), so an object without its marker is never taken for finished.
+- on local disk, under a temporary sibling name renamed into place (:func:`atomic_path`): readers never
+  see half a file, and the fast paths stay (``mmap`` + ``writev`` in the shard writer, ``pread`` in the trainer);
+- on an object store one PUT (or a completed multipart upload) is atomic, and a unit writes its outputs
+  first and its marker last (:mod:`curate.core.runner`): an object without its marker is not finished.
 
-Credentials and endpoints come the standard way (environment, ``~/.aws`` profiles, ``AWS_ENDPOINT_URL``,
-instance roles); what the environment cannot say goes in a ``[storage]`` table of the build config, one
-sub-table per protocol (``[storage.s3] endpoint_url = "..."``), handed to :func:`configure`. The options
-travel with every unit the runner sends to a Ray worker.
+Credentials and endpoints come the standard way (environment, profiles, ``AWS_ENDPOINT_URL``, roles); the
+rest goes in the build config's ``[storage.<protocol>]`` tables (:func:`configure`), which travel with
+every unit the runner sends to a Ray worker.
 """
 
 from __future__ import annotations
