@@ -70,7 +70,7 @@ def one_build(urls: Path, out: str, config: Path) -> dict:
             last[0] = t
 
     cmd = [sys.executable, "-m", "pipelines.cli", "build", str(urls), "--out", out, "--config", str(config)]
-    cmd += ["--allow-private-hosts", "--no-progress"]
+    cmd += ["--allow-private-hosts", "loopback", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
     rc, wall, stats, pid = run_watched(cmd, interval=1.0, on_line=on_line, cwd=ROOT, env=env)
     if rc != 0:

@@ -211,7 +211,7 @@ def test_a_build_into_memory_runs_every_unit_in_this_process(ray_local, tmp_path
     out = f"memory://m-{uuid.uuid4().hex[:8]}/build"
     with WebServer(tmp_path / "web", slow_seconds=2) as web:
         args = ["build", str(web.urls_path), "--out", out, "--config", str(tmp_path / "b.toml")]
-        assert main([*args, "--allow-private-hosts", "--no-progress"]) == 0
+        assert main([*args, "--allow-private-hosts", "loopback", "--no-progress"]) == 0
     samples = storage.read_parquet(f"{out}/samples.parquet")
     assert samples.num_rows == 60 and storage.exists(f"{out}/tiers/manifest.json")
     manifest = storage.read_json(f"{out}/tiers/manifest.json")

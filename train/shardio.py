@@ -1,9 +1,10 @@
-"""Reading a tier's shards for the trainer: ``pread`` on local disk, whole-object GETs with prefetch elsewhere.
+"""Reading a tier's shards for the trainer: ``pread`` on local disk, ranged GETs with prefetch elsewhere.
 
 A loader slot reads its shards in an order fixed by the seed (:class:`train.data.ShardPlan`), so it
 knows which it will want next. Local shards are indexed from their headers and read sample by sample
-with ``os.pread`` (the page cache does the rest). A shard in object storage is fetched whole in one
-GET — a band shard is tens of MB, and a group uses every sample of it — on a background thread as
+with ``os.pread`` (the page cache does the rest). A shard in object storage is fetched whole, as
+concurrent ranged GETs of 8 MB (:func:`fetch`) — a band shard is tens of MB,
+and a group uses every sample of it — on a background thread as
 soon as the slot's plan names it, a few shards ahead, and kept in a small LRU; its members are then
 sliced from memory. Memory per slot is bounded by ``ahead + cache`` shards, whatever the tier's size.
 Nothing here changes *what* is read, only when: the stream stays a pure function of the seed, so a
@@ -32,6 +33,20 @@ def _index_of(members: list[tuple[str, int, int]]) -> Index:
     return out
 
 
+def fetch(url: str, part: int = 8 << 20) -> bytes:
+    """A remote shard's bytes as concurrent ranged GETs of ``part`` bytes (one GET when smaller)."""
+    fs, path = storage.filesystem(url)
+    n = fs.size(path)
+    if n <= part:
+        data = fs.cat_file(path)
+    else:
+        starts = range(0, n, part)
+        data = b"".join(fs.cat_ranges([path] * len(starts), list(starts), [min(s + part, n) for s in starts]))
+    if len(data) != n:
+        raise OSError(f"{url}: read {len(data)} bytes of {n}")
+    return data
+
+
 class ShardReader:
     """Index and member bytes of a list of shards (paths or URLs); one per loader slot, not shared."""
 
@@ -47,7 +62,7 @@ class ShardReader:
         """Start fetching these remote shards (the plan's next ones) if they are not on their way."""
         for s in shards[: self.ahead]:
             if self.remote[s] and s not in self._blobs:
-                self._blobs[s] = self._pool.submit(storage.read_bytes, self.shards[s])
+                self._blobs[s] = self._pool.submit(fetch, self.shards[s])
                 self._trim()
 
     def _trim(self) -> None:
@@ -57,7 +72,7 @@ class ShardReader:
     def _blob(self, s: int) -> bytes:
         fut = self._blobs.get(s)
         if fut is None:
-            fut = self._blobs[s] = self._pool.submit(storage.read_bytes, self.shards[s])
+            fut = self._blobs[s] = self._pool.submit(fetch, self.shards[s])
             self._trim()
         self._blobs.move_to_end(s)
         return fut.result()

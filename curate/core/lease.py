@@ -5,8 +5,7 @@ lock is a lease: ``DIR/.lock`` holds the holder (pid, host, start time, command)
 created only if absent (a conditional PUT, ``If-None-Match: *``, which S3, GCS and MinIO honour), renewed
 by a background thread every ``ttl / 3`` seconds, and deleted on exit. A run that finds a lease past its
 expiry, or held by a process of this host that is gone, takes it over by replacing that exact object
-(``If-Match`` on its ETag), so two
-runs racing for a dead holder's lease cannot both win. A refused run raises
+(``If-Match`` on its ETag), so two runs racing for a dead holder's lease cannot both win. A refused run raises
 :class:`~curate.core.errors.InputError` naming the holder. The price of a lease is ``ttl``: a run killed
 with ``kill -9`` on another host blocks the directory for at most that long (60 s by default).
 """
