@@ -185,7 +185,7 @@ def end_to_end(n: int, shards: int, tmp: Path) -> dict:
     build = tmp / "e2e"
     write_raw(make_samples(n, 64, seed=2), build, per_shard=-(-n // shards))
     cmd = [sys.executable, "-m", "pipelines.cli", "annotate", str(build), "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_worker_niceness": "0"}  # Ray's default 15: see scale.py
     load = os.getloadavg()[0]
     rc, wall, stats, _ = run_watched(cmd, cwd=ROOT, env=env)
     if rc != 0:

@@ -61,7 +61,8 @@ def tiers(args: list[str], cluster=None, failpoint: str | None = None) -> int:
 
 def build_args(web, out: str) -> list[str]:
     root, urls = web
-    return ["build", str(urls), "--out", out, "--config", str(root / "build.toml"), "--allow-private-hosts", "loopback"]
+    config = str(root / "build.toml")
+    return ["build", str(urls), "--out", out, "--config", config, "--allow-private-hosts", "loopback"]
 
 
 @pytest.fixture(scope="module")

@@ -216,3 +216,21 @@ def test_a_build_into_memory_runs_every_unit_in_this_process(ray_local, tmp_path
     assert samples.num_rows == 60 and storage.exists(f"{out}/tiers/manifest.json")
     manifest = storage.read_json(f"{out}/tiers/manifest.json")
     assert all(storage.exists(f"{out}/tiers/{s}") for s in manifest["tiers"]["unfiltered"]["shards"])
+
+
+def test_band_shards_read_neighbouring_images_of_a_remote_tar_in_one_range():
+    """Ranged reads of a raw tar in object storage: images closer than MAX_GAP share one GET, a block
+    never outgrows max_block (an image larger than it is a block of its own), and every image maps
+    to the block that holds it."""
+    import numpy as np
+
+    from curate.shard.bandshard import coalesce
+
+    offsets, sizes = np.array([100, 0, 5000, 10, 9000]), np.array([10, 5, 10, 90, 3000])
+    blocks, block_of = coalesce(offsets, sizes, max_gap=50, max_block=1000)
+    assert blocks == [(0, 110), (5000, 10), (9000, 3000)] and block_of.tolist() == [0, 0, 1, 0, 2]
+    for (o, n), b in zip(zip(offsets, sizes, strict=True), block_of, strict=True):
+        start, length = blocks[b]
+        assert start <= o and o + n <= start + length
+    blocks, _ = coalesce(np.array([0, 10, 20]), np.array([10, 10, 10]), max_gap=50, max_block=15)
+    assert blocks == [(0, 10), (10, 10), (20, 10)]
