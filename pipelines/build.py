@@ -190,9 +190,9 @@ def build(
         storage.configure(cfg.storage)
     out = storage.normalise(out)
     storage.check_access(out)  # before any work: nothing written to a store that cannot take it
+    t0 = time.perf_counter()
+    inputs = read_url_list(urls, read_cfg or ReadConfig())  # an unreadable list leaves --out untouched
     with hold(out, command="tiers build"):
-        t0 = time.perf_counter()
-        inputs = read_url_list(urls, read_cfg or ReadConfig())
         _store_inputs(out, inputs)
         log.info(f"[1/5] {inputs.num_rows:,} input rows")
         with ray_session(ray_address):

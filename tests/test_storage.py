@@ -140,6 +140,7 @@ def test_bad_stores_are_one_line_naming_the_url_before_any_work(s3_server, bucke
 
     dead = tiers("build", str(urls), "--out", f"{bucket}/x", env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
     missing = tiers("build", str(urls), "--out", "s3://no-such-bucket-here/x")
+    unread = tiers("build", "s3://no-such-bucket-here/urls.csv", "--out", str(tmp_path / "out"))
     import moto.settings
 
     monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # this server now checks keys
@@ -148,12 +149,14 @@ def test_bad_stores_are_one_line_naming_the_url_before_any_work(s3_server, bucke
     for res, url, words in [
         (dead, f"{bucket}/x", "cannot reach the storage endpoint http://127.0.0.1:9"),
         (missing, "s3://no-such-bucket-here/x", "no such bucket"),
+        (unread, "s3://no-such-bucket-here/urls.csv", "no such bucket"),
         (refused, f"{bucket}/urls.csv", "access refused"),
     ]:
         err = res.stderr.strip()
         assert res.returncode == 2 and err.count("\n") == 0, err
         assert url in err and words in err, err
     assert storage.listdir(bucket) == []  # nothing written, not even a probe
+    assert not (tmp_path / "out").exists()  # an unreadable URL list leaves --out untouched
 
 
 def test_tiers_check_reads_url_lists_from_a_bucket(bucket, tmp_path):
