@@ -133,6 +133,7 @@ def main() -> None:
     if args.executor == "tasks":
         from curate.core.runtime import ray_session
 
+        os.environ.setdefault("RAY_worker_niceness", "0")  # Ray's default 15 (see bench/scale.py)
         with ray_session(num_cpus=os.cpu_count()):
             return run(args)
     return run(args)
