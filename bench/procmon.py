@@ -41,6 +41,18 @@ def _tree(root: int) -> list[int]:
     return out
 
 
+def peak_rss(pid: int) -> int:
+    """The process's peak RSS so far (VmHWM, bytes); 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _sample(pid: int) -> tuple[str, int, float] | None:
     """(name, peak RSS bytes, CPU seconds) of one process, or None when it is gone."""
     try:
@@ -76,12 +88,16 @@ class TreeStats:
         return sum(self.cpu.values())
 
 
-def run_watched(cmd: list[str], interval: float = 0.2, on_line=None, **popen) -> tuple[int, float, TreeStats, int]:
+def run_watched(
+    cmd: list[str], interval: float = 0.2, on_line=None, on_start=None, **popen
+) -> tuple[int, float, TreeStats, int]:
     """Run ``cmd``; returns (exit code, wall seconds, stats of its process tree, its pid). ``on_line(t, line)``
-    gets each stdout line with its arrival time (seconds since start)."""
+    gets each stdout line with its arrival time (seconds since start); ``on_start(pid)`` the process's pid."""
     stats = TreeStats()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+    if on_start is not None:
+        on_start(proc.pid)
     stop = threading.Event()
 
     def watch():

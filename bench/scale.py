@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.procmon import run_watched  # noqa: E402
+from bench.procmon import peak_rss, run_watched  # noqa: E402
 
 CONFIG = """
 [download]
@@ -59,14 +59,17 @@ def web_for(work: Path, n: int) -> Path:
 
 def one_build(urls: Path, out: str, config: Path) -> dict:
     stages: dict[str, float] = {}
+    driver_by_stage: dict[str, int] = {}  # the driver's peak RSS (MB) when each stage ends: which stage grew it
     last = [0.0]
     tail: list[str] = []
+    driver = [0]
 
     def on_line(t: float, line: str) -> None:
         tail[:] = (tail + [line])[-20:]
         m = STAGE.search(line)
         if m and int(m.group(1)) in NAMES:
             stages[NAMES[int(m.group(1))]] = round(t - last[0], 1)
+            driver_by_stage[NAMES[int(m.group(1))]] = round(peak_rss(driver[0]) / 2**20)
             last[0] = t
 
     cmd = [sys.executable, "-m", "pipelines.cli", "build", str(urls), "--out", out, "--config", str(config)]
@@ -74,7 +77,9 @@ def one_build(urls: Path, out: str, config: Path) -> dict:
     # Ray runs its workers at nice 15 by default: on a shared machine the timed build's workers would
     # then queue behind everyone's background jobs. The bench times the build at its driver's priority.
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0"}
-    rc, wall, stats, pid = run_watched(cmd, interval=1.0, on_line=on_line, cwd=ROOT, env=env)
+    rc, wall, stats, pid = run_watched(
+        cmd, interval=1.0, on_line=on_line, on_start=lambda p: driver.__setitem__(0, p), cwd=ROOT, env=env
+    )
     if rc != 0:
         raise SystemExit(f"tiers build {out} failed with exit {rc}:\n" + "\n".join(tail))
     worker_cmd, worker_peak = stats.largest_worker(pid)
@@ -83,6 +88,7 @@ def one_build(urls: Path, out: str, config: Path) -> dict:
         "wall_s": round(wall, 1),
         "stages_s": stages,
         "driver_peak_mb": round(stats.driver_peak(pid) / 2**20),
+        "driver_peak_mb_by_stage_end": driver_by_stage,
         "largest_worker_peak_mb": round(worker_peak / 2**20),
         "largest_worker": worker_cmd.split(" ")[0],
         "processes": len(stats.peak),
