@@ -161,7 +161,7 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike, runner: Runner | None = 
         log.info(
             f"[{i}/{len(todo)}] {run['variant']} {run['tier']} x {run['samples_seen']:,} samples, seed {run['seed']}"
         )
-        metrics = runner(run, out / "runs" / run["config_hash"])
+        metrics = runner({**run, "study": cfg.name}, out / "runs" / run["config_hash"])  # tracking groups by study
         row = {
             "config_hash": run["config_hash"],
             "variant": run["variant"],

@@ -25,6 +25,7 @@ from curate import code_version
 from curate.core import rundir, storage, units
 from curate.core.errors import InputError
 from curate.core.manifest import read_tier
+from train import tracking
 from train.config import EvalConfig, TrainConfig, make_config
 from train.results import TASKS, EvalReport, TrainSummary
 
@@ -153,7 +154,7 @@ def evaluate(
                 continue
             if task == "zeroshot":
                 classes = ev.local_copy(cfg.classes) if cfg.classes else None
-                res = ev.zeroshot(model, preprocess, tokenizer, p, classes, templates, **common)
+                res = ev.zeroshot(model, preprocess, tokenizer, p, classes, templates, **common, name=name)
             elif task == "retrieval":
                 res = ev.retrieval(model, preprocess, tokenizer, p, **common)
             else:
@@ -174,10 +175,16 @@ def run_eval_config(run: str | os.PathLike) -> EvalConfig:
 
 
 def train_run(run: dict, run_dir: str | os.PathLike) -> dict:
-    """Study adapter: one planned run (``pipelines.study.plan_runs``) -> flat training figures."""
+    """Study adapter: one planned run (``pipelines.study.plan_runs``) -> flat training figures.
+
+    Tracking (``track.log_to`` in the study's ``[train]``): each cell is one tracked run named
+    variant/tier/budget/seed, grouped by ``run["study"]`` (the study's name, which ``run_study`` passes)
+    through :func:`train.tracking.study_cell`."""
     cfg = make_config(
         {**run.get("train", {}), "model": run["model"], "samples_seen": run["samples_seen"], "seed": run["seed"]}
     )
+    cell = f"{run.get('variant', 'default')}/{run['tier']}/{run['samples_seen']}/seed{run['seed']}"
+    cfg = tracking.study_cell(cfg, run.get("study", ""), cell)
     s = train(cfg, run["tiers_dir"], run["tier"], run_dir, progress=False)
     return {k: getattr(s, k) for k in ("steps", "repetition", "train_seconds", "samples_per_s", "final_loss")}
 

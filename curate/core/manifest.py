@@ -21,6 +21,11 @@ The manifest (``format = "clip-tiers/tiers@1"``)::
 
 Shard paths are relative to the manifest's directory; ``brace`` is absolute, in open_clip's
 ``--train-data`` notation (``::`` joins the bands).
+
+A **subset** (``tiers subset``: a DataComp-style uid list) is a tier of its own shards, written from the
+raw tars into ``tiers/subsets/<name>/`` and described by ``tiers/subsets/<name>/subset.json``
+(``{"band": {...BandEntry}, ...}``). :meth:`Manifest.assemble` adds every subset found there as band
+``subsets/<name>`` and tier ``<name>``, so a re-cut of the bands (``tiers retier``) keeps them.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ TIERS = "tiers"
 BANDS = "bands"
 MANIFEST = "manifest.json"
 FORMAT = "clip-tiers/tiers@1"
+SUBSETS = "subsets"
+SUBSET_FILE = "subset.json"
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,11 @@ class Manifest:
     def assemble(
         cls, tiers_dir: str | os.PathLike, bands: dict[str, BandEntry], tier_bands: dict[str, list[str]], **meta
     ) -> Manifest:
-        """Tiers from their bands (``tier -> [band, ...]``, best first); ``meta``: config, counts, ..."""
+        """Tiers from their bands (``tier -> [band, ...]``, best first), plus the subsets written under
+        ``tiers_dir/subsets/``; ``meta``: config, counts, ..."""
+        sub_bands, sub_tiers = subset_entries(tiers_dir)
+        bands = {**bands, **sub_bands}
+        tier_bands = {**tier_bands, **{k: v for k, v in sub_tiers.items() if k not in tier_bands}}
         tiers = {}
         for name, members in tier_bands.items():
             shards = tuple(s for b in members for s in bands[b].shards)
@@ -162,6 +173,23 @@ class Manifest:
 
         shards = tuple(_absolute(storage.parent(path), s) for s in t.shards)
         return Tier(name, shards, t.samples, t.bytes, t.quality, str(path))
+
+
+def subset_entries(tiers_dir: str | os.PathLike) -> tuple[dict[str, BandEntry], dict[str, list[str]]]:
+    """The subsets under ``tiers_dir/subsets/``: band ``subsets/<name>`` and tier ``<name>`` for each."""
+    from curate.core import storage
+
+    bands, tiers = {}, {}
+    root = storage.join(tiers_dir, SUBSETS)
+    for f in storage.glob(root, f"*/{SUBSET_FILE}") if storage.isdir(root) else ():
+        try:
+            band = _band(json.loads(storage.read_bytes(f))["band"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise InputError(f"damaged subset record ({type(e).__name__}: {e})", path=str(f)) from None
+        name = storage.name(storage.parent(f))
+        bands[f"{SUBSETS}/{name}"] = band
+        tiers[name] = [f"{SUBSETS}/{name}"]
+    return bands, tiers
 
 
 def _quality(v: dict) -> tuple[float | None, float | None]:
