@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.core import runner, schema, uid128, units
+from curate.core import runner, schema, storage, uid128, units
 from curate.core.dirlock import hold
 from curate.core.errors import InputError
 from curate.core.manifest import SAMPLES, SUBSET_FILE, SUBSETS, TIERS, BandEntry, Manifest, manifest_path
@@ -73,7 +73,10 @@ class SubsetSummary:
 
 
 def _build_dir(path: str | os.PathLike) -> Path:
-    return manifest_path(path).parent.parent
+    found = manifest_path(path)
+    if not storage.is_local(found):
+        raise InputError("subsets and exports need a build directory on local disk, not in object storage", path=found)
+    return storage.local_path(found).parent.parent
 
 
 def _sha256(path: Path) -> str:
