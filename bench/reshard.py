@@ -5,10 +5,13 @@ filled with real COCO photos resized as a DataComp download is (longest side 512
 ../shared/data is there, else with synthetic-web images (`--source synthetic --image-side 256`:
 small files, where per-sample overhead dominates); the sample table puts them in default bands.
 Both sides read warm page cache; they run alternately, each after a sync, and each keeps its best of
-5 (the median of the pairs' ratios is printed too). Prints MB/s and samples/s for both and the ratio
-(target >= 0.5). Writes bench/results/reshard.json.
+5 (the median of the pairs' ratios is printed too). Each sharding run does both passes (the raw tars
+are indexed again, then the band shards written). ``--executor tasks`` writes through Ray tasks, one
+process per core (Ray started before the timing, as a build has it running); ``threads`` in this
+process. Prints MB/s and samples/s for both and the ratio (target >= 0.5). Writes
+bench/results/reshard.json.
 
-    .venv/bin/python bench/reshard.py [--n 20000] [--image-side 256]
+    .venv/bin/python bench/reshard.py [--n 20000] [--image-side 256] [--executor tasks|threads]
 """
 
 from __future__ import annotations
@@ -96,12 +99,25 @@ def make_raw(root: Path, items, per_shard: int) -> pa.Table:
     return t.append_column("quality", pa.array(q)).append_column("band", pa.array(bands.tolist(), pa.string()))
 
 
-def timed(fn) -> float:
+def tree_cpu() -> float:
+    """CPU seconds used so far by this process, its Ray workers (descendants) and reaped children (cp)."""
+    import resource
+
+    from bench.procmon import _sample, _tree
+
+    total = sum(s[2] for p in _tree(os.getpid())[1:] if (s := _sample(p)) is not None)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return total + own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of every process involved)."""
     # Flush the last run's dirty pages first: otherwise a run pays for its predecessor's writeback.
     os.sync()
-    t0 = time.perf_counter()
+    c0, t0 = tree_cpu(), time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, tree_cpu() - c0
 
 
 def main() -> None:
@@ -111,8 +127,19 @@ def main() -> None:
     ap.add_argument("--image-side", type=int, default=512, help="longest side (DataComp downloads at 512)")
     ap.add_argument("--shard-size", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=5, help="alternating (cp, reshard) pairs; best of each is reported")
+    ap.add_argument("--executor", choices=["tasks", "threads"], default="tasks")
     ap.add_argument("--out", default="bench/results/reshard.json")
     args = ap.parse_args()
+    if args.executor == "tasks":
+        from curate.core.runtime import ray_session
+
+        os.environ.setdefault("RAY_worker_niceness", "0")  # Ray's default 15 (see bench/scale.py)
+        with ray_session(num_cpus=os.cpu_count()):
+            return run(args)
+    return run(args)
+
+
+def run(args) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -132,19 +159,26 @@ def main() -> None:
 
         def reshard():
             shutil.rmtree(root / "build" / "tiers", ignore_errors=True)
-            write_tiers(root / "build", samples, shard_cfg=ShardConfig(shard_size=args.shard_size), progress=False)
+            shutil.rmtree(raw / "_index", ignore_errors=True)
+            cfg = ShardConfig(shard_size=args.shard_size, executor=args.executor)
+            write_tiers(root / "build", samples, shard_cfg=cfg, progress=False)
 
         cp()  # warm the page cache for both
         reshard()
         # Alternate the two, so both see the same moments of this shared machine; keep each one's best.
-        pairs = [(timed(cp), timed(reshard)) for _ in range(args.repeats)]
+        runs = [(timed(cp), timed(reshard)) for _ in range(args.repeats)]
+        pairs = [(c[0], o[0]) for c, o in runs]
+        cpu_pairs = [(c[1], o[1]) for c, o in runs]
         t_cp, t_ours = min(p[0] for p in pairs), min(p[1] for p in pairs)
+        c_cp, c_ours = min(p[0] for p in cpu_pairs), min(p[1] for p in cpu_pairs)
         out_bytes = sum(p.stat().st_size for p in (root / "build" / "tiers").rglob("*.tar"))
 
     result = {
         "samples": args.n,
         "source": args.source,
         "image_side": args.image_side,
+        "executor": args.executor,
+        "load_avg": os.getloadavg()[0],
         "raw_mb": round(raw_bytes / 1e6, 1),
         "cp_s": round(t_cp, 3),
         "reshard_s": round(t_ours, 3),
@@ -153,12 +187,18 @@ def main() -> None:
         "reshard_samples_per_s": round(args.n / t_ours),
         "ratio_vs_cp": round(t_cp / t_ours, 3),
         "ratio_median_of_pairs": round(float(np.median([c / o for c, o in pairs])), 3),
+        # Per CPU-second (this machine is shared): cp's CPU time over ours, best of each.
+        "cp_cpu_s": round(c_cp, 3),
+        "reshard_cpu_s": round(c_ours, 3),
+        "ratio_per_cpu_s": round(c_cp / c_ours, 3),
         "pairs_s": [[round(c, 3), round(o, 3)] for c, o in pairs],
     }
     print(json.dumps(result, indent=2))
     print(
         f"reshard {args.n:,} samples ({result['raw_mb']} MB): {t_ours:.2f} s vs cp -r {t_cp:.2f} s "
-        f"-> ratio {result['ratio_vs_cp']} (target >= 0.5; median of pairs {result['ratio_median_of_pairs']})"
+        f"-> ratio {result['ratio_vs_cp']} (target >= 0.5; median of pairs {result['ratio_median_of_pairs']}); "
+        f"per CPU-second {result['ratio_per_cpu_s']} ({c_ours:.2f} CPU-s vs cp {c_cp:.2f}); "
+        f"load average {result['load_avg']:.1f} on {os.cpu_count()} cores"
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

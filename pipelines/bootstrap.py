@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.core import schema, units
+from curate.core import schema, storage, units
 from curate.core.errors import InputError
 from curate.core.integrity import DamagedFile, read_parquet, write_parquet
 from curate.core.manifest import SAMPLES
@@ -156,7 +156,7 @@ def run_bootstrap(
     """Run every round (finished ones are read back) and return the last round's scores: uid,
     ``bootstrap_score``, ``bootstrap_raw`` (cosine), ``bootstrap_fold``, ``bootstrap_round``, ``bootstrap_model``."""
     cfg.validate()
-    build_dir = Path(build_dir)
+    build_dir = _local(build_dir)
     kept = read_kept(build_dir, cfg.fold_by)
     uids = np.asarray(kept.column(schema.UID).to_pylist(), dtype=object)
     fold = fold_of([str(v) for v in kept.column(cfg.fold_by).to_pylist()], cfg.folds, cfg.seed)
@@ -223,8 +223,16 @@ def _same_round(stored: dict, key: dict) -> bool:
     return strip(stored) == strip(key)
 
 
+def _local(build_dir: str | os.PathLike) -> Path:
+    if not storage.is_local(build_dir):
+        raise InputError(
+            "the bootstrapped filter needs a build directory on local disk, not in object storage", path=str(build_dir)
+        )
+    return storage.local_path(build_dir)
+
+
 def read_scores(build_dir: str | os.PathLike) -> pa.Table:
-    path = Path(build_dir) / BOOTSTRAP / SCORES
+    path = _local(build_dir) / BOOTSTRAP / SCORES
     if not path.exists():
         raise InputError("no bootstrap scores yet; run `tiers bootstrap DIR`", path=str(path))
     return read_parquet(path, fix="run `tiers bootstrap DIR` again")

@@ -15,6 +15,11 @@ A build config is one TOML file with a section per stage::
     [quality]    score = "auto"                (curate.select.quality.QualityConfig; "bootstrap": `tiers bootstrap`)
     [bands]      edges = [0.1, 0.2, 0.3, 0.4, 0.5, 1.0]   balance = "clusters"   (curate.select.bands.BandConfig)
     [shards]     shard_size = 1000
+    [storage.s3] endpoint_url = "http://minio:9000"   (fsspec options per protocol; never written out)
+
+``DIR`` and the URL lists may be URLs (``s3://bucket/build``, ``gs://...``, ``memory://...``): every
+stage reads and writes through :mod:`curate.core.storage`, and the store is checked (reachable, the
+bucket there, the credentials accepted, writes allowed) before any work starts.
 """
 
 from __future__ import annotations
@@ -24,17 +29,16 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from curate.annotate import AnnotateConfig
-from curate.core import config, schema, units
+from curate.core import config, schema, storage
 from curate.core.dirlock import hold
 from curate.core.errors import InputError
 from curate.core.failpoints import failpoint
-from curate.core.integrity import DamagedFile, read_parquet, write_parquet
+from curate.core.integrity import DamagedFile
 from curate.core.manifest import MANIFEST, SAMPLES, TIERS, Manifest
 from curate.dedup import DedupConfig
 from curate.download.config import DownloadConfig
@@ -59,6 +63,9 @@ class BuildConfig:
     bands: BandConfig = BandConfig()
     shards: ShardConfig = ShardConfig()
     decontaminate: tuple[str, ...] = ()
+    # fsspec options per protocol ([storage.s3] ...): how to reach the data, not what it is, so they are
+    # neither compared nor written into build.json or the manifest (they may hold secrets).
+    storage: dict = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict:
         return config.to_dict(self)
@@ -72,9 +79,12 @@ def config_from_toml(data: dict, source: str | None = None) -> BuildConfig:
     """
     data = dict(data)
     filters = dict(data.pop("filters", {}) or {})
+    stores = data.pop("storage", {}) or {}
+    if not isinstance(stores, dict) or not all(isinstance(v, dict) for v in stores.values()):
+        raise InputError("[storage] holds one table per protocol, e.g. [storage.s3] endpoint_url = ...", path=source)
     cfg = config.from_dict(BuildConfig, data, section="build", source=source)
     filters.setdefault("image_size", cfg.download.image_size)
-    cfg = dataclasses.replace(cfg, filters=filters_config(filters, source=source))
+    cfg = dataclasses.replace(cfg, filters=filters_config(filters, source=source), storage=dict(stores))
     try:
         cfg.bands.validate()
     except ValueError as e:
@@ -89,7 +99,7 @@ def load_build_config(path: str | os.PathLike | None) -> BuildConfig:
     return config_from_toml(config.read_toml(path), source=os.fspath(path))
 
 
-def decide(out: Path, cfg: BuildConfig) -> pa.Table:
+def decide(out: str, cfg: BuildConfig) -> pa.Table:
     """Filters, quality, dedup and bands over the stored tables -> ``samples.parquet``."""
     from curate.annotate import read_annotations
     from curate.dedup.stage import read_dedup, run_dedup
@@ -98,7 +108,8 @@ def decide(out: Path, cfg: BuildConfig) -> pa.Table:
     from curate.select.quality import quality
     from curate.select.samples import assemble, counts
 
-    inputs = read_parquet(out / INPUTS, fix=f"run `tiers build URLS --out {out}` again: it rewrites it from the list")
+    fix = f"run `tiers build URLS --out {out}` again: it rewrites it from the list"
+    inputs = storage.read_parquet(storage.join(out, INPUTS), fix=fix)
     downloads = read_results(out)
     ann = read_annotations(out)
     filt = apply_filters(ann, build_filters(cfg.filters))
@@ -121,11 +132,10 @@ def decide(out: Path, cfg: BuildConfig) -> pa.Table:
         if emb_uids != ann.column(schema.UID).to_pylist():
             raise InputError("embeddings and annotations disagree on row order; run `tiers annotate` again")
     samples = assemble(inputs, downloads, ann, filt.table, read_dedup(out), q, cfg.bands, embeddings)
-    if not _stored_equals(out / SAMPLES, samples):
+    if not _stored_equals(storage.join(out, SAMPLES), samples):
         # New decisions: the old manifest no longer describes them, so it goes before anything changes.
-        (out / TIERS / MANIFEST).unlink(missing_ok=True)
-        with units.atomic_path(out / SAMPLES) as tmp:
-            write_parquet(samples, tmp)
+        storage.remove(storage.join(out, TIERS, MANIFEST))
+        storage.write_parquet(samples, storage.join(out, SAMPLES))
     c = counts(samples)
     log.info(
         f"decided {samples.num_rows:,} rows by {which} quality: "
@@ -135,7 +145,7 @@ def decide(out: Path, cfg: BuildConfig) -> pa.Table:
     return samples
 
 
-def _with_bootstrap_scores(out: Path, ann: pa.Table) -> pa.Table:
+def _with_bootstrap_scores(out: str, ann: pa.Table) -> pa.Table:
     """``ann`` with ``bootstrap_score`` joined by uid (null for rows the bootstrap did not score: they
     were not kept when it ran, and rank last)."""
     import pyarrow.compute as pc
@@ -149,18 +159,18 @@ def _with_bootstrap_scores(out: Path, ann: pa.Table) -> pa.Table:
     return ann.append_column(BOOTSTRAP_SCORE, col)
 
 
-def _stored_equals(path: Path, table: pa.Table) -> bool:
+def _stored_equals(path: str, table: pa.Table) -> bool:
     """Does ``path`` hold ``table``? A missing or damaged file does not (it is derived: it gets rewritten)."""
-    if not path.exists():
+    if not storage.exists(path):
         return False
     try:
-        return read_parquet(path).equals(table)
+        return storage.read_parquet(path).equals(table)
     except DamagedFile as e:
         log.warning(f"{path}: {e.problem}; computing it again")
         return False
 
 
-def shard(out: Path, cfg: BuildConfig, samples: pa.Table, progress: bool = True) -> Manifest:
+def shard(out: str, cfg: BuildConfig, samples: pa.Table, progress: bool = True) -> Manifest:
     """Band shards and the tier manifest for ``samples`` (the shard stage)."""
     from curate.select.samples import counts
     from curate.shard.writer import write_tiers
@@ -192,48 +202,53 @@ def build(
     from curate.urllist.readers import ReadConfig, read_url_list
 
     cfg = cfg or BuildConfig()
-    out = Path(out)
+    if cfg.storage:
+        storage.configure(cfg.storage)
+    out = storage.normalise(out)
+    storage.check_access(out)  # before any work: nothing written to a store that cannot take it
+    t0 = time.perf_counter()
+    inputs = read_url_list(urls, read_cfg or ReadConfig())  # an unreadable list leaves --out untouched
     with hold(out, command="tiers build"):
-        t0 = time.perf_counter()
-        inputs = read_url_list(urls, read_cfg or ReadConfig())
         _store_inputs(out, inputs)
         log.info(f"[1/5] {inputs.num_rows:,} input rows")
         with ray_session(ray_address):
-            download(out / INPUTS, out, cfg.download, allow_private=allow_private, progress=progress)
+            download(storage.join(out, INPUTS), out, cfg.download, allow_private=allow_private, progress=progress)
             log.info(f"[2/5] downloaded ({time.perf_counter() - t0:.0f} s)")
             failpoint("build:after_download")
             annotate(out, cfg.annotate, progress=progress)
             log.info(f"[3/5] annotated ({time.perf_counter() - t0:.0f} s)")
             failpoint("build:after_annotate")
-        decisions = decisions_config(out, cfg)
-        samples = decide(out, decisions)
-        log.info(f"[4/5] decided ({time.perf_counter() - t0:.0f} s)")
-        manifest = shard(out, decisions, samples, progress=progress)
+            decisions = decisions_config(out, cfg)
+            samples = decide(out, decisions)
+            log.info(f"[4/5] decided ({time.perf_counter() - t0:.0f} s)")
+            manifest = shard(out, decisions, samples, progress=progress)  # band shards as Ray tasks
         _write_config(out, decisions, requested=cfg)
-        log.info(f"[5/5] wrote {len(manifest.tiers)} tiers in {out / 'tiers'} ({time.perf_counter() - t0:.0f} s)")
+        where = storage.join(out, TIERS)
+        log.info(f"[5/5] wrote {len(manifest.tiers)} tiers in {where} ({time.perf_counter() - t0:.0f} s)")
     return manifest
 
 
-def _store_inputs(out: Path, inputs: pa.Table) -> None:
+def _store_inputs(out: str, inputs: pa.Table) -> None:
     """Keep the URL list as read (retier's source); refuse a directory built from another list. A damaged
     copy is derived data: it is written again from the list."""
-    path = out / INPUTS
-    if path.exists():
+    path = storage.join(out, INPUTS)
+    if storage.exists(path):
         try:
-            if read_parquet(path).equals(inputs):
+            if storage.read_parquet(path).equals(inputs):
                 return
             raise InputError(f"{out} was built from another URL list; use a new --out or remove it")
         except DamagedFile as e:
             log.warning(f"{path}: {e.problem}; writing it again from the URL list")
-    with units.atomic_path(path) as tmp:
-        write_parquet(inputs, tmp)
+    storage.write_parquet(inputs, path)
 
 
 def retier(out: str | os.PathLike, cfg: BuildConfig, progress: bool = True) -> Manifest:
     """Re-decide and re-shard from stored tables: no download, no decode."""
-    out = Path(out)
-    if not (out / INPUTS).exists():
-        raise InputError("not a build directory (no inputs.parquet); run `tiers build` first", path=str(out))
+    if cfg.storage:
+        storage.configure(cfg.storage)
+    out = storage.normalise(out)
+    if not storage.exists(storage.join(out, INPUTS)):
+        raise InputError("not a build directory (no inputs.parquet); run `tiers build` first", path=out)
     with hold(out, command="tiers retier"):
         samples = decide(out, cfg)
         manifest = shard(out, cfg, samples, progress=progress)
@@ -247,10 +262,10 @@ def retier(out: str | os.PathLike, cfg: BuildConfig, progress: bool = True) -> M
 DECISIONS = ("filters", "dedup", "quality", "bands", "shards", "decontaminate")
 
 
-def _stored(out: Path) -> dict:
-    p = Path(out) / "build.json"
+def _stored(out: str) -> dict:
+    p = storage.join(out, "build.json")
     try:
-        doc = json.loads(p.read_text())
+        doc = json.loads(storage.read_bytes(p))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
@@ -259,13 +274,13 @@ def _stored(out: Path) -> dict:
     return doc if "config" in doc else {"config": doc, "build": doc}  # the older layout: one config
 
 
-def decisions_config(out: Path, requested: BuildConfig) -> BuildConfig:
+def decisions_config(out: str, requested: BuildConfig) -> BuildConfig:
     """The config the decisions of a rerun ``tiers build`` use: ``requested``, unless the directory was
     re-cut since the same request (then the re-cut's filters, dedup, quality, bands and shards stay)."""
     doc = _stored(out)
     if not doc or doc["config"] == doc["build"]:
         return requested
-    current = config_from_toml(doc["config"], source=str(out / "build.json"))
+    current = config_from_toml(doc["config"], source=storage.join(out, "build.json"))
     if doc["build"] != _as_json(requested):
         log.warning(f"{out}: this build's config replaces the cut made by `tiers retier` / `tiers dedup`")
         return requested
@@ -277,16 +292,15 @@ def _as_json(cfg: BuildConfig) -> dict:
     return json.loads(json.dumps(cfg.to_dict(), default=str))  # as build.json holds it (lists, not tuples)
 
 
-def _write_config(out: Path, cfg: BuildConfig, requested: BuildConfig | dict | None) -> None:
+def _write_config(out: str, cfg: BuildConfig, requested: BuildConfig | dict | None) -> None:
     build = _as_json(requested) if isinstance(requested, BuildConfig) else requested
     doc = {"config": _as_json(cfg), "build": build if build is not None else _as_json(cfg)}
-    with units.atomic_path(out / "build.json") as tmp:
-        tmp.write_text(json.dumps(doc, indent=2))
+    storage.write_json(storage.join(out, "build.json"), doc)
 
 
 def stored_config(out: str | os.PathLike) -> BuildConfig:
     """The config a build directory's decisions were last made with (for retier)."""
-    doc = _stored(Path(out))
+    doc = _stored(storage.normalise(out))
     if not doc:
         return BuildConfig()
-    return config_from_toml(doc["config"], source=str(Path(out) / "build.json"))
+    return config_from_toml(doc["config"], source=storage.join(out, "build.json"))

@@ -152,7 +152,7 @@ def write_report(out: Path, rows: list[dict], study: dict, tiers_dir: str, exten
     pdir = out / "plots"
     pdir.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(tiers_dir)
-    build_dir = manifest_path(tiers_dir).parent.parent
+    build_dir = Path(manifest_path(tiers_dir)).parent.parent
     chance = _chance(study)
     analysis = analyse(rows, extend)
     pool = max(t.samples for t in manifest.tiers.values())

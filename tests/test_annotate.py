@@ -15,7 +15,7 @@ from curate.annotate import image as img
 from curate.annotate.caption import caption_signals
 from curate.annotate.clip import parse_spec, save_random_model
 from curate.annotate.language import LanguageID
-from curate.annotate.run import ShardAnnotator, _is_current
+from curate.annotate.run import ShardAnnotator, _is_current, _unit
 from curate.core import schema, units
 from curate.core.errors import InputError
 from synthweb.bodies import HTML_BODY, bomb_png
@@ -320,12 +320,19 @@ def tiny_clip(tmp_path_factory):
     return save_random_model(tmp_path_factory.mktemp("clip") / "tiny")
 
 
+def annotate_one(build_dir, cfg: AnnotateConfig, shard: str = "00000"):
+    """Run one raw shard's unit in this process, as an actor would; returns the runner's report."""
+    from curate.core import runner
+
+    unit = _unit(str(build_dir / "raw"), shard, cfg)
+    return runner.run(str(build_dir / "annotations"), [unit], ShardAnnotator(str(build_dir), cfg, worker=False))
+
+
 def test_shard_unit_records_every_failure_and_resumes(tmp_path):
     ok_uids = write_raw_shard(tmp_path / "raw")
     cfg = AnnotateConfig(batch_size=3)  # several batches per shard
-    worker = ShardAnnotator(str(tmp_path), cfg, worker=False)
-    summary = worker(pa.table({"shard": ["00000"]})).to_pylist()
-    assert summary[0]["error"] is None and summary[0]["rows"] == len(ok_uids) == 8
+    report = annotate_one(tmp_path, cfg)
+    assert not report.failed and report.ran["00000"]["rows"] == len(ok_uids) == 8
 
     t = read_annotations(tmp_path)
     assert t.column_names[:5] == [schema.UID, schema.URL, schema.CAPTION, schema.SHARD, schema.KEY]
@@ -363,16 +370,15 @@ def test_shard_unit_records_every_failure_and_resumes(tmp_path):
 def test_an_unreadable_shard_is_reported_not_raised_by_the_worker(tmp_path):
     write_raw_shard(tmp_path / "raw")
     (tmp_path / "raw" / "00000.tar").write_bytes(b"not a tar at all" * 100)
-    out = ShardAnnotator(str(tmp_path), AnnotateConfig(), worker=False)(pa.table({"shard": ["00000"]}))
-    assert "00000.tar" in out.column("error")[0].as_py()
+    assert "00000.tar" in annotate_one(tmp_path, AnnotateConfig()).failed["00000"]
     assert not units.is_done(tmp_path / "annotations", "00000")
+    with pytest.raises(InputError, match="shard 00000: .*00000.tar"):
+        annotate(tmp_path, AnnotateConfig(), executor="local", progress=False)
 
 
 def test_clip_scores_and_embeddings_stored_apart(tmp_path, tiny_clip):
     write_raw_shard(tmp_path / "raw")
-    ShardAnnotator(str(tmp_path), AnnotateConfig(clip_model=tiny_clip, batch_size=4, clip_batch_size=2), worker=False)(
-        pa.table({"shard": ["00000"]})
-    )
+    annotate_one(tmp_path, AnnotateConfig(clip_model=tiny_clip, batch_size=4, clip_batch_size=2))
     t = read_annotations(tmp_path)
     uids, emb = load_embeddings(tmp_path)
     _, txt = load_embeddings(tmp_path, schema.TEXT_EMBEDDING)
@@ -388,12 +394,12 @@ def test_clip_scores_and_embeddings_stored_apart(tmp_path, tiny_clip):
     d = tiny_clip.removeprefix("local-dir:")
     other = f"{d}/model_config.json:{d}/open_clip_pytorch_model.bin"
     assert parse_spec(other).weights.endswith(".bin")
-    ShardAnnotator(str(tmp_path), AnnotateConfig(clip_model=other), worker=False)(pa.table({"shard": ["00000"]}))
+    annotate_one(tmp_path, AnnotateConfig(clip_model=other))
     again = read_annotations(tmp_path).column(schema.CLIP_SCORE).to_numpy(zero_copy_only=False)
     assert np.allclose(again[decoded], score[decoded], atol=1e-5)
 
     # Annotating again without CLIP removes the embeddings, which would no longer match.
-    ShardAnnotator(str(tmp_path), AnnotateConfig(), worker=False)(pa.table({"shard": ["00000"]}))
+    annotate_one(tmp_path, AnnotateConfig())
     with pytest.raises(InputError, match="--clip-model"):
         load_embeddings(tmp_path)
 
@@ -409,15 +415,13 @@ def test_a_tiers_train_run_scores_the_pool(tmp_path):
     train.train(cfg, manifest, "trusted", tmp_path / "run", progress=False)
     write_raw_shard(tmp_path / "pool" / "raw")
     spec = f"run:{tmp_path / 'run'}"
-    ShardAnnotator(str(tmp_path / "pool"), AnnotateConfig(clip_model=spec), worker=False)(
-        pa.table({"shard": ["00000"]})
-    )
+    annotate_one(tmp_path / "pool", AnnotateConfig(clip_model=spec))
     t = read_annotations(tmp_path / "pool")
     scored = [s is not None for s in t.column(schema.CLIP_SCORE).to_pylist()]
     decoded = [e is None for e in t.column(schema.DECODE_ERROR).to_pylist()]
     assert scored == decoded and sum(scored) == 3
-    missing = ShardAnnotator(str(tmp_path / "pool"), AnnotateConfig(clip_model="run:/no/such/run"), worker=False)
-    assert "no `tiers train` run" in missing(pa.table({"shard": ["00000"]})).column("error")[0].as_py()
+    missing = annotate_one(tmp_path / "pool", AnnotateConfig(clip_model="run:/no/such/run"))
+    assert "no `tiers train` run" in missing.failed["00000"]
 
 
 @pytest.mark.parametrize("spec", ["ViT-B-32", "ViT-B-32:/no/such/checkpoint.pt", "no-such-arch:/x.pt"])

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from curate import code_version
-from curate.core import rundir, units
+from curate.core import rundir, storage, units
 from curate.core.errors import InputError
 from curate.core.manifest import read_tier
 from train import tracking
@@ -49,9 +49,17 @@ def train(
     cfg: TrainConfig, tiers_dir: str | os.PathLike, tier: str, out: str | os.PathLike, progress: bool = True
 ) -> TrainSummary:
     """Train ``cfg`` on tier ``tier`` of the build at ``tiers_dir`` into ``out``; returns the summary
-    (with headline ``eval`` numbers when ``cfg.eval`` names datasets). Raises :class:`InputError` on bad input."""
+    (with headline ``eval`` numbers when ``cfg.eval`` names datasets). Raises :class:`InputError` on bad input.
+
+    ``out`` may be a URL: the run trains in a local mirror that uploads checkpoints as they land and the
+    summary last (:mod:`train.remote`), and resumes from the bucket's newest checkpoint."""
     from train import loop
 
+    if not storage.is_local(out):
+        from train.remote import mirrored
+
+        with mirrored(storage.normalise(out), keep=cfg.keep_checkpoints, upload=_rank() == 0) as local:
+            return train(cfg, tiers_dir, tier, local, progress)
     t = read_tier(tiers_dir, tier)
     out = Path(out)
     doc = {
@@ -145,7 +153,8 @@ def evaluate(
             if prev is not None and all(prev.get(k) == v for k, v in key.items()):
                 continue
             if task == "zeroshot":
-                res = ev.zeroshot(model, preprocess, tokenizer, p, cfg.classes, templates, **common, name=name)
+                classes = ev.local_copy(cfg.classes) if cfg.classes else None
+                res = ev.zeroshot(model, preprocess, tokenizer, p, classes, templates, **common, name=name)
             elif task == "retrieval":
                 res = ev.retrieval(model, preprocess, tokenizer, p, **common)
             else:

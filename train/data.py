@@ -12,10 +12,11 @@ place is ``(group, offset)``, and its augmentation draws from generators seeded 
 ``(seed, slot, group, offset)``: the stream is a pure function of the seed, so a checkpoint need
 only store each slot's next ``(group, offset)`` to resume exactly, without replaying anything.
 
-Shards are WebDataset tars (``<key>.<jpg|png|webp>`` + ``<key>.txt``, other members ignored); they
-are indexed from their headers (:func:`curate.core.tarstream.index_tar`) and samples are read with
-``pread``, which is what lets a slot start in the middle of a group. Undecodable samples (truncated,
-HTML, bombs) are skipped and counted; an unreadable shard counts as empty.
+Shards are WebDataset tars (``<key>.<jpg|png|webp>`` + ``<key>.txt``, other members ignored), local
+paths or URLs (``s3://...``); they are indexed from their headers and samples are read by offset
+(:mod:`train.shardio`: ``pread`` locally, whole-object GETs fetched ahead of the slot's plan from
+object storage), which is what lets a slot start in the middle of a group. Undecodable samples
+(truncated, HTML, bombs) are skipped and counted; an unreadable shard counts as empty.
 
 Workers. A PyTorch DataLoader hands out batches round-robin over its workers, so global batch
 ``j`` comes from worker ``j % W``. A run resumed at step ``k`` maps physical worker ``i`` to slot
@@ -25,9 +26,7 @@ Workers. A PyTorch DataLoader hands out batches round-robin over its workers, so
 from __future__ import annotations
 
 import logging
-import os
 import random
-import tarfile
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -35,8 +34,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from curate.core.tarstream import IMAGE_EXTS, index_tar
+from curate.core.tarstream import IMAGE_EXTS
 from train.augment import CaptionAugmenter, decode_image, drop_tokens
+from train.shardio import UNREADABLE, ShardReader
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,19 @@ def sample_seed(seed: int, slot: int, group: int, offset: int) -> int:
 class ShardPlan:
     """The endless seeded shard sequence, cut per slot into shuffled groups of sample references."""
 
-    def __init__(self, shards: list[str] | tuple[str, ...], n_slots: int, seed: int, mix: int, cache: int = 64):
+    def __init__(
+        self,
+        shards: list[str] | tuple[str, ...],
+        n_slots: int,
+        seed: int,
+        mix: int,
+        cache: int = 64,
+        reader: ShardReader | None = None,
+    ):
         if not shards:
             raise ValueError("a tier with no shards cannot be trained on")
         self.shards = list(shards)
+        self.reader = reader or ShardReader(self.shards)
         self.n_slots, self.seed, self.mix = n_slots, seed, mix
         self._perms: OrderedDict[int, np.ndarray] = OrderedDict()
         self._index: OrderedDict[int, list[Ref]] = OrderedDict()
@@ -81,8 +90,8 @@ class ShardPlan:
             return self._index[shard]
         path = self.shards[shard]
         try:
-            index = index_tar(path)
-        except (OSError, tarfile.TarError) as e:
+            index = self.reader.index(shard)
+        except UNREADABLE as e:
             if path not in self.bad_shards:
                 log.warning("skipping unreadable shard %s: %s", path, e)
                 self.bad_shards.add(path)
@@ -98,6 +107,10 @@ class ShardPlan:
         return out
 
     def group(self, slot: int, g: int) -> list[Ref]:
+        # The next group's shards start on their way (object storage) while this one is read.
+        ahead = range((g + 1) * self.mix, (g + 1 + max(1, 4 // self.mix)) * self.mix)
+        self.reader.prefetch([self.shard_at(slot, j) for j in range(g * self.mix, (g + 1) * self.mix)])
+        self.reader.prefetch([self.shard_at(slot, j) for j in ahead])
         refs = [r for j in range(g * self.mix, (g + 1) * self.mix) for r in self.refs(self.shard_at(slot, j))]
         order = np.random.default_rng([self.seed, slot, g, 0x6B]).permutation(len(refs))
         return [refs[i] for i in order]
@@ -155,34 +168,22 @@ class TierStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         slot = self.slot_of(info.id if info is not None else 0)
-        plan = ShardPlan(self.shards, self.spec.n_slots, self.spec.seed, self.spec.mix_shards)
-        fds: OrderedDict[int, int] = OrderedDict()
+        reader = ShardReader(self.shards)
+        plan = ShardPlan(self.shards, self.spec.n_slots, self.spec.seed, self.spec.mix_shards, reader=reader)
         g, off = self.positions.get(slot, (0, 0))
         try:
             while True:
                 if info is None:
                     # In-process: per-sample reseeding must not disturb the training process's RNG.
                     with torch.random.fork_rng(devices=[]):
-                        batch, g, off = self._batch(plan, fds, slot, g, off)
+                        batch, g, off = self._batch(plan, slot, g, off)
                 else:
-                    batch, g, off = self._batch(plan, fds, slot, g, off)
+                    batch, g, off = self._batch(plan, slot, g, off)
                 yield batch
         finally:
-            for fd in fds.values():
-                os.close(fd)
+            reader.close()
 
-    def _read(self, fds: OrderedDict, shard: int, offset: int, size: int) -> bytes:
-        fd = fds.get(shard)
-        if fd is None:
-            fd = fds[shard] = os.open(self.shards[shard], os.O_RDONLY)
-            if len(fds) > 16:
-                os.close(fds.popitem(last=False)[1])
-        data = os.pread(fd, size, offset)
-        if len(data) != size:
-            raise OSError(f"short read in {self.shards[shard]}")
-        return data
-
-    def _batch(self, plan: ShardPlan, fds, slot: int, g: int, off: int):
+    def _batch(self, plan: ShardPlan, slot: int, g: int, off: int):
         spec = self.spec
         images, captions, rngs, skipped, empty_groups = [], [], [], 0, 0
         group = plan.group(slot, g)
@@ -203,8 +204,8 @@ class TierStream(IterableDataset):
                     # Only the CPU generator the photometric ops draw from: torch.manual_seed also queues
                     # lazy CUDA seeding, which formats a stack trace per call.
                     torch.default_generator.manual_seed(s)
-                img = self.transform(decode_image(self._read(fds, shard, io_, is_), spec.draft), rng)
-                text = self._read(fds, shard, to, ts).decode("utf-8", "replace").strip()
+                img = self.transform(decode_image(plan.reader.read(shard, io_, is_), spec.draft), rng)
+                text = plan.reader.read(shard, to, ts).decode("utf-8", "replace").strip()
             except Exception:  # hostile bytes of any kind: skip the sample, count it
                 skipped += 1
                 continue

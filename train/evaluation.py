@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from curate.core import storage
 from curate.core.errors import InputError
 from train import standard
 from train.augment import decode_image
@@ -39,13 +40,38 @@ _GENERIC_STEMS = {"test", "train", "val", "validation", "data", "eval", "images"
 
 
 def dataset_name(spec: str) -> tuple[str, Path]:
-    """``NAME=PATH`` or ``PATH`` -> (name, path)."""
+    """``NAME=PATH`` or ``PATH`` -> (name, local path); a URL is fetched to a local cache first."""
     name, sep, path = spec.partition("=")
-    if sep and name and not os.path.exists(spec):
-        return name, Path(path)
-    p = Path(spec)
+    if sep and name and not os.path.exists(spec) and "://" not in name:
+        return name, local_copy(path)
+    url = spec
+    p = Path(storage.name(url)) if not storage.is_local(url) else Path(spec)
     stem = p.stem if p.suffix == ".parquet" else p.name
-    return (f"{p.parent.name}-{stem}" if stem in _GENERIC_STEMS and p.parent.name else stem), p
+    parent = storage.name(storage.parent(url)) if not storage.is_local(url) else p.parent.name
+    return (f"{parent}-{stem}" if stem in _GENERIC_STEMS and parent else stem), local_copy(spec)
+
+
+def local_copy(spec: str) -> Path:
+    """An evaluation set named by a URL (a parquet, and the ``classes.json`` beside it if there is one)
+    copied once into ``~/.cache/clip-tiers/eval/``; a local path as it is. Sets are small: they are read
+    whole anyway, so a copy costs one read."""
+    if storage.is_local(spec):
+        return storage.local_path(spec)
+    import hashlib
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clip-tiers" / "eval"
+    where = cache / hashlib.blake2b(spec.encode(), digest_size=8).hexdigest()
+    target = where / storage.name(spec)
+    if not target.exists():
+        if not storage.isfile(spec):
+            storage.check_access(spec, write=False)
+            raise InputError("no such evaluation set (a parquet file is expected at a URL)", path=spec)
+        where.mkdir(parents=True, exist_ok=True)
+        classes = storage.join(storage.parent(spec), "classes.json")
+        if storage.isfile(classes):
+            storage.write_bytes(str(where / "classes.json"), storage.read_bytes(classes))
+        storage.write_bytes(str(target), storage.read_bytes(spec))
+    return target
 
 
 @dataclass

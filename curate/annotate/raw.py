@@ -21,9 +21,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.core import schema
+from curate.core import schema, storage
 from curate.core.errors import InputError
-from curate.core.integrity import DamagedFile, read_parquet
+from curate.core.integrity import DamagedFile
 from curate.core.tarstream import MappedTar
 
 IMAGE = "image"  # the encoded bytes, in the sample batches handed to the annotator
@@ -48,18 +48,18 @@ SAMPLE_SCHEMA = pa.schema(
 
 def list_shards(raw_dir: str | os.PathLike) -> list[str]:
     """Shard names (``"00000"``, ...) that have both a tar and a parquet, in order."""
-    raw_dir = Path(raw_dir)
-    if not raw_dir.is_dir():
-        raise InputError("no raw shards here (expected DIR/raw/ from `tiers download`)", path=str(raw_dir))
-    stems = [p.stem for p in raw_dir.glob("*.parquet") if SHARD_STEM.match(p.stem)]
-    return sorted(s for s in stems if (raw_dir / f"{s}.tar").is_file())
+    names = set(storage.listdir(raw_dir))
+    if not names and not storage.isdir(raw_dir):
+        raise InputError("no raw shards here (expected DIR/raw/ from `tiers download`)", path=os.fspath(raw_dir))
+    stems = [n[: -len(".parquet")] for n in names if n.endswith(".parquet")]
+    return sorted(s for s in stems if SHARD_STEM.match(s) and f"{s}.tar" in names)
 
 
 def read_successes(raw_dir: str | os.PathLike, shard: str) -> pa.Table:
     """The shard's successfully downloaded rows: uid, url, caption, key, original size."""
-    path = Path(raw_dir) / f"{shard}.parquet"
+    path = storage.join(raw_dir, f"{shard}.parquet")
     try:
-        table = read_parquet(path)  # page checksums: a flipped byte is an error, not a wrong width
+        table = storage.read_parquet(path)  # page checksums: a flipped byte is an error, not a wrong width
     except DamagedFile:
         raise
     except (OSError, pa.ArrowInvalid) as e:
@@ -89,14 +89,16 @@ def read_successes(raw_dir: str | os.PathLike, shard: str) -> pa.Table:
     )
 
 
-def iter_samples(raw_dir: str | os.PathLike, shard: str, batch_size: int = 512) -> Iterator[pa.Table]:
+def iter_samples(
+    raw_dir: str | os.PathLike, shard: str, batch_size: int = 512, tar_path: str | os.PathLike | None = None
+) -> Iterator[pa.Table]:
     """Batches of ``SAMPLE_SCHEMA`` rows for every success of ``shard``, reading its tar once.
 
     Batches follow the tar's order; a success whose image is not in the tar comes last with a null
     image (the annotator records it as ``missing_in_tar``). A tar that cannot be read raises
     :class:`InputError` naming it.
     """
-    raw_dir = Path(raw_dir)
+    raw_dir = storage.normalise(raw_dir)
     ok = read_successes(raw_dir, shard)
     index = {k: i for i, k in enumerate(ok.column(schema.KEY).to_pylist())}
     seen: set[str] = set()
@@ -112,10 +114,10 @@ def iter_samples(raw_dir: str | os.PathLike, shard: str, batch_size: int = 512) 
         stem, dot, ext = name.rsplit("/", 1)[-1].rpartition(".")
         return bool(dot) and ext.lower() in IMAGE_EXTS and stem in index and stem not in seen
 
-    path = raw_dir / f"{shard}.tar"
+    path = storage.join(raw_dir, f"{shard}.tar")
     if ok.num_rows:
         try:
-            with MappedTar(path) as tar:
+            with MappedTar(tar_path or path) as tar:
                 for name, offset, size in tar.members:
                     if not want(name):
                         continue

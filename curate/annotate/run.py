@@ -18,12 +18,14 @@ as one :class:`InputError` after the other shards finish.
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import dataclasses
+import hashlib
+import json
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -33,53 +35,35 @@ import pyarrow.parquet as pq
 from curate import code_version
 from curate.annotate.raw import iter_samples, list_shards
 from curate.annotate.stage import EMBEDDINGS, OUTPUT_SCHEMA, AnnotateConfig, Annotator
-from curate.core import manifest, schema, units
+from curate.core import manifest, runner, schema, storage, units
 from curate.core.dirlock import hold
 from curate.core.errors import InputError
-from curate.core.integrity import check_file, read_parquet, stamp, write_parquet
 from curate.download.verify import check_raw
 
-log = logging.getLogger(__name__)
-
 EMBEDDINGS_DIR = "embeddings"
-SUMMARY = pa.schema([("shard", pa.string()), ("rows", pa.int64()), ("seconds", pa.float64()), ("error", pa.string())])
 
 
-def _raw_state(raw_dir: Path, shard: str) -> dict:
-    out = {}
-    for ext in ("parquet", "tar"):
-        st = (raw_dir / f"{shard}.{ext}").stat()
-        out[ext] = [st.st_size, st.st_mtime_ns]
-    return out
+def _raw_state(raw_dir: str, shard: str) -> dict:
+    return {ext: storage.stamp(storage.join(raw_dir, f"{shard}.{ext}")) for ext in ("parquet", "tar")}
 
 
-def _is_current(out_dir: Path, raw_dir: Path, shard: str, cfg: AnnotateConfig) -> bool:
-    marker = units.read_marker(out_dir, shard)
-    return bool(
-        marker
-        and marker.get("fingerprint") == cfg.fingerprint()
-        and marker.get("raw") == _raw_state(raw_dir, shard)
-        and _outputs_intact(out_dir, shard, marker)
-    )
+def _unit(raw_dir: str, shard: str, cfg: AnnotateConfig) -> runner.Unit:
+    """A shard's unit: fingerprinted by the config and the raw files' sizes and versions."""
+    key = json.dumps({"config": cfg.fingerprint(), "raw": _raw_state(raw_dir, shard)}, sort_keys=True, default=str)
+    fp = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+    outputs = (f"{shard}.parquet",) + ((f"{EMBEDDINGS_DIR}/{shard}.parquet",) if cfg.clip_model else ())
+    return runner.Unit(shard, fp, outputs=outputs, args=shard)
 
 
-def _outputs_intact(out_dir: Path, shard: str, marker: dict) -> bool:
-    """The shard's annotation (and embedding) parquet are the bytes written then: a damaged one is
-    annotated again (derived from the raw shard). Markers of older runs record no stamps: existence only."""
-    stamps = marker.get("files", {"annotations": None})
-    paths = {"annotations": out_dir / f"{shard}.parquet", "embeddings": out_dir / EMBEDDINGS_DIR / f"{shard}.parquet"}
-    for name, recorded in stamps.items():
-        problem = check_file(paths[name], recorded)
-        if problem is not None:
-            log.warning(f"{paths[name]}: {problem}; annotating shard {shard} again")
-            return False
-    return True
+def _is_current(out_dir, raw_dir, shard: str, cfg: AnnotateConfig) -> bool:
+    return runner.finished(storage.normalise(out_dir), _unit(storage.normalise(raw_dir), shard, cfg))
 
 
 class ShardAnnotator:
-    """A Ray Data actor over shard names: annotate each shard and write it as a unit.
+    """The runner's unit function for raw shards, built once per actor (models load once).
 
-    ``__call__`` takes a table with a ``shard`` column and returns one ``SUMMARY`` row per shard.
+    ``__call__(annotations dir, unit)`` annotates raw shard ``unit.args`` and writes its outputs; the
+    runner writes the marker after it.
     """
 
     def __init__(self, build_dir: str, cfg: AnnotateConfig, worker: bool = True):
@@ -92,9 +76,9 @@ class ShardAnnotator:
                 import torch
 
                 torch.set_num_threads(max(1, cfg.threads))
-        self.build_dir = Path(build_dir)
-        self.raw_dir = self.build_dir / manifest.RAW
-        self.out_dir = self.build_dir / manifest.ANNOTATIONS
+        self.build_dir = storage.normalise(build_dir)
+        self.raw_dir = storage.join(self.build_dir, manifest.RAW)
+        self.out_dir = storage.join(self.build_dir, manifest.ANNOTATIONS)
         self.cfg = cfg
         # A model that cannot be loaded is the user's to fix: report it per shard, as a shard error,
         # rather than as a crashed actor.
@@ -104,53 +88,33 @@ class ShardAnnotator:
         except InputError as e:
             self.init_error = str(e)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = []
-        for shard in batch.column("shard").to_pylist():
-            t0 = time.perf_counter()
-            try:
-                if self.annotator is None:
-                    raise InputError(self.init_error)
-                n = self.annotate_shard(shard)
-                rows.append({"shard": shard, "rows": n, "seconds": time.perf_counter() - t0, "error": None})
-            except InputError as e:
-                rows.append({"shard": shard, "rows": 0, "seconds": time.perf_counter() - t0, "error": str(e)})
-        return pa.Table.from_pylist(rows, schema=SUMMARY)
+    def __call__(self, root: str, unit: runner.Unit) -> dict:
+        if self.annotator is None:
+            raise InputError(self.init_error)
+        return self.annotate_shard(unit.args)
 
-    def annotate_shard(self, shard: str) -> int:
+    def annotate_shard(self, shard: str) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
-        units.clear_marker(self.out_dir, shard)
-        parts = [self.annotator(s) for s in iter_samples(self.raw_dir, shard, self.cfg.batch_size)]
+        with storage.local_copy(storage.join(self.raw_dir, f"{shard}.tar")) as tar:
+            parts = [self.annotator(s) for s in iter_samples(self.raw_dir, shard, self.cfg.batch_size, tar)]
         table = pa.concat_tables(parts) if parts else _empty(self.annotator)
-        emb_path = self.out_dir / EMBEDDINGS_DIR / f"{shard}.parquet"
+        emb_path = storage.join(self.out_dir, EMBEDDINGS_DIR, f"{shard}.parquet")
         if self.cfg.clip_model:
-            emb = table.select([schema.UID, *EMBEDDINGS])
-            with units.atomic_path(emb_path) as tmp:
-                write_parquet(emb, tmp)
+            storage.write_parquet(table.select([schema.UID, *EMBEDDINGS]), emb_path)
         else:
-            emb_path.unlink(missing_ok=True)  # from an earlier run with CLIP: no longer aligned
+            storage.remove(emb_path)  # from an earlier run with CLIP: no longer aligned
         table = table.select(OUTPUT_SCHEMA.names)
-        with units.atomic_path(self.out_dir / f"{shard}.parquet") as tmp:
-            write_parquet(table, tmp)
-        files = {"annotations": stamp(self.out_dir / f"{shard}.parquet")}
-        if self.cfg.clip_model:
-            files["embeddings"] = stamp(emb_path)
+        storage.write_parquet(table, storage.join(self.out_dir, f"{shard}.parquet"))
         errors = Counter(e for e in table.column(schema.DECODE_ERROR).to_pylist() if e)
-        units.mark_done(
-            self.out_dir,
-            shard,
-            {
-                "fingerprint": self.cfg.fingerprint(),
-                "raw": _raw_state(self.raw_dir, shard),
-                "files": files,
-                "rows": table.num_rows,
-                "decode_errors": dict(sorted(errors.items())),
-                "seconds": round(time.perf_counter() - t0, 3),
-                "cpu_seconds": round(time.process_time() - c0, 3),  # this actor's process, all threads
-                "code_version": code_version(),
-            },
-        )
-        return table.num_rows
+        return {
+            "config": self.cfg.fingerprint(),
+            "raw": _raw_state(self.raw_dir, shard),
+            "rows": table.num_rows,
+            "decode_errors": dict(sorted(errors.items())),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "cpu_seconds": round(time.process_time() - c0, 3),  # this actor's process, all threads
+            "code_version": code_version(),
+        }
 
 
 def _empty(annotator: Annotator) -> pa.Table:
@@ -161,15 +125,20 @@ def _empty(annotator: Annotator) -> pa.Table:
     return table
 
 
-def _actors(cfg: AnnotateConfig, todo: int) -> tuple[int, float]:
-    """(actors, GPUs per actor) for this cluster."""
+def _executor(cfg: AnnotateConfig, kind: str) -> runner.Executor:
+    """An actor per core (``cfg.threads`` cores each), or one per GPU when CLIP runs on GPUs."""
+    if kind != "actors":
+        return runner.Executor(kind, init=())
     import ray
 
-    res = ray.cluster_resources()
-    gpus = int(res.get("GPU", 0))
+    gpus = int(ray.cluster_resources().get("GPU", 0))
     use_gpu = bool(cfg.clip_model) and gpus > 0 and cfg.device != "cpu"
-    default = gpus if use_gpu else max(1, int(res.get("CPU", 1)) // max(1, cfg.threads))
-    return max(1, min(todo, cfg.actors or default)), (1.0 if use_gpu else 0.0)
+    return runner.Executor(
+        "actors",
+        workers=cfg.actors or (gpus if use_gpu else 0),
+        num_cpus=max(1, cfg.threads),
+        num_gpus=1.0 if use_gpu else 0.0,
+    )
 
 
 def annotate(
@@ -177,36 +146,45 @@ def annotate(
     cfg: AnnotateConfig = AnnotateConfig(),
     ray_address: str | None = None,
     progress: bool = True,
+    executor: str = "actors",
 ) -> AnnotateSummary:
     """Annotate every raw shard of ``build_dir`` not already done; return counts over all shards.
 
-    Raises :class:`InputError` for a missing ``raw/`` or models that cannot be loaded (checked here,
-    before Ray starts), and after the run for shards that could not be read, naming them; a damaged or
-    missing raw shard of a ``tiers download`` raises before any work, naming the command that repairs it.
+    ``executor``: ``actors`` (a Ray actor pool, the default), or ``local`` (this process, for tests and
+    notebooks). Raises :class:`InputError` for a missing ``raw/`` or models that cannot be loaded
+    (checked here, before Ray starts), and after the run for shards that could not be read, naming them; a
+    damaged or missing raw shard of a ``tiers download`` raises before any work, naming the command that
+    repairs it. A damaged annotation output (size or digest) is annotated again.
     """
-    build_dir = Path(build_dir)
+    build_dir = storage.normalise(build_dir)
+    storage.check_access(build_dir)
     with hold(build_dir, command="tiers annotate"):
         check_raw(build_dir)
-        return _annotate(build_dir, cfg, ray_address, progress)
+        return _annotate(build_dir, cfg, ray_address, progress, executor)
 
 
-def _annotate(build_dir: Path, cfg: AnnotateConfig, ray_address: str | None, progress: bool) -> AnnotateSummary:
-    raw_dir, out_dir = build_dir / manifest.RAW, build_dir / manifest.ANNOTATIONS
+def _annotate(build_dir: str, cfg: AnnotateConfig, ray_address, progress: bool, executor: str) -> AnnotateSummary:
+    raw_dir, out_dir = storage.join(build_dir, manifest.RAW), storage.join(build_dir, manifest.ANNOTATIONS)
     shards = list_shards(raw_dir)
     if not shards:
-        raise InputError("no raw shards (NNNNN.tar + NNNNN.parquet) here", path=str(raw_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
+        raise InputError("no raw shards (NNNNN.tar + NNNNN.parquet) here", path=raw_dir)
+    storage.makedirs(out_dir)
     units.remove_stale_temporaries(out_dir)
-    todo = [s for s in shards if not _is_current(out_dir, raw_dir, s, cfg)]
-    failures = []
+    todo, _ = runner.pending(out_dir, [_unit(raw_dir, s, cfg) for s in shards])
     if todo:
         _check_models(cfg)
         from curate.core.runtime import ray_session
 
-        with ray_session(ray_address):
-            failures = _run_ray(build_dir, cfg, todo, progress)
-    if failures:
-        raise InputError("annotate: " + "; ".join(f"shard {s}: {e}" for s, e in failures))
+        session = ray_session(ray_address) if executor == "actors" else contextlib.nullcontext()
+        with session:
+            ex = _executor(cfg, executor)
+            if ex.kind == "actors":
+                ex = dataclasses.replace(ex, init=(build_dir, cfg))
+                fn = ShardAnnotator
+            else:
+                fn = ShardAnnotator(build_dir, cfg, worker=False)
+            report = runner.run(out_dir, todo, fn, ex, desc="annotate", progress=progress)
+        report.raise_failures("annotate", noun="shard")
     return summarise(build_dir, shards, annotated=len(todo))
 
 
@@ -224,32 +202,6 @@ def _check_models(cfg: AnnotateConfig) -> None:
                 raise InputError("no such file for --clip-model", path=path)
 
 
-def _run_ray(build_dir: Path, cfg: AnnotateConfig, todo: list[str], progress: bool) -> list[tuple[str, str]]:
-    import ray
-    from tqdm import tqdm
-
-    actors, gpus = _actors(cfg, len(todo))
-    ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
-    out = ds.map_batches(
-        ShardAnnotator,
-        fn_constructor_kwargs={"build_dir": str(build_dir), "cfg": cfg},
-        batch_size=1,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=max(1, cfg.threads),
-        num_gpus=gpus,
-    )
-    failures = []
-    with tqdm(total=len(todo), desc="annotate", unit="shard", disable=not progress) as bar:
-        for batch in out.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for r in batch.to_pylist():
-                if r["error"]:
-                    failures.append((r["shard"], r["error"]))
-                bar.update(1)
-                bar.set_postfix(rows=r["rows"])
-    return failures
-
-
 @dataclass(frozen=True)
 class AnnotateSummary:
     """Counts over every raw shard's completion marker: ``decoded + sum(decode_errors) == rows``."""
@@ -264,11 +216,12 @@ class AnnotateSummary:
 
 def summarise(build_dir: str | os.PathLike, shards: list[str] | None = None, annotated: int = 0) -> AnnotateSummary:
     """Counts from the completion markers: rows, decode errors by reason, shards done."""
-    out_dir = Path(build_dir) / manifest.ANNOTATIONS
-    shards = shards if shards is not None else list_shards(Path(build_dir) / manifest.RAW)
+    out_dir = storage.join(build_dir, manifest.ANNOTATIONS)
+    shards = shards if shards is not None else list_shards(storage.join(build_dir, manifest.RAW))
+    marked = units.done_units(out_dir)
     rows, errors, done = 0, Counter(), 0
     for s in shards:
-        m = units.read_marker(out_dir, s)
+        m = units.read_marker(out_dir, s) if s in marked else None
         if m:
             done += 1
             rows += m["rows"]
@@ -283,10 +236,11 @@ def summarise(build_dir: str | os.PathLike, shards: list[str] | None = None, ann
     )
 
 
-def _done_shards(build_dir: Path) -> list[str]:
-    raw_dir, out_dir = build_dir / manifest.RAW, build_dir / manifest.ANNOTATIONS
+def _done_shards(build_dir: str) -> list[str]:
+    raw_dir, out_dir = storage.join(build_dir, manifest.RAW), storage.join(build_dir, manifest.ANNOTATIONS)
     shards = list_shards(raw_dir)
-    missing = [s for s in shards if not units.is_done(out_dir, s)]
+    marked = units.done_units(out_dir)
+    missing = [s for s in shards if s not in marked]
     if missing:
         raise InputError(f"annotations missing for raw shard(s) {', '.join(missing[:5])}; run `tiers annotate`")
     return shards
@@ -294,21 +248,23 @@ def _done_shards(build_dir: Path) -> list[str]:
 
 def read_annotations(build_dir: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
     """The whole annotation table, shards in order; raises if a raw shard is not annotated yet."""
-    build_dir = Path(build_dir)
-    out_dir = build_dir / manifest.ANNOTATIONS
+    build_dir = storage.normalise(build_dir)
+    out_dir = storage.join(build_dir, manifest.ANNOTATIONS)
     fix = f"run `tiers annotate {build_dir}`: it annotates damaged shards again"
-    parts = [read_parquet(out_dir / f"{s}.parquet", columns=columns, fix=fix) for s in _done_shards(build_dir)]
+    shards = _done_shards(build_dir)
+    parts = [storage.read_parquet(storage.join(out_dir, f"{s}.parquet"), columns, fix) for s in shards]
     return pa.concat_tables(parts) if parts else OUTPUT_SCHEMA.empty_table()
 
 
 def annotation_columns(build_dir: str | os.PathLike) -> list[str]:
     """The columns the stored annotation tables have (older builds lack the newer ones, e.g. ``thumb``)."""
-    build_dir = Path(build_dir)
+    build_dir = storage.normalise(build_dir)
     shards = _done_shards(build_dir)
     if not shards:
         return list(OUTPUT_SCHEMA.names)
+    fs, path = storage.filesystem(storage.join(build_dir, manifest.ANNOTATIONS, f"{shards[0]}.parquet"))
     try:
-        return list(pq.read_schema(build_dir / manifest.ANNOTATIONS / f"{shards[0]}.parquet").names)
+        return list(pq.read_schema(path, filesystem=fs).names)  # the footer only
     except (OSError, pa.ArrowException):  # damaged: read_annotations names the file and the fix
         return list(OUTPUT_SCHEMA.names)
 
@@ -318,14 +274,14 @@ def load_embeddings(build_dir: str | os.PathLike, which: str = schema.IMAGE_EMBE
 
     Raises :class:`InputError` when the annotations were made without CLIP.
     """
-    build_dir = Path(build_dir)
-    emb_dir = build_dir / manifest.ANNOTATIONS / EMBEDDINGS_DIR
+    build_dir = storage.normalise(build_dir)
+    emb_dir = storage.join(build_dir, manifest.ANNOTATIONS, EMBEDDINGS_DIR)
     uids, blocks = [], []
     for s in _done_shards(build_dir):
-        path = emb_dir / f"{s}.parquet"
-        if not path.exists():
-            raise InputError("no CLIP embeddings: annotate with --clip-model", path=str(path))
-        t = read_parquet(path, columns=[schema.UID, which], fix=f"run `tiers annotate {build_dir}`")
+        path = storage.join(emb_dir, f"{s}.parquet")
+        if not storage.exists(path):
+            raise InputError("no CLIP embeddings: annotate with --clip-model", path=path)
+        t = storage.read_parquet(path, columns=[schema.UID, which], fix=f"run `tiers annotate {build_dir}`")
         col = t.column(which).combine_chunks()
         arr = np.zeros((len(col), col.type.list_size), np.float16)
         valid = pc.is_valid(col).to_numpy(zero_copy_only=False)

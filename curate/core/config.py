@@ -16,7 +16,6 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, TypeVar
 
 from curate.core.errors import InputError
@@ -27,7 +26,11 @@ T = TypeVar("T")
 def read_toml(path: str | os.PathLike) -> dict:
     """The TOML file at ``path`` as a dict; an unreadable or invalid file raises InputError naming it."""
     try:
-        return tomllib.loads(Path(path).read_text())
+        from curate.core import storage
+
+        return tomllib.loads(storage.read_text(path))
+    except InputError:
+        raise
     except OSError as e:
         raise InputError(f"cannot read config: {e.strerror or e}", path=os.fspath(path)) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

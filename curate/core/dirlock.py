@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from curate.core import storage
 from curate.core.errors import EXIT_BUSY, InputError
 
 LOCK = ".lock"
@@ -58,8 +59,13 @@ def read_holder(directory: str | os.PathLike) -> dict:
 def hold(directory: str | os.PathLike, command: str | None = None) -> Iterator[dict]:
     """Hold ``DIR/.lock`` for the block; raise :class:`DirectoryBusy` at once if a live process holds it.
 
-    Re-entrant within one process (a build calling download, which locks too, is one run).
+    Re-entrant within one process (a build calling download, which locks too, is one run). In object
+    storage (no ``flock`` there) the lock is a lease object, renewed while the run lives
+    (:mod:`curate.core.lease`).
     """
+    if not storage.is_local(directory):
+        yield from _hold_remote(storage.normalise(directory), command)
+        return
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     key = str(directory.resolve())
@@ -89,6 +95,20 @@ def hold(directory: str | os.PathLike, command: str | None = None) -> Iterator[d
             del _held[key]
     finally:
         os.close(fd)  # releases the flock
+
+
+def _hold_remote(url: str, command: str | None) -> Iterator[dict]:
+    from curate.core import lease
+
+    if url in _held:
+        yield _held[url]
+        return
+    with lease.hold(url, command, busy=lambda holder: DirectoryBusy(url, holder)) as me:
+        _held[url] = me
+        try:
+            yield me
+        finally:
+            del _held[url]
 
 
 _held: dict[str, dict] = {}

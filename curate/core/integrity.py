@@ -72,12 +72,13 @@ def write_parquet(table: pa.Table, where, **kw) -> None:
     pq.write_table(table, where, write_page_checksum=True, **kw)
 
 
-def read_parquet(path: str | os.PathLike, columns=None, fix: str | None = None, **kw) -> pa.Table:
-    """``pq.read_table`` verifying page checksums; :class:`DamagedFile` (naming ``fix``) if it cannot."""
+def read_parquet(path, columns=None, fix: str | None = None, name: str | None = None, **kw) -> pa.Table:
+    """``pq.read_table`` verifying page checksums; :class:`DamagedFile` (naming ``fix``) if it cannot.
+    ``path`` may be a buffer (a fetched object), then ``name`` is what errors call it."""
     try:
         return pq.read_table(path, columns=columns, page_checksum_verification=True, **kw)
     except FileNotFoundError:
         raise
     except (OSError, pa.ArrowException) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise DamagedFile(path, f"unreadable parquet: {first}", fix) from None
+        raise DamagedFile(name or path, f"unreadable parquet: {first}", fix) from None

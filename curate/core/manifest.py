@@ -34,7 +34,6 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from curate.core.errors import InputError
 
@@ -101,8 +100,7 @@ class Manifest:
     ) -> Manifest:
         """Tiers from their bands (``tier -> [band, ...]``, best first), plus the subsets written under
         ``tiers_dir/subsets/``; ``meta``: config, counts, ..."""
-        root = Path(tiers_dir)
-        sub_bands, sub_tiers = subset_entries(root)
+        sub_bands, sub_tiers = subset_entries(tiers_dir)
         bands = {**bands, **sub_bands}
         tier_bands = {**tier_bands, **{k: v for k, v in sub_tiers.items() if k not in tier_bands}}
         tiers = {}
@@ -115,7 +113,7 @@ class Manifest:
                 samples=sum(bands[b].samples for b in members),
                 bytes=sum(bands[b].bytes for b in members),
                 quality=(min(q[0] for q in qs), max(q[1] for q in qs)) if qs else (None, None),
-                brace=brace([str((root / s).resolve()) for s in shards]),
+                brace=brace([_absolute(tiers_dir, s) for s in shards]),
             )
         return cls(bands=bands, tiers=tiers, **meta)
 
@@ -130,13 +128,12 @@ class Manifest:
             "tiers": {k: _plain(asdict(v)) for k, v in self.tiers.items()},
         }
 
-    def write(self, tiers_dir: str | os.PathLike) -> Path:
+    def write(self, tiers_dir: str | os.PathLike) -> str:
         """Write ``tiers_dir/manifest.json`` atomically (the last file a build writes)."""
-        from curate.core import units
+        from curate.core import storage
 
-        path = Path(tiers_dir) / MANIFEST
-        with units.atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        path = storage.join(tiers_dir, MANIFEST)
+        storage.write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True))
         return path
 
     @classmethod
@@ -158,9 +155,11 @@ class Manifest:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Manifest:
         """The manifest of a build dir, its ``tiers/`` dir or the file itself; InputError when unusable."""
+        from curate.core import storage
+
         p = manifest_path(path)
         try:
-            data = json.loads(p.read_text())
+            data = json.loads(storage.read_bytes(p))
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError(f"unreadable tier manifest: {e}", path=str(p)) from None
         return cls.from_dict(data, source=str(p))
@@ -170,20 +169,24 @@ class Manifest:
         if name not in self.tiers:
             raise InputError(f"no tier {name!r}; this manifest has: {', '.join(self.tiers) or 'none'}", path=str(path))
         t = self.tiers[name]
-        shards = tuple(str((Path(path).parent / s).resolve()) for s in t.shards)
+        from curate.core import storage
+
+        shards = tuple(_absolute(storage.parent(path), s) for s in t.shards)
         return Tier(name, shards, t.samples, t.bytes, t.quality, str(path))
 
 
 def subset_entries(tiers_dir: str | os.PathLike) -> tuple[dict[str, BandEntry], dict[str, list[str]]]:
     """The subsets under ``tiers_dir/subsets/``: band ``subsets/<name>`` and tier ``<name>`` for each."""
+    from curate.core import storage
+
     bands, tiers = {}, {}
-    root = Path(tiers_dir) / SUBSETS
-    for f in sorted(root.glob(f"*/{SUBSET_FILE}")) if root.is_dir() else ():
+    root = storage.join(tiers_dir, SUBSETS)
+    for f in storage.glob(root, f"*/{SUBSET_FILE}") if storage.isdir(root) else ():
         try:
-            band = _band(json.loads(f.read_text())["band"])
+            band = _band(json.loads(storage.read_bytes(f))["band"])
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise InputError(f"damaged subset record ({type(e).__name__}: {e})", path=str(f)) from None
-        name = f.parent.name
+        name = storage.name(storage.parent(f))
         bands[f"{SUBSETS}/{name}"] = band
         tiers[name] = [f"{SUBSETS}/{name}"]
     return bands, tiers
@@ -213,13 +216,24 @@ def _plain(d: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def manifest_path(path: str | os.PathLike) -> Path:
-    """Accept a build dir, its ``tiers/`` dir or the manifest itself."""
-    p = Path(path)
-    for cand in (p, p / MANIFEST, p / TIERS / MANIFEST):
-        if cand.is_file():
+def _absolute(root: str | os.PathLike, rel: str) -> str:
+    """A shard's absolute path (a URL when the manifest is in object storage)."""
+    from curate.core import storage
+
+    if storage.is_local(root):
+        return str((storage.local_path(root) / rel).resolve())
+    return storage.join(root, rel)
+
+
+def manifest_path(path: str | os.PathLike) -> str:
+    """Accept a build dir, its ``tiers/`` dir or the manifest itself (any of them a URL)."""
+    from curate.core import storage
+
+    p = storage.normalise(path)
+    for cand in (p, storage.join(p, MANIFEST), storage.join(p, TIERS, MANIFEST)):
+        if storage.isfile(cand):
             return cand
-    raise InputError("no tier manifest here (looked for tiers/manifest.json); run `tiers build` first", path=str(p))
+    raise InputError("no tier manifest here (looked for tiers/manifest.json); run `tiers build` first", path=p)
 
 
 def load_manifest(path: str | os.PathLike) -> Manifest:

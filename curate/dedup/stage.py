@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from curate.core import schema, units
+from curate.core import runner, schema, storage
 from curate.core.errors import InputError
 from curate.dedup import DedupConfig, deduplicate
 from curate.dedup.decontaminate import eval_hashes, find_contaminated, set_name
@@ -33,12 +32,14 @@ SUMMARY = "dedup.json"
 CONTAMINATION = "contamination"
 
 
-def _annotations_state(build_dir: Path) -> str:
+def _annotations_state(build_dir: str) -> str:
     """A fingerprint of the finished annotation units: dedup is redone when they change."""
     h = hashlib.sha256()
-    for p in sorted((build_dir / "annotations").glob("*.parquet")):
-        st = p.stat()
-        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    ann = storage.join(build_dir, "annotations")
+    for name in storage.listdir(ann):
+        if name.endswith(".parquet"):
+            size, version = storage.stamp(storage.join(ann, name))
+            h.update(f"{name}:{size}:{version}".encode())
     return h.hexdigest()[:16]
 
 
@@ -54,7 +55,7 @@ class DedupSummary:
     semantic: bool  # whether CLIP embeddings took part
 
 
-def _key(build_dir: Path, cfg: DedupConfig, quality, prefer, decontaminate) -> dict:
+def _key(build_dir: str, cfg: DedupConfig, quality, prefer, decontaminate) -> dict:
     def digest(a, dtype):
         return None if a is None else hashlib.sha256(np.asarray(a, dtype).tobytes()).hexdigest()[:16]
 
@@ -62,7 +63,7 @@ def _key(build_dir: Path, cfg: DedupConfig, quality, prefer, decontaminate) -> d
         "rule": 2,  # 2: near copies verified by the stored thumbnails (decisions of rule 1 are redone)
         "config": asdict(cfg),
         "annotations": _annotations_state(build_dir),
-        "decontaminate": [str(Path(p).resolve()) for p in decontaminate],
+        "decontaminate": [p if not storage.is_local(p) else str(Path(p).resolve()) for p in decontaminate],
         "quality": digest(quality, np.float32),
         "prefer": digest(prefer, bool),
     }
@@ -78,16 +79,23 @@ def run_dedup(
     """Decide and write duplicates for ``build_dir``; returns the summary.
 
     ``quality`` and ``prefer`` (aligned with the annotation table) rank keepers; ``prefer`` is
-    typically "passes the filters", so a cluster keeps a sample that will be kept.
+    typically "passes the filters", so a cluster keeps a sample that will be kept. One unit of
+    :mod:`curate.core.runner` (``DIR/_done/dedup.json``), fingerprinted by the annotations, the
+    settings and the rankings: a rerun with the same ones does nothing.
     """
+    build_dir = storage.normalise(build_dir)
+    key = _key(build_dir, cfg, quality, prefer, decontaminate)
+    fp = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    unit = runner.Unit("dedup", fp, outputs=(DEDUP, SUMMARY), args=(key, cfg, quality, prefer, decontaminate))
+    report = runner.run(build_dir, [unit], _decide_unit)
+    report.raise_failures("dedup")
+    return DedupSummary(**storage.read_json(storage.join(build_dir, SUMMARY)))
+
+
+def _decide_unit(build_dir: str, unit: runner.Unit) -> dict:
     from curate.annotate import annotation_columns, read_annotations
 
-    build_dir = Path(build_dir)
-    key = _key(build_dir, cfg, quality, prefer, decontaminate)
-    old = build_dir / SUMMARY
-    if (build_dir / DEDUP).exists() and old.exists() and json.loads(old.read_text()).get("key") == key:
-        return DedupSummary(**json.loads(old.read_text()))
-
+    key, cfg, quality, prefer, decontaminate = unit.args
     cols = [schema.UID, schema.SHA256, schema.PIXEL_HASH, schema.PHASH, schema.WIDTH, schema.HEIGHT]
     cols += [schema.ORIGINAL_WIDTH, schema.ORIGINAL_HEIGHT]
     if cfg.near and cfg.verify and schema.THUMB in annotation_columns(build_dir):
@@ -113,14 +121,12 @@ def run_dedup(
         contaminated=per_set,
         semantic=embeddings is not None,
     )
-    with units.atomic_path(build_dir / DEDUP) as tmp:
-        pq.write_table(out, tmp)
-    with units.atomic_path(old) as tmp:
-        tmp.write_text(json.dumps(asdict(summary), indent=2))
-    return summary
+    storage.write_parquet(out, storage.join(build_dir, DEDUP))
+    storage.write_json(storage.join(build_dir, SUMMARY), asdict(summary))
+    return {"rows": summary.rows, "duplicates": summary.duplicates}
 
 
-def _embeddings(build_dir: Path, all_uids, decoded: np.ndarray) -> np.ndarray | None:
+def _embeddings(build_dir: str, all_uids, decoded: np.ndarray) -> np.ndarray | None:
     """CLIP image embeddings of the decoded rows, or None when annotate ran without CLIP."""
     from curate.annotate import load_embeddings
 
@@ -155,7 +161,7 @@ def _decontaminate(out: pa.Table, table: pa.Table, cfg: DedupConfig, sets: tuple
 
 
 def read_dedup(build_dir: str | os.PathLike) -> pa.Table:
-    p = Path(build_dir) / DEDUP
-    if not p.exists():
-        raise InputError("no dedup decisions yet; run `tiers dedup`", path=str(p))
-    return pq.read_table(p)
+    p = storage.join(build_dir, DEDUP)
+    if not storage.exists(p):
+        raise InputError("no dedup decisions yet; run `tiers dedup`", path=p)
+    return storage.read_parquet(p)

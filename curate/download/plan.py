@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 
 import pyarrow as pa
 
 from curate import code_version
-from curate.core import schema, units
+from curate.core import schema, storage, units
 from curate.core.errors import InputError
-from curate.core.integrity import read_parquet, write_parquet
 from curate.download.config import DownloadConfig, config_from_dict
 from curate.download.worker import INPUT, input_path, shard_name
 
@@ -74,16 +71,18 @@ def img2dataset_safe(table: pa.Table) -> pa.Table:
     return pa.table(cols, names=names)
 
 
-def read_plan(raw: Path) -> dict | None:
-    p = raw / INPUT / PLAN
-    return json.loads(p.read_text()) if p.exists() else None
+def read_plan(raw: str) -> dict | None:
+    try:
+        return storage.read_json(storage.join(raw, INPUT, PLAN))
+    except FileNotFoundError:
+        return None
 
 
 def plan_config(plan: dict) -> DownloadConfig:
     return config_from_dict(plan["config"])
 
 
-def check_config(plan: dict, cfg: DownloadConfig, raw: Path) -> None:
+def check_config(plan: dict, cfg: DownloadConfig, raw: str) -> None:
     before = plan["fingerprint"]
     now = cfg.fingerprint()
     if before != now:
@@ -95,7 +94,7 @@ def check_config(plan: dict, cfg: DownloadConfig, raw: Path) -> None:
         )
 
 
-def plan(raw: Path, table: pa.Table, cfg: DownloadConfig, source: str | None = None) -> dict:
+def plan(raw: str, table: pa.Table, cfg: DownloadConfig, source: str | None = None) -> dict:
     """Write the input shards and the plan, or check that an existing plan is for this input."""
     uids = table.column(schema.UID).to_pylist()
     digest = uid_digest(uids)
@@ -113,8 +112,7 @@ def plan(raw: Path, table: pa.Table, cfg: DownloadConfig, source: str | None = N
     n = cfg.samples_per_shard
     ids = list(range((table.num_rows + n - 1) // n))
     for i in ids:
-        with units.atomic_path(input_path(raw, shard_name(i))) as tmp:
-            write_parquet(table.slice(i * n, n), tmp)
+        storage.write_parquet(table.slice(i * n, n), input_path(raw, shard_name(i)))
     info = {
         "format": FORMAT,
         "code_version": code_version(),
@@ -126,24 +124,24 @@ def plan(raw: Path, table: pa.Table, cfg: DownloadConfig, source: str | None = N
         "fingerprint": cfg.fingerprint(),
         "config": cfg.to_dict(),
     }
-    write_json(raw / INPUT / PLAN, info)
+    write_json(storage.join(raw, INPUT, PLAN), info)
     return info
 
 
-def write_json(path: Path, data: dict) -> None:
-    with units.atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+def write_json(path: str, data: dict) -> None:
+    storage.write_json(path, data, indent=2)
 
 
 # --- retry rounds -----------------------------------------------------------------------------------
 
 
-def round_path(raw: Path, r: int) -> Path:
-    return raw / INPUT / f"round-{r:03d}.json"
+def round_path(raw: str, r: int) -> str:
+    return storage.join(raw, INPUT, f"round-{r:03d}.json")
 
 
-def read_rounds(raw: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((raw / INPUT).glob("round-*.json"))]
+def read_rounds(raw: str) -> list[dict]:
+    names = [n for n in storage.listdir(storage.join(raw, INPUT)) if n.startswith("round-") and n.endswith(".json")]
+    return [storage.read_json(storage.join(raw, INPUT, n)) for n in sorted(names)]
 
 
 def all_shards(plan_info: dict, rounds: list[dict]) -> list[int]:
@@ -161,7 +159,7 @@ def shard_rows(plan_info: dict, rounds: list[dict]) -> dict[int, int]:
 
 
 def plan_round(
-    raw: Path,
+    raw: str,
     plan_info: dict,
     rounds: list[dict],
     rows: pa.Table,
@@ -175,25 +173,27 @@ def plan_round(
     n = samples_per_shard
     ids = [start + k for k in range((rows.num_rows + n - 1) // n)]
     for k, i in enumerate(ids):
-        with units.atomic_path(input_path(raw, shard_name(i))) as tmp:
-            write_parquet(rows.slice(k * n, n), tmp)
+        storage.write_parquet(rows.slice(k * n, n), input_path(raw, shard_name(i)))
     info = {"round": r, "reasons": reasons, "rows": rows.num_rows, "shards": ids, "origins": origins}
     write_json(round_path(raw, r), info)
     return info
 
 
-def round_uids(raw: Path, info: dict) -> set[str]:
+def round_uids(raw: str, info: dict) -> set[str]:
     out: set[str] = set()
     for s in info["shards"]:
-        out.update(read_parquet(input_path(raw, shard_name(s)), columns=[schema.UID]).column(0).to_pylist())
+        out.update(storage.read_parquet(input_path(raw, shard_name(s)), columns=[schema.UID]).column(0).to_pylist())
     return out
 
 
-def remove_stale(raw: Path) -> None:
-    """Clear what a killed run left: attempt directories and temporary files."""
+def remove_stale(raw: str) -> None:
+    """Clear what a killed run left on local disk: attempt directories and temporary files (object
+    stores hold none: attempts stage on local scratch)."""
     import shutil
 
-    shutil.rmtree(raw / "_tmp", ignore_errors=True)
-    if raw.exists():
+    if not storage.is_local(raw):
+        return
+    shutil.rmtree(storage.local_path(raw) / "_tmp", ignore_errors=True)
+    if storage.exists(raw):
         units.remove_stale_temporaries(raw)
-    os.makedirs(raw, exist_ok=True)
+    storage.makedirs(raw)

@@ -7,16 +7,16 @@ instead of jumping once per shard, on one machine or a cluster sharing the outpu
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tqdm import tqdm
 
+from curate.core import storage
 from curate.download.worker import PROGRESS, TMP
 
 
 class DownloadProgress:
-    def __init__(self, raw: Path, total: int, done: int = 0, ok: int = 0, enabled: bool = True, desc="download"):
-        self.raw = raw
+    def __init__(self, raw: str, total: int, done: int = 0, ok: int = 0, enabled: bool = True, desc="download"):
+        # Attempts stage under raw/_tmp/ only on local disk; elsewhere the bar moves per finished shard.
+        self.tmp = storage.local_path(raw) / TMP if storage.is_local(raw) else None
         self.done_rows, self.done_ok = done, ok  # finished shards
         self._shown = done
         self.bar = tqdm(
@@ -30,7 +30,7 @@ class DownloadProgress:
 
     def _in_flight(self) -> tuple[int, int]:
         n = ok = 0
-        for p in (self.raw / TMP).glob(f"*/{PROGRESS}"):
+        for p in self.tmp.glob(f"*/{PROGRESS}") if self.tmp is not None else ():
             try:
                 a, b = p.read_text().split()
             except (OSError, ValueError):

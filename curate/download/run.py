@@ -21,27 +21,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
-from collections import Counter, deque
-from pathlib import Path
+from collections import Counter
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate import code_version
-from curate.core import manifest, schema, units
+from curate.core import manifest, runner, schema, storage, units
 from curate.core.dirlock import hold
 from curate.core.errors import InputError
-from curate.core.integrity import read_parquet, write_parquet
 from curate.download import plan as planning
 from curate.download import verify
 from curate.download.config import DownloadConfig, load_config
 from curate.download.progress import DownloadProgress
 from curate.download.safety import AddressPolicy, parse_allow
 from curate.download.summary import DownloadSummary
-from curate.download.worker import TMP, file_sizes, input_path, run_shard, shard_name
+from curate.download.worker import TMP, ShardDownloader, file_sizes, input_path, shard_name
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +65,11 @@ def as_policy(allow_private: AddressPolicy | str | None) -> AddressPolicy:
 def read_manifest(out: str | os.PathLike) -> DownloadSummary | None:
     """The summary a finished (or stopped) download left in ``out/raw/manifest.json``, or None (also when
     the file is damaged: it is derived from the raw shards, and the next run writes it again)."""
-    p = Path(out) / manifest.RAW / MANIFEST
-    if not p.exists():
-        return None
+    p = storage.join(out, manifest.RAW, MANIFEST)
     try:
-        return DownloadSummary.from_dict(json.loads(p.read_text()))
+        return DownloadSummary.from_dict(json.loads(storage.read_bytes(p)))
+    except FileNotFoundError:
+        return None
     except (ValueError, TypeError, KeyError, OSError) as e:
         log.warning(f"{p}: unreadable ({type(e).__name__}: {e}); it is computed again from the raw shards")
         return None
@@ -91,6 +90,7 @@ def download(
     ``out/raw/``; returns the raw manifest. Bad input raises :class:`InputError`."""
     cfg = cfg or DownloadConfig()
     policy = as_policy(allow_private)
+    storage.check_access(out)
     if isinstance(urls, pa.Table):
         table, source = urls, None
     else:
@@ -98,7 +98,7 @@ def download(
 
         table = read_url_list(urls, read_config or ReadConfig())
         source = ", ".join(map(os.fspath, urls)) if isinstance(urls, list | tuple) else os.fspath(urls)
-    raw = Path(out) / manifest.RAW
+    raw = storage.join(out, manifest.RAW)
     with hold(out, command="tiers download"):
         info = planning.plan(raw, table, cfg, source)
         return _complete(raw, info, cfg, policy, ray_address, num_cpus, progress)
@@ -120,14 +120,14 @@ def retry_failed(
     ``config_file`` names over them; returns the summary with ``retried`` (rows tried again; when not 0
     the last ``rounds`` entry says how many were recovered)."""
     with hold(out, command="tiers download --retry-failed"):
-        return _retry(Path(out), cfg, reasons, config_file, as_policy(allow_private), ray_address, num_cpus, progress)
+        return _retry(out, cfg, reasons, config_file, as_policy(allow_private), ray_address, num_cpus, progress)
 
 
-def _retry(out: Path, cfg, reasons, config_file, policy, ray_address, num_cpus, progress) -> DownloadSummary:
-    raw = out / manifest.RAW
+def _retry(out, cfg, reasons, config_file, policy, ray_address, num_cpus, progress) -> DownloadSummary:
+    raw = storage.join(out, manifest.RAW)
     info = planning.read_plan(raw)
     if info is None:
-        raise InputError("no download here (expected DIR/raw/ from `tiers download`)", path=str(raw))
+        raise InputError("no download here (expected DIR/raw/ from `tiers download`)", path=raw)
     cfg = cfg or planning.plan_config(info)
     if config_file is not None:  # the file changes only what it names, e.g. a longer timeout
         cfg = load_config(config_file, base=cfg)
@@ -143,10 +143,10 @@ def _retry(out: Path, cfg, reasons, config_file, policy, ray_address, num_cpus, 
     picked, origins = [], {}
     for s in planning.all_shards(info, rounds):
         name = shard_name(s)
-        t = read_parquet(raw / f"{name}.parquet", columns=[schema.UID, schema.DOWNLOAD_REASON])
+        t = storage.read_parquet(storage.join(raw, f"{name}.parquet"), columns=[schema.UID, schema.DOWNLOAD_REASON])
         uids = t.filter(pc.is_in(t.column(schema.DOWNLOAD_REASON), pa.array(wanted, pa.string()))).column(0)
         if len(uids):
-            rows = read_parquet(input_path(raw, name))
+            rows = storage.read_parquet(input_path(raw, name))
             picked.append(rows.filter(pc.is_in(rows.column(schema.UID), uids.combine_chunks())))
             origins[name] = len(uids)
     if not picked:
@@ -157,17 +157,22 @@ def _retry(out: Path, cfg, reasons, config_file, policy, ray_address, num_cpus, 
     return dataclasses.replace(done, retried=rows.num_rows)
 
 
+def _fingerprint(cfg: DownloadConfig) -> str:
+    return hashlib.blake2b(json.dumps(cfg.fingerprint(), sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
 def _round_unit(r: dict) -> str:
     return f"round-{r['round']:03d}"
 
 
-def _complete(raw: Path, info: dict, cfg, policy, ray_address, num_cpus, show: bool) -> DownloadSummary:
+def _complete(raw: str, info: dict, cfg, policy, ray_address, num_cpus, show: bool) -> DownloadSummary:
     rounds = planning.read_rounds(raw)
     shards = planning.all_shards(info, rounds)
     verify.invalidate_damaged(raw, info, rounds)
-    pending = [s for s in shards if not units.is_done(raw, shard_name(s))]
-    unmerged = [r for r in rounds if not units.is_done(raw, _round_unit(r))]
-    previous = read_manifest(raw.parent)
+    done = units.done_units(raw)
+    pending = [s for s in shards if shard_name(s) not in done]
+    unmerged = [r for r in rounds if _round_unit(r) not in done]
+    previous = read_manifest(storage.parent(raw))
     if not pending and not unmerged and previous and previous.complete:
         return previous
     planning.remove_stale(raw)
@@ -183,62 +188,43 @@ def _complete(raw: Path, info: dict, cfg, policy, ray_address, num_cpus, show: b
     return _finalize(raw, info, planning.read_rounds(raw), cfg, policy, failed)
 
 
-def _execute(raw: Path, rows: dict[int, int], pending: list[int], cfg, policy, show: bool) -> dict[str, str]:
-    """Run ``pending`` shards as Ray tasks, re-running failed ones; returns {shard: last error} of the
-    shards that ran out of retries. ``rows``: input rows of every shard, for the progress bar."""
-    import ray
-
-    task = ray.remote(num_cpus=1, max_retries=0)(run_shard)
+def _execute(raw: str, rows: dict[int, int], pending: list[int], cfg, policy, show: bool) -> dict[str, str]:
+    """Run ``pending`` shards as Ray tasks of the runner, re-running failed ones; returns {shard: last
+    error} of the shards that ran out of retries. ``rows``: input rows of every shard, for the bar."""
     todo = set(pending)
     markers = [units.read_marker(raw, shard_name(s)) for s in rows if s not in todo]
     done_rows = sum(m["rows"] for m in markers if m)
     done_ok = sum(m["successes"] for m in markers if m)
     total = done_rows + sum(rows[s] for s in pending)
     bar = DownloadProgress(raw, total, done_rows, done_ok, enabled=show)
-    # Keep Ray's queue short: shards start in order, and a retry goes to the front.
-    slots = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    queue, inflight = deque(pending), {}
-    attempts: Counter[int] = Counter()
-    failed: dict[str, str] = {}
+    fp = _fingerprint(cfg)
+    names = ("{}.tar", "{}.parquet", "{}_stats.json")
+    work = [runner.Unit(shard_name(s), fp, tuple(n.format(shard_name(s)) for n in names), s) for s in pending]
     try:
-        while queue or inflight:
-            while queue and len(inflight) < slots:
-                s = queue.popleft()
-                inflight[task.remote(str(raw), s, cfg, policy)] = s
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
-            for ref in ready:
-                s = inflight.pop(ref)
-                try:
-                    got = ray.get(ref)
-                except Exception as e:  # noqa: BLE001 - a task error or a dead worker: the shard runs again
-                    attempts[s] += 1
-                    if attempts[s] <= cfg.shard_retries:
-                        queue.appendleft(s)
-                    else:
-                        failed[shard_name(s)] = f"{_one_line(e)} (after {attempts[s]} attempts)"
-                    continue
-                bar.shard_done(got["rows"], got["successes"])
-            bar.poll()
+        report = runner.run(
+            raw,
+            work,
+            ShardDownloader(cfg, policy),
+            runner.Executor("tasks"),
+            retries=cfg.shard_retries,
+            progress=False,
+            on_done=lambda unit, got: bar.shard_done(got["rows"], got["successes"]),
+            poll=bar.poll,
+        )
     finally:
         bar.close()
-    return failed
+    return report.failed
 
 
-def _one_line(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return (lines[-1] if lines else type(e).__name__)[:500]
-
-
-def _merge_round(raw: Path, r: dict) -> None:
+def _merge_round(raw: str, r: dict) -> None:
     """Drop the round's uids from the shards they came from (their new rows live in the round's shards)."""
     uids = pa.array(sorted(planning.round_uids(raw, r)), pa.string())
     for origin in r["origins"]:
-        p = raw / f"{origin}.parquet"
-        t = read_parquet(p)
+        p = storage.join(raw, f"{origin}.parquet")
+        t = storage.read_parquet(p)
         keep = t.filter(pc.invert(pc.is_in(t.column(schema.UID), uids)))
         if keep.num_rows != t.num_rows:
-            with units.atomic_path(p) as tmp:
-                write_parquet(keep, tmp)
+            storage.write_parquet(keep, p)
         marker = units.read_marker(raw, origin) or {}
         counts = Counter(x for x in keep.column(schema.DOWNLOAD_REASON).to_pylist() if x is not None)
         marker.update(rows=keep.num_rows, successes=keep.num_rows - sum(counts.values()), failures=dict(counts))
@@ -248,9 +234,10 @@ def _merge_round(raw: Path, r: dict) -> None:
     units.mark_done(raw, _round_unit(r), {"recovered": ok})
 
 
-def _finalize(raw: Path, info: dict, rounds: list[dict], cfg, policy: AddressPolicy | None, failed: dict):
+def _finalize(raw: str, info: dict, rounds: list[dict], cfg, policy: AddressPolicy | None, failed: dict):
     shards = [shard_name(s) for s in planning.all_shards(info, rounds)]
-    missing = [s for s in shards if not units.is_done(raw, s)]
+    done = units.done_units(raw)
+    missing = [s for s in shards if s not in done]
     common = dict(
         input_rows=info["rows"],
         shards=len(shards),
@@ -272,16 +259,18 @@ def _finalize(raw: Path, info: dict, rounds: list[dict], cfg, policy: AddressPol
         summary = DownloadSummary(
             "complete", successes=info["rows"] - failures, failures=failures, failures_by_reason=by_reason, **common
         )
-    planning.write_json(raw / MANIFEST, summary.to_dict())
-    with contextlib.suppress(OSError):
-        (raw / TMP).rmdir()  # empty once every task has returned
+    planning.write_json(storage.join(raw, MANIFEST), summary.to_dict())
+    if storage.is_local(raw):
+        with contextlib.suppress(OSError):
+            (storage.local_path(raw) / TMP).rmdir()  # empty once every task has returned
     return summary
 
 
-def _count_fates(raw: Path, shards: list[str], input_rows: int) -> Counter:
+def _count_fates(raw: str, shards: list[str], input_rows: int) -> Counter:
     """Failures by reason over every raw parquet, after checking each input row has exactly one row."""
     t = pa.concat_tables(
-        read_parquet(raw / f"{s}.parquet", columns=[schema.UID, schema.DOWNLOAD_REASON]) for s in shards
+        storage.read_parquet(storage.join(raw, f"{s}.parquet"), columns=[schema.UID, schema.DOWNLOAD_REASON])
+        for s in shards
     )
     distinct = pc.count_distinct(t.column(schema.UID)).as_py()
     if t.num_rows != input_rows or distinct != input_rows:
@@ -296,16 +285,17 @@ def read_results(out: str | os.PathLike) -> pa.Table:
 
     Raises InputError unless ``out/raw/`` holds a complete download.
     """
-    raw = Path(out) / manifest.RAW
+    raw = storage.join(out, manifest.RAW)
     m = read_manifest(out)
     info = planning.read_plan(raw)
-    if m is None and info is not None and (raw / MANIFEST).exists():
+    if m is None and info is not None and storage.exists(storage.join(raw, MANIFEST)):
         m = _finalize(raw, info, planning.read_rounds(raw), planning.plan_config(info), None, {})  # was damaged
     if m is None or not m.complete:
         state = "no download" if m is None else "an incomplete download"
-        raise InputError(f"{state} here; run `tiers download` (again) first", path=str(raw))
+        raise InputError(f"{state} here; run `tiers download` (again) first", path=raw)
     verify.check_raw(out)
     names = [shard_name(s) for s in planning.all_shards(info, planning.read_rounds(raw))]
     cols = [schema.UID] + schema.DOWNLOAD.names
-    tables = [read_parquet(raw / f"{s}.parquet", columns=cols, fix=verify.redownload_fix(out, s)) for s in names]
+    fix = verify.redownload_fix
+    tables = [storage.read_parquet(storage.join(raw, f"{s}.parquet"), cols, fix(out, s)) for s in names]
     return pa.concat_tables(tables).cast(pa.schema([pa.field(schema.UID, pa.string()), *schema.DOWNLOAD]))

@@ -13,50 +13,60 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
-from curate.core import manifest, units
-from curate.core.integrity import DamagedFile, check_file, read_parquet
+from curate.core import manifest, storage, units
+from curate.core.integrity import DamagedFile
 from curate.download import plan as planning
 from curate.download.worker import shard_name
 
 log = logging.getLogger(__name__)
 
 
-def shard_problem(raw: Path, shard: str) -> str | None:
+def _size_problem(url: str, recorded: dict | None) -> str | None:
+    try:
+        size = storage.size(url)
+    except FileNotFoundError:
+        return "missing"
+    if recorded and "size" in recorded and size != recorded["size"]:
+        return f"{size} bytes, {recorded['size']} written"
+    return None
+
+
+def shard_problem(raw: str, shard: str, marker: dict | None = None) -> str | None:
     """None when a finished shard's files are as written; else which file and what is wrong with it."""
-    marker = units.read_marker(raw, shard) or {}
+    marker = marker if marker is not None else units.read_marker(raw, shard) or {}
     files = marker.get("files", {})
     for ext in ("tar", "parquet"):
-        problem = check_file(raw / f"{shard}.{ext}", files.get(ext), digest=False)
+        problem = _size_problem(storage.join(raw, f"{shard}.{ext}"), files.get(ext))
         if problem is not None:
             return f"{shard}.{ext}: {problem}"
     try:
-        read_parquet(raw / f"{shard}.parquet")  # every column: every page's checksum
+        storage.read_parquet(storage.join(raw, f"{shard}.parquet"))  # every column: every page's checksum
     except DamagedFile as e:
         return f"{shard}.parquet: {e.problem}"
     return None
 
 
-def invalidate_damaged(raw: Path, plan_info: dict, rounds: list[dict]) -> list[str]:
+def invalidate_damaged(raw: str, plan_info: dict, rounds: list[dict]) -> list[str]:
     """Clear the markers of finished shards whose files are damaged, so they are downloaded again; a
     retry round that had moved rows out of such a shard is merged again. Returns the shards."""
     damaged = []
+    done = units.done_units(raw)
     for s in planning.all_shards(plan_info, rounds):
         name = shard_name(s)
-        if not units.is_done(raw, name):
+        if name not in done:
             continue
         problem = shard_problem(raw, name)
         if problem is None:
             continue
-        log.warning(f"{raw / problem}; downloading shard {name} again")
+        log.warning(f"{storage.join(raw, problem)}; downloading shard {name} again")
         units.clear_marker(raw, name)
         damaged.append(name)
         for r in rounds:
             if name in r["origins"]:
                 units.clear_marker(raw, f"round-{r['round']:03d}")
     if damaged:
-        (raw / "manifest.json").unlink(missing_ok=True)
+        storage.remove(storage.join(raw, "manifest.json"))
     return damaged
 
 
@@ -65,17 +75,18 @@ def check_raw(build_dir: str | os.PathLike) -> None:
 
     A directory not written by ``tiers download`` (no plan) is not checked.
     """
-    raw = Path(build_dir) / manifest.RAW
+    raw = storage.join(build_dir, manifest.RAW)
     info = planning.read_plan(raw)
     if info is None:
         return
+    done = units.done_units(raw)
     for s in planning.all_shards(info, planning.read_rounds(raw)):
         name = shard_name(s)
-        if units.is_done(raw, name):
+        if name in done:
             problem = shard_problem(raw, name)
             if problem is not None:
                 path, what = problem.split(": ", 1)
-                raise DamagedFile(raw / path, what, redownload_fix(build_dir, name))
+                raise DamagedFile(storage.join(raw, path), what, redownload_fix(build_dir, name))
 
 
 def redownload_fix(build_dir: str | os.PathLike, shard: str) -> str:

@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.core import schema, units
-from curate.core.integrity import read_parquet, write_parquet
+from curate.core import schema, storage, units
+from curate.core.integrity import write_parquet
 from curate.download import reasons
 from curate.download.config import DownloadConfig
 from curate.download.fetch import Fetcher
@@ -45,8 +45,8 @@ def shard_name(shard_id: int) -> str:
     return f"{shard_id:0{OOM_SHARD_COUNT}d}"
 
 
-def input_path(raw_dir: str | os.PathLike, shard: str) -> Path:
-    return Path(raw_dir) / INPUT / f"{shard}.parquet"
+def input_path(raw_dir: str | os.PathLike, shard: str) -> str:
+    return storage.join(raw_dir, INPUT, f"{shard}.parquet")
 
 
 def _writer_class():
@@ -132,9 +132,9 @@ def _downloader(cfg: DownloadConfig, out_dir: str, column_list: list[str]):
     )
 
 
-def file_sizes(raw: Path, shard: str) -> dict:
+def file_sizes(raw: str, shard: str) -> dict:
     """What a shard's marker records of its files, so a rerun can tell a damaged shard from a finished one."""
-    return {ext: {"size": os.path.getsize(raw / f"{shard}.{ext}")} for ext in ("tar", "parquet")}
+    return {ext: {"size": storage.size(storage.join(raw, f"{shard}.{ext}"))} for ext in ("tar", "parquet")}
 
 
 def complete_parquet(table: pa.Table, inputs: pa.Table, shard_id: int, samples_per_shard: int) -> pa.Table:
@@ -173,18 +173,26 @@ def complete_parquet(table: pa.Table, inputs: pa.Table, shard_id: int, samples_p
     return out.take(pc.sort_indices(out, [(schema.KEY, "ascending")]))
 
 
-def run_shard(raw_dir: str, shard_id: int, cfg: DownloadConfig, policy: AddressPolicy) -> dict:
+def _attempt_dir(raw: str, shard: str) -> Path:
+    """Where an attempt writes: under ``raw/_tmp/`` on local disk (the driver's progress bar reads it
+    there), in local scratch when ``raw`` is in object storage."""
+    if storage.is_local(raw):
+        return storage.local_path(raw) / TMP / f"{shard}.{uuid.uuid4().hex[:8]}"
+    return Path(storage.scratch_dir()) / f"clip-tiers-download-{shard}.{uuid.uuid4().hex[:8]}"
+
+
+def run_shard(raw_dir: str, shard_id: int, cfg: DownloadConfig, policy: AddressPolicy, fingerprint: str) -> dict:
     """Download one shard into ``raw_dir`` and mark it done; returns its marker info.
 
     Any exception means "not done": the caller re-runs the shard, which starts from scratch.
     """
-    raw = Path(raw_dir)
+    raw = storage.normalise(raw_dir)
     shard = shard_name(shard_id)
     t0 = time.time()
-    work = raw / TMP / f"{shard}.{uuid.uuid4().hex[:8]}"
+    work = _attempt_dir(raw, shard)
     work.mkdir(parents=True)
     try:
-        inputs = read_parquet(input_path(raw, shard))
+        inputs = storage.read_parquet(input_path(raw, shard))
         # img2dataset wants: extra columns (uid first), then caption, then url.
         extras = [c for c in inputs.column_names if c not in (schema.URL, schema.CAPTION)]
         column_list = extras + [schema.CAPTION, schema.URL]
@@ -208,11 +216,40 @@ def run_shard(raw_dir: str, shard_id: int, cfg: DownloadConfig, policy: AddressP
             "successes": table.num_rows - sum(counts.values()),
             "failures": dict(sorted(counts.items())),
             "seconds": round(time.time() - t0, 3),
-            "fingerprint": cfg.fingerprint(),
+            "fingerprint": fingerprint,
+            "config": cfg.fingerprint(),
         }
-        return _commit(raw, work, shard, info)
+        if storage.is_local(raw):
+            return _commit(storage.local_path(raw), work, shard, info)
+        return _upload(raw, work, shard, info)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+OUTPUTS = (("{}.tar", "{}.tar"), ("{}_stats.json", "{}_stats.json"), ("{}.final.parquet", "{}.parquet"))
+
+
+class ShardDownloader:
+    """The runner's unit function for raw shards: ``unit.args`` is the shard id."""
+
+    def __init__(self, cfg: DownloadConfig, policy: AddressPolicy):
+        self.cfg, self.policy = cfg, policy
+
+    def __call__(self, root: str, unit) -> dict:
+        return run_shard(root, unit.args, self.cfg, self.policy, unit.fingerprint)
+
+
+def _upload(raw: str, work: Path, shard: str, info: dict) -> dict:
+    """Object storage: the shard's objects first, the marker last. An attempt that finds the shard
+    marked (a worker of a killed run that lived on) keeps the first one's result."""
+    done = units.read_marker(raw, shard)
+    if done and done.get("fingerprint") == info["fingerprint"]:
+        return done
+    for src, dest in OUTPUTS:
+        storage.put(work / src.format(shard), storage.join(raw, dest.format(shard)))
+    info = {**info, "files": file_sizes(raw, shard)}
+    units.mark_done(raw, shard, info)
+    return info
 
 
 def _commit(raw: Path, work: Path, shard: str, info: dict) -> dict:
@@ -227,10 +264,9 @@ def _commit(raw: Path, work: Path, shard: str, info: dict) -> dict:
     try:
         if units.is_done(raw, shard):
             return units.read_marker(raw, shard)
-        os.replace(work / f"{shard}.tar", raw / f"{shard}.tar")
-        os.replace(work / f"{shard}_stats.json", raw / f"{shard}_stats.json")
-        os.replace(work / f"{shard}.final.parquet", raw / f"{shard}.parquet")
-        info = {**info, "files": file_sizes(raw, shard)}
+        for src, dest in OUTPUTS:
+            os.replace(work / src.format(shard), raw / dest.format(shard))
+        info = {**info, "files": file_sizes(str(raw), shard)}
         units.mark_done(raw, shard, info)
         return info
     finally:

@@ -23,6 +23,7 @@ build has no bytes for (failed downloads, undecodable images, uids not in this b
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -37,20 +38,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.core import schema, uid128, units
+from curate.core import runner, schema, storage, uid128, units
 from curate.core.dirlock import hold
 from curate.core.errors import InputError
 from curate.core.manifest import SAMPLES, SUBSET_FILE, SUBSETS, TIERS, BandEntry, Manifest, manifest_path
-from curate.shard.writer import (
-    ShardConfig,
-    ShardJob,
-    _fingerprint,
-    _is_current,
-    _sample_meta,
-    plan,
-    raw_tars,
-    run_jobs,
-)
+from curate.shard.bandshard import COLUMNS, BandShardWriter
+from curate.shard.writer import ShardConfig, _executor, _fingerprint, _located, plan
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +73,10 @@ class SubsetSummary:
 
 
 def _build_dir(path: str | os.PathLike) -> Path:
-    return manifest_path(path).parent.parent
+    found = manifest_path(path)
+    if not storage.is_local(found):
+        raise InputError("subsets and exports need a build directory on local disk, not in object storage", path=found)
+    return storage.local_path(found).parent.parent
 
 
 def _sha256(path: Path) -> str:
@@ -207,32 +203,37 @@ def _read_record(sub_dir: Path) -> dict | None:
 
 
 def _write(tiers_dir: Path, sub: pa.Table, name: str, cfg: ShardConfig, progress: bool) -> BandEntry:
-    """The subset's shards (units with fingerprints, so a killed run resumes); old extra shards removed."""
+    """The subset's shards: runner units fingerprinted by their samples (a killed run resumes, a finished
+    shard whose bytes changed is written again), by the band shards' two passes; old extra shards removed."""
     shards = plan(sub, [name], cfg)[name]
-    rows = sub.select([schema.UID, schema.URL, schema.CAPTION, schema.QUALITY, schema.BAND, schema.SHARD,
-                       schema.KEY]).to_pylist()  # fmt: skip
-    jobs, names = [], []
+    meta = sub.select(COLUMNS)
+    every, rows_of, names = [], {}, []
     for k, idx in enumerate(shards):
         rel = f"{SUBSETS}/{name}/{k:06d}.tar"
         names.append(rel)
-        unit_rows = [rows[i] for i in idx.tolist()]
-        metas = [_sample_meta(r) for r in unit_rows]
-        job = ShardJob(f"subset-{name}", k, rel, unit_rows, metas, _fingerprint(unit_rows, metas))
-        if not _is_current(tiers_dir, job):  # same samples, and the bytes written then (size, XXH3)
-            units.clear_marker(tiers_dir, job.unit)
-            jobs.append(job)
-    raw_dir = tiers_dir.parent / "raw"
-    with raw_tars(raw_dir, jobs) as raw:
-        if jobs:
-            (tiers_dir / SUBSETS / name / SUBSET_FILE).unlink(missing_ok=True)
-        for p in sorted((tiers_dir / SUBSETS / name).glob("*.tar")):
-            if p.stem.isdigit() and int(p.stem) >= len(shards):  # a replaced, larger subset's tail
-                units.clear_marker(tiers_dir, f"subset-{name}-{p.stem}")
-                p.unlink()
-        run_jobs(tiers_dir, raw_dir, raw, jobs, cfg.workers, progress)
+        unit = runner.Unit(
+            f"subset-{name}-{k:06d}", _fingerprint(meta.take(pa.array(idx, pa.int64()))), outputs=(rel,)
+        )
+        every.append(unit)
+        rows_of[unit.name] = (rel, idx)
+    todo, _ = runner.pending(str(tiers_dir), every)
+    todo = [dataclasses.replace(u, args=rows_of[u.name]) for u in todo]
+    raw_dir = str(tiers_dir.parent / "raw")
+    executor = _executor(cfg)
+    todo = _located(raw_dir, sub, todo, executor)  # an unreadable raw tar fails here, before any change
+    if todo:
+        (tiers_dir / SUBSETS / name / SUBSET_FILE).unlink(missing_ok=True)
+    for p in sorted((tiers_dir / SUBSETS / name).glob("*.tar")):
+        if p.stem.isdigit() and int(p.stem) >= len(shards):  # a replaced, larger subset's tail
+            units.clear_marker(tiers_dir, f"subset-{name}-{p.stem}")
+            p.unlink()
+    report = runner.run(
+        str(tiers_dir), todo, BandShardWriter(raw_dir), executor, desc="writing subset shards", progress=progress
+    )
+    report.raise_failures("subset shards")
     nbytes = sum(units.read_marker(tiers_dir, f"subset-{name}-{k:06d}")["bytes"] for k in range(len(shards)))
-    q = [r[schema.QUALITY] for r in rows if r[schema.QUALITY] is not None]
-    return BandEntry(tuple(names), len(rows), nbytes, (float(min(q)), float(max(q))) if q else (None, None))
+    lo, hi = (v.as_py() for v in pc.min_max(sub.column(schema.QUALITY)).values())
+    return BandEntry(tuple(names), sub.num_rows, nbytes, (None, None) if lo is None else (float(lo), float(hi)))
 
 
 def _reassemble(tiers_dir: Path, manifest: Manifest) -> None:

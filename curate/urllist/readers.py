@@ -1,9 +1,9 @@
 """Read the URL lists users actually have into one canonical Arrow table.
 
-Formats: parquet, csv, tsv, jsonl and txt (one URL a line), each optionally gzipped (``.gz``); a
-directory or a glob reads every list file in it, sorted by name, as one list. The result has
-``uid``, ``url``, ``caption`` first and every other input column after them, unchanged (a column
-whose name clip-tiers owns gets the ``input_`` prefix).
+Formats: parquet, csv, tsv, jsonl and txt (one URL a line), each optionally gzipped (``.gz``), at a
+path or a URL (``s3://``, ...); a directory, prefix or glob reads every list file in it, by name, as
+one list. The result has ``uid``, ``url``, ``caption`` first and every other input column after them
+(a column whose name clip-tiers owns gets the ``input_`` prefix).
 
 Everything wrong with the input raises :class:`~curate.core.errors.InputError` with the file, and the
 row where one applies: missing url column, unreadable or corrupt file, empty list, invalid UTF-8,
@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from curate.core import schema
+from curate.core import schema, storage
 from curate.core.errors import InputError
 
 FORMATS = {
@@ -62,7 +62,9 @@ def list_files(spec: str | os.PathLike | list) -> list[str]:
     out: list[str] = []
     for s in specs:
         s = os.fspath(s)
-        if os.path.isdir(s):
+        if not storage.is_local(s):
+            out.extend(_list_remote(s))
+        elif os.path.isdir(s):
             found = sorted(str(p) for p in Path(s).iterdir() if p.is_file() and _format_of(str(p), None, strict=False))
             if not found:
                 raise InputError(f"no URL list files in directory (looked for {', '.join(sorted(FORMATS))})", path=s)
@@ -77,6 +79,21 @@ def list_files(spec: str | os.PathLike | list) -> list[str]:
         else:
             raise InputError("no such file or directory", path=s)
     return out
+
+
+def _list_remote(s: str) -> list[str]:
+    """The list files a URL names: an object, a prefix holding list files, or a glob."""
+    storage.check_access(s, write=False)  # an unreachable store, a missing bucket, refused credentials
+    if any(ch in s for ch in "*?["):
+        fs, path = storage.filesystem(s)
+        if found := sorted(f"{storage.protocol(s)}://{p}" for p in fs.glob(path) if fs.isfile(p)):
+            return found
+        raise InputError("glob matches no files", path=s)
+    if storage.isfile(s):
+        return [s]
+    if names := [n for n in storage.listdir(s) if _format_of(n, None, strict=False)]:
+        return [storage.join(s, n) for n in names]
+    raise InputError("no URL list files in directory" if storage.isdir(s) else "no such file or directory", path=s)
 
 
 def _format_of(path: str, forced: str | None, strict: bool = True) -> str | None:
@@ -97,8 +114,7 @@ def _format_of(path: str, forced: str | None, strict: bool = True) -> str | None
 
 def _read_bytes(path: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = storage.read_bytes(path)
     except OSError as e:
         raise InputError(f"cannot read file: {e}", path=path) from None
     if path.endswith(".gz"):
@@ -192,7 +208,7 @@ def _read_txt(path: str, cfg: ReadConfig) -> pa.Table:
 
 def _read_parquet(path: str) -> pa.Table:
     try:
-        if path.endswith(".gz"):
+        if path.endswith(".gz") or not storage.is_local(path):
             return pq.read_table(io.BytesIO(_read_bytes(path)))
         return pq.read_table(path)
     except (pa.ArrowException, OSError) as e:

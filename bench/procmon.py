@@ -1,0 +1,129 @@
+"""Watch a process tree from /proc: peak RSS of every process (VmHWM) and the CPU seconds they used.
+
+Benchmarks run a command (``tiers build``, ``tiers annotate``) as a child and sample its process tree
+every ``interval`` seconds: the driver, Ray's raylet and GCS, and every Ray worker (all descendants of
+the driver when it starts Ray itself). ``VmHWM`` is the kernel's own high-water mark of a process's
+resident memory, so a sample misses no peak as long as the process is still alive when sampled; CPU
+is the last ``utime + stime`` seen per process (what a process burns after the last sample is missed;
+with 0.2 s sampling that is noise).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def _tree(root: int) -> list[int]:
+    kids, out, todo = _children(), [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak RSS so far (VmHWM, bytes); 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _sample(pid: int) -> tuple[str, int, float] | None:
+    """(name, peak RSS bytes, CPU seconds) of one process, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            status = f.read()
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return None
+    hwm = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+    cpu = (int(fields[11]) + int(fields[12])) / TICK
+    name = next((line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Name:")), "?")
+    return (cmd[:160] or name), hwm, cpu
+
+
+@dataclass
+class TreeStats:
+    peak: dict[int, tuple[str, int]] = field(default_factory=dict)  # pid -> (command, peak RSS bytes)
+    cpu: dict[int, float] = field(default_factory=dict)  # pid -> CPU seconds
+
+    def driver_peak(self, root: int) -> int:
+        return self.peak.get(root, ("", 0))[1]
+
+    def largest_worker(self, root: int, marker: str = "ray::") -> tuple[str, int]:
+        """The Ray worker (by command) with the largest peak RSS."""
+        workers = [(c, m) for p, (c, m) in self.peak.items() if p != root and (marker in c or "default_worker" in c)]
+        return max(workers, key=lambda x: x[1], default=("", 0))
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu.values())
+
+
+def run_watched(
+    cmd: list[str], interval: float = 0.2, on_line=None, on_start=None, **popen
+) -> tuple[int, float, TreeStats, int]:
+    """Run ``cmd``; returns (exit code, wall seconds, stats of its process tree, its pid). ``on_line(t, line)``
+    gets each stdout line with its arrival time (seconds since start); ``on_start(pid)`` the process's pid."""
+    stats = TreeStats()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+    if on_start is not None:
+        on_start(proc.pid)
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            for pid in _tree(proc.pid):
+                s = _sample(pid)
+                if s is not None:
+                    cmdline, hwm, cpu = s
+                    old = stats.peak.get(pid, ("", 0))
+                    stats.peak[pid] = (cmdline or old[0], max(old[1], hwm))
+                    stats.cpu[pid] = max(stats.cpu.get(pid, 0.0), cpu)
+            stop.wait(interval)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    for line in proc.stdout:
+        if on_line is not None:
+            on_line(time.perf_counter() - t0, line.rstrip("\n"))
+    # wait4 gives the driver's own high-water mark, including its last moments between two samples.
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    rc = os.waitstatus_to_exitcode(status)
+    proc.returncode = rc
+    stop.set()
+    t.join()
+    old = stats.peak.get(proc.pid, (" ".join(cmd)[:160], 0))
+    stats.peak[proc.pid] = (old[0], max(old[1], usage.ru_maxrss * 1024))
+    stats.cpu[proc.pid] = max(stats.cpu.get(proc.pid, 0.0), usage.ru_utime + usage.ru_stime)
+    return rc, wall, stats, proc.pid

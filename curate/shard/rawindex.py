@@ -1,0 +1,138 @@
+"""Pass 1 of band sharding: where each sample's image lies in its raw tar, one small table per raw shard.
+
+``DIR/raw/_index/NNNNN.parquet`` holds ``key``, ``ext``, ``offset``, ``size`` for every image member of
+``raw/NNNNN.tar`` (img2dataset's ``<key>.<ext>`` names, and names in folders or with upper-case
+extensions from other writers; a later member of one name wins, as on extraction). Each is a unit of
+:mod:`curate.core.runner` fingerprinted by the tar's size and version, so a rerun or a re-cut reads no
+tar again, and a re-downloaded tar is indexed anew. Header checksums are verified; a tar that cannot
+be read is an :class:`~curate.core.errors.InputError` naming it, raised before any band shard changes.
+
+With the index joined to the sample table, each band shard (pass 2) reads exactly its samples' bytes
+— an ``mmap`` view locally, ranged GETs on object stores — so memory is bounded by one band shard
+however large the pool, and no process maps every raw tar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.core import runner, schema, storage
+from curate.core.errors import InputError
+from curate.core.tarstream import IMAGE_EXTS, MappedTar
+
+INDEX = "_index"
+INDEX_SCHEMA = pa.schema([("key", pa.string()), ("ext", pa.string()), ("offset", pa.int64()), ("size", pa.int64())])
+
+
+def index_dir(raw_dir: str) -> str:
+    return storage.join(raw_dir, INDEX)
+
+
+def _entries(members: list[tuple[str, int, int]]) -> pa.Table:
+    """Image members as (key, ext, offset, size), preferring an exact ``<key>.<ext>`` name per key."""
+    exts = {e: i for i, e in enumerate(IMAGE_EXTS)}
+    other = len(IMAGE_EXTS)
+    best: dict[str, tuple[int, str, int, int]] = {}
+    for name, offset, size in members:
+        stem, dot, ext = name.rpartition(".")
+        rank = exts.get(ext)
+        if rank is None or "/" in stem:  # the rare names: folders, upper-case extensions
+            stem = stem.rpartition("/")[2]
+            rank = exts.get(ext.lower())
+            if not dot or rank is None:
+                continue
+            rank += other
+            ext = ext.lower()
+        old = best.get(stem)
+        if old is None or rank <= old[0]:  # a later member of one name wins
+            best[stem] = (rank, ext, offset, size)
+    keys = list(best)
+    vals = list(best.values())
+    return pa.table(
+        {
+            "key": pa.array(keys, pa.string()),
+            "ext": pa.array([v[1] for v in vals], pa.string()),
+            "offset": pa.array([v[2] for v in vals], pa.int64()),
+            "size": pa.array([v[3] for v in vals], pa.int64()),
+        },
+        schema=INDEX_SCHEMA,
+    )
+
+
+def index_one(raw_dir: str, unit: runner.Unit) -> dict:
+    """Index ``raw/<unit.name>.tar`` (a runner unit function)."""
+    url = storage.join(raw_dir, f"{unit.name}.tar")
+    try:
+        # Populated: the header scan touches most pages of a tar of small images anyway, and one
+        # pass over the mapping beats a page fault per member.
+        with storage.local_copy(url) as local, MappedTar(local) as tar:
+            table = _entries(tar.members)
+    except (OSError, tarfile.TarError) as e:
+        raise InputError(f"raw shard unreadable: {e}", path=url) from None
+    storage.write_parquet(table, storage.join(index_dir(raw_dir), f"{unit.name}.parquet"))
+    return {"images": table.num_rows}
+
+
+def _unit(raw_dir: str, shard: str) -> runner.Unit:
+    try:
+        st = storage.stamp(storage.join(raw_dir, f"{shard}.tar"))
+    except FileNotFoundError:
+        raise InputError("raw shard missing", path=storage.join(raw_dir, f"{shard}.tar")) from None
+    fp = hashlib.blake2b(f"{st}".encode(), digest_size=16).hexdigest()
+    return runner.Unit(shard, fp, outputs=(f"{shard}.parquet",))
+
+
+def ensure(raw_dir: str, shards: list[str], executor: runner.Executor, progress: bool = False) -> None:
+    """Index every raw shard in ``shards`` that has no current index; raise InputError naming unreadable tars."""
+    todo = [_unit(raw_dir, s) for s in sorted(set(shards))]
+    report = runner.run(
+        index_dir(raw_dir), todo, _Indexer(raw_dir), executor, desc="indexing raw shards", progress=progress
+    )
+    report.raise_failures("raw shards")
+
+
+class _Indexer:
+    """``index_one`` bound to its raw dir (picklable, so Ray tasks can run it)."""
+
+    def __init__(self, raw_dir: str):
+        self.raw_dir = raw_dir
+
+    def __call__(self, root: str, unit: runner.Unit) -> dict:
+        return index_one(self.raw_dir, unit)
+
+
+def locate(raw_dir: str, rows: pa.Table) -> pa.Table:
+    """``rows`` (with ``shard`` and ``key``) plus ``ext``, ``offset``, ``size`` of each row's image.
+
+    Raises :class:`InputError` naming the raw tar and uid of the first row whose image is not there.
+    """
+    n = rows.num_rows
+    ext = np.empty(n, dtype=object)
+    offset = np.zeros(n, np.int64)
+    size = np.zeros(n, np.int64)
+    shard_col = rows.column(schema.SHARD).combine_chunks()
+    for shard in pc.unique(shard_col).to_pylist():
+        at = np.flatnonzero(pc.equal(shard_col, shard).to_numpy(zero_copy_only=False))
+        index = storage.read_parquet(storage.join(index_dir(raw_dir), f"{shard}.parquet"))
+        keys = rows.column(schema.KEY).take(pa.array(at)).combine_chunks()
+        pos = pc.index_in(keys, value_set=index.column("key").combine_chunks())
+        if pos.null_count:
+            i = int(np.flatnonzero(pos.is_null().to_numpy(zero_copy_only=False))[0])
+            uid = rows.column(schema.UID)[int(at[i])].as_py()
+            raise InputError(
+                f"no image for key {keys[i].as_py()!r} (uid {uid})", path=storage.join(raw_dir, f"{shard}.tar")
+            )
+        p = pos.to_numpy(zero_copy_only=False)
+        ext[at] = np.asarray(index.column("ext").to_pylist(), dtype=object)[p]
+        offset[at] = index.column("offset").to_numpy()[p]
+        size[at] = index.column("size").to_numpy()[p]
+    return (
+        rows.append_column("ext", pa.array(ext.tolist(), pa.string()))
+        .append_column("offset", pa.array(offset))
+        .append_column("size", pa.array(size))
+    )
