@@ -124,3 +124,21 @@ def ray_local(ray_cluster):
 
     with ray_session(address=ray_cluster.address):
         yield ray
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_found():
+    """A test that calls a command's ``main`` routes our loggers to the console (no propagation, its
+    level): put them back, so a later test's ``caplog`` sees their records whatever ran before it."""
+    import logging
+
+    from pipelines.console import OURS
+
+    yield
+    for name in (*OURS, "ray", "img2dataset", "open_clip", None):
+        logger = logging.getLogger(name)
+        if name is not None:
+            logger.handlers = [h for h in logger.handlers if not getattr(h, "_clip_tiers", False)]
+            logger.propagate = True
+            logger.setLevel(logging.NOTSET)
+    logging.getLogger().setLevel(logging.WARNING)
