@@ -41,7 +41,7 @@ def read_looks(out: Path) -> dict[str, list[int]] | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def _write_looks(out: Path, looks: dict[str, list[int]]) -> None:
+def write_looks(out: Path, looks: dict[str, list[int]]) -> None:
     with units.atomic_path(Path(out) / LOOKS) as tmp:
         tmp.write_text(json.dumps(looks, indent=1, sort_keys=True))
 

@@ -21,7 +21,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 
 DEMO_BUILD = """
@@ -93,10 +92,11 @@ def _trusted(out: Path, seed: int, log) -> Path:
 def run(args: argparse.Namespace) -> int:
     from curate.errors import InputError
     from curate.synthweb import WebConfig, WebServer, build
+    from pipelines.analysis import describe
     from pipelines.build import build as tiers_build
     from pipelines.build import config_from_toml
     from pipelines.report import write_report
-    from pipelines.study import StudyConfig, run_study
+    from pipelines.study import run_study, study_analysis, study_config
     from train.api import train as train_run
     from train.config import make_config
 
@@ -138,8 +138,8 @@ def run(args: argparse.Namespace) -> int:
 
     budgets, seeds = args.budgets, args.seeds
     log(f"[4/4] study: 3 tiers x {len(budgets)} budgets x {len(seeds)} seeds ({time.perf_counter() - t0:.0f} s)")
-    study = StudyConfig(
-        tiers_dir=str(out / "build"),
+    study = study_config(
+        tiers_dir=out / "build",
         tiers=("top20", "top50", "kept"),
         budgets=budgets,
         seeds=seeds,
@@ -151,18 +151,12 @@ def run(args: argparse.Namespace) -> int:
         name="demo",
     )
     rows = run_study(study, out / "study", log=log)
-    report = write_report(out / "study", rows, dataclasses.asdict(study), study.tiers_dir, study.extend)
-    fit = json.loads((out / "study" / "fit.json").read_text()).get("default", {})
+    result = study_analysis(study, out / "study", rows)
+    report = write_report(
+        out / "study", rows, dataclasses.asdict(study), study.tiers_dir, study.extend, analysis=result
+    )
     n_classes = len(json.loads((web_dir / "eval" / "classes.json").read_text())["classnames"])
-    log(f"  zero-shot top-1, mean ± half-range over {len(seeds)} seed(s); chance {1 / n_classes:.3f}:")
-    for budget, tier in fit.get("best_observed", {}).items():
-        cells = []
-        for t in study.tiers:
-            accs = [r["zeroshot_top1"] for r in rows if r["samples_seen"] == int(budget) and r["tier"] == t]
-            if accs:
-                cells.append(f"{t} {np.mean(accs):.3f} ± {(max(accs) - min(accs)) / 2:.3f}")
-        log(f"  {int(budget):>7,} samples seen: best {tier}  ({', '.join(cells)})")
-    if fit:
-        log(f"  predicted best at {fit['predict_at']:,.0f} samples seen: {fit['best_tier']}")
+    for line in describe(result, chance=1 / n_classes):
+        log(f"  {line}")
     log(f"done in {time.perf_counter() - t0:.0f} s; report: {report}")
     return 0

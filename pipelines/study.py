@@ -1,14 +1,15 @@
 """Studies: tiers x budgets x seeds (x recipe variants) over one `tiers build` output.
 
-A study is a TOML file (see ``examples/study.toml``)::
+A study is a TOML file (``examples/quantity_quality.toml``, ``examples/recipe_repetition.toml``)::
 
     tiers_dir = "build"                  # a `tiers build` output (relative to this file)
     tiers     = ["top10", "top30", "kept"]
     budgets   = [20000, 60000]           # samples seen
-    seeds     = [0]
+    seeds     = [0, 1, 2]                # paired across cells: the same seeds for every cell
     model     = "ct-vit-tiny-32"
     extend    = 10                       # predict the best tier at 10x the largest budget
-    [train]                              # overrides of the trainer's config, for every run
+    alpha     = 0.05                     # family-wise error rate of the verdicts
+    [train]                              # the trainer's config (train.config.TrainConfig), every run
     preset = "improved"
     [eval]
     zeroshot  = "web/eval/zeroshot.parquet"
@@ -18,19 +19,21 @@ A study is a TOML file (see ``examples/study.toml``)::
     name = "baseline"
     preset = "baseline"
 
-Every run is one row of ``DIR/results.parquet`` keyed by the hash of its full config; a rerun
+Everything is checked before the first run trains (:mod:`pipelines.preflight`). Every run is one
+row of ``DIR/results.parquet`` keyed by the hash of its :class:`~train.plan.PlannedRun`; a rerun
 skips finished rows and resumes an interrupted run from its checkpoints (the trainer does that).
-On CPU runs go one after another; with GPUs each run is a Ray task holding one GPU.
+With ``until_decided`` the study then adds seeds where comparisons are still undecided
+(:mod:`pipelines.adaptive`). Runs go one after another.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import os
 import tomllib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -39,8 +42,21 @@ import pyarrow.parquet as pq
 from curate import code_version, units
 from curate.errors import InputError
 from curate.manifest import load_manifest
+from pipelines import adaptive, analysis, preflight, stats
+from pipelines.decide import CORRECT, METRIC, plan_comparisons
+from train.config import TrainConfig, make_config
+from train.plan import EvalSets, PlannedRun
 
 RESULTS = "results.parquet"
+DEFAULT_MODEL = "ct-vit-tiny-32"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A recipe: its name and the trainer config every run of it starts from (budget and seed set per run)."""
+
+    name: str
+    train: TrainConfig
 
 
 @dataclass(frozen=True)
@@ -49,14 +65,61 @@ class StudyConfig:
     tiers: tuple[str, ...]
     budgets: tuple[int, ...]
     seeds: tuple[int, ...] = (0,)
-    model: str = "ct-vit-tiny-32"
-    train: dict = field(default_factory=dict)
-    variants: tuple[dict, ...] = ({"name": "default"},)
-    zeroshot: str | None = None
-    classes: str | None = None
-    retrieval: str | None = None
+    variants: tuple[Variant, ...] = (Variant("default", TrainConfig(model=DEFAULT_MODEL)),)
+    eval: EvalSets = EvalSets()
     extend: float = 10.0
+    alpha: float = 0.05
     name: str = "study"
+    source: str | None = None  # the study file, named in error messages
+
+    @property
+    def variant_names(self) -> list[str]:
+        return [v.name for v in self.variants]
+
+
+def make_variants(
+    train: dict | None = None,
+    variants: list[dict] | None = None,
+    model: str = DEFAULT_MODEL,
+    source: str | None = None,
+) -> tuple[Variant, ...]:
+    """Variants from a study's ``[train]`` table and ``[[variants]]`` list; a variant's keys override
+    ``[train]``. Raises :class:`InputError` naming the variant when its config is not valid."""
+    out = []
+    for v in variants or [{"name": "default"}]:
+        name = str(v.get("name", "default"))
+        over = {k: val for k, val in v.items() if k != "name"}
+        try:
+            cfg = make_config({"model": model, **(train or {}), **over})
+        except (TypeError, ValueError) as e:
+            raise InputError(f"bad trainer settings for variant {name!r}: {e}", path=source) from None
+        out.append(Variant(name, cfg))
+    if len({v.name for v in out}) != len(out):
+        raise InputError("variant names must be distinct", path=source)
+    return tuple(out)
+
+
+def study_config(
+    tiers_dir, tiers, budgets, seeds=(0,), model=DEFAULT_MODEL, train=None, variants=None, zeroshot=None, classes=None,
+    retrieval=None, extend=10.0, alpha=0.05, name="study", source=None,
+) -> StudyConfig:  # fmt: skip
+    """A :class:`StudyConfig` from plain values (what a study file holds), for code and notebooks."""
+    if not tiers or not budgets or any(int(b) <= 0 for b in budgets) or not seeds:
+        raise InputError("tiers, budgets and seeds must be non-empty and budgets positive", path=source)
+    if not 0 < alpha < 1:
+        raise InputError(f"alpha must be between 0 and 1, not {alpha}", path=source)
+    return StudyConfig(
+        tiers_dir=str(tiers_dir),
+        tiers=tuple(tiers),
+        budgets=tuple(sorted(int(b) for b in budgets)),
+        seeds=tuple(int(s) for s in seeds),
+        variants=make_variants(train, variants, model, source),
+        eval=EvalSets(zeroshot, classes, retrieval),
+        extend=float(extend),
+        alpha=float(alpha),
+        name=name,
+        source=source,
+    )
 
 
 def load_study(path: str | os.PathLike) -> StudyConfig:
@@ -66,115 +129,179 @@ def load_study(path: str | os.PathLike) -> StudyConfig:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise InputError(f"unreadable study file: {e}", path=str(path)) from None
+    missing = [k for k in ("tiers_dir", "tiers", "budgets") if k not in data]
+    if missing:
+        raise InputError(f"study file lacks {', '.join(missing)}", path=str(path))
+    known = {"tiers_dir", "tiers", "budgets", "seeds", "model", "train", "eval", "variants", "extend", "alpha", "name"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(f"unknown key(s) {unknown}; known: {sorted(known)}", path=str(path))
     base = path.resolve().parent
     ev = data.get("eval", {})
 
     def rel(p):
         return None if p is None else str((base / p).resolve())
 
-    missing = [k for k in ("tiers_dir", "tiers", "budgets") if k not in data]
-    if missing:
-        raise InputError(f"study file lacks {', '.join(missing)}", path=str(path))
     try:
-        cfg = StudyConfig(
-            tiers_dir=rel(data["tiers_dir"]),
-            tiers=tuple(data["tiers"]),
-            budgets=tuple(int(b) for b in data["budgets"]),
-            seeds=tuple(int(s) for s in data.get("seeds", [0])),
-            model=data.get("model", StudyConfig.model),
-            train=dict(data.get("train", {})),
-            variants=tuple(data.get("variants", [{"name": "default"}])),
-            zeroshot=rel(ev.get("zeroshot")),
-            classes=rel(ev.get("classes")),
-            retrieval=rel(ev.get("retrieval")),
-            extend=float(data.get("extend", 10.0)),
-            name=data.get("name", path.stem),
-        )
+        return study_config(
+            rel(data["tiers_dir"]), data["tiers"], data["budgets"], data.get("seeds", [0]),
+            data.get("model", DEFAULT_MODEL), data.get("train", {}), data.get("variants"),
+            rel(ev.get("zeroshot")), rel(ev.get("classes")), rel(ev.get("retrieval")),
+            data.get("extend", 10.0), data.get("alpha", 0.05), data.get("name", path.stem), str(path),
+        )  # fmt: skip
     except (TypeError, ValueError) as e:
         raise InputError(f"bad study file: {e}", path=str(path)) from None
-    if any(b <= 0 for b in cfg.budgets) or not cfg.tiers:
-        raise InputError("budgets must be positive and tiers non-empty", path=str(path))
-    return cfg
 
 
-def plan_runs(cfg: StudyConfig) -> list[dict]:
-    """One dict per run: everything that determines its result, plus its ``config_hash``."""
+def tier_sizes(cfg: StudyConfig) -> dict[str, int]:
     manifest = load_manifest(cfg.tiers_dir)
     unknown = [t for t in cfg.tiers if t not in manifest["tiers"]]
     if unknown:
         raise InputError(f"tiers not in the manifest: {unknown}; it has {list(manifest['tiers'])}", path=cfg.tiers_dir)
-    runs = []
-    for variant in cfg.variants:
-        overrides = {**cfg.train, **{k: v for k, v in variant.items() if k != "name"}}
-        for tier in cfg.tiers:
-            for budget in cfg.budgets:
-                for seed in cfg.seeds:
-                    run = {
-                        "variant": variant.get("name", "default"),
-                        "tier": tier,
-                        "samples_seen": budget,
-                        "seed": seed,
-                        "model": cfg.model,
-                        "train": overrides,
-                        "tier_samples": int(manifest["tiers"][tier]["samples"]),
-                        "tiers_dir": cfg.tiers_dir,
-                        "eval": {"zeroshot": cfg.zeroshot, "classes": cfg.classes, "retrieval": cfg.retrieval},
-                    }
-                    run["config_hash"] = config_hash(run)
-                    runs.append(run)
-    return runs
+    return {t: int(manifest["tiers"][t]["samples"]) for t in cfg.tiers}
 
 
-def config_hash(run: dict) -> str:
-    keyed = {k: v for k, v in run.items() if k != "config_hash"}
-    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def plan_run(cfg: StudyConfig, variant: Variant, tier: str, budget: int, seed: int, tier_samples: int) -> PlannedRun:
+    train = dataclasses.replace(variant.train, samples_seen=int(budget), seed=int(seed))
+    return PlannedRun(variant.name, tier, tier_samples, cfg.tiers_dir, train, cfg.eval)
+
+
+def plan_runs(cfg: StudyConfig, sizes: dict[str, int] | None = None) -> list[PlannedRun]:
+    """Every planned run: variants x tiers x budgets x seeds."""
+    sizes = sizes or tier_sizes(cfg)
+    return [
+        plan_run(cfg, v, t, b, s, sizes[t])
+        for v in cfg.variants
+        for t in cfg.tiers
+        for b in cfg.budgets
+        for s in cfg.seeds
+    ]
 
 
 def read_results(out: Path) -> list[dict]:
-    p = out / RESULTS
-    return pq.read_table(p).to_pylist() if p.exists() else []
+    p = Path(out) / RESULTS
+    if not p.exists():
+        return []
+    try:
+        return pq.read_table(p).to_pylist()
+    except Exception as e:
+        raise InputError(f"unreadable results table: {e}", path=str(p)) from None
 
 
-def _write_results(out: Path, rows: list[dict]) -> None:
-    with units.atomic_path(out / RESULTS) as tmp:
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
+def write_results(out: Path, rows: list[dict]) -> None:
+    """All rows, each with its cell's mean and 95% interval (they change as seeds are added)."""
+    with units.atomic_path(Path(out) / RESULTS) as tmp:
+        pq.write_table(pa.Table.from_pylist(analysis.cell_columns(rows)), tmp)
 
 
-Runner = Callable[[dict, Path], dict]
+def result_row(run: PlannedRun, metrics: dict) -> dict:
+    """One row of ``results.parquet``: the run's keys, its metrics, and its own eval-sample interval."""
+    row = {
+        "config_hash": run.config_hash,
+        "variant": run.variant,
+        "tier": run.tier,
+        "samples_seen": run.samples_seen,
+        "seed": run.seed,
+        "model": run.model,
+        "tier_samples": run.tier_samples,
+        "repetition": run.repetition,
+        "config": json.dumps(run.to_dict(), sort_keys=True),
+        "code_version": code_version(),
+        **metrics,
+    }
+    correct = row.get(CORRECT)
+    if correct is not None:
+        row[CORRECT] = [bool(x) for x in correct]
+        iv = stats.bootstrap_interval(correct)
+        row[f"{METRIC}_lo"], row[f"{METRIC}_hi"] = iv.lo, iv.hi
+    return row
 
 
-def run_study(cfg: StudyConfig, out: str | os.PathLike, runner: Runner | None = None, log=print) -> list[dict]:
-    """Run every planned run not yet in ``results.parquet``; return all result rows."""
+Runner = Callable[[PlannedRun, Path], dict]
+
+
+def run_study(
+    cfg: StudyConfig,
+    out: str | os.PathLike,
+    runner: Runner | None = None,
+    log=print,
+    until_decided: bool = False,
+    max_runs: int | None = None,
+) -> list[dict]:
+    """Run every planned run not yet in ``results.parquet`` (then, ``until_decided``, add seeds up to
+    ``max_runs`` runs in all); return the rows of this study's runs. Checks everything first
+    (:func:`pipelines.preflight.check_study`) and writes nothing when a check fails."""
     out = Path(out)
+    n_planned = len(cfg.variants) * len(cfg.tiers) * len(cfg.budgets) * len(cfg.seeds)
+    preflight.check_study(cfg, out, n_planned, max_runs if until_decided else None)
+    sizes = tier_sizes(cfg)
+    planned = plan_runs(cfg, sizes)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "study.json").write_text(json.dumps({"config": asdict(cfg), "code_version": code_version()}, indent=2))
+    (out / "study.json").write_text(
+        json.dumps({"config": dataclasses.asdict(cfg), "code_version": code_version()}, indent=2, default=str)
+    )
     runner = runner or default_runner
     rows = read_results(out)
-    done = {r["config_hash"] for r in rows}
-    todo = [r for r in plan_runs(cfg) if r["config_hash"] not in done]
-    log(f"study {cfg.name}: {len(done)} runs finished, {len(todo)} to go")
-    for i, run in enumerate(todo, 1):
-        log(f"[{i}/{len(todo)}] {run['variant']} {run['tier']} x {run['samples_seen']:,} samples, seed {run['seed']}")
-        metrics = runner(run, out / "runs" / run["config_hash"])
-        row = {
-            "config_hash": run["config_hash"],
-            "variant": run["variant"],
-            "tier": run["tier"],
-            "samples_seen": run["samples_seen"],
-            "seed": run["seed"],
-            "model": run["model"],
-            "tier_samples": run["tier_samples"],
-            "repetition": run["samples_seen"] / max(run["tier_samples"], 1),
-            "config": json.dumps(run, sort_keys=True),
-            "code_version": code_version(),
-            **metrics,
-        }
+    by_hash = {r["config_hash"]: r for r in rows}
+    todo = [r for r in planned if r.config_hash not in by_hash]
+    log(f"study {cfg.name}: {len(planned) - len(todo)} runs finished, {len(todo)} to go")
+
+    def execute(run: PlannedRun) -> dict:
+        if run.config_hash in by_hash:
+            return by_hash[run.config_hash]
+        log(f"  {run.variant} {run.tier} x {run.samples_seen:,} samples, seed {run.seed}")
+        row = result_row(run, runner(run, out / "runs" / run.config_hash))
         rows.append(row)
-        _write_results(out, rows)  # after every run: a kill loses at most the run in flight
-    return rows
+        by_hash[run.config_hash] = row
+        write_results(out, rows)  # after every run: a kill loses at most the run in flight
+        return row
+
+    for i, run in enumerate(todo, 1):
+        log(f"[{i}/{len(todo)}]")
+        execute(run)
+    mine = current_rows(cfg, rows, sizes)
+    if until_decided:
+        variants = {v.name: v for v in cfg.variants}
+
+        def run_cell(cell, seed):
+            v, t, b = cell
+            return execute(plan_run(cfg, variants[v], t, b, seed, sizes[t]))
+
+        comps = plan_comparisons(cfg.variant_names, cfg.tiers, cfg.budgets)
+        looks = adaptive.read_looks(out) or {}
+        mine, _ = adaptive.until_decided(
+            mine, comps, run_cell, max_runs, cfg.seeds, looks, cfg.alpha, lambda lk: adaptive.write_looks(out, lk), log
+        )
+    return mine
 
 
-def default_runner(run: dict, run_dir: Path) -> dict:
+def current_rows(cfg: StudyConfig, rows: list[dict], sizes: dict[str, int]) -> list[dict]:
+    """The rows that belong to ``cfg`` as it is now (any seed): a row of a changed config is left out."""
+    variants = {v.name: v for v in cfg.variants}
+    out = []
+    for r in rows:
+        v = variants.get(r["variant"])
+        if v is None or r["tier"] not in sizes or int(r["samples_seen"]) not in cfg.budgets:
+            continue
+        if plan_run(cfg, v, r["tier"], r["samples_seen"], r["seed"], sizes[r["tier"]]).config_hash == r["config_hash"]:
+            out.append(r)
+    return out
+
+
+def study_analysis(cfg: StudyConfig, out: str | os.PathLike, rows: list[dict]) -> analysis.Analysis:
+    """Cells, verdicts (spent over looks if the study was adaptive) and fits of a study's rows."""
+    return analysis.analyse(
+        rows,
+        cfg.variant_names,
+        list(cfg.tiers),
+        list(cfg.budgets),
+        cfg.extend,
+        adaptive.read_looks(Path(out)),
+        cfg.alpha,
+    )
+
+
+def default_runner(run: PlannedRun, run_dir: Path) -> dict:
     """Train with the trainer's API, then evaluate; returns flat metrics for the results row."""
     from train.api import evaluate_run, train_run  # heavy imports only when a run happens
 
@@ -184,17 +311,24 @@ def default_runner(run: dict, run_dir: Path) -> dict:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("study", help="train tiers x budgets x seeds, fit the scaling law, write report.html")
+    p = sub.add_parser("study", help="train tiers x budgets x seeds, decide, fit the scaling law, write report.html")
     p.add_argument("study", help="study TOML file")
     p.add_argument("--out", required=True, help="study directory (results.parquet, plots/, report.html)")
+    p.add_argument("--until-decided", action="store_true", help="add seeds where comparisons are undecided")
+    p.add_argument("--max-runs", type=int, help="with --until-decided: at most this many runs in the study")
     p.set_defaults(func=_cli)
 
 
 def _cli(args) -> int:
     from pipelines.report import write_report
 
+    if args.until_decided and not args.max_runs:
+        raise InputError("--until-decided needs --max-runs N (the most runs the study may hold)")
     cfg = load_study(args.study)
-    rows = run_study(cfg, args.out)
-    path = write_report(Path(args.out), rows, asdict(cfg), cfg.tiers_dir, cfg.extend)
+    rows = run_study(cfg, args.out, until_decided=args.until_decided, max_runs=args.max_runs)
+    a = study_analysis(cfg, args.out, rows)
+    path = write_report(Path(args.out), rows, dataclasses.asdict(cfg), cfg.tiers_dir, cfg.extend, analysis=a)
+    for line in analysis.describe(a):
+        print(line)
     print(f"report: {path}")
     return 0

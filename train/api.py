@@ -24,6 +24,7 @@ from curate import code_version, units
 from curate.errors import InputError
 from curate.manifest import read_tier
 from train.config import EvalConfig, TrainConfig, make_config
+from train.plan import PlannedRun
 
 CONFIG = "config.json"
 SUMMARY = "summary.json"
@@ -136,7 +137,8 @@ def evaluate(
             key = {"path": str(p.resolve()), "classes_file": classes, "templates": templates, "limit": eval_cfg.limit}
             prev = doc.get(task, {}).get(name)
             if prev is not None and all(prev.get(k) == v for k, v in key.items()):
-                continue
+                if task != "zeroshot" or "correct" in prev:  # older results lack per-sample correctness
+                    continue
             if task == "zeroshot":
                 res = ev.zeroshot(model, preprocess, tokenizer, p, classes, templates, **common)
             elif task == "retrieval":
@@ -174,25 +176,24 @@ def flat(doc: dict, names: dict[str, str] | None = None) -> dict:
     return out
 
 
-def train_run(run: dict, run_dir: str | os.PathLike) -> dict:
+def train_run(run: PlannedRun, run_dir: str | os.PathLike) -> dict:
     """Study adapter: one planned run (``pipelines.study.plan_runs``) -> flat training figures."""
-    try:
-        cfg = make_config(
-            {**run.get("train", {}), "model": run["model"], "samples_seen": run["samples_seen"], "seed": run["seed"]}
-        )
-    except (TypeError, ValueError) as e:
-        raise InputError(f"bad [train] settings in the study: {e}") from None
-    s = train(cfg, run["tiers_dir"], run["tier"], run_dir, progress=False, log=lambda *_: None)
+    s = train(run.train, run.tiers_dir, run.tier, run_dir, progress=False, log=lambda *_: None)
     return {k: s[k] for k in ("steps", "repetition", "train_seconds", "samples_per_s", "final_loss")}
 
 
-def evaluate_run(run: dict, run_dir: str | os.PathLike) -> dict:
-    """Study adapter: evaluate a trained run on the study's eval sets -> flat metrics."""
-    from train.evaluation import dataset_name
+def evaluate_run(run: PlannedRun, run_dir: str | os.PathLike) -> dict:
+    """Study adapter: evaluate a trained run on the study's eval sets -> flat metrics, with the zero-shot
+    per-sample correctness as ``zeroshot_correct`` (for paired comparisons and bootstrap intervals)."""
+    from train.evaluation import dataset_name, unpack_correct
 
-    ev = run.get("eval") or {}
-    sets = {t: [ev[t]] if ev.get(t) else [] for t in TASKS}
+    sets = {t: [getattr(run.eval, t)] if getattr(run.eval, t, None) else [] for t in TASKS}
     if not any(sets.values()):
         return {}
-    doc = evaluate(run_dir, **sets, classes=ev.get("classes"), log=lambda *_: None)
-    return flat(doc, {t: dataset_name(v[0])[0] for t, v in sets.items() if v})
+    doc = evaluate(run_dir, **sets, classes=run.eval.classes, log=lambda *_: None)
+    names = {t: dataset_name(v[0])[0] for t, v in sets.items() if v}
+    out = flat(doc, names)
+    zs = (doc.get("zeroshot") or {}).get(names.get("zeroshot"), {})
+    if zs.get("correct"):
+        out["zeroshot_correct"] = unpack_correct(zs["correct"], zs["n"]).tolist()
+    return out
