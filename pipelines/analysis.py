@@ -94,7 +94,14 @@ def _cells(rows: list[dict]) -> list[CellStat]:
         acc = stats.cell_interval([r[METRIC] for r in g], [r.get(CORRECT) for r in g])
         ret = [r[RETRIEVAL] for r in g if r.get(RETRIEVAL) is not None]
         out.append(
-            CellStat(variant, tier, budget, int(g[0]["tier_samples"]), acc, stats.seed_interval(ret) if ret else None)
+            CellStat(
+                variant,
+                tier,
+                budget,
+                int(g[0]["tier_samples"]),
+                acc,
+                stats.seed_interval(ret, bounds=(0.0, 1.0)) if ret else None,
+            )
         )
     return sorted(out, key=lambda c: (c.variant, c.tier_samples, c.tier, c.budget))
 

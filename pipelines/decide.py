@@ -186,8 +186,8 @@ def _text(c: Comparison, gap: stats.Gap, p: float, p_adj: float, decided: bool, 
         if gap.se_eval > 0 and gap.mean != 0:
             eval_noise = _pts(1.96 * gap.se_eval)
             return (
-                f"{head}: {why}; more seeds would not decide it: the eval set's own noise (±{eval_noise}) "
-                "hides a gap this small, a larger eval set would"
+                f"{head}: {why}; more seeds would not decide it: the eval set's own noise (±{eval_noise}), which "
+                "seeds do not average away, is too large for a gap this size; a larger eval set would"
             )
         return f"{head}: {why}"
     if need > stats.MAX_SEEDS:

@@ -50,6 +50,11 @@ def _interval(cells: list[CellStat], metric: str):
     return m, np.vstack([m - lo, hi - m]), [iv.method == "seeds" for iv in ivs]
 
 
+def _dodge(x, k: int, n: int):
+    """Shift series k of n sideways on a log axis (3% apart), so error bars at one x stay apart."""
+    return np.asarray(x, float) * 1.03 ** (k - (n - 1) / 2)
+
+
 def _points(ax, x, cells: list[CellStat], metric: str, label: str, colour=None):
     m, err, seeded = _interval(cells, metric)
     line = ax.errorbar(x, m, yerr=err, capsize=3, label=label, color=colour, marker="o", ms=0)
@@ -79,14 +84,14 @@ def metric_vs_samples(cells, path, metric="accuracy", ylabel="zero-shot top-1", 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     drawn = False
     tiers = sorted({c.tier for c in cells}, key=lambda t: next(c.tier_samples for c in cells if c.tier == t))
-    for tier in tiers:
+    for k, tier in enumerate(tiers):
         mine = sorted(
             (c for c in cells if c.tier == tier and (metric == "accuracy" or c.retrieval)), key=lambda c: c.budget
         )
         if not mine:
             continue
         x = np.array([c.budget for c in mine], float)
-        colour = _points(ax, x, mine, metric, f"{tier} ({mine[0].tier_samples:,} samples)")
+        colour = _points(ax, _dodge(x, k, len(tiers)), mine, metric, f"{tier} ({mine[0].tier_samples:,} samples)")
         if metric == "accuracy":
             drawn |= _fit_lines(ax, fit, tier, x.min(), x.max(), colour)
     ax.set_xscale("log")
@@ -100,14 +105,16 @@ def metric_vs_samples(cells, path, metric="accuracy", ylabel="zero-shot top-1", 
 
 def accuracy_vs_fraction(cells: list[CellStat], pool: int, path: Path, title: str = "", chance=None) -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for budget in sorted({c.budget for c in cells}):
+    budgets = sorted({c.budget for c in cells})
+    for k, budget in enumerate(budgets):
         mine = sorted((c for c in cells if c.budget == budget), key=lambda c: c.tier_samples)
-        _points(ax, np.array([c.tier_samples / pool for c in mine]), mine, "accuracy", f"{budget:,} samples seen")
+        x = _dodge([c.tier_samples / pool for c in mine], k, len(budgets))
+        _points(ax, x, mine, "accuracy", f"{budget:,} samples seen")
     ax.set_xscale("log")
     ax.set_xlabel("fraction of the downloaded pool in the tier")
     ax.set_ylabel("zero-shot top-1")
     head = f"Accuracy vs filter strength, per compute budget {title}".strip()
-    return _save(fig, ax, path, f"{head}\nlabels: repetition = samples seen / tier size; {BARS}", chance)
+    return _save(fig, ax, path, f"{head}\nlabels: repetition = samples seen / tier size\n{BARS}", chance)
 
 
 def gaps(verdicts: list[Verdict], path: Path) -> Path:

@@ -55,14 +55,15 @@ class Interval:
         return "no interval (one run, no per-sample results)"
 
 
-def seed_interval(values, level: float = LEVEL) -> Interval:
-    """Mean and t interval over seeds; fewer than two seeds give no interval."""
+def seed_interval(values, level: float = LEVEL, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Interval:
+    """Mean and t interval over seeds, clipped to ``bounds`` (an accuracy stays in [0, 1]); fewer than
+    two seeds give no interval."""
     v = np.asarray(values, np.float64)
     m = float(v.mean()) if len(v) else math.nan
     if len(v) < 2:
         return Interval(m, math.nan, math.nan, len(v), "none")
     h = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return Interval(m, m - h, m + h, len(v), "seeds")
+    return Interval(m, max(m - h, bounds[0]), min(m + h, bounds[1]), len(v), "seeds")
 
 
 def bootstrap_interval(correct, level: float = LEVEL, reps: int = 4000, seed: int = 0) -> Interval:
@@ -80,7 +81,7 @@ def bootstrap_interval(correct, level: float = LEVEL, reps: int = 4000, seed: in
 def cell_interval(values, corrects=None, level: float = LEVEL) -> Interval:
     """The interval of one cell: over seeds when it has two or more, else over its run's eval samples."""
     if len(values) >= 2 or not corrects or corrects[0] is None:
-        return seed_interval(values, level)
+        return seed_interval(values, level, (0.0, 1.0))
     return bootstrap_interval(corrects[0], level)
 
 
