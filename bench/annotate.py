@@ -38,15 +38,16 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+from curate.core.runtime import quiet_environment  # noqa: E402
+
+quiet_environment()
 
 
 def make_samples(n: int, side: int, seed: int = 0) -> pa.Table:
     from curate.annotate.raw import SAMPLE_SCHEMA
-    from curate.synthweb import captions
-    from curate.synthweb.build import FORMAT_SHARES
-    from curate.synthweb.render import all_concepts, encode, render
+    from synthweb import captions
+    from synthweb.build import FORMAT_SHARES
+    from synthweb.render import all_concepts, encode, render
 
     concepts = all_concepts()
     rng = np.random.default_rng(seed)
@@ -221,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {'speed-up':<28} {ours['per_s_core'] / plain['per_s_core']:>22.1f}x")
 
     if not args.no_ray:
-        from curate import units
-        from curate.runtime import ray_session
+        from curate.core import units
+        from curate.core.runtime import ray_session
 
         with ray_session(num_cpus=cores):
             for side in (64, 256):
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                     w = time.perf_counter() - w0
                     tag = f"{side}px clip={'on' if clip else 'off'}"
                     row(f"ray    {tag} end to end", n, w, float("nan"), per=cores)
-                    marks = [units.read_marker(build / "annotations", f"{k:05d}") for k in range(s["shards"])]
+                    marks = [units.read_marker(build / "annotations", f"{k:05d}") for k in range(s.shards)]
                     busy = sum(m["seconds"] for m in marks)
                     row(f"ray    {tag} in workers", n, busy, sum(m["cpu_seconds"] for m in marks))
 

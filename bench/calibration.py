@@ -52,7 +52,10 @@ def family(n: int, seeds: int, seed_sd: float) -> dict:
     rng = np.random.default_rng(1)
     truth = {("v", t, b): 0.3 for t in "abc" for b in (1, 2)}
     comps = plan_comparisons(["v"], ["a", "b", "c"], [1, 2])
-    wins = sum(any(v.decided for v in decide(Simulator(truth, seed_sd=seed_sd, rng=rng).study(seeds), comps)) for _ in range(n))
+    wins = sum(
+        any(v.decided for v in decide(Simulator(truth, seed_sd=seed_sd, rng=rng).study(seeds), comps))
+        for _ in range(n)
+    )
     return {"any_winner": wins / n, "studies": n, "comparisons": len(comps)}
 
 
@@ -63,7 +66,7 @@ def adaptive(n: int, delta: float, seed_sd: float) -> dict:
     runs = []
     for _ in range(n):
         sim = Simulator(truth, seed_sd=seed_sd, rng=rng)
-        rows, v = until_decided(sim.study(3), PAIR, sim.run, 24, (0, 1, 2), log=lambda *_: None)
+        rows, v = until_decided(sim.study(3), PAIR, sim.run, 24, (0, 1, 2))
         out[v[0].winner] += 1
         runs.append(len(rows))
     return {"right": out["a"] / n, "wrong": out["b"] / n, "mean_runs": float(np.mean(runs)), "studies": n}
@@ -94,7 +97,10 @@ def main(argv=None) -> dict:
         print(f"training noise {sd} logits: gap noise SD {noise:.4f}, one run's SD {run:.4f}")
         for k, v in res[key].items():
             if isinstance(v, dict):
-                print(f"  {k:<34} " + ", ".join(f"{a} {b:.3f}" if isinstance(b, float) else f"{a} {b}" for a, b in v.items()))
+                print(
+                    f"  {k:<34} "
+                    + ", ".join(f"{a} {b:.3f}" if isinstance(b, float) else f"{a} {b}" for a, b in v.items())
+                )
     res["seconds"] = time.perf_counter() - t0
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))

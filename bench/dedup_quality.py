@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from curate.annotate import AnnotateConfig, annotate, read_annotations
 from curate.dedup import DedupConfig, deduplicate
-from curate.synthweb import DEFAULT_MIX, WebConfig, WebServer, build
+from synthweb import DEFAULT_MIX, WebConfig, WebServer, build
 
 # Kinds that need no download to tell apart (and private_address must never be fetched).
 SKIP = {"private_address", "slow"}

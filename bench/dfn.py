@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -29,8 +28,9 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+from curate.core.runtime import quiet_environment  # noqa: E402
+
+quiet_environment()
 
 NOISY = ("misaligned", "generic", "foreign")
 
@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     import train
     from curate.annotate.clip import save_random_model
     from curate.annotate.raw import download_plain
-    from curate.runtime import ray_session
-    from curate.synthweb import WebConfig, WebServer, build
-    from curate.synthweb.build import DEFAULT_MIX
+    from curate.core.runtime import ray_session
+    from synthweb import WebConfig, WebServer, build
+    from synthweb.build import DEFAULT_MIX
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_dfn_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = train.shards_from_synthweb(trusted_web, work / "trusted", tiers={"trusted": 1.0})
     cfg = train.make_config({"model": args.model, "samples_seen": args.samples})
     t1 = time.perf_counter()
-    summary = train.train(cfg, manifest, "trusted", work / "run", progress=False, log=lambda *a, **k: None)
+    summary = train.train(cfg, manifest, "trusted", work / "run", progress=False)
     results["train"] = {"seconds": time.perf_counter() - t1, **{k: summary.get(k) for k in ("steps", "samples_seen")}}
     print(f"filter model {args.model}: {args.samples} samples seen in {results['train']['seconds']:.0f} s")
 

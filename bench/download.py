@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.synthweb import WebConfig, WebServer, build
-from curate.synthweb.build import DEFAULT_MIX
+from synthweb import WebConfig, WebServer, build
+from synthweb.build import DEFAULT_MIX
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -113,8 +113,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="runs per side, alternating order; best is reported")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "download.json"))
     args = ap.parse_args(argv)
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from curate.core.runtime import quiet_environment
+
+    quiet_environment()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-download-"))
     web = Path(args.web) if args.web else tmp / "web"

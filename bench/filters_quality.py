@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -32,8 +31,9 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+from curate.core.runtime import quiet_environment  # noqa: E402
+
+quiet_environment()
 
 LINGUA = ROOT.parent / "shared" / "data" / "lid" / "lingua_testdata.parquet"
 # lid.176 says "no" for Norwegian Bokmål; it has no label at all for these languages.
@@ -62,10 +62,10 @@ TARGETS = {
 def synthetic(n: int, seed: int, work: Path) -> dict:
     from curate.annotate import AnnotateConfig, annotate, read_annotations
     from curate.annotate.raw import download_plain
+    from curate.core.runtime import ray_session
     from curate.filters import apply_filters, build_filters, preset_config, rules
-    from curate.runtime import ray_session
-    from curate.synthweb import WebConfig, WebServer, build
-    from curate.synthweb.build import DEFAULT_MIX
+    from synthweb import WebConfig, WebServer, build
+    from synthweb.build import DEFAULT_MIX
 
     mix = {k: v for k, v in DEFAULT_MIX.items() if k != "private_address"}  # never fetched
     t0 = time.perf_counter()

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from curate.failpoints import ENV
-from curate.manifest import MANIFEST, TIERS
-from curate.synthweb import WebConfig, WebServer, build
-from curate.tarstream import index_tar
+from curate.core.failpoints import ENV
+from curate.core.manifest import MANIFEST, TIERS
+from curate.core.tarstream import index_tar
+from synthweb import WebConfig, WebServer, build
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = """

@@ -27,10 +27,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.bands import assign
-from curate.synthweb import WebConfig, build
-from curate.tarstream import TarWriter
-from curate.tiers import ShardConfig, write_tiers
+from curate.core.tarstream import TarWriter
+from curate.select.bands import assign
+from curate.shard.writer import ShardConfig, write_tiers
+from synthweb import WebConfig, build
 
 COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_mini" / "coco_mini_pairs.parquet"
 

@@ -1,7 +1,7 @@
 """Benchmark: `tiers train` vs `python -m open_clip_train.main` on the same shards, model, batch and precision.
 
 Both train the same tiny open_clip model (ct-vit-tiny-32, fp32, CPU) on the same WebDataset shards
-(clean samples of a synthetic web, written by ``train.synthshards``) with the same batch size, loader
+(clean samples of a synthetic web, written by ``synthweb.shards``) with the same batch size, loader
 workers, optimiser settings and torch threads, each as its own process, alternately, ``--repeats``
 times. Throughput is steady-state samples/s: the median over logging windows of 10 steps, leaving
 out the first two windows (start-up); each tool's best repeat counts, as others share this machine
@@ -49,8 +49,8 @@ CIFAR = REPO.parent / "shared" / "data" / "cifar10" / "test.parquet"
 
 
 def build_tiers(root: Path, n: int, web: Path | None) -> tuple[Path, Path]:
-    from curate.synthweb import WebConfig, build
-    from train.synthshards import shards_from_synthweb
+    from synthweb import WebConfig, build
+    from synthweb.shards import shards_from_synthweb
 
     if web is None:
         web = root / "web"
@@ -73,7 +73,7 @@ def ours(tiers: Path, out: Path, a) -> list[float]:
 
 
 def theirs(tiers: Path, out: Path, a) -> list[float]:
-    from curate.manifest import read_tier
+    from curate.core.manifest import read_tier
     from train.models import model_config
 
     model_dir = out / "model"
@@ -81,7 +81,7 @@ def theirs(tiers: Path, out: Path, a) -> list[float]:
     _, cfg = model_config(a.model)
     (model_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
     tier = read_tier(tiers, "full")
-    from curate.manifest import brace
+    from curate.core.manifest import brace
 
     cmd = [sys.executable, "-c", OPEN_CLIP_MAIN, "--train-data", brace(tier.shards)]
     cmd += ["--dataset-type", "webdataset", "--dataset-resampled", "--train-num-samples", str(a.steps * a.batch)]
@@ -101,7 +101,7 @@ def theirs(tiers: Path, out: Path, a) -> list[float]:
 def loader_rate(tiers: Path, a, batches: int = 60) -> float:
     import open_clip
 
-    from curate.manifest import read_tier
+    from curate.core.manifest import read_tier
     from train import augment
     from train.config import make_config
     from train.data import StreamSpec, TierStream, make_loader
@@ -137,7 +137,7 @@ def cpu_seconds() -> float:
 
 def learn(web: Path, tiers: Path, out: Path, a) -> dict:
     from train import api
-    from train.config import make_config
+    from train.config import EvalConfig, make_config
 
     ev = web / "eval"
     cfg = make_config(
@@ -158,11 +158,11 @@ def learn(web: Path, tiers: Path, out: Path, a) -> dict:
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     doc = json.loads((out / "eval.json").read_text())
     res = {
-        "samples_seen": s["samples_seen"],
-        "steps": s["steps"],
+        "samples_seen": s.samples_seen,
+        "steps": s.steps,
         "batch": a.learn_batch,
         "preset": a.preset,
-        "repetition": s["repetition"],
+        "repetition": s.repetition,
         "wall_seconds": wall,
         "cpu_seconds": cpu,
         "zeroshot_top1": doc["zeroshot"]["zeroshot"]["top1"],
@@ -172,10 +172,12 @@ def learn(web: Path, tiers: Path, out: Path, a) -> dict:
     }
     if CIFAR.is_file():
         t0 = time.perf_counter()
-        cif = api.evaluate(out, zeroshot=[f"cifar10={CIFAR}"], linear_probe=[f"cifar10={CIFAR}"], limit=a.cifar_limit)
-        res["cifar10_zeroshot_top1"] = cif["zeroshot"]["cifar10"]["top1"]
-        res["cifar10_linear_probe_top1"] = cif["linear_probe"]["cifar10"]["top1"]
-        res["cifar10_n"] = cif["zeroshot"]["cifar10"]["n"]
+        cif = api.evaluate(
+            out, EvalConfig(zeroshot=(f"cifar10={CIFAR}",), linear_probe=(f"cifar10={CIFAR}",), limit=a.cifar_limit)
+        )
+        res["cifar10_zeroshot_top1"] = cif.get("zeroshot", "cifar10")["top1"]
+        res["cifar10_linear_probe_top1"] = cif.get("linear_probe", "cifar10")["top1"]
+        res["cifar10_n"] = cif.get("zeroshot", "cifar10")["n"]
         res["cifar10_eval_seconds"] = time.perf_counter() - t0
     return res
 
@@ -200,7 +202,9 @@ def main() -> None:
     p.add_argument("--keep", type=Path, help="keep the work directory here")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train.json")
     a = p.parse_args()
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from curate.core.runtime import quiet_environment
+
+    quiet_environment()
 
     root = a.keep or Path(tempfile.mkdtemp(prefix="bench-train-"))
     root.mkdir(parents=True, exist_ok=True)

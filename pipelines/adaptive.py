@@ -17,11 +17,14 @@ comparison always share their first seeds and the comparison stays paired.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from curate import units
+from curate.core import units
 from pipelines.decide import Cell, Comparison, Verdict, cells_of, decide, order_undecided
+
+log = logging.getLogger(__name__)
 
 LOOKS = "looks.json"
 
@@ -81,7 +84,6 @@ def until_decided(
     looks: dict[str, list[int]] | None = None,
     alpha: float = 0.05,
     save: Callable[[dict[str, list[int]]], None] | None = None,
-    log=print,
 ) -> tuple[list[dict], list[Verdict]]:
     """Add runs until every comparison is decided or the study holds ``max_runs`` runs.
 
@@ -104,8 +106,10 @@ def until_decided(
                 if not undecided
                 else f"{undecided} undecided, none that the run budget and more seeds can decide"
             )
-            log(f"until-decided: stop ({why}; {len(rows)} runs)")
+            log.info(f"until-decided: stop ({why}; {len(rows)} runs)")
             return rows, verdicts
-        log(f"until-decided: {undecided} undecided; adding {len(todo)} runs ({len(rows)} so far, at most {max_runs})")
+        log.info(
+            f"until-decided: {undecided} undecided; adding {len(todo)} runs ({len(rows)} so far, at most {max_runs})"
+        )
         for cell, seed in todo:
             rows.append(run_cell(cell, seed))

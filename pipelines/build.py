@@ -12,8 +12,8 @@ A build config is one TOML file with a section per stage::
     [annotate]   clip_model = "run:runs/dfn"  (curate.annotate.AnnotateConfig)
     [filters]    preset = "synthetic-basic"   (curate.filters.FilterConfig)
     [dedup]      near_k = 6                    (curate.dedup.DedupConfig)
-    [quality]    score = "auto"                (curate.quality.QualityConfig)
-    [bands]      edges = [0.1, 0.2, 0.3, 0.4, 0.5, 1.0]   balance = "clusters"   (curate.bands.BandConfig)
+    [quality]    score = "auto"                (curate.select.quality.QualityConfig)
+    [bands]      edges = [0.1, 0.2, 0.3, 0.4, 0.5, 1.0]   balance = "clusters"   (curate.select.bands.BandConfig)
     [shards]     shard_size = 1000
 """
 
@@ -21,38 +21,36 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import schema, units
 from curate.annotate import AnnotateConfig
-from curate.bands import BandConfig
+from curate.core import config, schema, units
+from curate.core.errors import InputError
+from curate.core.failpoints import failpoint
+from curate.core.manifest import MANIFEST, SAMPLES, TIERS, Manifest
 from curate.dedup import DedupConfig
-from curate.errors import InputError
-from curate.failpoints import failpoint
-from curate.filters import FilterConfig, config_from_dict
-from curate.manifest import MANIFEST, SAMPLES, TIERS
-from curate.quality import QualityConfig
-from curate.tiers import ShardConfig
+from curate.download.config import DownloadConfig
+from curate.filters import FilterConfig
+from curate.filters import config_from_dict as filters_config
+from curate.select.bands import BandConfig
+from curate.select.quality import QualityConfig
+from curate.shard.writer import ShardConfig
+
+log = logging.getLogger(__name__)
 
 INPUTS = "inputs.parquet"  # the URL list as read, so retier never needs the original files
 
 
-def _download_config():
-    from curate.download import DownloadConfig
-
-    return DownloadConfig()
-
-
 @dataclass(frozen=True)
 class BuildConfig:
-    download: object = field(default_factory=_download_config)
+    download: DownloadConfig = DownloadConfig()
     annotate: AnnotateConfig = AnnotateConfig()
     filters: FilterConfig = FilterConfig()
     dedup: DedupConfig = DedupConfig()
@@ -62,63 +60,42 @@ class BuildConfig:
     decontaminate: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = (
-                v.to_dict() if hasattr(v, "to_dict") else (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
-            )
-        return out
-
-
-def _replace(obj, values: dict, section: str, source: str | None):
-    names = {f.name for f in dataclasses.fields(obj)}
-    unknown = set(values) - names
-    if unknown:
-        raise InputError(f"[{section}] unknown key(s): {', '.join(sorted(unknown))}", path=source)
-    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return dataclasses.replace(obj, **fixed)
+        return config.to_dict(self)
 
 
 def config_from_toml(data: dict, source: str | None = None) -> BuildConfig:
-    cfg = BuildConfig()
-    unknown = set(data) - {f.name for f in dataclasses.fields(cfg)}
-    if unknown:
-        raise InputError(f"unknown section(s): {', '.join(sorted(unknown))}", path=source)
-    kw = {}
-    for name in ("download", "annotate", "dedup", "quality", "bands", "shards"):
-        if name in data:
-            kw[name] = _replace(getattr(cfg, name), data[name], name, source)
-    if "filters" in data:
-        kw["filters"] = config_from_dict(data["filters"], source=source)
-    if "decontaminate" in data:
-        kw["decontaminate"] = tuple(data["decontaminate"])
-    out = dataclasses.replace(cfg, **kw)
+    """A build config from a TOML document (or the dict ``to_dict`` wrote); InputError names section and file.
+
+    The filters' size rules scale to the download size: ``[filters] image_size`` follows
+    ``[download] image_size`` unless the file sets it.
+    """
+    data = dict(data)
+    filters = dict(data.pop("filters", {}) or {})
+    cfg = config.from_dict(BuildConfig, data, section="build", source=source)
+    filters.setdefault("image_size", cfg.download.image_size)
+    cfg = dataclasses.replace(cfg, filters=filters_config(filters, source=source))
     try:
-        out.bands.validate()
+        cfg.bands.validate()
     except ValueError as e:
         raise InputError(f"[bands] {e}", path=source) from None
-    return out
+    return cfg
 
 
 def load_build_config(path: str | os.PathLike | None) -> BuildConfig:
+    """The build config in the TOML file at ``path`` (defaults when None)."""
     if path is None:
         return BuildConfig()
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise InputError(f"unreadable build config: {e}", path=str(path)) from None
-    return config_from_toml(data, source=str(path))
+    return config_from_toml(config.read_toml(path), source=os.fspath(path))
 
 
-def decide(out: Path, cfg: BuildConfig, log=print) -> pa.Table:
+def decide(out: Path, cfg: BuildConfig) -> pa.Table:
     """Filters, quality, dedup and bands over the stored tables -> ``samples.parquet``."""
     from curate.annotate import read_annotations
     from curate.dedup.stage import read_dedup, run_dedup
     from curate.download import read_results
     from curate.filters import apply_filters, build_filters
-    from curate.quality import quality
-    from curate.select import assemble, counts
+    from curate.select.quality import quality
+    from curate.select.samples import assemble, counts
 
     inputs = pq.read_table(out / INPUTS)
     downloads = read_results(out)
@@ -128,7 +105,7 @@ def decide(out: Path, cfg: BuildConfig, log=print) -> pa.Table:
         q, which = quality(ann, cfg.quality)
     except ValueError as e:
         raise InputError(str(e)) from None
-    summary = run_dedup(out, cfg.dedup, quality=q, prefer=filt.keep, decontaminate=cfg.decontaminate, log=log)
+    summary = run_dedup(out, cfg.dedup, quality=q, prefer=filt.keep, decontaminate=cfg.decontaminate)
     failpoint("decide:after_dedup")
     embeddings = None
     if cfg.bands.balance == "clusters":
@@ -147,17 +124,18 @@ def decide(out: Path, cfg: BuildConfig, log=print) -> pa.Table:
         with units.atomic_path(out / SAMPLES) as tmp:
             pq.write_table(samples, tmp)
     c = counts(samples)
-    log(
+    log.info(
         f"decided {samples.num_rows:,} rows by {which} quality: "
         + ", ".join(f"{s} {sum(v.values()):,}" for s, v in c.items())
-        + f"; {summary['duplicates']:,} duplicates"
+        + f"; {summary.duplicates:,} duplicates"
     )
     return samples
 
 
-def shard(out: Path, cfg: BuildConfig, samples: pa.Table, progress: bool = True) -> dict:
-    from curate.select import counts
-    from curate.tiers import write_tiers
+def shard(out: Path, cfg: BuildConfig, samples: pa.Table, progress: bool = True) -> Manifest:
+    """Band shards and the tier manifest for ``samples`` (the shard stage)."""
+    from curate.select.samples import counts
+    from curate.shard.writer import write_tiers
 
     return write_tiers(
         out,
@@ -165,7 +143,7 @@ def shard(out: Path, cfg: BuildConfig, samples: pa.Table, progress: bool = True)
         cfg.bands,
         cfg.shards,
         config={"build": cfg.to_dict()},
-        extra={"input_rows": samples.num_rows, "counts": counts(samples)},
+        counts=counts(samples),
         progress=progress,
     )
 
@@ -178,13 +156,12 @@ def build(
     ray_address: str | None = None,
     allow_private: str | None = None,
     progress: bool = True,
-    log=print,
-) -> dict:
+) -> Manifest:
     """Run every stage; each skips what a previous run finished. Returns the tier manifest."""
     from curate.annotate import annotate
+    from curate.core.runtime import ray_session
     from curate.download import download
-    from curate.readers import ReadConfig, read_url_list
-    from curate.runtime import ray_session
+    from curate.urllist.readers import ReadConfig, read_url_list
 
     cfg = cfg or BuildConfig()
     out = Path(out)
@@ -197,28 +174,28 @@ def build(
     if not inputs_path.exists():
         with units.atomic_path(inputs_path) as tmp:
             pq.write_table(inputs, tmp)
-    log(f"[1/5] {inputs.num_rows:,} input rows")
+    log.info(f"[1/5] {inputs.num_rows:,} input rows")
     with ray_session(ray_address):
         download(inputs_path, out, cfg.download, allow_private=allow_private, progress=progress)
-        log(f"[2/5] downloaded ({time.perf_counter() - t0:.0f} s)")
+        log.info(f"[2/5] downloaded ({time.perf_counter() - t0:.0f} s)")
         failpoint("build:after_download")
         annotate(out, cfg.annotate, progress=progress)
-        log(f"[3/5] annotated ({time.perf_counter() - t0:.0f} s)")
+        log.info(f"[3/5] annotated ({time.perf_counter() - t0:.0f} s)")
         failpoint("build:after_annotate")
-    samples = decide(out, cfg, log=log)
-    log(f"[4/5] decided ({time.perf_counter() - t0:.0f} s)")
+    samples = decide(out, cfg)
+    log.info(f"[4/5] decided ({time.perf_counter() - t0:.0f} s)")
     manifest = shard(out, cfg, samples, progress=progress)
     _write_config(out, cfg)
-    log(f"[5/5] wrote {len(manifest['tiers'])} tiers in {out / 'tiers'} ({time.perf_counter() - t0:.0f} s)")
+    log.info(f"[5/5] wrote {len(manifest.tiers)} tiers in {out / 'tiers'} ({time.perf_counter() - t0:.0f} s)")
     return manifest
 
 
-def retier(out: str | os.PathLike, cfg: BuildConfig, progress: bool = True, log=print) -> dict:
+def retier(out: str | os.PathLike, cfg: BuildConfig, progress: bool = True) -> Manifest:
     """Re-decide and re-shard from stored tables: no download, no decode."""
     out = Path(out)
     if not (out / INPUTS).exists():
         raise InputError("not a build directory (no inputs.parquet); run `tiers build` first", path=str(out))
-    samples = decide(out, cfg, log=log)
+    samples = decide(out, cfg)
     manifest = shard(out, cfg, samples, progress=progress)
     _write_config(out, cfg)
     return manifest
@@ -235,86 +212,3 @@ def stored_config(out: str | os.PathLike) -> BuildConfig:
     if not p.exists():
         return BuildConfig()
     return config_from_toml(json.loads(p.read_text()), source=str(p))
-
-
-def register(sub) -> None:
-    from curate.download.cli import add_fetch_options
-    from pipelines.cli import add_read_options
-
-    p = sub.add_parser("build", help="URL list -> download, annotate, dedup, select -> tiered WebDataset shards")
-    p.add_argument("urls", nargs="+", help="URL list files, directories or globs, read as one list")
-    p.add_argument("--out", required=True, help="build directory")
-    p.add_argument("--config", help="build config TOML ([download], [annotate], [filters], [dedup], [bands], ...)")
-    add_fetch_options(p)
-    p.add_argument("--clip-model", help="score with this CLIP (see `tiers annotate --help`); overrides the config")
-    add_read_options(p)
-    p.set_defaults(func=_build_cli)
-
-    p = sub.add_parser("retier", help="re-cut bands and rewrite shards from stored tables (no download, no decode)")
-    p.add_argument("out", help="build directory")
-    p.add_argument("--edges", help="cumulative band edges, e.g. 0.1,0.25,0.5,1.0")
-    p.add_argument("--config", help="build config TOML; default: the one the build used")
-    p.set_defaults(func=_retier_cli)
-
-    p = sub.add_parser("dedup", help="re-decide duplicates over the annotation table and rewrite what changed")
-    p.add_argument("out", help="build directory")
-    p.add_argument("--near-k", type=int, help="largest pHash Hamming distance of a near duplicate (default 6)")
-    p.add_argument("--shape-tolerance", type=float, help="largest relative difference of width/height ratios")
-    p.add_argument(
-        "--semantic-eps", type=float, help="also link CLIP embeddings with cosine > 1 - eps (SemDeDup; off by default)"
-    )
-    p.add_argument("--no-semantic", action="store_true", help="turn semantic dedup off again")
-    p.add_argument("--captions", action="store_true", help="also treat identical normalised captions as duplicates")
-    p.add_argument("--decontaminate", nargs="+", default=None, metavar="PATH", help="evaluation sets to remove")
-    p.set_defaults(func=_dedup_cli)
-
-
-def _build_cli(args) -> int:
-    from pipelines.cli import _read_config
-
-    cfg = load_build_config(args.config)
-    if args.clip_model:
-        cfg = dataclasses.replace(cfg, annotate=dataclasses.replace(cfg.annotate, clip_model=args.clip_model))
-    manifest = build(args.urls, args.out, cfg, _read_config(args), args.ray_address, args.allow_private_hosts)
-    _print_tiers(manifest)
-    return 0
-
-
-def _print_tiers(manifest: dict) -> None:
-    print(
-        f"{manifest['input_rows']:,} input rows: "
-        + ", ".join(f"{s} {sum(v.values()):,}" for s, v in manifest["counts"].items())
-    )
-    for name, t in manifest["tiers"].items():
-        print(f"  {name:<11} {t['samples']:>9,} samples  {t['bytes'] / 1e6:9.1f} MB  {len(t['shards']):>4} shards")
-
-
-def _retier_cli(args) -> int:
-    cfg = load_build_config(args.config) if args.config else stored_config(args.out)
-    if args.edges:
-        try:
-            edges = tuple(float(x) for x in args.edges.split(","))
-            BandConfig(edges=edges).validate()
-        except ValueError as e:
-            raise InputError(f"--edges: {e}") from None
-        cfg = dataclasses.replace(cfg, bands=dataclasses.replace(cfg.bands, edges=edges))
-    _print_tiers(retier(args.out, cfg))
-    return 0
-
-
-def _dedup_cli(args) -> int:
-    cfg = stored_config(args.out)
-    d = cfg.dedup
-    changes = {
-        "near_k": args.near_k,
-        "near_shape_tolerance": args.shape_tolerance,
-        "semantic_eps": args.semantic_eps,
-        "semantic": False if args.no_semantic else (True if args.semantic_eps is not None else None),
-        "captions": True if args.captions else None,
-    }
-    d = dataclasses.replace(d, **{k: v for k, v in changes.items() if v is not None})
-    cfg = dataclasses.replace(cfg, dedup=d)
-    if args.decontaminate is not None:
-        cfg = dataclasses.replace(cfg, decontaminate=tuple(args.decontaminate))
-    _print_tiers(retier(args.out, cfg))
-    return 0

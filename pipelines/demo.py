@@ -7,21 +7,23 @@
 3. ``tiers build`` the pool: download, annotate (the filter CLIP scores every pair), dedup, filter,
    bands by CLIP score (balanced across image clusters, so no concept drops out of a top tier),
    shards.
-4. A study: 3 tiers x 2 budgets of samples seen x 2 training seeds with a tiny CLIP, zero-shot and
-   retrieval on the web's held-out evaluation set, the scaling-law fit, ``report.html``.
+4. A study: 3 tiers x 2 budgets of samples seen x 3 training seeds with a tiny CLIP, zero-shot and
+   retrieval on the web's held-out evaluation set; every cell with its 95% interval, every pair of
+   tiers decided or "cannot rank", the scaling-law fit's status, ``report.html``.
 
 Every step is resumable: run it again and finished work is skipped.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
+import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
+log = logging.getLogger(__name__)
 
 DEMO_BUILD = """
 [download]
@@ -46,62 +48,45 @@ shard_size = 250
 """
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
+@dataclass(frozen=True)
+class DemoConfig:
+    out: str = "demo_out"
+    n: int = 8000  # URLs in the synthetic web
+    seed: int = 0  # of the synthetic web
+    seeds: tuple[int, ...] = (0, 1, 2)  # training seeds per study cell: three give intervals and verdicts
+    model: str = "ct-vit-micro-32"  # the CLIP of the study and of the filter
+    budgets: tuple[int, ...] = (4000, 16000)  # samples seen per run
+    filter_samples: int = 20000  # samples seen by the filter CLIP
+    port: int = 8765  # fixed, so a rerun resumes the same URL list
+    progress: bool = True
 
 
-def register(sub) -> None:
-    p = sub.add_parser("demo", help="run the whole chain on a generated synthetic web (no network needed)")
-    p.add_argument("--out", default="demo_out", help="output directory (default: ./demo_out)")
-    p.add_argument("--n", type=int, default=8000, help="URLs in the synthetic web (default 8000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic web")
-    p.add_argument(
-        "--seeds",
-        type=_ints,
-        default=(0, 1),
-        help="training seeds per study cell, comma separated (default 0,1: shows the noise)",
-    )
-    p.add_argument("--model", default="ct-vit-micro-32", help="the CLIP of the study and of the filter")
-    p.add_argument("--budgets", type=_ints, default=(4000, 16000), help="samples seen per run, comma separated")
-    p.add_argument("--filter-samples", type=int, default=20000, help="samples seen by the filter CLIP")
-    p.add_argument(
-        "--port", type=int, default=8765, help="port for the synthetic web (fixed, so a rerun resumes the same list)"
-    )
-    p.set_defaults(func=run)
-
-
-def _trusted(out: Path, seed: int, log) -> Path:
+def _trusted(out: Path, seed: int) -> Path:
     """Tier shards of clean pairs from a synthetic web of another seed: the filter's trusted data."""
-    from curate.synthweb import WebConfig, build
-    from train.synthshards import shards_from_synthweb
+    import pyarrow.parquet as pq
+
+    from synthweb import WebConfig, build
+    from synthweb.shards import shards_from_synthweb
 
     web, shards = out / "trusted_web", out / "trusted"
     if not (shards / "tiers" / "manifest.json").exists():
         build(web, WebConfig(n=1500, seed=seed + 1000, mix={"clean": 1.0}, eval_per_concept=1, retrieval_pairs=1))
         shards_from_synthweb(web, shards, tiers={"full": 1.0})
-        log(f"  trusted data: {pq.read_table(web / 'truth.parquet').num_rows} clean pairs of another web")
+        log.info(f"  trusted data: {pq.read_table(web / 'truth.parquet').num_rows} clean pairs of another web")
     return shards
 
 
-def run(args: argparse.Namespace) -> int:
-    from curate.errors import InputError
-    from curate.synthweb import WebConfig, WebServer, build
+def run_demo(args: DemoConfig) -> int:
+    """Run the demo as ``args`` says; every step skips what a previous run finished."""
+    from curate.core.errors import InputError
     from pipelines.analysis import describe
     from pipelines.build import build as tiers_build
     from pipelines.build import config_from_toml
     from pipelines.report import write_report
     from pipelines.study import run_study, study_analysis, study_config
+    from synthweb import WebConfig, WebServer, build
     from train.api import train as train_run
     from train.config import make_config
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -110,17 +95,17 @@ def run(args: argparse.Namespace) -> int:
     if not (web_dir / "web.json").exists():
         summary = build(web_dir, WebConfig(n=args.n, seed=args.seed))
         noisy = summary["rows"] - summary["counts"]["clean"]
-        log(f"[1/4] synthetic web: {summary['rows']} URLs, {noisy} noisy or hostile -> {web_dir}")
+        log.info(f"[1/4] synthetic web: {summary['rows']} URLs, {noisy} noisy or hostile -> {web_dir}")
     else:
-        log(f"[1/4] synthetic web: reusing {web_dir}")
+        log.info(f"[1/4] synthetic web: reusing {web_dir}")
 
-    log(f"[2/4] filter CLIP on trusted data ({time.perf_counter() - t0:.0f} s)")
-    trusted = _trusted(out, args.seed, log)
+    log.info(f"[2/4] filter CLIP on trusted data ({time.perf_counter() - t0:.0f} s)")
+    trusted = _trusted(out, args.seed)
     dfn = out / "dfn"
     cfg = make_config({"model": args.model, "samples_seen": args.filter_samples})
-    train_run(cfg, trusted, "full", dfn, progress=True, log=log)
+    train_run(cfg, trusted, "full", dfn, progress=args.progress)
 
-    log(f"[3/4] tiers build of the pool ({time.perf_counter() - t0:.0f} s)")
+    log.info(f"[3/4] tiers build of the pool ({time.perf_counter() - t0:.0f} s)")
     import tomllib
 
     build_cfg = config_from_toml(tomllib.loads(DEMO_BUILD.format(dfn=dfn)))
@@ -130,14 +115,16 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         raise InputError(f"cannot serve the synthetic web on 127.0.0.1:{args.port} ({e}); pass --port") from None
     try:
-        manifest = tiers_build(server.urls_path, out / "build", build_cfg, allow_private="loopback", log=log)
+        manifest = tiers_build(
+            server.urls_path, out / "build", build_cfg, allow_private="loopback", progress=args.progress
+        )
     finally:
         server.stop()
-    for name, t in manifest["tiers"].items():
-        log(f"  {name:<11} {t['samples']:>6} samples")
+    for name, t in manifest.tiers.items():
+        log.info(f"  {name:<11} {t.samples:>6} samples")
 
     budgets, seeds = args.budgets, args.seeds
-    log(f"[4/4] study: 3 tiers x {len(budgets)} budgets x {len(seeds)} seeds ({time.perf_counter() - t0:.0f} s)")
+    log.info(f"[4/4] study: 3 tiers x {len(budgets)} budgets x {len(seeds)} seeds ({time.perf_counter() - t0:.0f} s)")
     study = study_config(
         tiers_dir=out / "build",
         tiers=("top20", "top50", "kept"),
@@ -150,13 +137,13 @@ def run(args: argparse.Namespace) -> int:
         retrieval=str(web_dir / "eval" / "retrieval.parquet"),
         name="demo",
     )
-    rows = run_study(study, out / "study", log=log)
+    rows = run_study(study, out / "study")
     result = study_analysis(study, out / "study", rows)
     report = write_report(
         out / "study", rows, dataclasses.asdict(study), study.tiers_dir, study.extend, analysis=result
     )
     n_classes = len(json.loads((web_dir / "eval" / "classes.json").read_text())["classnames"])
     for line in describe(result, chance=1 / n_classes):
-        log(f"  {line}")
-    log(f"done in {time.perf_counter() - t0:.0f} s; report: {report}")
+        log.info(f"  {line}")
+    log.info(f"done in {time.perf_counter() - t0:.0f} s; report: {report}")
     return 0

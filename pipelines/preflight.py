@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from curate.errors import InputError
-from curate.manifest import load_manifest, manifest_path
+from curate.core.errors import InputError
+from curate.core.manifest import load_manifest, manifest_path
 
 
 def _tiers(tiers_dir: str, tiers: tuple[str, ...]) -> list[str]:
@@ -24,17 +24,17 @@ def _tiers(tiers_dir: str, tiers: tuple[str, ...]) -> list[str]:
         root = manifest_path(tiers_dir).parent
     except InputError as e:
         return [str(e)]
-    known = manifest.get("tiers", {})
+    known = manifest.tiers
     out = []
     for t in tiers:
         if t not in known:
             out.append(f"{tiers_dir}: no tier {t!r}; the manifest has {', '.join(known) or 'none'}")
-        elif int(known[t].get("samples", 0)) <= 0 or not known[t].get("shards"):
+        elif known[t].samples <= 0 or not known[t].shards:
             out.append(f"{tiers_dir}: tier {t!r} is empty (0 samples): nothing to train on")
         else:
-            gone = [s for s in known[t]["shards"] if not (root / s).is_file() or (root / s).stat().st_size == 0]
+            gone = [s for s in known[t].shards if not (root / s).is_file() or (root / s).stat().st_size == 0]
             if gone:
-                total = len(known[t]["shards"])
+                total = len(known[t].shards)
                 out.append(f"{root / gone[0]}: shard of tier {t!r} missing or empty ({len(gone)} of {total})")
     return out
 

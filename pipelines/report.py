@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from curate import code_version
-from curate.manifest import SAMPLES, load_manifest, manifest_path
+from curate.core.manifest import SAMPLES, load_manifest, manifest_path
 from pipelines import plots
 from pipelines.analysis import Analysis, analyse, format_cell
 
@@ -140,7 +140,7 @@ def write_report(
     pdir.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(tiers_dir)
     a = analysis or analyse(rows, extend=extend)
-    pool = max(t["samples"] for t in manifest["tiers"].values())
+    pool = max(t.samples for t in manifest.tiers.values())
     figures = _figures(pdir, a, pool, _chance(study), manifest_path(tiers_dir).parent.parent)
     doc = a.to_dict()
     (out / "analysis.json").write_text(json.dumps(doc, indent=2, default=float))
@@ -166,25 +166,25 @@ def write_report(
 {_table(runs, cols)}
 <h2>Tiers</h2>{_table(_tier_rows(manifest), ["tier", "bands", "samples", "MB", "quality", "shards"])}
 <h2>Configs</h2><h3>Study</h3><pre>{html.escape(json.dumps(study, indent=2, default=str))}</pre>
-<h3>Tiers build</h3><pre>{html.escape(json.dumps(manifest.get("config", {}), indent=2, default=str))}</pre>
-<p>Tiers built by {html.escape(str(manifest.get("code_version")))}.</p>
+<h3>Tiers build</h3><pre>{html.escape(json.dumps(manifest.config, indent=2, default=str))}</pre>
+<p>Tiers built by {html.escape(str(manifest.code_version))}.</p>
 </body></html>"""
     path = out / REPORT
     path.write_text(page)
     return path
 
 
-def _tier_rows(manifest: dict) -> list[dict]:
+def _tier_rows(manifest) -> list[dict]:
     return [
         {
             "tier": k,
-            "bands": ", ".join(v["bands"]),
-            "samples": v["samples"],
-            "MB": v["bytes"] / 1e6,
-            "quality": "–".join(f"{q:.3g}" for q in v["quality"] if q is not None),
-            "shards": len(v["shards"]),
+            "bands": ", ".join(v.bands),
+            "samples": v.samples,
+            "MB": v.bytes / 1e6,
+            "quality": "–".join(f"{q:.3g}" for q in v.quality if q is not None),
+            "shards": len(v.shards),
         }
-        for k, v in manifest["tiers"].items()
+        for k, v in manifest.tiers.items()
     ]
 
 

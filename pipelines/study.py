@@ -30,22 +30,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
-import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import code_version, units
-from curate.errors import InputError
-from curate.manifest import load_manifest
+from curate import code_version
+from curate.core import config, units
+from curate.core.errors import InputError
+from curate.core.manifest import load_manifest
 from pipelines import adaptive, analysis, preflight, stats
 from pipelines.decide import CORRECT, METRIC, plan_comparisons
 from train.config import TrainConfig, make_config
 from train.plan import EvalSets, PlannedRun
+
+log = logging.getLogger(__name__)
 
 RESULTS = "results.parquet"
 DEFAULT_MODEL = "ct-vit-tiny-32"
@@ -91,7 +94,7 @@ def make_variants(
         over = {k: val for k, val in v.items() if k != "name"}
         try:
             cfg = make_config({"model": model, **(train or {}), **over})
-        except (TypeError, ValueError) as e:
+        except (InputError, TypeError, ValueError) as e:
             raise InputError(f"bad trainer settings for variant {name!r}: {e}", path=source) from None
         out.append(Variant(name, cfg))
     if len({v.name for v in out}) != len(out):
@@ -122,32 +125,41 @@ def study_config(
     )
 
 
+@dataclass(frozen=True)
+class StudyFile:
+    """A study file as written, read key by key by the one config loader (:mod:`curate.core.config`)."""
+
+    tiers_dir: str
+    tiers: tuple[str, ...]
+    budgets: tuple[int, ...]
+    seeds: tuple[int, ...] = (0,)
+    model: str = DEFAULT_MODEL
+    train: dict = field(default_factory=dict)  # TrainConfig keys; checked by make_variants
+    variants: tuple[dict, ...] = ()
+    eval: EvalSets = EvalSets()
+    extend: float = 10.0
+    alpha: float = 0.05
+    name: str | None = None
+
+
 def load_study(path: str | os.PathLike) -> StudyConfig:
     """Read a study TOML; relative paths in it are relative to the file. Raises InputError."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise InputError(f"unreadable study file: {e}", path=str(path)) from None
+    data = config.read_toml(path)
     missing = [k for k in ("tiers_dir", "tiers", "budgets") if k not in data]
     if missing:
         raise InputError(f"study file lacks {', '.join(missing)}", path=str(path))
-    known = {"tiers_dir", "tiers", "budgets", "seeds", "model", "train", "eval", "variants", "extend", "alpha", "name"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise InputError(f"unknown key(s) {unknown}; known: {sorted(known)}", path=str(path))
+    f = config.from_dict(StudyFile, data, section="study", source=str(path))
     base = path.resolve().parent
-    ev = data.get("eval", {})
 
     def rel(p):
         return None if p is None else str((base / p).resolve())
 
     try:
         return study_config(
-            rel(data["tiers_dir"]), data["tiers"], data["budgets"], data.get("seeds", [0]),
-            data.get("model", DEFAULT_MODEL), data.get("train", {}), data.get("variants"),
-            rel(ev.get("zeroshot")), rel(ev.get("classes")), rel(ev.get("retrieval")),
-            data.get("extend", 10.0), data.get("alpha", 0.05), data.get("name", path.stem), str(path),
+            rel(f.tiers_dir), f.tiers, f.budgets, f.seeds, f.model, f.train, list(f.variants) or None,
+            rel(f.eval.zeroshot), rel(f.eval.classes), rel(f.eval.retrieval), f.extend, f.alpha,
+            f.name or path.stem, str(path),
         )  # fmt: skip
     except (TypeError, ValueError) as e:
         raise InputError(f"bad study file: {e}", path=str(path)) from None
@@ -155,10 +167,10 @@ def load_study(path: str | os.PathLike) -> StudyConfig:
 
 def tier_sizes(cfg: StudyConfig) -> dict[str, int]:
     manifest = load_manifest(cfg.tiers_dir)
-    unknown = [t for t in cfg.tiers if t not in manifest["tiers"]]
+    unknown = [t for t in cfg.tiers if t not in manifest.tiers]
     if unknown:
-        raise InputError(f"tiers not in the manifest: {unknown}; it has {list(manifest['tiers'])}", path=cfg.tiers_dir)
-    return {t: int(manifest["tiers"][t]["samples"]) for t in cfg.tiers}
+        raise InputError(f"tiers not in the manifest: {unknown}; it has {list(manifest.tiers)}", path=cfg.tiers_dir)
+    return {t: int(manifest.tiers[t].samples) for t in cfg.tiers}
 
 
 def plan_run(cfg: StudyConfig, variant: Variant, tier: str, budget: int, seed: int, tier_samples: int) -> PlannedRun:
@@ -224,7 +236,6 @@ def run_study(
     cfg: StudyConfig,
     out: str | os.PathLike,
     runner: Runner | None = None,
-    log=print,
     until_decided: bool = False,
     max_runs: int | None = None,
 ) -> list[dict]:
@@ -244,12 +255,12 @@ def run_study(
     rows = read_results(out)
     by_hash = {r["config_hash"]: r for r in rows}
     todo = [r for r in planned if r.config_hash not in by_hash]
-    log(f"study {cfg.name}: {len(planned) - len(todo)} runs finished, {len(todo)} to go")
+    log.info(f"study {cfg.name}: {len(planned) - len(todo)} runs finished, {len(todo)} to go")
 
     def execute(run: PlannedRun) -> dict:
         if run.config_hash in by_hash:
             return by_hash[run.config_hash]
-        log(f"  {run.variant} {run.tier} x {run.samples_seen:,} samples, seed {run.seed}")
+        log.info(f"  {run.variant} {run.tier} x {run.samples_seen:,} samples, seed {run.seed}")
         row = result_row(run, runner(run, out / "runs" / run.config_hash))
         rows.append(row)
         by_hash[run.config_hash] = row
@@ -257,7 +268,7 @@ def run_study(
         return row
 
     for i, run in enumerate(todo, 1):
-        log(f"[{i}/{len(todo)}]")
+        log.info(f"[{i}/{len(todo)}]")
         execute(run)
     mine = current_rows(cfg, rows, sizes)
     if until_decided:
@@ -270,7 +281,7 @@ def run_study(
         comps = plan_comparisons(cfg.variant_names, cfg.tiers, cfg.budgets)
         looks = adaptive.read_looks(out) or {}
         mine, _ = adaptive.until_decided(
-            mine, comps, run_cell, max_runs, cfg.seeds, looks, cfg.alpha, lambda lk: adaptive.write_looks(out, lk), log
+            mine, comps, run_cell, max_runs, cfg.seeds, looks, cfg.alpha, lambda lk: adaptive.write_looks(out, lk)
         )
     return mine
 
@@ -308,27 +319,3 @@ def default_runner(run: PlannedRun, run_dir: Path) -> dict:
     summary = train_run(run, run_dir)
     metrics = evaluate_run(run, run_dir)
     return {**summary, **metrics}
-
-
-def register(sub) -> None:
-    p = sub.add_parser("study", help="train tiers x budgets x seeds, decide, fit the scaling law, write report.html")
-    p.add_argument("study", help="study TOML file")
-    p.add_argument("--out", required=True, help="study directory (results.parquet, plots/, report.html)")
-    p.add_argument("--until-decided", action="store_true", help="add seeds where comparisons are undecided")
-    p.add_argument("--max-runs", type=int, help="with --until-decided: at most this many runs in the study")
-    p.set_defaults(func=_cli)
-
-
-def _cli(args) -> int:
-    from pipelines.report import write_report
-
-    if args.until_decided and not args.max_runs:
-        raise InputError("--until-decided needs --max-runs N (the most runs the study may hold)")
-    cfg = load_study(args.study)
-    rows = run_study(cfg, args.out, until_decided=args.until_decided, max_runs=args.max_runs)
-    a = study_analysis(cfg, args.out, rows)
-    path = write_report(Path(args.out), rows, dataclasses.asdict(cfg), cfg.tiers_dir, cfg.extend, analysis=a)
-    for line in analysis.describe(a):
-        print(line)
-    print(f"report: {path}")
-    return 0

@@ -6,4 +6,5 @@ bash scripts/setup.sh
 export NO_ALBUMENTATIONS_UPDATE=1 RAY_USAGE_STATS_ENABLED=0
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/lint-imports  # the layer and no-cycle contracts in pyproject.toml
 .venv/bin/python -m pytest "$@"

@@ -5,18 +5,17 @@ No test needs the network or a GPU: images come from the synthetic web on 127.0.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+from curate.core.runtime import quiet_environment  # noqa: E402
+
+quiet_environment()
 
 
 @pytest.fixture(scope="session")
 def small_web(tmp_path_factory):
     """A 600-URL synthetic web with the default (raw crawl) mix."""
-    from curate.synthweb import WebConfig, build
+    from synthweb import WebConfig, build
 
     root = tmp_path_factory.mktemp("web")
     build(root, WebConfig(n=600, seed=3, eval_per_concept=4, retrieval_pairs=50))
@@ -26,7 +25,7 @@ def small_web(tmp_path_factory):
 @pytest.fixture(scope="session")
 def served_web(small_web):
     """``small_web`` served on a free 127.0.0.1 port for the whole session."""
-    from curate.synthweb import WebServer
+    from synthweb import WebServer
 
     with WebServer(small_web) as web:
         yield web
@@ -37,7 +36,7 @@ def ray_local():
     """One local Ray for the whole test session (never start Ray per test: ~3 s and 0.7 GB each)."""
     import ray
 
-    from curate.runtime import ray_session
+    from curate.core.runtime import ray_session
 
     with ray_session(num_cpus=2):
         yield ray

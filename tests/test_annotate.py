@@ -10,15 +10,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curate import schema, units
 from curate.annotate import AnnotateConfig, annotate, load_embeddings, read_annotations
 from curate.annotate import image as img
 from curate.annotate.caption import caption_signals
 from curate.annotate.clip import parse_spec, save_random_model
 from curate.annotate.language import LanguageID
 from curate.annotate.run import ShardAnnotator, _is_current
-from curate.errors import InputError
-from curate.synthweb.build import HTML_BODY, bomb_png
+from curate.core import schema, units
+from curate.core.errors import InputError
+from synthweb.bodies import HTML_BODY, bomb_png
 
 
 def encode(pixels: np.ndarray, fmt: str, **kw) -> bytes:
@@ -210,7 +210,7 @@ def test_a_missing_lid_model_is_an_input_error(tmp_path):
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_tar_reader_agrees_with_tarfile(tmp_path, fmt):
-    from curate.tarstream import MappedTar
+    from curate.core.tarstream import MappedTar
 
     path = tmp_path / "t.tar"
     rng = np.random.default_rng(0)
@@ -236,7 +236,7 @@ def test_tar_reader_agrees_with_tarfile(tmp_path, fmt):
 
 
 def test_tar_reader_refuses_corrupt_and_cut_off_archives(tmp_path):
-    from curate.tarstream import scan
+    from curate.core.tarstream import scan
 
     path = tmp_path / "t.tar"
     with tarfile.open(path, "w") as tf:
@@ -252,7 +252,7 @@ def test_tar_reader_refuses_corrupt_and_cut_off_archives(tmp_path):
 
 
 def test_tar_reader_takes_old_signed_checksums_and_unterminated_sizes():
-    from curate.tarstream import scan
+    from curate.core.tarstream import scan
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
@@ -401,12 +401,12 @@ def test_clip_scores_and_embeddings_stored_apart(tmp_path, tiny_clip):
 def test_a_tiers_train_run_scores_the_pool(tmp_path):
     """The DFN path's plumbing: a CLIP trained by `tiers train` on trusted data annotates the pool."""
     import train
-    from curate.synthweb import WebConfig, build
+    from synthweb import WebConfig, build, shards_from_synthweb
 
     build(tmp_path / "trusted", WebConfig(n=80, seed=9, mix={"clean": 1.0}, eval_per_concept=1, retrieval_pairs=2))
-    manifest = train.shards_from_synthweb(tmp_path / "trusted", tmp_path / "tiers", tiers={"trusted": 1.0})
+    manifest = shards_from_synthweb(tmp_path / "trusted", tmp_path / "tiers", tiers={"trusted": 1.0})
     cfg = train.make_config({"model": "ct-vit-micro-32", "samples_seen": 64, "batch_size": 32})
-    train.train(cfg, manifest, "trusted", tmp_path / "run", progress=False, log=lambda *a, **k: None)
+    train.train(cfg, manifest, "trusted", tmp_path / "run", progress=False)
     write_raw_shard(tmp_path / "pool" / "raw")
     spec = f"run:{tmp_path / 'run'}"
     ShardAnnotator(str(tmp_path / "pool"), AnnotateConfig(clip_model=spec), worker=False)(
@@ -450,7 +450,7 @@ E2E_MIX = {
 def downloaded(tmp_path_factory, ray_local):
     """A 200-URL synthetic web (no private addresses, no stalls) downloaded by `tiers download`."""
     from curate.download import DownloadConfig, download
-    from curate.synthweb import WebConfig, WebServer, build
+    from synthweb import WebConfig, WebServer, build
 
     root = tmp_path_factory.mktemp("annweb")
     build(root / "web", WebConfig(n=200, seed=5, mix=E2E_MIX, eval_per_concept=1, retrieval_pairs=5, workers=1))
@@ -504,8 +504,8 @@ def test_hostile_images_through_ray_workers_are_recorded_not_fatal(tmp_path, ray
     ok_uids = write_raw_shard(tmp_path / "raw", "00000")
     write_raw_shard(tmp_path / "raw", "00001")
     summary = annotate(tmp_path, AnnotateConfig(actors=2), progress=False)
-    assert summary["rows"] == 2 * len(ok_uids) and summary["done"] == 2
-    assert summary["decode_errors"] == {
+    assert summary.rows == 2 * len(ok_uids) and summary.done == 2
+    assert summary.decode_errors == {
         "empty": 2,
         "missing_in_tar": 2,
         "not_an_image": 2,

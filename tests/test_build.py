@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from curate.failpoints import ENV
+from curate.core.failpoints import ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = """
@@ -54,7 +54,7 @@ FATES = {
 
 @pytest.fixture(scope="module")
 def web(tmp_path_factory):
-    from curate.synthweb import WebConfig, WebServer, build
+    from synthweb import WebConfig, WebServer, build
 
     root = tmp_path_factory.mktemp("buildweb")
     build(root, WebConfig(n=160, seed=7, eval_per_concept=1, retrieval_pairs=2, workers=1))
@@ -79,7 +79,7 @@ def test_every_input_row_has_one_fate_matching_the_truth(web, built):
     samples = pq.read_table(out / "samples.parquet").to_pylist()
     truth = {r["uid"]: r for r in pq.read_table(root / "truth.parquet").to_pylist()}
     assert [s["uid"] for s in samples] == pq.read_table(urls).column("uid").to_pylist()
-    assert manifest["input_rows"] == 160 == sum(sum(v.values()) for v in manifest["counts"].values())
+    assert manifest.input_rows == 160 == sum(sum(v.values()) for v in manifest.counts.values())
     by_kind: dict[str, list[str]] = {}
     for s in samples:
         kind = truth[s["uid"]]["kind"]
@@ -99,17 +99,17 @@ def test_every_input_row_has_one_fate_matching_the_truth(web, built):
 def test_tiers_nested_bands_disjoint_shards_read_back(built):
     out, manifest = built
     seen = {}
-    for band, info in manifest["bands"].items():
-        for rel in info["shards"]:
+    for band, info in manifest.bands.items():
+        for rel in info.shards:
             for s in wds.WebDataset(str(out / "tiers" / rel), shardshuffle=False):
                 assert s["__key__"] not in seen
                 seen[s["__key__"]] = band
                 assert json.loads(s["json"])["band"] == band
     samples = {r["uid"]: r for r in pq.read_table(out / "samples.parquet").to_pylist()}
     assert {u for u, r in samples.items() if r["band"]} == set(seen)
-    tiers = list(manifest["tiers"].values())
+    tiers = list(manifest.tiers.values())
     for small, big in zip(tiers, tiers[1:], strict=False):
-        assert big["bands"][: len(small["bands"])] == small["bands"] and big["samples"] >= small["samples"]
+        assert big.bands[: len(small.bands)] == small.bands and big.samples >= small.samples
 
 
 def test_retier_recuts_without_downloading(built, tmp_path):
@@ -126,14 +126,14 @@ def test_retier_recuts_without_downloading(built, tmp_path):
     cfg = stored_config(copy)
     cfg = type(cfg)(**{**cfg.__dict__, "bands": type(cfg.bands)(edges=(0.25, 0.5, 1.0))})
     t0 = time.perf_counter()
-    m = retier(copy, cfg, progress=False, log=lambda *_: None)
-    assert list(m["tiers"]) == ["top25", "top50", "kept", "unfiltered"]
+    m = retier(copy, cfg, progress=False)
+    assert list(m.tiers) == ["top25", "top50", "kept", "unfiltered"]
     assert state(copy / "raw") | state(copy / "annotations") == before  # nothing downloaded or decoded again
     assert time.perf_counter() - t0 < 30
 
 
 def test_balanced_bands_without_clip_embeddings_say_what_to_do(built, tmp_path):
-    from curate.errors import InputError
+    from curate.core.errors import InputError
     from pipelines.build import retier, stored_config
 
     copy = tmp_path / "copy"
@@ -141,7 +141,7 @@ def test_balanced_bands_without_clip_embeddings_say_what_to_do(built, tmp_path):
     cfg = stored_config(copy)
     cfg = type(cfg)(**{**cfg.__dict__, "bands": type(cfg.bands)(balance="clusters")})
     with pytest.raises(InputError, match="needs CLIP image embeddings"):
-        retier(copy, cfg, progress=False, log=lambda *_: None)
+        retier(copy, cfg, progress=False)
     assert (copy / "tiers" / "manifest.json").exists()  # refused before anything changed
 
 
@@ -199,7 +199,7 @@ def test_open_clip_trains_on_a_tier_from_the_manifest(built, tmp_path):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
-    cmd = [sys.executable, "-m", "open_clip_train.main", "--train-data", manifest["tiers"]["kept"]["brace"]]
+    cmd = [sys.executable, "-m", "open_clip_train.main", "--train-data", manifest.tiers["kept"].brace]
     cmd += ["--dataset-type", "webdataset", "--dataset-resampled", "--train-num-samples", "64", "--batch-size", "16"]
     cmd += ["--model", f"local-dir:{model_dir}", "--workers", "1", "--epochs", "1", "--precision", "fp32"]
     cmd += ["--save-frequency", "0", "--report-to", "", "--logs", str(tmp_path / "logs"), "--name", "interop"]

@@ -131,7 +131,7 @@ def test_decontamination_finds_exact_and_resized_copies_of_eval_images(tmp_path)
 
     from curate.annotate.image import decode, measure, sha256
     from curate.dedup.decontaminate import eval_hashes, find_contaminated
-    from curate.synthweb.render import Concept, encode, render
+    from synthweb.render import Concept, encode, render
 
     evals = [encode(render(Concept("red", "star"), np.random.default_rng(i), (96, 96)), "jpeg") for i in range(5)]
     pq.write_table(pa.table({"image": evals, "label": [0] * 5}), tmp_path / "zs.parquet")

@@ -22,13 +22,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate import schema
+from curate.core import schema
+from curate.core.errors import InputError
 from curate.download import DownloadConfig, download, load_config, read_manifest, read_results, retry_failed
 from curate.download.fetch import Fetcher, inspect_body
 from curate.download.reasons import REASONS, reason
 from curate.download.safety import AddressPolicy, parse_allow
-from curate.errors import InputError
-from curate.synthweb.build import FAULT_KINDS, PRIVATE_BASE, bomb_png
+from synthweb.bodies import bomb_png
+from synthweb.build import FAULT_KINDS, PRIVATE_BASE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,7 @@ SLOW_SECONDS = 4  # the `slow` kind stalls this long: past CFG's timeout, within
 @pytest.fixture(scope="module")
 def fault_web(tmp_path_factory):
     """120 URLs: clean images and ~8 of every fault kind."""
-    from curate.synthweb import WebConfig, build
+    from synthweb import WebConfig, build
 
     root = tmp_path_factory.mktemp("faultweb")
     mix = {"clean": 0.3, **{k: 0.7 / len(FAULT_KINDS) for k in FAULT_KINDS}}
@@ -63,7 +64,7 @@ def fault_web(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fault_server(fault_web):
-    from curate.synthweb import WebServer
+    from synthweb import WebServer
 
     with WebServer(fault_web, slow_seconds=SLOW_SECONDS) as web:
         yield web
@@ -147,7 +148,7 @@ def test_config_from_toml(tmp_path):
     p.write_text("image_size = 128\n")
     assert load_config(p).image_size == 128
     p.write_text("imagesize = 128\n")
-    with pytest.raises(InputError, match="unknown download setting"):
+    with pytest.raises(InputError, match=r"\[download\] unknown key\(s\): imagesize"):
         load_config(p)
     p.write_text("resize_mode = 'stretch'\n")
     with pytest.raises(InputError, match="resize_mode"):
@@ -202,21 +203,21 @@ def test_every_fault_kind_lands_in_its_reason_and_counts_add_up(downloaded, faul
         assert (r[schema.DOWNLOAD_STATUS] == "success") == (r[schema.DOWNLOAD_REASON] is None)
         assert (r[schema.DOWNLOAD_ERROR] is None) == (r[schema.DOWNLOAD_REASON] is None)
     # The manifest adds up, and matches the parquets.
-    assert s["status"] == "complete" and s["input_rows"] == len(kinds)
-    assert s["successes"] + s["failures"] == s["input_rows"]
-    assert sum(s["failures_by_reason"].values()) == s["failures"]
-    assert s["failures_by_reason"] == dict(Counter(r for r in raw.column(schema.DOWNLOAD_REASON).to_pylist() if r))
-    assert json.loads((out / "raw" / "manifest.json").read_text()) == s
+    assert s.status == "complete" and s.input_rows == len(kinds)
+    assert s.successes + s.failures == s.input_rows
+    assert sum(s.failures_by_reason.values()) == s.failures
+    assert s.failures_by_reason == dict(Counter(r for r in raw.column(schema.DOWNLOAD_REASON).to_pylist() if r))
+    assert json.loads((out / "raw" / "manifest.json").read_text()) == s.to_dict()
     # The tars hold exactly the successes; the annotate stage can read the layout.
     from curate.annotate.raw import list_shards, read_successes
 
     shards = list_shards(out / "raw")
-    assert len(shards) == s["shards"] == 3
-    assert sum(read_successes(out / "raw", sh).num_rows for sh in shards) == s["successes"]
+    assert len(shards) == s.shards == 3
+    assert sum(read_successes(out / "raw", sh).num_rows for sh in shards) == s.successes
     import tarfile
 
     members = [m.name for sh in shards for m in tarfile.open(out / "raw" / f"{sh}.tar") if m.name.endswith(".jpg")]
-    assert len(members) == s["successes"]
+    assert len(members) == s.successes
     # read_results: one row per input uid, with the schema's download columns.
     res = read_results(out)
     assert res.num_rows == len(kinds) and res.schema.names == [schema.UID] + schema.DOWNLOAD.names
@@ -250,10 +251,10 @@ def test_retry_failed_retries_transient_failures_and_merges(downloaded, fault_we
     kinds = truth(fault_web)
     n_slow = sum(k == "slow" for k in kinds.values())
     n_500 = sum(k == "http_500" for k in kinds.values())
-    assert r["retried"] == n_slow + n_500
-    assert r["rounds"][-1]["recovered"] == n_slow
-    assert r["successes"] == s["successes"] + n_slow and "timeout" not in r["failures_by_reason"]
-    assert r["failures_by_reason"]["http_5xx"] == n_500
+    assert r.retried == n_slow + n_500
+    assert r.rounds[-1]["recovered"] == n_slow
+    assert r.successes == s.successes + n_slow and "timeout" not in r.failures_by_reason
+    assert r.failures_by_reason["http_5xx"] == n_500
     raw = raw_table(out)
     assert sorted(raw.column(schema.UID).to_pylist()) == sorted(kinds), "still every uid exactly once"
     for row in raw.to_pylist():
@@ -269,7 +270,7 @@ def test_retry_failed_retries_transient_failures_and_merges(downloaded, fault_we
     n_404 = sum(k == "http_404" for k in kinds.values())
     assert f"retry round 2: {n_404} retried (http_404), 0 recovered" in capsys.readouterr().out
     again = read_manifest(out)
-    assert again["failures_by_reason"]["http_404"] == n_404 and again["config"]["image_size"] == CFG.image_size
+    assert again.failures_by_reason["http_404"] == n_404 and again.config["image_size"] == CFG.image_size
     assert sorted(raw_table(out).column(schema.UID).to_pylist()) == sorted(kinds)
 
 
@@ -290,14 +291,14 @@ def test_private_address_refused_without_flag_and_with_bare_flag(fault_web, faul
     kinds = truth(fault_web)
     cfg = CFG.replace(samples_per_shard=1000)
     s = download(urls, tmp_path / "a", cfg, progress=False)  # no flag: even 127.0.0.1 is refused
-    assert s["failures_by_reason"] == {"private_address": s["input_rows"]} and s["successes"] == 0
+    assert s.failures_by_reason == {"private_address": s.input_rows} and s.successes == 0
     s = download(urls, tmp_path / "b", cfg, allow_private=True, progress=False)  # bare flag: loopback only
     raw = raw_table(tmp_path / "b")
     for row in raw.to_pylist():
         want = EXPECTED[kinds[row[schema.UID]]]
         assert row[schema.DOWNLOAD_REASON] == want
         assert row["input_status"] == "x" and row["input_exif"] == "e" and row["when"].startswith("2023")
-    assert s["failures_by_reason"] == {"private_address": sum(k == "private_address" for k in kinds.values())}
+    assert s.failures_by_reason == {"private_address": sum(k == "private_address" for k in kinds.values())}
 
 
 def test_kill_minus_9_then_rerun_gives_each_uid_exactly_once(fault_web, fault_server, ray_local, tmp_path):
@@ -340,7 +341,7 @@ def test_kill_minus_9_then_rerun_gives_each_uid_exactly_once(fault_web, fault_se
 
 def test_a_shard_that_keeps_failing_is_retried_then_named(fault_server, ray_local, tmp_path, capsys):
     from curate.download import plan
-    from curate.readers import read_url_list
+    from curate.urllist.readers import read_url_list
     from pipelines.cli import main
 
     out = tmp_path / "o"
@@ -349,9 +350,9 @@ def test_a_shard_that_keeps_failing_is_retried_then_named(fault_server, ray_loca
     good = (out / "raw" / "_input" / "00001.parquet").read_bytes()
     (out / "raw" / "_input" / "00001.parquet").write_bytes(b"not a parquet file")
     s = download(fault_server.urls_path, out, cfg, allow_private=True, progress=False)
-    assert s["status"] == "incomplete" and list(s["failed_shards"]) == ["00001"]
-    assert "after 2 attempts" in s["failed_shards"]["00001"]
-    assert s["successes"] is None  # no partial counts that could pass for a result
+    assert s.status == "incomplete" and list(s.failed_shards) == ["00001"]
+    assert "after 2 attempts" in s.failed_shards["00001"]
+    assert s.successes is None  # no partial counts that could pass for a result
     with pytest.raises(InputError, match="incomplete"):
         read_results(out)
     # The CLI names the shard and exits 1; once the cause is gone, a rerun finishes only that shard.
@@ -361,7 +362,7 @@ def test_a_shard_that_keeps_failing_is_retried_then_named(fault_server, ray_loca
     args = ["download", str(fault_server.urls_path), "--out", str(out), "--config", str(tmp_path / "c.toml")]
     assert main(args + ["--allow-private-hosts", "--no-progress"]) == 0
     assert (out / "raw" / "_done" / "00000.json").read_text() == done
-    assert read_manifest(out)["status"] == "complete" and read_results(out).num_rows == 120
+    assert read_manifest(out).status == "complete" and read_results(out).num_rows == 120
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):

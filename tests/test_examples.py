@@ -14,18 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from curate.synthweb import WebConfig, WebServer, build
 from pipelines.build import build as tiers_build
 from pipelines.build import config_from_toml
 from pipelines.report import write_report
 from pipelines.study import load_study, run_study, study_analysis
+from synthweb import WebConfig, WebServer, build, shards_from_synthweb
 from train.api import train
 from train.config import make_config
 from train.plan import EvalSets
-from train.synthshards import shards_from_synthweb
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-QUIET = {"log": lambda *_: None}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +35,7 @@ def pool(ray_local, tmp_path_factory):
     shards_from_synthweb(web, root / "trusted", tiers={"full": 1.0})
     dfn = root / "dfn"
     train(make_config({"model": "ct-vit-micro-32", "samples_seen": 64, "batch_size": 32, "workers": 0}),
-          root / "trusted", "full", dfn, progress=False, log=lambda *_: None)  # fmt: skip
+          root / "trusted", "full", dfn, progress=False)  # fmt: skip
     cfg = config_from_toml(tomllib.loads((EXAMPLES / "build.toml").read_text()), str(EXAMPLES / "build.toml"))
     cfg = dataclasses.replace(
         cfg,
@@ -48,14 +46,20 @@ def pool(ray_local, tmp_path_factory):
     with WebServer(web, slow_seconds=3) as server:
         manifest = tiers_build(server.urls_path, root / "pool", cfg, allow_private="loopback", progress=False)
     ev = web / "eval"
-    return root / "pool", manifest, EvalSets(str(ev / "zeroshot.parquet"), str(ev / "classes.json"), str(ev / "retrieval.parquet"))
+    return (
+        root / "pool",
+        manifest,
+        EvalSets(str(ev / "zeroshot.parquet"), str(ev / "classes.json"), str(ev / "retrieval.parquet")),
+    )
 
 
 def tiny(cfg, tiers_dir, eval_sets):
     variants = tuple(
         dataclasses.replace(v, train=dataclasses.replace(v.train, batch_size=16, workers=0)) for v in cfg.variants
     )
-    return dataclasses.replace(cfg, tiers_dir=str(tiers_dir), eval=eval_sets, budgets=(32,), seeds=(0,), variants=variants)
+    return dataclasses.replace(
+        cfg, tiers_dir=str(tiers_dir), eval=eval_sets, budgets=(32,), seeds=(0,), variants=variants
+    )
 
 
 @pytest.mark.slow
@@ -64,9 +68,9 @@ def test_example_study_runs_on_the_example_pool(pool, name, tmp_path):
     tiers_dir, manifest, eval_sets = pool
     cfg = load_study(EXAMPLES / f"{name}.toml")
     assert len(cfg.seeds) >= 3  # the README's tables come from at least three seeds
-    assert set(cfg.tiers) <= set(manifest["tiers"])  # every tier the study names, the build config makes
+    assert set(cfg.tiers) <= set(manifest.tiers)  # every tier the study names, the build config makes
     small = tiny(cfg, tiers_dir, eval_sets)
-    rows = run_study(small, tmp_path / "out", **QUIET)
+    rows = run_study(small, tmp_path / "out")
     assert len(rows) == len(cfg.tiers) * len(cfg.variants) and all(0 <= r["zeroshot_top1"] <= 1 for r in rows)
     a = study_analysis(small, tmp_path / "out", rows)
     assert write_report(tmp_path / "out", rows, dataclasses.asdict(small), small.tiers_dir, analysis=a).exists()

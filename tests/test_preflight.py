@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipelines.study as study_mod
-from curate.tiers import ShardConfig, write_tiers
+from curate.shard import ShardConfig, write_tiers
 from pipelines.cli import main
 from tests.test_tiers import make_build
 

@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate import schema
-from curate.errors import InputError
-from curate.readers import ReadConfig, read_url_list
+from curate.core import schema
+from curate.core.errors import InputError
+from curate.urllist.readers import ReadConfig, read_url_list
 from pipelines.cli import main
 
 ROWS = [
@@ -181,3 +181,14 @@ def test_cli_check_exits_2_with_one_line_naming_the_file(tmp_path, capsys):
     ok = write(tmp_path / "ok.csv", "csv")
     assert main(["check", str(ok)]) == 0
     assert "3 rows" in capsys.readouterr().out
+
+
+def test_quiet_prints_nothing_but_errors(tmp_path, capsys):
+    p = tmp_path / "u.csv"
+    p.write_text("url,caption\nhttp://a/1.jpg,x\n")
+    assert main(["check", str(p), "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+    assert main(["check", str(tmp_path / "missing.csv"), "-q"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith("tiers: error:") and len(out.err.strip().splitlines()) == 1

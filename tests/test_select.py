@@ -2,8 +2,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate.bands import BandConfig
-from curate.select import assemble, check_counts, counts
+from curate.select.bands import BandConfig
+from curate.select.samples import assemble, check_counts, counts
 
 
 def tables():

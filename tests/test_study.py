@@ -5,15 +5,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from curate.errors import InputError
-from curate.tiers import ShardConfig, write_tiers
+from curate.core.errors import InputError
+from curate.shard import ShardConfig, write_tiers
 from pipelines.adaptive import LOOKS
 from pipelines.report import write_report
 from pipelines.scaling import predict
 from pipelines.study import load_study, run_study, study_analysis, study_config
 from tests.test_tiers import make_build
-
-QUIET = {"log": lambda *_: None}
 
 
 @pytest.fixture
@@ -69,7 +67,7 @@ class FakeRunner:
 def test_study_runs_each_config_once_and_a_rerun_skips_them(tmp_path, tiers_dir, small_web):
     cfg = load_study(write_study(tmp_path, tiers_dir, small_web))
     runner = FakeRunner()
-    rows = run_study(cfg, tmp_path / "out", runner=runner, **QUIET)
+    rows = run_study(cfg, tmp_path / "out", runner=runner)
     assert len(rows) == 3 * 3 * 2 == len(set(runner.calls))
     table = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
     assert len(table) == 18 and len({r["config_hash"] for r in table}) == 18
@@ -80,20 +78,20 @@ def test_study_runs_each_config_once_and_a_rerun_skips_them(tmp_path, tiers_dir,
     assert kept["cell_lo"] <= kept["cell_mean"] <= kept["cell_hi"] and kept["cell_seeds"] == 2
     assert kept["cell_interval"] == "95% t interval over 2 seeds" and len(kept["zeroshot_correct"]) == 500
     again = FakeRunner()
-    assert len(run_study(cfg, tmp_path / "out", runner=again, **QUIET)) == 18
+    assert len(run_study(cfg, tmp_path / "out", runner=again)) == 18
     assert again.calls == []
     # a new budget runs only the new configs; a changed [train] config is new runs, not old rows
     cfg2 = dataclasses.replace(cfg, budgets=(100, 300, 1000, 3000))
     third = FakeRunner()
-    run_study(cfg2, tmp_path / "out", runner=third, **QUIET)
+    run_study(cfg2, tmp_path / "out", runner=third)
     assert len(third.calls) == 3 * 2
     cfg3 = load_study(write_study(tmp_path, tiers_dir, small_web, extra="model = 'ct-vit-micro-32'"))
-    assert len(run_study(cfg3, tmp_path / "out", runner=FakeRunner(), **QUIET)) == 18
+    assert len(run_study(cfg3, tmp_path / "out", runner=FakeRunner())) == 18
 
 
 def test_report_opens_with_verdicts_fit_status_and_caveats_then_plots(tmp_path, tiers_dir, small_web):
     cfg = load_study(write_study(tmp_path, tiers_dir, small_web, seeds=(0, 1, 2)))
-    rows = run_study(cfg, tmp_path / "out", runner=FakeRunner(), **QUIET)
+    rows = run_study(cfg, tmp_path / "out", runner=FakeRunner())
     a = study_analysis(cfg, tmp_path / "out", rows)
     path = write_report(tmp_path / "out", rows, dataclasses.asdict(cfg), cfg.tiers_dir, analysis=a)
     page = path.read_text()
@@ -113,7 +111,7 @@ def test_report_opens_with_verdicts_fit_status_and_caveats_then_plots(tmp_path, 
 
 def test_one_seed_gets_eval_sample_intervals_and_no_verdict(tmp_path, tiers_dir, small_web):
     cfg = load_study(write_study(tmp_path, tiers_dir, small_web, seeds=(0,), budgets=(100, 1000)))
-    rows = run_study(cfg, tmp_path / "out", runner=FakeRunner(), **QUIET)
+    rows = run_study(cfg, tmp_path / "out", runner=FakeRunner())
     a = study_analysis(cfg, tmp_path / "out", rows)
     assert all(c.accuracy.method == "eval samples" for c in a.cells)
     assert not any(v.decided for v in a.verdicts)
@@ -126,7 +124,7 @@ def test_one_seed_gets_eval_sample_intervals_and_no_verdict(tmp_path, tiers_dir,
 def test_until_decided_adds_seeds_where_comparisons_are_open_within_max_runs(tmp_path, tiers_dir, small_web):
     cfg = load_study(write_study(tmp_path, tiers_dir, small_web, seeds=(0, 1), budgets=(300, 3000)))
     runner = FakeRunner()
-    rows = run_study(cfg, tmp_path / "out", runner=runner, until_decided=True, max_runs=40, **QUIET)
+    rows = run_study(cfg, tmp_path / "out", runner=runner, until_decided=True, max_runs=40)
     assert 12 < len(rows) <= 40 and len(runner.calls) == len(rows)
     seeds = {r["seed"] for r in rows}
     assert seeds > {0, 1} and seeds == set(range(max(seeds) + 1))  # new seeds continue the sequence
@@ -136,7 +134,7 @@ def test_until_decided_adds_seeds_where_comparisons_are_open_within_max_runs(tmp
     a = study_analysis(cfg, tmp_path / "out", rows)
     assert a.adaptive and "spent over" in a.summary()
     again = FakeRunner()  # a rerun with the same budget trains nothing new
-    assert len(run_study(cfg, tmp_path / "out", runner=again, until_decided=True, max_runs=40, **QUIET)) == len(rows)
+    assert len(run_study(cfg, tmp_path / "out", runner=again, until_decided=True, max_runs=40)) == len(rows)
     assert again.calls == []
 
 
@@ -152,14 +150,14 @@ def test_bad_study_files_name_the_file(tmp_path, tiers_dir):
     with pytest.raises(InputError, match="bad.toml: bad trainer settings for variant 'default'.*lr_typo"):
         load_study(p)
     p.write_text(f'tiers_dir = "{tiers_dir}"\ntiers = ["top10"]\nbudgets = [100]\nseed = [1]')
-    with pytest.raises(InputError, match=r"unknown key\(s\) \['seed'\]"):
+    with pytest.raises(InputError, match=r"bad.toml: \[study\] unknown key\(s\): seed; known: "):
         load_study(p)
 
 
 def test_a_tiny_real_study_end_to_end(small_web, tmp_path, monkeypatch):
     """The real trainer and evaluation: 2 tiers x 2 budgets, results, plots, report; a rerun trains nothing."""
     import pipelines.study as study_mod
-    from train.synthshards import shards_from_synthweb
+    from synthweb import shards_from_synthweb
 
     shards_from_synthweb(small_web, tmp_path / "shards", tiers={"small": 0.25, "full": 1.0})
     cfg = study_config(
@@ -173,7 +171,7 @@ def test_a_tiny_real_study_end_to_end(small_web, tmp_path, monkeypatch):
         retrieval=str(small_web / "eval" / "retrieval.parquet"),
         name="tiny",
     )
-    rows = run_study(cfg, tmp_path / "out", **QUIET)
+    rows = run_study(cfg, tmp_path / "out")
     assert len(rows) == 4 and all(0 <= r["zeroshot_top1"] <= 1 for r in rows)
     assert {r["steps"] for r in rows} == {2, 4}  # steps follow the budget, never the tier size
     n = pq.read_table(small_web / "eval" / "zeroshot.parquet").num_rows
@@ -184,4 +182,4 @@ def test_a_tiny_real_study_end_to_end(small_web, tmp_path, monkeypatch):
     assert path.exists() and (tmp_path / "out" / "plots" / "accuracy_vs_samples.png").exists()
     calls = []
     monkeypatch.setattr(study_mod, "default_runner", lambda run, d: calls.append(run) or {})
-    assert len(run_study(cfg, tmp_path / "out", **QUIET)) == 4 and calls == []
+    assert len(run_study(cfg, tmp_path / "out")) == 4 and calls == []

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curate.readers import read_url_list
-from curate.synthweb import KINDS, WebConfig, build, parse_mix, write_url_list
+from curate.urllist.readers import read_url_list
 from pipelines.cli import main
+from synthweb import KINDS, WebConfig, build, parse_mix, write_url_list
 
 
 def digest(root):

@@ -7,11 +7,11 @@ import pyarrow as pa
 import pytest
 import webdataset as wds
 
-from curate import units
-from curate.bands import BandConfig, assign, band_names, tiers
-from curate.manifest import brace, read_tier
-from curate.tarstream import TarWriter, header
-from curate.tiers import ShardConfig, write_tiers
+from curate.core import units
+from curate.core.manifest import brace, read_tier
+from curate.core.tarstream import TarWriter, header
+from curate.select.bands import BandConfig, assign, band_names, tiers
+from curate.shard.writer import ShardConfig, write_tiers
 
 
 def test_band_cut_is_exact_deterministic_and_tie_broken_by_uid():
@@ -90,7 +90,7 @@ def test_header_is_what_tarfile_reads():
 
 
 def test_headers_in_bulk_equal_one_by_one_and_refuse_the_same_things():
-    from curate.tarstream import headers
+    from curate.core.tarstream import headers
 
     names = ["a.jpg", "0123456789abcdef0123.json", "x" * 96 + ".txt", "u_1-2.webp"]
     sizes = [0, 511, 8**11 - 1, 123_456]
@@ -115,7 +115,7 @@ def test_headers_in_bulk_equal_one_by_one_and_refuse_the_same_things():
     ],
 )
 def test_sample_json_member_is_exactly_json_dumps(row):
-    from curate.tiers import _sample_meta
+    from curate.shard.writer import _sample_meta
 
     row = {**row, "band": "q000-010"}
     assert _sample_meta(row) == json.dumps(row, sort_keys=True, ensure_ascii=False).encode()
@@ -158,9 +158,9 @@ def test_write_tiers_bands_disjoint_tiers_nested_shards_uniform_and_readable(tmp
     cfg = ShardConfig(shard_size=16, seed=1)
     m = write_tiers(tmp_path, samples, shard_cfg=cfg, progress=False)
     seen = {}
-    for band, info in m["bands"].items():
+    for band, info in m.bands.items():
         sizes = []
-        for rel in info["shards"]:
+        for rel in info.shards:
             keys = [s["__key__"] for s in wds.WebDataset(str(tmp_path / "tiers" / rel), shardshuffle=False)]
             sizes.append(len(keys))
             for s in wds.WebDataset(str(tmp_path / "tiers" / rel), shardshuffle=False):
@@ -170,15 +170,15 @@ def test_write_tiers_bands_disjoint_tiers_nested_shards_uniform_and_readable(tmp
                 assert k not in seen
                 seen[k] = band
         assert all(x == 16 for x in sizes[:-1]) and 0 < sizes[-1] <= 16 if sizes else True
-        assert sum(sizes) == info["samples"]
+        assert sum(sizes) == info.samples
     assert len(seen) == 225  # 5 duplicates have no band
-    assert m["tiers"]["unfiltered"]["samples"] == 225 and m["tiers"]["kept"]["samples"] == 190
+    assert m.tiers["unfiltered"].samples == 225 and m.tiers["kept"].samples == 190
     order = ["top10", "top20", "top30", "top40", "top50", "kept", "unfiltered"]
-    sizes = [m["tiers"][t]["samples"] for t in order]
+    sizes = [m.tiers[t].samples for t in order]
     assert sizes == sorted(sizes)
     tier = read_tier(tmp_path, "top20")
-    assert tier.samples == m["tiers"]["top20"]["samples"] and all(p.endswith(".tar") for p in tier.shards)
-    assert "{000000.." in m["tiers"]["kept"]["brace"] and "::" in m["tiers"]["kept"]["brace"]
+    assert tier.samples == m.tiers["top20"].samples and all(p.endswith(".tar") for p in tier.shards)
+    assert "{000000.." in m.tiers["kept"].brace and "::" in m.tiers["kept"].brace
 
 
 def test_bytes_are_copied_not_reencoded_and_rerun_is_identical(tmp_path):
@@ -220,7 +220,7 @@ def test_retier_rewrites_only_what_changed(tmp_path):
     cfg = BandConfig(edges=(0.25, 0.5, 1.0))
     samples2 = recut(samples, cfg)
     m = write_tiers(tmp_path, samples2, band_cfg=cfg, shard_cfg=ShardConfig(shard_size=20), progress=False)
-    assert list(m["tiers"]) == ["top25", "top50", "kept", "unfiltered"]
+    assert list(m.tiers) == ["top25", "top50", "kept", "unfiltered"]
     assert units.read_marker(tmp_path / "tiers", "filtered-000000") == filtered_marker
     assert sorted(p.name for p in (tmp_path / "tiers" / "bands").iterdir()) == [
         "filtered",
@@ -231,7 +231,7 @@ def test_retier_rewrites_only_what_changed(tmp_path):
 
 
 def test_an_unreadable_raw_shard_fails_the_recut_before_anything_changes(tmp_path):
-    from curate.errors import InputError
+    from curate.core.errors import InputError
 
     samples = make_build(tmp_path)
     write_tiers(tmp_path, samples, shard_cfg=ShardConfig(shard_size=20), progress=False)

@@ -1,6 +1,6 @@
 """The trainer: fixed compute whatever the tier, exact resume after kill -9, hostile bytes, evaluation, CLI.
 
-Shards come straight from the synthetic web (``train.synthshards``); models are the micro config
+Shards come straight from the synthetic web (``synthweb.shards``); models are the micro config
 (2 layers, 64 wide, 32 px), so each run takes seconds on one CPU thread.
 """
 
@@ -18,12 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from curate.errors import InputError
-from curate.manifest import read_tier
+from curate.core import rundir
+from curate.core.errors import InputError
+from curate.core.manifest import read_tier
 from pipelines.cli import main
-from train import api, checkpoint
-from train.config import load_config, make_config, parse_set
-from train.synthshards import shards_from_synthweb
+from synthweb.shards import shards_from_synthweb
+from train import api
+from train.config import EvalConfig, load_config, make_config, parse_set
 
 REPO = Path(__file__).resolve().parent.parent
 MICRO = {"model": "ct-vit-micro-32", "batch_size": 32, "threads": 1, "log_every": 2, "lr": 2e-3}
@@ -41,10 +42,6 @@ def cfg(**kw):
     return make_config({**MICRO, **kw})
 
 
-def quiet(*_):
-    pass
-
-
 def weights(run: Path) -> dict:
     return torch.load(run / "model" / "open_clip_pytorch_model.bin", weights_only=True)
 
@@ -59,29 +56,29 @@ def test_synthetic_tiers_follow_the_manifest_contract(tiers):
 
 def test_same_budget_gives_same_steps_on_a_ten_times_smaller_tier(tiers, tmp_path):
     c = cfg(samples_seen=256, workers=1)
-    big = api.train(c, tiers, "full", tmp_path / "full", progress=False, log=quiet)
-    small = api.train(c, tiers, "small", tmp_path / "small", progress=False, log=quiet)
-    assert big["steps"] == small["steps"] == 8
-    assert big["samples_seen"] == small["samples_seen"] == 256
-    ratio = small["repetition"] / big["repetition"]
-    assert ratio == pytest.approx(big["tier_samples"] / small["tier_samples"]) and 9 <= ratio <= 11
+    big = api.train(c, tiers, "full", tmp_path / "full", progress=False)
+    small = api.train(c, tiers, "small", tmp_path / "small", progress=False)
+    assert big.steps == small.steps == 8
+    assert big.samples_seen == small.samples_seen == 256
+    ratio = small.repetition / big.repetition
+    assert ratio == pytest.approx(big.tier_samples / small.tier_samples) and 9 <= ratio <= 11
     lines = [json.loads(x) for x in (tmp_path / "small" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [2, 4, 6, 8]
-    assert lines[-1]["repetition"] == pytest.approx(small["repetition"])
+    assert lines[-1]["repetition"] == pytest.approx(small.repetition)
     assert all(0 <= r["data_wait"] <= 1 and r["samples_per_s"] > 0 for r in lines)
     # a finished run is not trained again
     mtime = (tmp_path / "small" / "model" / "open_clip_pytorch_model.bin").stat().st_mtime
-    assert api.train(c, tiers, "small", tmp_path / "small", progress=False, log=quiet)["steps"] == 8
+    assert api.train(c, tiers, "small", tmp_path / "small", progress=False).steps == 8
     assert (tmp_path / "small" / "model" / "open_clip_pytorch_model.bin").stat().st_mtime == mtime
     with pytest.raises(InputError, match="another config"):
-        api.train(cfg(samples_seen=640), tiers, "small", tmp_path / "small", progress=False, log=quiet)
+        api.train(cfg(samples_seen=640), tiers, "small", tmp_path / "small", progress=False)
 
 
 def test_resume_after_kill_9_ends_with_the_same_weights(tiers, tmp_path):
     """The improved recipe (random crops, jitter, text aug, token and patch dropout) in 2 loader workers."""
     settings = {**MICRO, "samples_seen": 32 * 12, "workers": 2, "checkpoint_every": 3, "preset": "improved"}
     c = make_config(settings)
-    api.train(c, tiers, "full", tmp_path / "straight", progress=False, log=quiet)
+    api.train(c, tiers, "full", tmp_path / "straight", progress=False)
 
     toml = tmp_path / "train.toml"
     toml.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items()))
@@ -91,18 +88,18 @@ def test_resume_after_kill_9_ends_with_the_same_weights(tiers, tmp_path):
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while not checkpoint.all_steps(run / "checkpoints") and time.monotonic() < deadline:
+        while not rundir.all_steps(run / "checkpoints") and time.monotonic() < deadline:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             time.sleep(0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the run and its loader workers, mid-step
         proc.wait()
     assert not (run / "summary.json").exists(), "the run finished before it could be killed"
-    killed_at = checkpoint.all_steps(run / "checkpoints")[-1][0]
+    killed_at = rundir.all_steps(run / "checkpoints")[-1][0]
     assert 0 < killed_at < 12
 
-    resumed = api.train(c, tiers, "full", run, progress=False, log=quiet)
-    assert resumed["resumed_from"] == killed_at and resumed["steps"] == 12
+    resumed = api.train(c, tiers, "full", run, progress=False)
+    assert resumed.resumed_from == killed_at and resumed.steps == 12
     a, b = weights(tmp_path / "straight"), weights(run)
     assert a.keys() == b.keys()
     for k in a:
@@ -112,8 +109,8 @@ def test_resume_after_kill_9_ends_with_the_same_weights(tiers, tmp_path):
 
 
 def test_hostile_bytes_are_skipped_and_counted(small_web, tmp_path):
-    from curate.synthweb.build import HTML_BODY, bomb_png
-    from curate.tarstream import TarWriter
+    from curate.core.tarstream import TarWriter
+    from synthweb.bodies import HTML_BODY, bomb_png
     from train import augment
     from train.data import StreamSpec, TierStream
 
@@ -148,10 +145,10 @@ def test_hostile_bytes_are_skipped_and_counted(small_web, tmp_path):
 def test_sixty_steps_learn_the_concepts_well_above_chance(tiers, small_web, tmp_path):
     c = cfg(samples_seen=32 * 60, workers=1, checkpoint_every=0, lr=3e-3)
     c = make_config({**c.to_dict(), "eval": {"zeroshot": [str(small_web / "eval" / "zeroshot.parquet")]}})
-    s = api.train(c, tiers, "full", tmp_path / "run", progress=False, log=quiet)
+    s = api.train(c, tiers, "full", tmp_path / "run", progress=False)
     zs = json.loads((tmp_path / "run" / "eval.json").read_text())["zeroshot"]["zeroshot"]
     assert zs["classes"] == 25 and zs["chance"] == pytest.approx(0.04) and zs["n"] == 100
-    assert s["eval"]["zeroshot_top1"] == zs["top1"] >= 3 * zs["chance"]  # chance is 4%; a fuller run is in bench/
+    assert s.eval["zeroshot_top1"] == zs["top1"] >= 3 * zs["chance"]  # chance is 4%; a fuller run is in bench/
 
 
 def test_checkpoints_load_as_open_clip_models_and_refuse_pickled_code(tiers, tmp_path):
@@ -160,8 +157,8 @@ def test_checkpoints_load_as_open_clip_models_and_refuse_pickled_code(tiers, tmp
     from train import load_model
 
     c = cfg(samples_seen=64, workers=0, checkpoint_every=1, keep_checkpoints=1)
-    api.train(c, tiers, "small", tmp_path / "run", progress=False, log=quiet)
-    assert [s for s, _ in checkpoint.all_steps(tmp_path / "run" / "checkpoints")] == [2]
+    api.train(c, tiers, "small", tmp_path / "run", progress=False)
+    assert [s for s, _ in rundir.all_steps(tmp_path / "run" / "checkpoints")] == [2]
     model, preprocess, tokenizer = load_model(tmp_path / "run")
     direct = open_clip.create_model("local-dir:" + str(tmp_path / "run" / "model"))
     for k, v in direct.state_dict().items():
@@ -223,9 +220,10 @@ def test_eval_reads_image_folders_with_a_split(small_web, tmp_path, tiers):
     assert all(" " in n for n in data.classnames)
     assert dataset_name(str(Path("x/cifar10/test.parquet")))[0] == "cifar10-test"
     run = tmp_path / "run"
-    api.train(cfg(samples_seen=64, workers=0), tiers, "small", run, progress=False, log=quiet)
-    doc = api.evaluate(run, zeroshot=[str(tmp_path / "folder")], linear_probe=[str(tmp_path / "folder")], log=quiet)
-    assert doc["linear_probe"]["folder"]["n_test"] == 10 and doc["zeroshot"]["folder"]["n"] == 50
+    api.train(cfg(samples_seen=64, workers=0), tiers, "small", run, progress=False)
+    folder = (str(tmp_path / "folder"),)
+    doc = api.evaluate(run, EvalConfig(zeroshot=folder, linear_probe=folder))
+    assert doc.get("linear_probe", "folder")["n_test"] == 10 and doc.get("zeroshot", "folder")["n"] == 50
 
 
 def test_config_presets_toml_and_overrides(tmp_path):
@@ -284,4 +282,4 @@ def test_torchrun_ddp_on_cpu_gathers_features_and_halves_the_steps(tiers, tmp_pa
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_training_runs(tiers, tmp_path):
     s = api.train(cfg(samples_seen=256, device="cuda", workers=1), tiers, "full", tmp_path / "gpu", progress=False)
-    assert s["steps"] == 8 and s["final_loss"] == s["final_loss"]  # not NaN
+    assert s.steps == 8 and s.final_loss == s.final_loss  # not NaN

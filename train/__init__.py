@@ -22,7 +22,6 @@ _EXPORTS = {
     "evaluate_run": "train.api",
     "load_model": "train.models",
     "register_configs": "train.models",
-    "shards_from_synthweb": "train.synthshards",
 }
 
 __all__ = sorted(_EXPORTS)

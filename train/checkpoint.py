@@ -12,38 +12,17 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 import uuid
 from pathlib import Path
 
 import torch
 
+from curate.core import rundir
+from curate.core.rundir import all_steps, step_dir
 from train import models
 
-STATE_FILE = "state.pt"
-_STEP = re.compile(r"^step_(\d{6,})$")
-
-
-def step_dir(root: Path, step: int) -> Path:
-    return root / f"step_{step:06d}"
-
-
-def all_steps(root: str | os.PathLike) -> list[tuple[int, Path]]:
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    out = []
-    for p in root.iterdir():
-        m = _STEP.match(p.name)
-        if m and (p / STATE_FILE).is_file():
-            out.append((int(m.group(1)), p))
-    return sorted(out)
-
-
-def latest(root: str | os.PathLike) -> Path | None:
-    steps = all_steps(root)
-    return steps[-1][1] if steps else None
+STATE_FILE = rundir.STATE
 
 
 def rng_state() -> dict:

@@ -26,10 +26,10 @@ import json
 import os
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from curate.errors import InputError
+from curate.core import config
+from curate.core.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -146,26 +146,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-_NESTED = {"image_aug": ImageAug, "text_aug": TextAug, "eval": EvalConfig}
-
-
-def _coerce(cls, values: dict, where: str):
-    """Build dataclass ``cls`` from ``values``: lists become tuples, unknown keys are an error."""
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"unknown {where} key(s) {unknown}; known: {sorted(known)}")
-    out = {}
-    for k, v in values.items():
-        if k in _NESTED and cls is TrainConfig:
-            v = _coerce(_NESTED[k], v if isinstance(v, dict) else dataclasses.asdict(v), k)
-        elif isinstance(v, list):
-            v = tuple(v)
-        elif isinstance(v, str) and k in ("zeroshot", "retrieval", "linear_probe"):
-            v = (v,)
-        out[k] = v
-    return cls(**out)
-
 
 def merge(base: dict, over: dict) -> dict:
     """``over`` on top of ``base``, table by table; dotted keys (``image_aug.flip``) reach into tables."""
@@ -181,32 +161,25 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def make_config(values: dict | None = None, preset: str | None = None) -> TrainConfig:
-    """A config from a preset plus overrides; ``values`` may name its own ``preset``. Raises ValueError."""
+def make_config(values: dict | None = None, preset: str | None = None, source: str | None = None) -> TrainConfig:
+    """A config from a preset plus overrides; ``values`` may name its own ``preset``. Raises InputError
+    (naming ``source``, the file the values came from, if any)."""
     values = dict(values or {})
     preset = values.pop("preset", None) or preset or "baseline"
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+        raise InputError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}", path=source)
     merged = merge(PRESETS[preset], values)
     merged["preset"] = preset
-    return _coerce(TrainConfig, merged, "config")
+    return config.from_dict(TrainConfig, merged, section="train", source=source)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> TrainConfig:
     """Read a TOML config (or none), apply ``overrides``; bad input raises :class:`InputError`."""
-    values: dict = {}
-    if path is not None:
-        try:
-            values = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise InputError(f"unreadable train config: {e}", path=str(path)) from None
+    values: dict = {} if path is None else config.read_toml(path)
     overrides = dict(overrides or {})
     if "preset" in overrides:  # a preset named on the command line replaces the file's base
         values["preset"] = overrides.pop("preset")
-    try:
-        return make_config(merge(values, overrides))
-    except (TypeError, ValueError) as e:
-        raise InputError(f"bad train config: {e}", path=None if path is None else str(path)) from None
+    return make_config(merge(values, overrides), source=None if path is None else os.fspath(path))
 
 
 def parse_set(items: list[str]) -> dict:

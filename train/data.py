@@ -13,7 +13,7 @@ place is ``(group, offset)``, and its augmentation draws from generators seeded 
 only store each slot's next ``(group, offset)`` to resume exactly, without replaying anything.
 
 Shards are WebDataset tars (``<key>.<jpg|png|webp>`` + ``<key>.txt``, other members ignored); they
-are indexed from their headers (:func:`curate.tarstream.index_tar`) and samples are read with
+are indexed from their headers (:func:`curate.core.tarstream.index_tar`) and samples are read with
 ``pread``, which is what lets a slot start in the middle of a group. Undecodable samples (truncated,
 HTML, bombs) are skipped and counted; an unreadable shard counts as empty.
 
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from curate.tarstream import IMAGE_EXTS, index_tar
+from curate.core.tarstream import IMAGE_EXTS, index_tar
 from train.augment import CaptionAugmenter, decode_image, drop_tokens
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from curate.errors import InputError
+from curate.core.errors import InputError
 from train.augment import decode_image
 from train.probe import linear_probe_accuracy
 

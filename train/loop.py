@@ -15,56 +15,27 @@ restarted ends with the same weights as one never stopped.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from curate import code_version
-from curate.errors import InputError
-from curate.manifest import Tier
-from train import augment, checkpoint, models
+from curate.core import rundir
+from curate.core.errors import InputError
+from curate.core.manifest import Tier
+from train import augment, checkpoint, loss, models
 from train.config import TrainConfig
 from train.data import StreamSpec, TierStream, make_loader
+from train.results import TrainSummary
 
-METRICS = "metrics.jsonl"
+log = logging.getLogger(__name__)
 
-
-def _clip_loss_cls():
-    from open_clip.loss import ClipLoss
-
-    class SmoothClipLoss(ClipLoss):
-        """open_clip's ClipLoss (same gathering, same labels) with label smoothing on both directions."""
-
-        def __init__(self, label_smoothing: float = 0.0, **kwargs):
-            super().__init__(**kwargs)
-            self.label_smoothing = label_smoothing
-
-        def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict=False):
-            per_image, per_text = self.get_logits(image_features, text_features, logit_scale, logit_bias)
-            labels = self.get_ground_truth(image_features.device, per_image.shape[0])
-            ls = self.label_smoothing
-            loss = (
-                F.cross_entropy(per_image, labels, label_smoothing=ls)
-                + F.cross_entropy(per_text, labels, label_smoothing=ls)
-            ) / 2
-            return {"contrastive_loss": loss} if output_dict else loss
-
-    return SmoothClipLoss
-
-
-def make_loss(cfg: TrainConfig, rank: int, world: int):
-    if cfg.loss == "siglip":
-        from open_clip.loss import SigLipLoss
-
-        return SigLipLoss(rank=rank, world_size=world)
-    return _clip_loss_cls()(
-        cfg.label_smoothing, local_loss=world > 1, gather_with_grad=world > 1, rank=rank, world_size=world
-    )
+METRICS = rundir.METRICS
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
@@ -132,8 +103,8 @@ def _trim_metrics(path: Path, last_step: int) -> None:
 
 
 def run(
-    cfg: TrainConfig, tier: Tier, out: str | os.PathLike, progress: bool = True, log=print, stop_at: int | None = None
-) -> dict | None:
+    cfg: TrainConfig, tier: Tier, out: str | os.PathLike, progress: bool = True, stop_at: int | None = None
+) -> TrainSummary | None:
     """Train on ``tier`` into run directory ``out`` (resuming from its newest checkpoint); returns the summary.
 
     ``stop_at``: leave after that step's checkpoint as if killed (a time slice), returning None.
@@ -142,157 +113,190 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     dist = Dist(cfg.device)
     try:
-        return _run(cfg, tier, out, dist, progress, log, stop_at)
+        return _run(cfg, tier, out, dist, progress, stop_at)
     finally:
         dist.close()
 
 
-def _run(cfg: TrainConfig, tier: Tier, out: Path, dist: Dist, progress: bool, log, stop_at) -> dict | None:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device, rank, world = dist.device, dist.rank, dist.world
-    global_batch = cfg.batch_size * world
-    steps = cfg.samples_seen // global_batch
-    if steps < 1:
-        raise InputError(f"samples_seen {cfg.samples_seen} is less than one global batch ({global_batch})")
+class _Run:
+    """One training session of a run: the model, optimiser, loss and stream, set up (or resumed) once.
 
-    name, model_cfg = models.training_config(cfg.model, cfg.loss)
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = models.create(name, model_cfg, cfg.patch_dropout, device)
-    tokenizer = __import__("open_clip").get_tokenizer(name)
-    size, mean, std = models.image_stats(model)
-    mean_t = torch.tensor(mean, device=device).view(3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(3, 1, 1)
-    # Fused: one kernel for all parameters, 3-4x faster than the per-tensor default on CPU.
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
-    loss_fn = make_loss(cfg, rank, world)
+    The order of the seeded steps in ``__init__`` is part of exact resume: initial weights come from
+    ``seed`` on every rank, the training draws (patch dropout) from a per-rank seed set after them.
+    """
 
-    spec = StreamSpec(
-        cfg.batch_size, cfg.seed, cfg.mix_shards, rank, cfg.workers, world, augment.draft_side(size, cfg.image_aug)
-    )
-    ckpt_root = out / "checkpoints"
-    if rank == 0:
-        checkpoint.remove_stale(ckpt_root)
-    start, positions, counters = 0, {}, {"skipped": 0, "train_seconds": 0.0}
-    torch.manual_seed(cfg.seed * 1_000_003 + 17 + rank)  # the training draws (patch dropout), per rank
-    last = checkpoint.latest(ckpt_root)
-    if last is not None:
-        weights, state = checkpoint.load(last, device)
-        if state["config_hash"] != cfg.hash() or state["n_slots"] != spec.n_slots:
+    def __init__(self, cfg: TrainConfig, tier: Tier, out: Path, dist: Dist):
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.cfg, self.tier, self.out, self.dist = cfg, tier, out, dist
+        self.device = dist.device
+        self.global_batch = cfg.batch_size * dist.world
+        self.steps = cfg.samples_seen // self.global_batch
+        if self.steps < 1:
+            raise InputError(f"samples_seen {cfg.samples_seen} is less than one global batch ({self.global_batch})")
+        self.name, self.model_cfg = models.training_config(cfg.model, cfg.loss)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.model = models.create(self.name, self.model_cfg, cfg.patch_dropout, self.device)
+        self.tokenizer = __import__("open_clip").get_tokenizer(self.name)
+        self.size, mean, std = models.image_stats(self.model)
+        self.mean = torch.tensor(mean, device=self.device).view(3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(3, 1, 1)
+        # Fused: one kernel for all parameters, 3-4x faster than the per-tensor default on CPU.
+        groups = param_groups(self.model, cfg.weight_decay)
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
+        self.loss_fn = loss.make_loss(cfg, dist.rank, dist.world)
+        draft = augment.draft_side(self.size, cfg.image_aug)
+        self.spec = StreamSpec(cfg.batch_size, cfg.seed, cfg.mix_shards, dist.rank, cfg.workers, dist.world, draft)
+        self.ckpt_root = out / rundir.CHECKPOINTS
+        if dist.rank == 0:
+            checkpoint.remove_stale(self.ckpt_root)
+        self.start, self.positions, self.counters = 0, {}, {"skipped": 0, "train_seconds": 0.0}
+        torch.manual_seed(cfg.seed * 1_000_003 + 17 + dist.rank)  # the training draws (patch dropout), per rank
+        self._resume()
+        self.ddp = self.model
+        if dist.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def _resume(self) -> None:
+        last = rundir.latest(self.ckpt_root)
+        if last is None:
+            return
+        weights, state = checkpoint.load(last, self.device)
+        if state["config_hash"] != self.cfg.hash() or state["n_slots"] != self.spec.n_slots:
             raise InputError(
                 "this run directory holds a checkpoint of another config or world size x workers; "
                 "resume with the same settings or use another --out",
                 path=str(last),
             )
-        model.load_state_dict(weights)
-        opt.load_state_dict(state["optimizer"])
-        checkpoint.set_rng_state(state["rng"][rank])
-        start, positions, counters = state["step"], dict(state["positions"]), dict(state["counters"])
-        log(f"resuming {out} at step {start} of {steps}")
-    ddp = model
-    if world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+        self.model.load_state_dict(weights)
+        self.opt.load_state_dict(state["optimizer"])
+        checkpoint.set_rng_state(state["rng"][self.dist.rank])
+        self.start, self.positions, self.counters = state["step"], dict(state["positions"]), dict(state["counters"])
+        log.info(f"resuming {self.out} at step {self.start} of {self.steps}")
+
+    def loader(self):
+        cfg = self.cfg
+        stream = TierStream(
+            self.tier.shards,
+            self.spec,
+            augment.ImageAugmenter(self.size, cfg.image_aug),
+            self.tokenizer,
+            augment.CaptionAugmenter(cfg.text_aug),
+            cfg.token_dropout,
+            positions={s: tuple(p) for s, p in self.positions.items()},
+            start_step=self.start,
+        )
+        return make_loader(stream, pin_memory=self.device.type == "cuda")
+
+    def step(self, batch: dict, step: int) -> tuple[torch.Tensor, float, torch.Tensor | None]:
+        """One optimiser step on ``batch``; returns (detached loss, lr, grad norm or None)."""
+        cfg = self.cfg
+        images = augment.normalise(batch["images"].to(self.device, non_blocking=True), self.mean, self.std)
+        texts = batch["texts"].to(self.device, non_blocking=True)
+        lr = lr_at(step, self.steps, cfg)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        with _autocast(cfg, self.device):
+            value = loss.compute(self.loss_fn, cfg, self.ddp(images, texts))
+        self.opt.zero_grad(set_to_none=True)
+        value.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip) if cfg.grad_clip else None
+        self.opt.step()
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, math.log(100))
+        self.positions[batch["slot"]] = batch["pos"]
+        self.counters["skipped"] += batch["skipped"]
+        return value.detach(), lr, grad_norm
+
+    def record(self, done: int, window: dict, lr: float, grad_norm) -> dict:
+        """The metrics line of the steps in ``window`` (written by rank 0)."""
+        dt = time.perf_counter() - window["t0"]
+        rec = {
+            "step": done,
+            "samples": done * self.global_batch,
+            "loss": float(window["loss"]) / window["n"],
+            "lr": lr,
+            "logit_scale": float(self.model.logit_scale.detach().exp()),
+            "grad_norm": float(grad_norm),
+            "samples_per_s": window["n"] * self.global_batch / dt,
+            "data_wait": window["data"] / dt,
+            "repetition": done * self.global_batch / max(1, self.tier.samples),
+            "skipped": self.counters["skipped"],
+        }
+        if self.dist.rank == 0:
+            with open(self.out / METRICS, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        return rec
+
+    def save(self, done: int) -> None:
+        _save(self.cfg, self.dist, self.ckpt_root, done, self.model, self.model_cfg, self.opt, self.positions,
+              self.counters, self.spec)  # fmt: skip
+
+    def summary(self, loss_val: float) -> TrainSummary:
+        n = self.steps * self.global_batch
+        return TrainSummary(
+            steps=self.steps,
+            samples_seen=n,
+            global_batch=self.global_batch,
+            world_size=self.dist.world,
+            tier=self.tier.name,
+            tier_samples=self.tier.samples,
+            repetition=n / max(1, self.tier.samples),
+            train_seconds=self.counters["train_seconds"],
+            samples_per_s=n / max(self.counters["train_seconds"], 1e-9),
+            final_loss=loss_val,
+            skipped=self.counters["skipped"],
+            resumed_from=self.start or None,
+            config_hash=self.cfg.hash(),
+            code_version=code_version(),
         )
 
-    stream = TierStream(
-        tier.shards,
-        spec,
-        augment.ImageAugmenter(size, cfg.image_aug),
-        tokenizer,
-        augment.CaptionAugmenter(cfg.text_aug),
-        cfg.token_dropout,
-        positions={s: tuple(p) for s, p in positions.items()},
-        start_step=start,
-    )
-    loader = make_loader(stream, pin_memory=device.type == "cuda")
-    metrics_path = out / METRICS
-    if rank == 0:
-        _trim_metrics(metrics_path, start)
-    bar = tqdm(total=steps, initial=start, unit="step", disable=not progress or rank != 0, dynamic_ncols=True)
-    window = {"t0": time.perf_counter(), "data": 0.0, "n": 0, "loss": 0.0}
-    model.train()
+
+def _new_window() -> dict:
+    return {"t0": time.perf_counter(), "data": 0.0, "n": 0, "loss": 0.0}
+
+
+def _run(cfg: TrainConfig, tier: Tier, out: Path, dist: Dist, progress: bool, stop_at) -> TrainSummary | None:
+    r = _Run(cfg, tier, out, dist)
+    loader = r.loader()
+    if dist.rank == 0:
+        _trim_metrics(out / METRICS, r.start)
+    bar = tqdm(total=r.steps, initial=r.start, unit="step", disable=not progress or dist.rank != 0, dynamic_ncols=True)
+    window = _new_window()
+    r.model.train()
     it = iter(loader)
     session_t0 = time.perf_counter()
     loss_val, grad_norm = float("nan"), torch.tensor(0.0)
     try:
-        for step in range(start, steps):
+        for step in range(r.start, r.steps):
             t0 = time.perf_counter()
             batch = next(it)
-            t_data = time.perf_counter() - t0
-            images = augment.normalise(batch["images"].to(device, non_blocking=True), mean_t, std_t)
-            texts = batch["texts"].to(device, non_blocking=True)
-            lr = lr_at(step, steps, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            with _autocast(cfg, device):
-                o = ddp(images, texts)
-                if cfg.loss == "siglip":
-                    loss = loss_fn(o["image_features"], o["text_features"], o["logit_scale"], o["logit_bias"])
-                else:
-                    loss = loss_fn(o["image_features"], o["text_features"], o["logit_scale"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-            positions[batch["slot"]] = batch["pos"]
-            counters["skipped"] += batch["skipped"]
-            window["data"] += t_data
+            window["data"] += time.perf_counter() - t0
+            value, lr, norm = r.step(batch, step)
+            grad_norm = grad_norm if norm is None else norm
             window["n"] += 1
-            window["loss"] += loss.detach()
+            window["loss"] += value
             done = step + 1
             bar.update(1)
-            if done % cfg.log_every == 0 or done == steps:
-                dt = time.perf_counter() - window["t0"]
-                loss_val = float(window["loss"]) / window["n"]
-                rec = {
-                    "step": done,
-                    "samples": done * global_batch,
-                    "loss": loss_val,
-                    "lr": lr,
-                    "logit_scale": float(model.logit_scale.detach().exp()),
-                    "grad_norm": float(grad_norm),
-                    "samples_per_s": window["n"] * global_batch / dt,
-                    "data_wait": window["data"] / dt,
-                    "repetition": done * global_batch / max(1, tier.samples),
-                    "skipped": counters["skipped"],
-                }
-                if rank == 0:
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(rec) + "\n")
+            if done % cfg.log_every == 0 or done == r.steps:
+                rec = r.record(done, window, lr, grad_norm)
+                loss_val = rec["loss"]
                 bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr:.2e}", sps=f"{rec['samples_per_s']:.0f}")
-                window = {"t0": time.perf_counter(), "data": 0.0, "n": 0, "loss": 0.0}
-            if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == steps:
-                counters["train_seconds"] += time.perf_counter() - session_t0
+                window = _new_window()
+            if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == r.steps:
+                r.counters["train_seconds"] += time.perf_counter() - session_t0
                 session_t0 = time.perf_counter()
-                _save(cfg, dist, ckpt_root, done, model, model_cfg, opt, positions, counters, spec)
+                r.save(done)
                 window["t0"] = time.perf_counter()
-                if stop_at is not None and done >= stop_at and done < steps:
+                if stop_at is not None and done >= stop_at and done < r.steps:
                     return None
     finally:
         bar.close()
         del it
-    if rank == 0:
-        models.save_dir(model, model_cfg, out / "model", extra={"step": steps, "config_hash": cfg.hash()})
-    return {
-        "steps": steps,
-        "samples_seen": steps * global_batch,
-        "global_batch": global_batch,
-        "world_size": world,
-        "tier": tier.name,
-        "tier_samples": tier.samples,
-        "repetition": steps * global_batch / max(1, tier.samples),
-        "train_seconds": counters["train_seconds"],
-        "samples_per_s": steps * global_batch / max(counters["train_seconds"], 1e-9),
-        "final_loss": loss_val,
-        "skipped": counters["skipped"],
-        "resumed_from": start or None,
-        "config_hash": cfg.hash(),
-        "code_version": code_version(),
-    }
+    if dist.rank == 0:
+        models.save_dir(r.model, r.model_cfg, out / rundir.MODEL, extra={"step": r.steps, "config_hash": cfg.hash()})
+    return r.summary(loss_val)
 
 
 def _save(cfg, dist: Dist, root: Path, step: int, model, model_cfg, opt, positions, counters, spec) -> None:

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import torch
 
-from curate import units
-from curate.errors import InputError
+from curate.core import rundir, units
+from curate.core.errors import InputError
+from curate.core.rundir import model_dir
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
-CONFIG_FILE = "open_clip_config.json"
-WEIGHTS_FILE = "open_clip_pytorch_model.bin"
+CONFIG_FILE = rundir.OPEN_CLIP_CONFIG
+WEIGHTS_FILE = rundir.WEIGHTS
 
 
 def register_configs() -> list[str]:
@@ -114,23 +115,6 @@ def save_dir(model, model_cfg: dict, out: str | os.PathLike, extra: dict | None 
     with units.atomic_path(out / CONFIG_FILE) as tmp:
         tmp.write_text(json.dumps(doc, indent=2))
     return out
-
-
-def model_dir(path: str | os.PathLike) -> Path:
-    """The open_clip local dir behind a run dir, model dir, checkpoint dir or a file in one."""
-    p = Path(path)
-    if p.is_file():
-        p = p.parent
-    if (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file():
-        return p
-    if (p / "model" / CONFIG_FILE).is_file():
-        return p / "model"
-    from train.checkpoint import latest
-
-    ckpt = latest(p / "checkpoints") if (p / "checkpoints").is_dir() else None
-    if ckpt is not None:
-        return ckpt
-    raise InputError("no trained model here (expected a `tiers train` run, its model/ or a checkpoint)", path=str(p))
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu"):

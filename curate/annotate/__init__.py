@@ -4,16 +4,17 @@
 :mod:`curate.annotate.run`); ``read_annotations(DIR)`` and ``load_embeddings(DIR)`` read them back.
 Roles: :mod:`~curate.annotate.raw` (the raw layout), :mod:`~curate.annotate.image`,
 :mod:`~curate.annotate.caption`, :mod:`~curate.annotate.language`, :mod:`~curate.annotate.clip`
-(the signals), :mod:`~curate.annotate.stage` (one batch), :mod:`~curate.annotate.run` (units and Ray),
-:mod:`~curate.annotate.cli` (``tiers annotate`` and ``tiers filter``).
+(the signals), :mod:`~curate.annotate.stage` (one batch), :mod:`~curate.annotate.run` (units and Ray).
+The commands, ``tiers annotate`` and ``tiers filter``, are in :mod:`pipelines.commands.annotate`.
 """
 
-from curate.annotate.run import annotate, load_embeddings, read_annotations, summarise
+from curate.annotate.run import AnnotateSummary, annotate, load_embeddings, read_annotations, summarise
 from curate.annotate.stage import OUTPUT_SCHEMA, AnnotateConfig, Annotator
 
 __all__ = [
     "OUTPUT_SCHEMA",
     "AnnotateConfig",
+    "AnnotateSummary",
     "Annotator",
     "annotate",
     "load_embeddings",

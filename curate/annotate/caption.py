@@ -22,7 +22,7 @@ import re
 import numpy as np
 import pyarrow as pa
 
-from curate import schema
+from curate.core import schema
 
 _URL = re.compile(
     r"(?i)\bhttps?://|\bwww\.|\b[a-z0-9][a-z0-9-]*\.(?:com|net|org|info|biz|io|co|uk|de|fr|es|ru|cn|jp|br|it|nl|pl)\b"

@@ -10,7 +10,8 @@ A model is named by one string (``--clip-model``):
 - ``local-dir:DIR`` or ``DIR`` holding ``open_clip_config.json`` and the weights (open_clip's own
   self-describing layout), or ``hf-hub:org/repo`` (from the cache);
 - ``run:PATH``, or a ``PATH`` that is not one of the above: a run directory or checkpoint written by
-  ``tiers train`` — the Data Filtering Network path — loaded by ``train.load_model``.
+  ``tiers train`` — the Data Filtering Network path — resolved to its open_clip local dir
+  (:mod:`curate.core.rundir`).
 
 A bare architecture name without weights is refused: it would score with random weights.
 """
@@ -24,14 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.errors import InputError
+from curate.core import rundir
+from curate.core.errors import InputError
 
 
 @dataclass(frozen=True)
 class ClipSpec:
     arch: str  # open_clip model name (possibly with a schema) or a model-config JSON path
     weights: str | None  # pretrained tag or local checkpoint; None where the arch names its weights
-    trainer_run: str | None = None  # a `tiers train` run or checkpoint, loaded by train.load_model
+    trainer_run: str | None = None  # a `tiers train` run or checkpoint (its open_clip local dir is loaded)
 
 
 def parse_spec(text: str) -> ClipSpec:
@@ -73,27 +75,20 @@ def load(spec: ClipSpec, device: str = "cpu"):
     import open_clip
 
     if spec.trainer_run is not None:
-        try:
-            import train
-        except ImportError:
-            train = None
-        if train is None or not hasattr(train, "load_model"):
-            raise InputError(
-                "not an open_clip model directory (no open_clip_config.json), and this install has no "
-                "`tiers train` loader for trainer runs; name it as ARCH:PATH instead",
-                path=spec.trainer_run,
-            )
         if not os.path.exists(spec.trainer_run):
             raise InputError("no `tiers train` run or checkpoint here", path=spec.trainer_run)
-        model, preprocess, tokenizer = train.load_model(spec.trainer_run, device=device)
-        return model.eval(), preprocess, tokenizer
+        # A run's model and checkpoints are open_clip local dirs (curate.core.rundir): open_clip loads
+        # them itself, tensors only.
+        spec = ClipSpec(f"local-dir:{rundir.model_dir(spec.trainer_run).resolve()}", None)
     arch = _arch_name(spec.arch)
     weights = spec.weights
     if weights is not None and ("/" in weights or os.sep in weights or weights.endswith((".pt", ".pth", ".bin"))):
         if not os.path.isfile(weights):
             raise InputError("no CLIP checkpoint here", path=weights)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights, device=device)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            arch, pretrained=weights, device=device, weights_only=True
+        )
         tokenizer = open_clip.get_tokenizer(arch)
     except (RuntimeError, FileNotFoundError, ValueError, KeyError, OSError, pickle.UnpicklingError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__

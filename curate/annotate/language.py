@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curate import schema
-from curate.errors import InputError
+from curate.core import schema
+from curate.core.errors import InputError
 
 PREFIX = "__label__"
 

@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate import schema
-from curate.errors import InputError
-from curate.tarstream import MappedTar
+from curate.core import schema
+from curate.core.errors import InputError
+from curate.core.tarstream import MappedTar
 
 IMAGE = "image"  # the encoded bytes, in the sample batches handed to the annotator
 IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"})
@@ -146,7 +146,9 @@ def download_plain(
     For tests and benchmarks of this stage only; ``tiers download`` is the real downloader. The URL
     list must be a parquet with url, caption and uid columns, pointing only at hosts you trust.
     """
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from curate.core.runtime import quiet_environment
+
+    quiet_environment()
     from img2dataset import download
 
     raw = Path(build_dir) / "raw"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate import code_version, manifest, schema, units
+from curate import code_version
 from curate.annotate.raw import iter_samples, list_shards
 from curate.annotate.stage import EMBEDDINGS, OUTPUT_SCHEMA, AnnotateConfig, Annotator
-from curate.errors import InputError
+from curate.core import manifest, schema, units
+from curate.core.errors import InputError
 
 EMBEDDINGS_DIR = "embeddings"
 SUMMARY = pa.schema([("shard", pa.string()), ("rows", pa.int64()), ("seconds", pa.float64()), ("error", pa.string())])
@@ -152,7 +154,7 @@ def annotate(
     cfg: AnnotateConfig = AnnotateConfig(),
     ray_address: str | None = None,
     progress: bool = True,
-) -> dict:
+) -> AnnotateSummary:
     """Annotate every raw shard of ``build_dir`` not already done; return counts over all shards.
 
     Raises :class:`InputError` for a missing ``raw/`` or models that cannot be loaded (checked here,
@@ -169,7 +171,7 @@ def annotate(
     failures = []
     if todo:
         _check_models(cfg)
-        from curate.runtime import ray_session
+        from curate.core.runtime import ray_session
 
         with ray_session(ray_address):
             failures = _run_ray(build_dir, cfg, todo, progress)
@@ -218,7 +220,19 @@ def _run_ray(build_dir: Path, cfg: AnnotateConfig, todo: list[str], progress: bo
     return failures
 
 
-def summarise(build_dir: str | os.PathLike, shards: list[str] | None = None, annotated: int = 0) -> dict:
+@dataclass(frozen=True)
+class AnnotateSummary:
+    """Counts over every raw shard's completion marker: ``decoded + sum(decode_errors) == rows``."""
+
+    shards: int  # raw shards in the build
+    done: int  # of them annotated (now or before)
+    annotated: int  # of them annotated by this call
+    rows: int  # downloaded samples annotated
+    decoded: int
+    decode_errors: dict[str, int]
+
+
+def summarise(build_dir: str | os.PathLike, shards: list[str] | None = None, annotated: int = 0) -> AnnotateSummary:
     """Counts from the completion markers: rows, decode errors by reason, shards done."""
     out_dir = Path(build_dir) / manifest.ANNOTATIONS
     shards = shards if shards is not None else list_shards(Path(build_dir) / manifest.RAW)
@@ -229,14 +243,14 @@ def summarise(build_dir: str | os.PathLike, shards: list[str] | None = None, ann
             done += 1
             rows += m["rows"]
             errors.update(m["decode_errors"])
-    return {
-        "shards": len(shards),
-        "done": done,
-        "annotated": annotated,
-        "rows": rows,
-        "decoded": rows - sum(errors.values()),
-        "decode_errors": dict(sorted(errors.items())),
-    }
+    return AnnotateSummary(
+        shards=len(shards),
+        done=done,
+        annotated=annotated,
+        rows=rows,
+        decoded=rows - sum(errors.values()),
+        decode_errors=dict(sorted(errors.items())),
+    )
 
 
 def _done_shards(build_dir: Path) -> list[str]:

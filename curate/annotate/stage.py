@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
-from curate import schema
 from curate.annotate import image as img
 from curate.annotate.caption import caption_signals
 from curate.annotate.language import LanguageID
 from curate.annotate.raw import IMAGE, SAMPLE_SCHEMA
+from curate.core import schema
 
 # Bumped when a signal's definition changes, so finished shards are annotated again.
 SIGNALS_VERSION = 1

@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import schema
 from curate.annotate import image as img
+from curate.core import schema
+from curate.core.errors import InputError
 from curate.dedup.near import NearConfig, aspect_differs, distinct, log_aspect, near_pairs
-from curate.errors import InputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 

@@ -20,7 +20,7 @@ from math import comb
 import numpy as np
 import pyarrow as pa
 
-from curate import schema
+from curate.core import schema
 
 
 @dataclass(frozen=True)

@@ -13,19 +13,21 @@ own columns and the input's extra columns, ``uid`` first) and ``NNNNN_stats.json
 - :mod:`~curate.download.reasons` — raw messages to a short list of reasons;
 - :mod:`~curate.download.worker` — one shard in a Ray task, committed atomically;
 - :mod:`~curate.download.plan` — input shards, retry rounds; :mod:`~curate.download.run` — the driver;
-- :mod:`~curate.download.cli` — ``tiers download``.
+- the command, ``tiers download``, is :mod:`pipelines.commands.download`.
 """
 
 from curate.download.config import DownloadConfig, config_from_dict, load_config
 from curate.download.reasons import REASONS, TRANSIENT
 from curate.download.run import download, read_manifest, read_results, retry_failed
 from curate.download.safety import AddressPolicy, parse_allow
+from curate.download.summary import DownloadSummary
 
 __all__ = [
     "REASONS",
     "TRANSIENT",
     "AddressPolicy",
     "DownloadConfig",
+    "DownloadSummary",
     "config_from_dict",
     "download",
     "load_config",

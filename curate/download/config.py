@@ -14,10 +14,9 @@ use the same fingerprint as the run that started it, so one directory never mixe
 from __future__ import annotations
 
 import os
-import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
-from curate.errors import InputError
+from curate.core import config
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 ENCODE_FORMATS = ("jpg", "png", "webp")
@@ -93,58 +92,17 @@ class DownloadConfig:
         return out
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-            elif isinstance(v, float) and v == float("inf"):
-                d[k] = "inf"
-        return d
+        return config.to_dict(self)
 
     def replace(self, **changes) -> DownloadConfig:
-        return config_from_dict({**asdict(self), **changes})
+        return config_from_dict({**self.to_dict(), **changes})
 
 
 def config_from_dict(data: dict, source: str | None = None) -> DownloadConfig:
     """Build a config from plain values (TOML, JSON); unknown keys and bad values raise InputError."""
-    names = {f.name: f for f in fields(DownloadConfig)}
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise InputError(f"unknown download setting(s): {', '.join(unknown)}; known: {', '.join(names)}", path=source)
-    values = {}
-    for k, v in data.items():
-        if k in ("disallowed_header_directives", "transient_reasons"):
-            if isinstance(v, str) or not isinstance(v, list | tuple):
-                raise InputError(f"{k} must be a list of strings", path=source)
-            v = tuple(str(x) for x in v)
-        elif k in ("max_aspect_ratio", "timeout", "url_deadline"):
-            try:
-                v = float(v)
-            except (TypeError, ValueError):
-                raise InputError(f"{k} must be a number, got {v!r}", path=source) from None
-        values[k] = v
-    try:
-        return DownloadConfig(**values)
-    except (TypeError, ValueError) as e:
-        raise InputError(f"bad download settings: {e}", path=source) from None
-
-
-def read_settings(path: str | os.PathLike) -> dict:
-    """The settings a TOML file gives, from its top level or its ``[download]`` table (not validated)."""
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise InputError(f"cannot read config: {e}", path=path) from None
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"not valid TOML: {e}", path=path) from None
-    return data["download"] if isinstance(data.get("download"), dict) else data
+    return config.from_dict(DownloadConfig, data, section="download", source=source)
 
 
 def load_config(path: str | os.PathLike | None, base: DownloadConfig | None = None) -> DownloadConfig:
-    """``base`` (default: the defaults) with the settings of a TOML file over it."""
-    base = base or DownloadConfig()
-    if path is None:
-        return base
-    return config_from_dict({**base.to_dict(), **read_settings(path)}, source=os.fspath(path))
+    """``base`` (default: the defaults) with the settings of a TOML file over it (flat, or under ``[download]``)."""
+    return config.load(DownloadConfig, path, section="download", base=base)

@@ -20,10 +20,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import code_version, schema, units
+from curate import code_version
+from curate.core import schema, units
+from curate.core.errors import InputError
 from curate.download.config import DownloadConfig, config_from_dict
 from curate.download.worker import INPUT, input_path, shard_name
-from curate.errors import InputError
 
 PLAN = "plan.json"
 FORMAT = "clip-tiers/download-plan@1"

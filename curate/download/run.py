@@ -20,6 +20,7 @@ that ran out of retries and its last error).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from collections import Counter, deque
@@ -29,15 +30,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate import code_version, manifest, schema, units
+from curate import code_version
+from curate.core import manifest, schema, units
+from curate.core.errors import InputError
 from curate.download import plan as planning
 from curate.download.config import DownloadConfig, load_config
 from curate.download.progress import DownloadProgress
 from curate.download.safety import AddressPolicy, parse_allow
+from curate.download.summary import DownloadSummary
 from curate.download.worker import TMP, input_path, run_shard, shard_name
-from curate.errors import InputError
 
-FORMAT = "clip-tiers/raw@1"
 MANIFEST = "manifest.json"
 
 
@@ -53,9 +55,10 @@ def as_policy(allow_private: AddressPolicy | str | bool | None) -> AddressPolicy
         raise InputError(f"--allow-private-hosts: {e}") from None
 
 
-def read_manifest(out: str | os.PathLike) -> dict | None:
+def read_manifest(out: str | os.PathLike) -> DownloadSummary | None:
+    """The summary a finished (or stopped) download left in ``out/raw/manifest.json``, or None."""
     p = Path(out) / manifest.RAW / MANIFEST
-    return json.loads(p.read_text()) if p.exists() else None
+    return DownloadSummary.from_dict(json.loads(p.read_text())) if p.exists() else None
 
 
 def download(
@@ -68,7 +71,7 @@ def download(
     ray_address: str | None = None,
     num_cpus: int | None = None,
     progress: bool = True,
-) -> dict:
+) -> DownloadSummary:
     """Download a URL list (a path, glob or list of them, or the table from ``read_url_list``) into
     ``out/raw/``; returns the raw manifest. Bad input raises :class:`InputError`."""
     cfg = cfg or DownloadConfig()
@@ -76,7 +79,7 @@ def download(
     if isinstance(urls, pa.Table):
         table, source = urls, None
     else:
-        from curate.readers import ReadConfig, read_url_list
+        from curate.urllist.readers import ReadConfig, read_url_list
 
         table = read_url_list(urls, read_config or ReadConfig())
         source = ", ".join(map(os.fspath, urls)) if isinstance(urls, list | tuple) else os.fspath(urls)
@@ -95,11 +98,11 @@ def retry_failed(
     ray_address: str | None = None,
     num_cpus: int | None = None,
     progress: bool = True,
-) -> dict:
+) -> DownloadSummary:
     """Download again the rows that failed with one of ``reasons`` (default: the config's transient
     ones) and merge the results. Settings: ``cfg``, else those of the download, with the ones
-    ``config_file`` names over them; returns the raw manifest plus ``retried`` (rows tried again; when
-    not 0 the last ``rounds`` entry says how many were recovered)."""
+    ``config_file`` names over them; returns the summary with ``retried`` (rows tried again; when not 0
+    the last ``rounds`` entry says how many were recovered)."""
     raw = Path(out) / manifest.RAW
     info = planning.read_plan(raw)
     if info is None:
@@ -111,10 +114,10 @@ def retry_failed(
     policy = as_policy(allow_private)
     unmerged = [r for r in planning.read_rounds(raw) if not units.is_done(raw, _round_unit(r))]
     summary = _complete(raw, info, cfg, policy, ray_address, num_cpus, progress)
-    if summary["status"] != "complete":
-        return {**summary, "retried": 0}
+    if not summary.complete:
+        return summary
     if unmerged:  # a retry killed half-way: finishing it is this command's job
-        return {**summary, "retried": unmerged[-1]["rows"]}
+        return dataclasses.replace(summary, retried=unmerged[-1]["rows"])
     wanted = sorted(reasons or cfg.transient_reasons)
     rounds = planning.read_rounds(raw)
     picked, origins = [], {}
@@ -127,28 +130,29 @@ def retry_failed(
             picked.append(rows.filter(pc.is_in(rows.column(schema.UID), uids.combine_chunks())))
             origins[name] = len(uids)
     if not picked:
-        return {**summary, "retried": 0}
+        return summary
     rows = pa.concat_tables(picked)
     planning.plan_round(raw, info, rounds, rows, origins, cfg.samples_per_shard, wanted)
-    return {**_complete(raw, info, cfg, policy, ray_address, num_cpus, progress), "retried": rows.num_rows}
+    done = _complete(raw, info, cfg, policy, ray_address, num_cpus, progress)
+    return dataclasses.replace(done, retried=rows.num_rows)
 
 
 def _round_unit(r: dict) -> str:
     return f"round-{r['round']:03d}"
 
 
-def _complete(raw: Path, info: dict, cfg, policy, ray_address, num_cpus, show: bool) -> dict:
+def _complete(raw: Path, info: dict, cfg, policy, ray_address, num_cpus, show: bool) -> DownloadSummary:
     rounds = planning.read_rounds(raw)
     shards = planning.all_shards(info, rounds)
     pending = [s for s in shards if not units.is_done(raw, shard_name(s))]
     unmerged = [r for r in rounds if not units.is_done(raw, _round_unit(r))]
     previous = read_manifest(raw.parent)
-    if not pending and not unmerged and previous and previous.get("status") == "complete":
+    if not pending and not unmerged and previous and previous.complete:
         return previous
     planning.remove_stale(raw)
     failed: dict[str, str] = {}
     if pending:
-        from curate.runtime import ray_session
+        from curate.core.runtime import ray_session
 
         with ray_session(ray_address, num_cpus):
             failed = _execute(raw, planning.shard_rows(info, rounds), pending, cfg, policy, show)
@@ -222,46 +226,47 @@ def _merge_round(raw: Path, r: dict) -> None:
     units.mark_done(raw, _round_unit(r), {"recovered": ok})
 
 
-def _finalize(raw: Path, info: dict, rounds: list[dict], cfg, policy: AddressPolicy, failed: dict) -> dict:
+def _finalize(raw: Path, info: dict, rounds: list[dict], cfg, policy: AddressPolicy, failed: dict) -> DownloadSummary:
     shards = [shard_name(s) for s in planning.all_shards(info, rounds)]
     missing = [s for s in shards if not units.is_done(raw, s)]
-    summary = {
-        "format": FORMAT,
-        "code_version": code_version(),
-        "status": "incomplete" if missing else "complete",
-        "source": info.get("source"),
-        "input_rows": info["rows"],
-        "successes": None,
-        "failures": None,
-        "failures_by_reason": None,
-        "shards": len(shards),
-        "rounds": [
+    common = dict(
+        input_rows=info["rows"],
+        shards=len(shards),
+        source=info.get("source"),
+        rounds=tuple(
             {**r, "recovered": (units.read_marker(raw, _round_unit(r)) or {}).get("recovered")} for r in rounds
-        ],
-        "config": cfg.to_dict(),
-        "allowed": policy.describe(),
-    }
+        ),
+        config=cfg.to_dict(),
+        allowed=policy.describe(),
+        code_version=code_version(),
+    )
     if missing:
-        summary["missing_shards"] = missing
-        summary["failed_shards"] = {s: failed.get(s, "not run") for s in missing}
+        failed_shards = {s: failed.get(s, "not run") for s in missing}
+        summary = DownloadSummary("incomplete", missing_shards=tuple(missing), failed_shards=failed_shards, **common)
     else:
-        t = pa.concat_tables(
-            pq.read_table(raw / f"{s}.parquet", columns=[schema.UID, schema.DOWNLOAD_REASON]) for s in shards
+        counts = _count_fates(raw, shards, info["rows"])
+        failures = sum(counts.values())
+        by_reason = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        summary = DownloadSummary(
+            "complete", successes=info["rows"] - failures, failures=failures, failures_by_reason=by_reason, **common
         )
-        uids = t.column(schema.UID)
-        if t.num_rows != info["rows"] or pc.count_distinct(uids).as_py() != info["rows"]:
-            raise RuntimeError(
-                f"{raw}: accounting broke: {t.num_rows} raw rows, {pc.count_distinct(uids).as_py()} distinct uids, "
-                f"{info['rows']} input rows"
-            )
-        counts = Counter(x for x in t.column(schema.DOWNLOAD_REASON).to_pylist() if x is not None)
-        summary["failures"] = sum(counts.values())
-        summary["successes"] = t.num_rows - summary["failures"]
-        summary["failures_by_reason"] = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-    planning.write_json(raw / MANIFEST, summary)
+    planning.write_json(raw / MANIFEST, summary.to_dict())
     with contextlib.suppress(OSError):
         (raw / TMP).rmdir()  # empty once every task has returned
     return summary
+
+
+def _count_fates(raw: Path, shards: list[str], input_rows: int) -> Counter:
+    """Failures by reason over every raw parquet, after checking each input row has exactly one row."""
+    t = pa.concat_tables(
+        pq.read_table(raw / f"{s}.parquet", columns=[schema.UID, schema.DOWNLOAD_REASON]) for s in shards
+    )
+    distinct = pc.count_distinct(t.column(schema.UID)).as_py()
+    if t.num_rows != input_rows or distinct != input_rows:
+        raise RuntimeError(
+            f"{raw}: accounting broke: {t.num_rows} raw rows, {distinct} distinct uids, {input_rows} input rows"
+        )
+    return Counter(x for x in t.column(schema.DOWNLOAD_REASON).to_pylist() if x is not None)
 
 
 def read_results(out: str | os.PathLike) -> pa.Table:
@@ -271,7 +276,7 @@ def read_results(out: str | os.PathLike) -> pa.Table:
     """
     raw = Path(out) / manifest.RAW
     m = read_manifest(out)
-    if m is None or m.get("status") != "complete":
+    if m is None or not m.complete:
         state = "no download" if m is None else "an incomplete download"
         raise InputError(f"{state} here; run `tiers download` (again) first", path=str(raw))
     info = planning.read_plan(raw)

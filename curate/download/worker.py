@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate import schema, units
+from curate.core import schema, units
 from curate.download import reasons
 from curate.download.config import DownloadConfig
 from curate.download.fetch import Fetcher
@@ -95,7 +95,9 @@ def _fetch_with(fetcher: Fetcher):
 
 
 def _downloader(cfg: DownloadConfig, out_dir: str, column_list: list[str]):
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from curate.core.runtime import quiet_environment
+
+    quiet_environment()
     from img2dataset.downloader import Downloader
     from img2dataset.resizer import Resizer
 

@@ -33,12 +33,13 @@ Presets:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
-import tomllib
 from dataclasses import dataclass, field
 
-from curate.errors import InputError
+from curate.core import config
+from curate.core.errors import InputError
 from curate.filters.core import Filter
 from curate.filters.rules import RULES
 
@@ -87,40 +88,20 @@ class FilterConfig:
     source: str | None = field(default=None, compare=False)  # the TOML file, for messages
 
     def to_dict(self) -> dict:
-        return {
-            "preset": list(self.preset),
-            "image_size": self.image_size,
-            "filters": [dict(f) for f in self.filters],
-            "drop": list(self.drop),
-        }
+        return config.to_dict(self)
 
 
 def load_config(path: str | os.PathLike) -> FilterConfig:
     """Read a filter config from TOML; :class:`InputError` names the file on any problem."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise InputError(f"unreadable filter config: {e}", path=str(path)) from None
-    return config_from_dict(data, source=str(path))
+    return config_from_dict(config.read_toml(path), source=os.fspath(path))
 
 
 def config_from_dict(data: dict, source: str | None = None) -> FilterConfig:
-    unknown = set(data) - {"preset", "image_size", "filters", "drop"}
-    if unknown:
-        raise InputError(f"unknown filter config key(s): {', '.join(sorted(unknown))}", path=source)
-    preset = data.get("preset", [])
-    preset = (preset,) if isinstance(preset, str) else tuple(preset)
-    filters = data.get("filters", [])
-    if not isinstance(filters, list) or not all(isinstance(f, dict) for f in filters):
+    """A checked config from plain values: unknown keys, presets, filter types or parameters raise InputError."""
+    cfg = config.from_dict(FilterConfig, data, section="filters", source=source)
+    if not all(isinstance(f, dict) for f in cfg.filters):
         raise InputError("`filters` must be a list of tables ([[filters]] entries)", path=source)
-    cfg = FilterConfig(
-        preset=preset,
-        image_size=int(data.get("image_size", DATACOMP_SIZE)),
-        filters=tuple(filters),
-        drop=tuple(data.get("drop", ())),
-        source=source,
-    )
+    cfg = dataclasses.replace(cfg, source=source)
     build_filters(cfg)  # validate now, so a typo is reported before any work
     return cfg
 

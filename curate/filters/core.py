@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from curate import schema
-from curate.errors import InputError
+from curate.core import schema
+from curate.core.errors import InputError
 
 KEEP = "keep"
 

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import schema
+from curate.core import schema
 from curate.filters.core import Filter, column
 
 
@@ -142,7 +142,7 @@ def clip_score(threshold: float | None = None, top_fraction: float | None = None
         s = column(t, schema.CLIP_SCORE)
         scored = ~np.isnan(s)
         if t.num_rows and not scored.any():
-            from curate.errors import InputError
+            from curate.core.errors import InputError
 
             raise InputError("the annotations have no CLIP scores: annotate with --clip-model first")
         if threshold is not None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
+
+log = logging.getLogger("tiers")
 
 
 def register(sub) -> None:
@@ -44,22 +47,22 @@ def _annotate(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     t0 = time.perf_counter()
-    s = annotate(args.dir, cfg, ray_address=args.ray_address)
+    s = annotate(args.dir, cfg, ray_address=args.ray_address, progress=args.progress)
     dt = time.perf_counter() - t0
-    print(
-        f"annotated {s['annotated']} of {s['shards']} shards in {dt:.1f} s "
-        f"({s['shards'] - s['annotated']} already done); {s['rows']} samples, {s['decoded']} decoded"
+    log.info(
+        f"annotated {s.annotated} of {s.shards} shards in {dt:.1f} s "
+        f"({s.shards - s.annotated} already done); {s.rows} samples, {s.decoded} decoded"
     )
-    for reason, n in s["decode_errors"].items():
-        print(f"  decode_error {reason:<16} {n:>8}")
+    for reason, n in s.decode_errors.items():
+        log.info(f"  decode_error {reason:<16} {n:>8}")
     return 0
 
 
 def _filter(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
+    from curate.core.units import atomic_path
     from curate.filters import config_from_dict, filter_annotations, load_config
-    from curate.units import atomic_path
 
     if args.config:
         cfg = load_config(args.config)
@@ -74,15 +77,15 @@ def _filter(args: argparse.Namespace) -> int:
     result = filter_annotations(args.dir, cfg)
     dt = time.perf_counter() - t0
     c = result.counts
-    print(f"{c['kept']} of {c['input']} kept ({100 * c['kept'] / max(1, c['input']):.1f}%) in {dt:.2f} s")
-    print(f"  {'filter':<16} {'dropped':>8} {'failing':>8}   (dropped: first failing filter; failing: any)")
+    log.info(f"{c['kept']} of {c['input']} kept ({100 * c['kept'] / max(1, c['input']):.1f}%) in {dt:.2f} s")
+    log.info(f"  {'filter':<16} {'dropped':>8} {'failing':>8}   (dropped: first failing filter; failing: any)")
     for key, n in c.items():
         if key.startswith("dropped_"):
             name = key[len("dropped_") :]
-            print(f"  {name:<16} {n:>8} {c['failing_' + name]:>8}")
+            log.info(f"  {name:<16} {n:>8} {c['failing_' + name]:>8}")
     if args.out:
         with atomic_path(args.out) as tmp:
             meta = {b"clip_tiers_filters": json.dumps(cfg.to_dict()).encode()}
             pq.write_table(result.table.replace_schema_metadata(meta), tmp)
-        print(f"decisions: {args.out}")
+        log.info(f"decisions: {args.out}")
     return 0

@@ -1,10 +1,10 @@
 """Tier shards straight from a synthetic web, without the curation chain: for tests, benches and demos.
 
-``shards_from_synthweb(web, out)`` reads a built synthetic web (``curate.synthweb.build``), takes the
+``shards_from_synthweb(web, out)`` reads a built synthetic web (``synthweb.build``), takes the
 samples of the chosen kinds (clean ones by default: bytes from ``blobs.bin`` via ``routes.parquet``,
 captions from ``urls.parquet``, kinds from ``truth.parquet``), deals them into nested tiers and writes
 ``out/tiers/bands/<band>/NNNNNN.tar`` plus ``out/tiers/manifest.json`` in the format of
-:mod:`curate.manifest`, so :func:`curate.manifest.read_tier` reads it as it reads a real build.
+:mod:`curate.core.manifest`, so :func:`curate.core.manifest.read_tier` reads it as it reads a real build.
 Tiers are nested prefixes of one seeded shuffle: ``{"small": 0.1, "full": 1.0}`` gives a band of the
 first 10% (tier ``small``) and a band of the rest (``full`` = both bands).
 """
@@ -19,9 +19,10 @@ from urllib.parse import urlsplit
 import numpy as np
 import pyarrow.parquet as pq
 
-from curate import code_version, units
-from curate.manifest import BANDS, FORMAT, MANIFEST, TIERS, brace
-from curate.tarstream import TarWriter
+from curate import code_version
+from curate.core import units
+from curate.core.manifest import BANDS, TIERS, BandEntry, Manifest
+from curate.core.tarstream import TarWriter
 
 
 def _samples(web: Path, kinds: tuple[str, ...]) -> list[dict]:
@@ -59,7 +60,7 @@ def shards_from_synthweb(
     order = np.random.default_rng([seed, 0x7135]).permutation(len(samples))
     samples = [samples[i] for i in order]
     tiers_dir = out / TIERS
-    bands, tier_doc, lo = {}, {}, 0
+    bands, lo = {}, 0
     with open(web / "blobs.bin", "rb") as blobs:
         for name, frac in tiers.items():
             hi = max(lo, min(len(samples), round(frac * len(samples))))
@@ -70,30 +71,19 @@ def shards_from_synthweb(
                 _write_shard(tiers_dir / rel, samples[k : min(hi, k + shard_size)], blobs, band)
                 shards.append(rel)
             size = sum(os.path.getsize(tiers_dir / s) for s in shards)
-            bands[band] = {"shards": shards, "samples": hi - lo, "bytes": size, "quality": [None, None]}
-            names = [f"band-{n}" for n in tiers][: len(bands)]
-            all_shards = [s for b in names for s in bands[b]["shards"]]
-            tier_doc[name] = {
-                "bands": names,
-                "shards": all_shards,
-                "samples": sum(bands[b]["samples"] for b in names),
-                "bytes": sum(bands[b]["bytes"] for b in names),
-                "quality": [None, None],
-                "brace": brace([str((tiers_dir / s).resolve()) for s in all_shards]),
-            }
+            bands[band] = BandEntry(tuple(shards), hi - lo, size)
             lo = hi
-    manifest = {
-        "format": FORMAT,
-        "code_version": code_version(),
-        "config": {"source": "synthweb", "web": str(web.resolve()), "kinds": list(kinds), "seed": seed},
-        "input_rows": len(samples),
-        "counts": {"kept": len(samples)},
-        "bands": bands,
-        "tiers": tier_doc,
-    }
-    with units.atomic_path(tiers_dir / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    return tiers_dir / MANIFEST
+    names = [f"band-{n}" for n in tiers]
+    manifest = Manifest.assemble(
+        tiers_dir,
+        bands,
+        {name: names[: k + 1] for k, name in enumerate(tiers)},
+        config={"source": "synthweb", "web": str(web.resolve()), "kinds": list(kinds), "seed": seed},
+        counts={"kept": {"-": len(samples)}},
+        input_rows=len(samples),
+        code_version=code_version(),
+    )
+    return manifest.write(tiers_dir)
 
 
 def _write_shard(dest: Path, rows: list[dict], blobs, band: str) -> None:

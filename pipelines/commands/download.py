@@ -3,41 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 import time
 
-from curate.errors import InputError
+from curate.core.errors import InputError
+from pipelines.options import add_fetch_options, add_read_options, read_config
 
-
-def _allow(value: str) -> str:
-    from curate.download.safety import parse_allow
-
-    try:
-        parse_allow(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(
-            f"{e}; with a URL list after the flag, write the flag last or as --allow-private-hosts=NETS"
-        ) from None
-    return value
-
-
-def add_fetch_options(p: argparse.ArgumentParser) -> None:
-    """``--ray-address`` and ``--allow-private-hosts``: shared by every command that downloads."""
-    p.add_argument("--ray-address", help="join this Ray cluster instead of starting one here")
-    p.add_argument(
-        "--allow-private-hosts",
-        nargs="?",
-        const="",
-        type=_allow,
-        metavar="NETS",
-        help="also allow loopback hosts (127.0.0.0/8, ::1), and the comma-separated networks NETS if given "
-        "(e.g. 10.0.0.0/8); default: public addresses only",
-    )
+log = logging.getLogger("tiers")
 
 
 def register(sub) -> None:
-    from pipelines.cli import add_read_options
-
     p = sub.add_parser(
         "download",
         help="download a URL list into DIR/raw/ (img2dataset on Ray), every URL accounted for; resumable",
@@ -58,7 +33,6 @@ def register(sub) -> None:
         "--reasons", help="with --retry-failed: comma-separated reasons (default: timeout, http_5xx, http_429)"
     )
     p.add_argument("--cpus", type=int, help="CPUs for a local Ray (default: all); one shard task per CPU")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_read_options(p)
     p.set_defaults(func=_download)
 
@@ -70,7 +44,7 @@ def _download(args: argparse.Namespace) -> int:
         allow_private=args.allow_private_hosts,
         ray_address=args.ray_address,
         num_cpus=args.cpus,
-        progress=not args.no_progress,
+        progress=args.progress,
     )
     t0 = time.perf_counter()
     if args.retry_failed:
@@ -86,25 +60,24 @@ def _download(args: argparse.Namespace) -> int:
     else:
         if not args.urls or not args.out:
             raise InputError("give a URL list and --out DIR (or --retry-failed DIR)")
-        from pipelines.cli import _read_config
-
-        cfg = load_config(args.config)
-        s = download(args.urls, args.out, cfg, read_config=_read_config(args), **common)
+        s = download(args.urls, args.out, load_config(args.config), read_config=read_config(args), **common)
     dt = time.perf_counter() - t0
-    if s["status"] != "complete":
-        print(f"download incomplete after {dt:.1f} s: {len(s['missing_shards'])} shard(s) ran out of retries:")
-        for shard, err in s["failed_shards"].items():
-            print(f"  {shard}: {err}")
-        print("run the same command again to finish them", file=sys.stderr)
+    if not s.complete:
+        log.error(f"download incomplete after {dt:.1f} s: {len(s.missing_shards)} shard(s) ran out of retries:")
+        for shard, err in s.failed_shards.items():
+            log.error(f"  {shard}: {err}")
+        log.error("run the same command again to finish them")
         return 1
-    n, ok = s["input_rows"], s["successes"]
-    print(f"{n} URLs in {dt:.1f} s: {ok} downloaded ({100 * ok / max(1, n):.1f}%), {s['failures']} failed")
-    for reason, k in s["failures_by_reason"].items():
-        print(f"  {reason:<18} {k:>8}")
+    n, ok = s.input_rows, s.successes
+    log.info(f"{n} URLs in {dt:.1f} s: {ok} downloaded ({100 * ok / max(1, n):.1f}%), {s.failures} failed")
+    for reason, k in s.failures_by_reason.items():
+        log.info(f"  {reason:<18} {k:>8}")
     if args.retry_failed:
-        if not s["retried"]:
-            print("nothing to retry: no failures with those reasons")
+        if not s.retried:
+            log.info("nothing to retry: no failures with those reasons")
             return 0
-        r = s["rounds"][-1]
-        print(f"retry round {r['round']}: {r['rows']} retried ({', '.join(r['reasons'])}), {r['recovered']} recovered")
+        r = s.rounds[-1]
+        log.info(
+            f"retry round {r['round']}: {r['rows']} retried ({', '.join(r['reasons'])}), {r['recovered']} recovered"
+        )
     return 0

@@ -5,7 +5,7 @@ directory or a glob reads every list file in it, sorted by name, as one list. Th
 ``uid``, ``url``, ``caption`` first and every other input column after them, unchanged (a column
 whose name clip-tiers owns gets the ``input_`` prefix).
 
-Everything wrong with the input raises :class:`~curate.errors.InputError` with the file, and the
+Everything wrong with the input raises :class:`~curate.core.errors.InputError` with the file, and the
 row where one applies: missing url column, unreadable or corrupt file, empty list, invalid UTF-8,
 non-string or empty URLs, malformed or duplicate uids.
 """
@@ -27,8 +27,8 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from curate import schema
-from curate.errors import InputError
+from curate.core import schema
+from curate.core.errors import InputError
 
 FORMATS = {
     ".parquet": "parquet",

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
-from curate.errors import InputError
+from curate.core.errors import InputError
+
+log = logging.getLogger("tiers")
 
 # CLI flag -> TrainConfig field, for the common settings; anything else goes through --set.
 _FLAGS = {
@@ -50,7 +53,6 @@ def register(sub) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config field, e.g. image_aug.flip=0.5"
     )
     _eval_options(p, "evaluate at the end of training on ")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
     e = sub.add_parser(
@@ -92,34 +94,33 @@ def _train(args) -> int:
     cfg = load_config(args.config, overrides)
     if cfg.samples_seen <= 0:
         raise InputError("--samples-seen is required (or samples_seen in --config)")
-    s = api.train(cfg, args.tiers, args.tier, args.out, progress=not args.no_progress)
-    print(
-        f"{args.out}: {s['steps']} steps, {s['samples_seen']:,} samples seen on tier {s['tier']} "
-        f"({s['tier_samples']:,} samples, repetition {s['repetition']:.2f}) in {s['train_seconds']:.0f} s, "
-        f"{s['samples_per_s']:.0f} samples/s; final loss {s['final_loss']:.4f}"
+    s = api.train(cfg, args.tiers, args.tier, args.out, progress=args.progress)
+    log.info(
+        f"{args.out}: {s.steps} steps, {s.samples_seen:,} samples seen on tier {s.tier} "
+        f"({s.tier_samples:,} samples, repetition {s.repetition:.2f}) in {s.train_seconds:.0f} s, "
+        f"{s.samples_per_s:.0f} samples/s; final loss {s.final_loss:.4f}"
     )
-    print(f"model: {args.out}/model (open_clip local-dir; train.load_model reads it)")
-    for k, v in (s.get("eval") or {}).items():
-        print(f"  {k:<22} {v:.4f}")
+    log.info(f"model: {args.out}/model (open_clip local-dir; train.load_model reads it)")
+    for k, v in s.eval.items():
+        log.info(f"  {k:<22} {v:.4f}")
     return 0
 
 
 def _eval(args) -> int:
-    from train import api
+    import dataclasses
 
-    doc = api.evaluate(
-        args.run,
-        zeroshot=args.zeroshot,
-        classes=args.classes,
-        retrieval=args.retrieval,
-        linear_probe=args.linear_probe,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        device=args.device,
-        log=lambda *_: None,
-    )
-    for task in api.TASKS:
-        for name, res in (doc.get(task) or {}).items():
+    from train import api
+    from train.config import EvalConfig
+
+    cfg = api.run_eval_config(args.run)
+    named = {"zeroshot": args.zeroshot, "retrieval": args.retrieval, "linear_probe": args.linear_probe}
+    if any(named.values()):  # datasets named here replace the run's own
+        cfg = EvalConfig(batch_size=cfg.batch_size, limit=cfg.limit, **{k: tuple(v) for k, v in named.items()})
+    given = {"classes": args.classes, "limit": args.limit, "batch_size": args.batch_size}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    report = api.evaluate(args.run, cfg, device=args.device)
+    for task, results in report.results.items():
+        for name, res in results.items():
             nums = ", ".join(f"{k} {v:.4f}" for k, v in res.items() if isinstance(v, float) and k != "penalty")
-            print(f"{task:<13} {name:<20} {nums}  (n={res.get('n', res.get('n_test'))})")
+            log.info(f"{task:<13} {name:<20} {nums}  (n={res.get('n', res.get('n_test'))})")
     return 0

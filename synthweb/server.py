@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from curate.synthweb.build import DEFAULT_BASE, rebase_urls
+from synthweb.build import DEFAULT_BASE, rebase_urls
 
 SLOW_SECONDS = 600.0
 

@@ -20,22 +20,17 @@ import json
 import math
 import os
 import re
-import struct
-import zlib
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
-from tqdm import tqdm
 
-from curate import schema
-from curate.synthweb import captions
-from curate.synthweb.render import CONTENT_TYPES, EXTENSIONS, Concept, all_concepts, blank, encode, render
+from curate.core import schema
+from synthweb import captions
+from synthweb.bodies import captions_texture, render_all
+from synthweb.render import CONTENT_TYPES, EXTENSIONS, Concept, all_concepts
 
 DEFAULT_BASE = "http://127.0.0.1:8765"
 # An IPv6 unique-local address: private, and routed nowhere, so even a downloader that ignored the
@@ -189,97 +184,12 @@ def _plan(cfg: WebConfig) -> list[dict]:
     return rows
 
 
-def captions_texture(rng: np.random.Generator) -> str:
-    return ("plain", "striped", "dotted")[int(rng.integers(3))]
-
-
 def _size(rng: np.random.Generator, cfg: WebConfig) -> tuple[int, int]:
     side = int(rng.integers(cfg.min_side, cfg.max_side + 1))
     aspect = float(rng.uniform(0.75, 1.34))
     w = int(np.clip(round(side * math.sqrt(aspect)), cfg.min_side, cfg.max_side))
     h = int(np.clip(round(side / math.sqrt(aspect)), cfg.min_side, cfg.max_side))
     return w, h
-
-
-# --- pixels and bytes: per sample, in worker processes --------------------------------------
-
-
-def _image(row: dict, seed: int) -> Image.Image:
-    rng = np.random.default_rng([seed, row["i"], 1])
-    if row["kind"] == "blank":
-        return blank(rng, (row["w"], row["h"]))
-    concept = Concept(row["colour"], row["shape"])
-    return render(concept, rng, (row["w"], row["h"]), texture=row["texture"], clutter=row["kind"] != "tiny")
-
-
-def _near_copy(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, str]:
-    """Resize, crop a few percent, or both; the caller also re-encodes (other format or quality)."""
-    ops = ["resize", "crop", "resize+crop", "reencode"][int(rng.integers(4))]
-    w, h = img.size
-    if "crop" in ops:
-        dx, dy = (int(round(v * f)) for v, f in zip((w, h), rng.uniform(0.005, 0.02, 2), strict=True))
-        img = img.crop((dx, dy, w - dx, h - dy))
-    if "resize" in ops:
-        s = float(rng.uniform(0.6, 0.95))
-        img = img.resize((max(16, round(img.width * s)), max(16, round(img.height * s))), Image.BILINEAR)
-    return img, ops
-
-
-def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
-    """A 200-byte PNG declaring width x height pixels: its IDAT inflates far past any sane limit."""
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
-    idat = zlib.compress(b"\x00" * 65536, 9)  # a first slice of zero rows
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
-HTML_BODY = (
-    b"<!DOCTYPE html><html><head><title>Not Found</title></head><body><h1>Sorry</h1>" + b" " * 200 + b"</body></html>"
-)
-
-
-def _body(row: dict, seed: int) -> bytes:
-    kind = row["kind"]
-    if kind in ("http_404", "http_500", "redirect_loop", "private_address", "empty_body"):
-        return b""
-    if kind == "html_as_image":
-        return HTML_BODY
-    if kind == "bomb":
-        return bomb_png()
-    if kind == "near_dup":
-        orig = dict(row, i=row["orig"], kind="clean", w=row["orig_w"], h=row["orig_h"])
-        img, _ = _near_copy(_image(orig, seed), np.random.default_rng([seed, row["i"], 2]))
-        return encode(img, row["format"], row["quality"])
-    data = encode(_image(row, seed), row["format"], row["quality"])
-    if kind == "truncated":
-        return data[: max(64, len(data) // 2)]
-    return data
-
-
-def _bodies(rows: list[dict], seed: int) -> list[bytes]:
-    return [b"" if r["kind"] == "exact_dup" else _body(r, seed) for r in rows]
-
-
-def _render_all(rows: list[dict], seed: int, workers: int, desc: str) -> list[bytes]:
-    chunks = [rows[k : k + 256] for k in range(0, len(rows), 256)]
-    workers = workers or os.cpu_count() or 1
-    out: list[bytes] = []
-    bar = tqdm(total=len(rows), desc=desc, unit="img", disable=len(rows) < 2000, leave=False)
-    if workers <= 1 or len(rows) < 1000:
-        for c in chunks:
-            out.extend(_bodies(c, seed))
-            bar.update(len(c))
-    else:
-        # spawn, not fork: callers (tests, Ray drivers) may hold threads that fork would copy half-way.
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            for c, bodies in zip(chunks, pool.map(_bodies, chunks, [seed] * len(chunks)), strict=True):
-                out.extend(bodies)
-                bar.update(len(c))
-    bar.close()
-    return out
 
 
 # --- writing ----------------------------------------------------------------------------------
@@ -308,7 +218,7 @@ def build(out: str | os.PathLike, cfg: WebConfig = WebConfig()) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = _plan(cfg)
-    bodies = _render_all(rows, cfg.seed, cfg.workers, "rendering web")
+    bodies = render_all(rows, cfg.seed, cfg.workers, "rendering web")
 
     tokens = [_token(cfg.seed, r["i"]) for r in rows]
     urls = [_url(cfg, r, t) for r, t in zip(rows, tokens, strict=True)]
@@ -400,7 +310,7 @@ def _write_eval(out: Path, cfg: WebConfig) -> None:
         for j, c in enumerate(concepts)
     ]
     labels = [concepts.index(Concept(r["colour"], r["shape"])) for r in zs]
-    images = _render_all(zs, eval_seed, cfg.workers, "rendering eval set")
+    images = render_all(zs, eval_seed, cfg.workers, "rendering eval set")
     pq.write_table(
         pa.table(
             {
@@ -420,7 +330,7 @@ def _write_eval(out: Path, cfg: WebConfig) -> None:
     for i in range(cfg.retrieval_pairs):
         c = concepts[i % len(concepts)]
         pairs.append(dict(zs[0], i=i, colour=c.colour, shape=c.shape, texture=captions_texture(rng)))
-    pair_images = _render_all(pairs, ret_seed, cfg.workers, "rendering retrieval set")
+    pair_images = render_all(pairs, ret_seed, cfg.workers, "rendering retrieval set")
     pair_caps = [
         captions.english(Concept(p["colour"], p["shape"]), np.random.default_rng([ret_seed, p["i"], 7]), p["texture"])
         for p in pairs

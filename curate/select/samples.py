@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import schema
-from curate.bands import FILTERED, BandConfig, assign
+from curate.core import schema
+from curate.select.bands import FILTERED, BandConfig, assign
 
 DUPLICATE = "duplicate"
 CONTAMINATED = "contaminated"
@@ -82,25 +82,9 @@ def assemble(
     q = np.full(n, np.nan, np.float32)
     q[a_rows >= 0] = np.asarray(quality, np.float32)[a_rows[a_rows >= 0]]
 
-    failed_download = ~ok
-    failed_decode = ok & (decode_err != None)  # noqa: E711 - elementwise on an object array
-    usable = ok & ~failed_decode
-    contaminated = usable & (dup_kind == "contamination")
-    duplicate = usable & ~contaminated & (dup_kind != None)  # noqa: E711
-    filtered = usable & ~contaminated & ~duplicate & ~keep_filter
-    kept = usable & ~contaminated & ~duplicate & keep_filter
-
-    status = np.full(n, schema.STATUS_DROPPED, dtype=object)
-    status[failed_download | failed_decode] = schema.STATUS_FAILED
-    status[kept] = schema.STATUS_KEPT
-    reason = np.full(n, None, dtype=object)
-    reason[failed_download] = np.asarray(
-        _take(downloads, schema.DOWNLOAD_REASON, d_rows, pa.string()).to_pylist(), dtype=object
-    )[failed_download]
-    reason[failed_decode] = decode_err[failed_decode]
-    reason[contaminated] = CONTAMINATED
-    reason[duplicate] = DUPLICATE
-    reason[filtered] = first_fail[filtered]
+    masks = _fate_masks(ok, decode_err, dup_kind, keep_filter)
+    status, reason = _status_and_reason(downloads, d_rows, masks, decode_err, first_fail)
+    kept, filtered = masks["kept"], masks["filtered"]
 
     band = np.full(n, None, dtype=object)
     if band_cfg.filtered_band:
@@ -126,6 +110,38 @@ def assemble(
     table = pa.table(cols)
     check_counts(table, n)
     return table
+
+
+def _fate_masks(ok: np.ndarray, decode_err, dup_kind, keep_filter: np.ndarray) -> dict[str, np.ndarray]:
+    """One boolean mask per fate, in the module docstring's order of precedence; they partition the rows."""
+    failed_decode = ok & (decode_err != None)  # noqa: E711 - elementwise on an object array
+    usable = ok & ~failed_decode
+    contaminated = usable & (dup_kind == "contamination")
+    duplicate = usable & ~contaminated & (dup_kind != None)  # noqa: E711
+    passing = usable & ~contaminated & ~duplicate
+    return {
+        "failed_download": ~ok,
+        "failed_decode": failed_decode,
+        "contaminated": contaminated,
+        "duplicate": duplicate,
+        "filtered": passing & ~keep_filter,
+        "kept": passing & keep_filter,
+    }
+
+
+def _status_and_reason(downloads: pa.Table, d_rows: np.ndarray, m: dict, decode_err, first_fail):
+    n = len(d_rows)
+    status = np.full(n, schema.STATUS_DROPPED, dtype=object)
+    status[m["failed_download"] | m["failed_decode"]] = schema.STATUS_FAILED
+    status[m["kept"]] = schema.STATUS_KEPT
+    reason = np.full(n, None, dtype=object)
+    download_reason = _take(downloads, schema.DOWNLOAD_REASON, d_rows, pa.string()).to_pylist()
+    reason[m["failed_download"]] = np.asarray(download_reason, dtype=object)[m["failed_download"]]
+    reason[m["failed_decode"]] = decode_err[m["failed_decode"]]
+    reason[m["contaminated"]] = CONTAMINATED
+    reason[m["duplicate"]] = DUPLICATE
+    reason[m["filtered"]] = first_fail[m["filtered"]]
+    return status, reason
 
 
 def counts(samples: pa.Table) -> dict[str, dict[str, int]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from curate.synthweb.render import Concept
+from synthweb.render import Concept
 
 COLOUR_WORDS = {
     "red": ["red", "bright red", "crimson", "scarlet"],

@@ -12,6 +12,7 @@ are: never decoded, never re-encoded.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -26,12 +27,13 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from curate import code_version, schema, units
-from curate.bands import FILTERED, BandConfig, band_names, tiers
-from curate.errors import InputError
-from curate.failpoints import failpoint
-from curate.manifest import BANDS, FORMAT, MANIFEST, TIERS, brace
-from curate.tarstream import IMAGE_EXTS, MappedTar, TarWriter
+from curate import code_version
+from curate.core import schema, units
+from curate.core.errors import InputError
+from curate.core.failpoints import failpoint
+from curate.core.manifest import BANDS, MANIFEST, TIERS, BandEntry, Manifest
+from curate.core.tarstream import IMAGE_EXTS, MappedTar, TarWriter
+from curate.select.bands import FILTERED, BandConfig, band_names, tiers
 
 
 @dataclass(frozen=True)
@@ -148,64 +150,79 @@ def _write_one(dest: Path, rows: list[dict], metas: list[bytes], raw: dict, raw_
     return len(rows), w.bytes
 
 
+@dataclass(frozen=True)
+class ShardJob:
+    """One band shard to (re)write: its band, index, path under ``tiers/``, samples and content fingerprint."""
+
+    band: str
+    index: int
+    rel: str
+    rows: list[dict]
+    metas: list[bytes]
+    fingerprint: str
+
+    @property
+    def unit(self) -> str:
+        return f"{self.band}-{self.index:06d}"
+
+
+def _plan_jobs(out_dir: Path, samples: pa.Table, bands: list[str], cfg: ShardConfig):
+    """(jobs whose marker does not match, shard count per band, the band entries without their bytes)."""
+    shards_of = plan(samples, bands, cfg)
+    has_band = np.asarray(samples.column(schema.BAND).is_valid().to_numpy(zero_copy_only=False))
+    cols = [schema.UID, schema.URL, schema.CAPTION, schema.QUALITY, schema.BAND, schema.SHARD, schema.KEY]
+    rows = samples.select(cols).to_pylist()
+    metas = {i: _sample_meta(rows[i]) for i in np.flatnonzero(has_band).tolist()}
+    jobs, entries = [], {}
+    for band, shard_rows in shards_of.items():
+        names = []
+        for k, idx in enumerate(shard_rows):
+            rel = f"{BANDS}/{band}/{k:06d}.tar"
+            names.append(rel)
+            unit_rows, unit_metas = [rows[i] for i in idx], [metas[i] for i in idx.tolist()]
+            job = ShardJob(band, k, rel, unit_rows, unit_metas, _fingerprint(unit_rows, unit_metas))
+            marker = units.read_marker(out_dir, job.unit)
+            if not (marker and marker.get("fingerprint") == job.fingerprint and (out_dir / rel).exists()):
+                units.clear_marker(out_dir, job.unit)
+                jobs.append(job)
+        q = [x for x in (rows[i][schema.QUALITY] for idx in shard_rows for i in idx) if x is not None]
+        quality = (float(min(q)), float(max(q))) if q else (None, None)
+        entries[band] = BandEntry(tuple(names), int(sum(len(i) for i in shard_rows)), 0, quality)
+    return jobs, {band: len(s) for band, s in shards_of.items()}, entries
+
+
 def write_tiers(
     build_dir: str | os.PathLike,
     samples: pa.Table,
     band_cfg: BandConfig = BandConfig(),
     shard_cfg: ShardConfig = ShardConfig(),
     config: dict | None = None,
-    extra: dict | None = None,
+    counts: dict | None = None,
     progress: bool = True,
-) -> dict:
+) -> Manifest:
     """Write ``DIR/tiers/bands/*`` and ``DIR/tiers/manifest.json``; return the manifest.
 
-    ``config`` joins the manifest's config; ``extra`` adds top-level keys (input rows, counts).
+    ``config`` joins the manifest's config; ``counts`` (``{status: {reason: rows}}``) is recorded with
+    the number of input rows (the rows of ``samples``).
     """
     build_dir = Path(build_dir)
     raw_dir, out_dir = build_dir / "raw", build_dir / TIERS
     bands = band_names(band_cfg) + ([FILTERED] if band_cfg.filtered_band else [])
     if out_dir.exists():
         units.remove_stale_temporaries(out_dir)
-    shards_of = plan(samples, bands, shard_cfg)
-    has_band = np.asarray(samples.column(schema.BAND).is_valid().to_numpy(zero_copy_only=False))
-    cols = [schema.UID, schema.URL, schema.CAPTION, schema.QUALITY, schema.BAND, schema.SHARD, schema.KEY]
-    rows = samples.select(cols).to_pylist()
-    metas = {i: _sample_meta(rows[i]) for i in np.flatnonzero(has_band).tolist()}
-
-    jobs, manifest_bands = [], {}
-    for band, shard_rows in shards_of.items():
-        names = []
-        for k, idx in enumerate(shard_rows):
-            rel = f"{BANDS}/{band}/{k:06d}.tar"
-            names.append(rel)
-            unit_rows = [rows[i] for i in idx]
-            unit_metas = [metas[i] for i in idx.tolist()]
-            fp = _fingerprint(unit_rows, unit_metas)
-            marker = units.read_marker(out_dir, f"{band}-{k:06d}")
-            if not (marker and marker.get("fingerprint") == fp and (out_dir / rel).exists()):
-                units.clear_marker(out_dir, f"{band}-{k:06d}")
-                jobs.append((band, k, rel, unit_rows, unit_metas, fp))
-        q = [rows[i][schema.QUALITY] for idx in shard_rows for i in idx]
-        q = [x for x in q if x is not None]
-        manifest_bands[band] = {
-            "shards": names,
-            "samples": int(sum(len(i) for i in shard_rows)),
-            "quality": [float(min(q)), float(max(q))] if q else [None, None],
-        }
+    jobs, shard_counts, entries = _plan_jobs(out_dir, samples, bands, shard_cfg)
 
     # Map the raw tars before touching anything, so an unreadable one fails the run with no side effect.
-    raw = _map_raw(raw_dir, {r[schema.SHARD] for job in jobs for r in job[3]})
-    counts = {band: len(s) for band, s in shards_of.items()}
-    extras = _extra_shards(out_dir, counts)
+    raw = _map_raw(raw_dir, {r[schema.SHARD] for job in jobs for r in job.rows})
+    extras = _extra_shards(out_dir, shard_counts)
     if jobs or extras:  # shards are about to change: a manifest must never list shards that are changing
         (out_dir / MANIFEST).unlink(missing_ok=True)
-    _remove(out_dir, extras, counts)
+    _remove(out_dir, extras, shard_counts)
     bar = tqdm(total=len(jobs), desc="writing band shards", unit="shard", disable=not progress or not jobs)
 
-    def run(job):
-        band, k, rel, unit_rows, unit_metas, fp = job
-        n, nbytes = _write_one(out_dir / rel, unit_rows, unit_metas, raw, raw_dir)
-        units.mark_done(out_dir, f"{band}-{k:06d}", {"fingerprint": fp, "samples": n, "bytes": nbytes})
+    def run(job: ShardJob) -> None:
+        n, nbytes = _write_one(out_dir / job.rel, job.rows, job.metas, raw, raw_dir)
+        units.mark_done(out_dir, job.unit, {"fingerprint": job.fingerprint, "samples": n, "bytes": nbytes})
         bar.update(1)
         failpoint("tiers:after_shard")
 
@@ -216,36 +233,21 @@ def write_tiers(
         _unmap(raw)
     bar.close()
 
-    for band, info in manifest_bands.items():
-        info["bytes"] = sum(units.read_marker(out_dir, f"{band}-{k:06d}")["bytes"] for k in range(len(info["shards"])))
-    manifest = {
-        "format": FORMAT,
-        "code_version": code_version(),
-        "config": {"bands": asdict(band_cfg), "shards": asdict(shard_cfg), **(config or {})},
-        **(extra or {}),
-        "bands": manifest_bands,
-        "tiers": _tiers(out_dir, band_cfg, manifest_bands),
-    }
+    for band, e in entries.items():
+        nbytes = sum(units.read_marker(out_dir, f"{band}-{k:06d}")["bytes"] for k in range(len(e.shards)))
+        entries[band] = dataclasses.replace(e, bytes=nbytes)
+    manifest = Manifest.assemble(
+        out_dir,
+        entries,
+        tiers(band_cfg),
+        config={"bands": asdict(band_cfg), "shards": asdict(shard_cfg), **(config or {})},
+        counts=counts or {},
+        input_rows=samples.num_rows,
+        code_version=code_version(),
+    )
     failpoint("tiers:before_manifest")
-    with units.atomic_path(out_dir / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    manifest.write(out_dir)
     return manifest
-
-
-def _tiers(out_dir: Path, band_cfg: BandConfig, bands: dict) -> dict:
-    out = {}
-    for name, members in tiers(band_cfg).items():
-        shards = [s for b in members for s in bands[b]["shards"]]
-        qs = [bands[b]["quality"] for b in members if bands[b]["samples"]]
-        out[name] = {
-            "bands": members,
-            "shards": shards,
-            "samples": sum(bands[b]["samples"] for b in members),
-            "bytes": sum(bands[b]["bytes"] for b in members),
-            "quality": [min(q[0] for q in qs), max(q[1] for q in qs)] if qs else [None, None],
-            "brace": brace([str((out_dir / s).resolve()) for s in shards]),
-        }
-    return out
 
 
 def _extra_shards(out_dir: Path, counts: dict[str, int]) -> list[tuple[str, Path]]:

@@ -117,7 +117,7 @@ ANNOTATIONS = pa.schema(
     ]
 )
 
-# --- decision (filled by curate.select / curate.dedup) --------------------------------------
+# --- decision (filled by curate.select.samples / curate.dedup) --------------------------------------
 STATUS = "status"
 REASON = "reason"  # first failing filter / duplicate kind / download reason
 REASONS = "reasons"  # every failing filter, for analysis

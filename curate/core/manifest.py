@@ -1,0 +1,229 @@
+"""The layout of a build directory and the tier manifest, the one contract the trainer reads.
+
+A build directory (``tiers build URLS --out DIR``)::
+
+    DIR/raw/                  img2dataset shards: 00000.tar, 00000.parquet, 00000_stats.json, manifest.json
+    DIR/annotations/          one parquet per raw shard, one row per downloaded uid
+    DIR/samples.parquet       exactly one row per input row: status, reason, quality, band
+    DIR/tiers/bands/<band>/   disjoint quality bands as WebDataset shards: 000000.tar, ...
+    DIR/tiers/manifest.json   bands and tiers (a tier = a prefix of bands)
+
+A band shard holds, per sample, ``<uid>.<jpg|png|webp>`` (the downloaded bytes, never re-encoded),
+``<uid>.txt`` (the caption) and ``<uid>.json`` (uid, url, caption, quality, band).
+
+The manifest (``format = "clip-tiers/tiers@1"``)::
+
+    {"format": ..., "code_version": ..., "config": {...}, "input_rows": N, "counts": {...},
+     "bands": {"<band>": {"shards": ["bands/<band>/000000.tar", ...], "samples": n, "bytes": b,
+                          "quality": [lo, hi]}},
+     "tiers": {"<tier>": {"bands": [...], "shards": [...], "samples": n, "bytes": b,
+                          "quality": [lo, hi], "brace": "/abs/dir/bands/<band>/{000000..000003}.tar::..."}}}
+
+Shard paths are relative to the manifest's directory; ``brace`` is absolute, in open_clip's
+``--train-data`` notation (``::`` joins the bands).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from curate.core.errors import InputError
+
+RAW = "raw"
+ANNOTATIONS = "annotations"
+SAMPLES = "samples.parquet"
+TIERS = "tiers"
+BANDS = "bands"
+MANIFEST = "manifest.json"
+FORMAT = "clip-tiers/tiers@1"
+
+
+@dataclass(frozen=True)
+class Tier:
+    """What the trainer needs of a tier: absolute shard paths and the number of samples."""
+
+    name: str
+    shards: tuple[str, ...]
+    samples: int
+    bytes: int
+    quality: tuple[float | None, float | None]
+    manifest: str
+
+
+@dataclass(frozen=True)
+class BandEntry:
+    """One band: its shards (relative to the manifest's directory), samples, bytes, quality range."""
+
+    shards: tuple[str, ...]
+    samples: int
+    bytes: int
+    quality: tuple[float | None, float | None] = (None, None)
+
+
+@dataclass(frozen=True)
+class TierEntry:
+    """One tier: the bands it is made of (best first) and what they add up to; ``brace`` is absolute."""
+
+    bands: tuple[str, ...]
+    shards: tuple[str, ...]
+    samples: int
+    bytes: int
+    quality: tuple[float | None, float | None]
+    brace: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The tier manifest (``tiers/manifest.json``): the one contract between the shard writers and the trainer."""
+
+    bands: dict[str, BandEntry]
+    tiers: dict[str, TierEntry]
+    config: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)  # {status: {reason: rows}}
+    input_rows: int | None = None
+    code_version: str = ""
+    format: str = FORMAT
+
+    @classmethod
+    def assemble(
+        cls, tiers_dir: str | os.PathLike, bands: dict[str, BandEntry], tier_bands: dict[str, list[str]], **meta
+    ) -> Manifest:
+        """Tiers from their bands (``tier -> [band, ...]``, best first); ``meta``: config, counts, ..."""
+        root = Path(tiers_dir)
+        tiers = {}
+        for name, members in tier_bands.items():
+            shards = tuple(s for b in members for s in bands[b].shards)
+            qs = [bands[b].quality for b in members if bands[b].samples and bands[b].quality[0] is not None]
+            tiers[name] = TierEntry(
+                bands=tuple(members),
+                shards=shards,
+                samples=sum(bands[b].samples for b in members),
+                bytes=sum(bands[b].bytes for b in members),
+                quality=(min(q[0] for q in qs), max(q[1] for q in qs)) if qs else (None, None),
+                brace=brace([str((root / s).resolve()) for s in shards]),
+            )
+        return cls(bands=bands, tiers=tiers, **meta)
+
+    def to_dict(self) -> dict:
+        return {
+            "format": self.format,
+            "code_version": self.code_version,
+            "config": self.config,
+            "input_rows": self.input_rows,
+            "counts": self.counts,
+            "bands": {k: _plain(asdict(v)) for k, v in self.bands.items()},
+            "tiers": {k: _plain(asdict(v)) for k, v in self.tiers.items()},
+        }
+
+    def write(self, tiers_dir: str | os.PathLike) -> Path:
+        """Write ``tiers_dir/manifest.json`` atomically (the last file a build writes)."""
+        from curate.core import units
+
+        path = Path(tiers_dir) / MANIFEST
+        with units.atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str | None = None) -> Manifest:
+        if data.get("format") != FORMAT:
+            raise InputError(
+                f"not a clip-tiers manifest (format {data.get('format')!r}, expected {FORMAT!r})", path=source
+            )
+        try:
+            bands = {k: _band(v) for k, v in data["bands"].items()}
+            tiers = {k: _tier(v) for k, v in data["tiers"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise InputError(
+                f"damaged tier manifest ({type(e).__name__}: {e}); run `tiers retier`", path=source
+            ) from None
+        meta = {k: data[k] for k in ("config", "counts", "input_rows", "code_version") if k in data}
+        return cls(bands=bands, tiers=tiers, **meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Manifest:
+        """The manifest of a build dir, its ``tiers/`` dir or the file itself; InputError when unusable."""
+        p = manifest_path(path)
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"unreadable tier manifest: {e}", path=str(p)) from None
+        return cls.from_dict(data, source=str(p))
+
+    def tier(self, name: str, path: str | os.PathLike) -> Tier:
+        """Tier ``name`` with absolute shard paths (``path``: where this manifest lives)."""
+        if name not in self.tiers:
+            raise InputError(f"no tier {name!r}; this manifest has: {', '.join(self.tiers) or 'none'}", path=str(path))
+        t = self.tiers[name]
+        shards = tuple(str((Path(path).parent / s).resolve()) for s in t.shards)
+        return Tier(name, shards, t.samples, t.bytes, t.quality, str(path))
+
+
+def _quality(v: dict) -> tuple[float | None, float | None]:
+    q = v.get("quality") or (None, None)
+    return (q[0], q[1])
+
+
+def _band(v: dict) -> BandEntry:
+    return BandEntry(tuple(v["shards"]), int(v["samples"]), int(v.get("bytes", 0)), _quality(v))
+
+
+def _tier(v: dict) -> TierEntry:
+    return TierEntry(
+        tuple(v["bands"]),
+        tuple(v["shards"]),
+        int(v["samples"]),
+        int(v.get("bytes", 0)),
+        _quality(v),
+        v.get("brace", ""),
+    )
+
+
+def _plain(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def manifest_path(path: str | os.PathLike) -> Path:
+    """Accept a build dir, its ``tiers/`` dir or the manifest itself."""
+    p = Path(path)
+    for cand in (p, p / MANIFEST, p / TIERS / MANIFEST):
+        if cand.is_file():
+            return cand
+    raise InputError("no tier manifest here (looked for tiers/manifest.json); run `tiers build` first", path=str(p))
+
+
+def load_manifest(path: str | os.PathLike) -> Manifest:
+    return Manifest.load(path)
+
+
+def read_tier(path: str | os.PathLike, name: str) -> Tier:
+    """The shards and size of tier ``name`` from the manifest under ``path``."""
+    p = manifest_path(path)
+    return Manifest.load(p).tier(name, p)
+
+
+def brace(shards: list[str] | tuple[str, ...]) -> str:
+    """open_clip's ``--train-data`` notation: ``dir/{000000..000003}.tar`` per directory, joined by ``::``."""
+    by_dir: dict[str, list[str]] = {}
+    for s in shards:
+        d, f = os.path.split(s)
+        by_dir.setdefault(d, []).append(f)
+    parts = []
+    for d, files in by_dir.items():
+        stems = sorted(files)
+        nums = [re.fullmatch(r"(\d+)\.tar", f) for f in stems]
+        if all(nums) and len({len(m.group(1)) for m in nums}) == 1:
+            vals = [int(m.group(1)) for m in nums]
+            width = len(nums[0].group(1))
+            if vals == list(range(vals[0], vals[0] + len(vals))):
+                if len(vals) == 1:
+                    parts.append(os.path.join(d, stems[0]))
+                else:
+                    parts.append(os.path.join(d, f"{{{vals[0]:0{width}d}..{vals[-1]:0{width}d}}}.tar"))
+                continue
+        parts.extend(os.path.join(d, f) for f in stems)
+    return "::".join(parts)

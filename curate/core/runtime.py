@@ -1,0 +1,97 @@
+"""Starting and stopping Ray, once per CLI run or test session.
+
+Ray costs ~3 s and ~0.7 GB per start, so a process starts it once (``ray_session``) and every stage
+inside reuses it. Locally it gets this machine's cores and no dashboard; ``address`` joins a cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+
+
+def quiet_environment() -> None:
+    """The environment defaults every entry point sets once: no telemetry, no update checks, our bars only."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    # Ray Data's progress bars would fight with ours.
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    if not ray_verbose():
+        # Ray's core (C++) writes even routine notices to stderr at ERROR ("core_worker.cc ... E"); they
+        # stay in Ray's own log files unless --verbose. Read when Ray starts, so it is set here.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+
+
+RAY_VERBOSE = "CLIP_TIERS_RAY_VERBOSE"
+
+
+def ray_verbose() -> bool:
+    """Whether Ray may print its own INFO lines (``tiers --verbose`` sets this)."""
+    return os.environ.get(RAY_VERBOSE) == "1"
+
+
+@contextlib.contextmanager
+def _stderr_without(*patterns: str) -> Iterator[None]:
+    """Drop lines holding ``patterns`` from what this process writes to file descriptor 2 meanwhile.
+
+    Ray's C++ core writes to the descriptor itself, past ``sys.stderr``; so the descriptor is pointed at
+    a temporary file for the duration and the other lines are passed on afterwards.
+    """
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode("utf-8", "replace").splitlines(keepends=True):
+                if not any(p in line for p in patterns):
+                    sys.stderr.write(line)
+
+
+def _hush_ray() -> None:
+    """Ray Data configures its own logger when first imported (INFO: execution plans, notices); hold it at
+    ERROR, as ``ray.init(logging_level=...)`` does the rest of Ray."""
+    import logging
+
+    import ray.data  # noqa: F401 - importing it is what configures its logger
+
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+    """Use the running Ray if this process already started one; otherwise start (and later stop) one."""
+    quiet_environment()
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    level = "INFO" if ray_verbose() else "ERROR"
+    # Setting RAY_BACKEND_LOG_LEVEL makes Ray announce it, at INFO, whatever the level.
+    with contextlib.nullcontext() if ray_verbose() else _stderr_without("Set ray log level from environment"):
+        if address:
+            ray.init(address=address, log_to_driver=ray_verbose(), logging_level=level)
+        else:
+            ray.init(
+                num_cpus=num_cpus or os.cpu_count(),
+                include_dashboard=False,
+                log_to_driver=ray_verbose(),
+                configure_logging=True,
+                logging_level=level,
+            )
+    if not ray_verbose():
+        _hush_ray()
+    try:
+        yield
+    finally:
+        ray.shutdown()

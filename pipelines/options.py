@@ -1,0 +1,46 @@
+"""Options several commands share, defined once: URL-list reading, fetching, and output verbosity."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_read_options(p: argparse.ArgumentParser) -> None:
+    """The options every command that reads a URL list shares."""
+    p.add_argument("--url-col", default="url", help="input column holding the URL (default: url)")
+    p.add_argument("--caption-col", default="caption", help="input column holding the caption (default: caption)")
+    p.add_argument("--uid-col", default="uid", help="input column holding a uid, if any (default: uid)")
+    p.add_argument("--format", choices=["parquet", "csv", "tsv", "jsonl", "txt"], help="override the file format")
+
+
+def read_config(args: argparse.Namespace):
+    """The :class:`~curate.urllist.ReadConfig` the read options describe."""
+    from curate.urllist import ReadConfig
+
+    return ReadConfig(url_col=args.url_col, caption_col=args.caption_col, uid_col=args.uid_col, format=args.format)
+
+
+def _allow(value: str) -> str:
+    from curate.download.safety import parse_allow
+
+    try:
+        parse_allow(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"{e}; with a URL list after the flag, write the flag last or as --allow-private-hosts=NETS"
+        ) from None
+    return value
+
+
+def add_fetch_options(p: argparse.ArgumentParser) -> None:
+    """``--ray-address`` and ``--allow-private-hosts``: shared by every command that downloads."""
+    p.add_argument("--ray-address", help="join this Ray cluster instead of starting one here")
+    p.add_argument(
+        "--allow-private-hosts",
+        nargs="?",
+        const="",
+        type=_allow,
+        metavar="NETS",
+        help="also allow loopback hosts (127.0.0.0/8, ::1), and the comma-separated networks NETS if given "
+        "(e.g. 10.0.0.0/8); default: public addresses only",
+    )
