@@ -83,10 +83,11 @@ def run_demo(args: DemoConfig) -> int:
     from pipelines.build import build as tiers_build
     from pipelines.build import config_from_toml
     from pipelines.report import write_report
-    from pipelines.study import run_study, study_analysis, study_config
+    from pipelines.study import StudyFile, run_study, study_analysis, study_config
     from synthweb import WebConfig, WebServer, build
     from train.api import train as train_run
     from train.config import make_config
+    from train.plan import EvalSets
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -125,17 +126,18 @@ def run_demo(args: DemoConfig) -> int:
 
     budgets, seeds = args.budgets, args.seeds
     log.info(f"[4/4] study: 3 tiers x {len(budgets)} budgets x {len(seeds)} seeds ({time.perf_counter() - t0:.0f} s)")
+    ev = web_dir / "eval"
     study = study_config(
-        tiers_dir=out / "build",
-        tiers=("top20", "top50", "kept"),
-        budgets=budgets,
-        seeds=seeds,
-        model=args.model,
-        train={"preset": "baseline"},
-        zeroshot=str(web_dir / "eval" / "zeroshot.parquet"),
-        classes=str(web_dir / "eval" / "classes.json"),
-        retrieval=str(web_dir / "eval" / "retrieval.parquet"),
-        name="demo",
+        StudyFile(
+            tiers_dir=str(out / "build"),
+            tiers=("top20", "top50", "kept"),
+            budgets=budgets,
+            seeds=seeds,
+            model=args.model,
+            train={"preset": "baseline"},
+            eval=EvalSets(str(ev / "zeroshot.parquet"), str(ev / "classes.json"), str(ev / "retrieval.parquet")),
+            name="demo",
+        )
     )
     rows = run_study(study, out / "study")
     result = study_analysis(study, out / "study", rows)

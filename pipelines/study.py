@@ -102,44 +102,47 @@ def make_variants(
     return tuple(out)
 
 
-def study_config(
-    tiers_dir, tiers, budgets, seeds=(0,), model=DEFAULT_MODEL, train=None, variants=None, zeroshot=None, classes=None,
-    retrieval=None, extend=10.0, alpha=0.05, name="study", source=None,
-) -> StudyConfig:  # fmt: skip
-    """A :class:`StudyConfig` from plain values (what a study file holds), for code and notebooks."""
-    if not tiers or not budgets or any(int(b) <= 0 for b in budgets) or not seeds:
-        raise InputError("tiers, budgets and seeds must be non-empty and budgets positive", path=source)
-    if not 0 < alpha < 1:
-        raise InputError(f"alpha must be between 0 and 1, not {alpha}", path=source)
-    return StudyConfig(
-        tiers_dir=str(tiers_dir),
-        tiers=tuple(tiers),
-        budgets=tuple(sorted(int(b) for b in budgets)),
-        seeds=tuple(int(s) for s in seeds),
-        variants=make_variants(train, variants, model, source),
-        eval=EvalSets(zeroshot, classes, retrieval),
-        extend=float(extend),
-        alpha=float(alpha),
-        name=name,
-        source=source,
-    )
-
-
 @dataclass(frozen=True)
 class StudyFile:
-    """A study file as written, read key by key by the one config loader (:mod:`curate.core.config`)."""
+    """A study as written in its TOML file (or in code): plain values, read key by key by the one
+    config loader (:mod:`curate.core.config`); :func:`study_config` checks and types them."""
 
     tiers_dir: str
     tiers: tuple[str, ...]
     budgets: tuple[int, ...]
     seeds: tuple[int, ...] = (0,)
     model: str = DEFAULT_MODEL
-    train: dict = field(default_factory=dict)  # TrainConfig keys; checked by make_variants
-    variants: tuple[dict, ...] = ()
+    train: dict = field(default_factory=dict)  # TrainConfig keys, for every variant
+    variants: tuple[dict, ...] = ()  # each: name + TrainConfig keys over [train]
     eval: EvalSets = EvalSets()
     extend: float = 10.0
     alpha: float = 0.05
     name: str | None = None
+
+
+def study_config(f: StudyFile, base: str | os.PathLike | None = None, source: str | None = None) -> StudyConfig:
+    """The :class:`StudyConfig` that ``f`` describes; relative paths resolve against ``base``. Raises InputError."""
+    if not f.tiers or not f.budgets or any(int(b) <= 0 for b in f.budgets) or not f.seeds:
+        raise InputError("tiers, budgets and seeds must be non-empty and budgets positive", path=source)
+    if not 0 < f.alpha < 1:
+        raise InputError(f"alpha must be between 0 and 1, not {f.alpha}", path=source)
+    root = Path(base or ".").resolve()
+
+    def rel(p):
+        return None if p is None else str((root / p).resolve())
+
+    return StudyConfig(
+        tiers_dir=rel(f.tiers_dir),
+        tiers=tuple(f.tiers),
+        budgets=tuple(sorted(int(b) for b in f.budgets)),
+        seeds=tuple(int(s) for s in f.seeds),
+        variants=make_variants(f.train, list(f.variants) or None, f.model, source),
+        eval=EvalSets(rel(f.eval.zeroshot), rel(f.eval.classes), rel(f.eval.retrieval)),
+        extend=float(f.extend),
+        alpha=float(f.alpha),
+        name=f.name or (Path(source).stem if source else "study"),
+        source=source,
+    )
 
 
 def load_study(path: str | os.PathLike) -> StudyConfig:
@@ -150,17 +153,8 @@ def load_study(path: str | os.PathLike) -> StudyConfig:
     if missing:
         raise InputError(f"study file lacks {', '.join(missing)}", path=str(path))
     f = config.from_dict(StudyFile, data, section="study", source=str(path))
-    base = path.resolve().parent
-
-    def rel(p):
-        return None if p is None else str((base / p).resolve())
-
     try:
-        return study_config(
-            rel(f.tiers_dir), f.tiers, f.budgets, f.seeds, f.model, f.train, list(f.variants) or None,
-            rel(f.eval.zeroshot), rel(f.eval.classes), rel(f.eval.retrieval), f.extend, f.alpha,
-            f.name or path.stem, str(path),
-        )  # fmt: skip
+        return study_config(f, path.parent, str(path))
     except (TypeError, ValueError) as e:
         raise InputError(f"bad study file: {e}", path=str(path)) from None
 

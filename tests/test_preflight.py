@@ -135,6 +135,8 @@ def test_bad_trainer_settings_and_run_budget(setup, capsys):
     assert "lr_typo" in capsys.readouterr().err and trained == []
     argv = ["study", str(study()), "--out", str(out), "--until-decided", "--max-runs", "3"]
     refused(capsys, argv, out, trained, "--max-runs 3 is fewer than the 4 runs")
+    assert main(["study", str(study()), "--out", str(out), "--until-decided"]) == 2
+    assert "--until-decided needs --max-runs N" in capsys.readouterr().err and trained == []
 
 
 def test_a_missing_output_dir_is_not_created_when_a_check_fails(setup, capsys):

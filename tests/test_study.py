@@ -10,8 +10,9 @@ from curate.shard import ShardConfig, write_tiers
 from pipelines.adaptive import LOOKS
 from pipelines.report import write_report
 from pipelines.scaling import predict
-from pipelines.study import load_study, run_study, study_analysis, study_config
+from pipelines.study import StudyFile, load_study, run_study, study_analysis, study_config
 from tests.test_tiers import make_build
+from train.plan import EvalSets
 
 
 @pytest.fixture
@@ -160,16 +161,17 @@ def test_a_tiny_real_study_end_to_end(small_web, tmp_path, monkeypatch):
     from synthweb import shards_from_synthweb
 
     shards_from_synthweb(small_web, tmp_path / "shards", tiers={"small": 0.25, "full": 1.0})
+    ev = small_web / "eval"
     cfg = study_config(
-        tiers_dir=tmp_path / "shards",
-        tiers=("small", "full"),
-        budgets=(64, 128),
-        model="ct-vit-micro-32",
-        train={"batch_size": 32, "workers": 0},
-        zeroshot=str(small_web / "eval" / "zeroshot.parquet"),
-        classes=str(small_web / "eval" / "classes.json"),
-        retrieval=str(small_web / "eval" / "retrieval.parquet"),
-        name="tiny",
+        StudyFile(
+            tiers_dir=str(tmp_path / "shards"),
+            tiers=("small", "full"),
+            budgets=(64, 128),
+            model="ct-vit-micro-32",
+            train={"batch_size": 32, "workers": 0},
+            eval=EvalSets(str(ev / "zeroshot.parquet"), str(ev / "classes.json"), str(ev / "retrieval.parquet")),
+            name="tiny",
+        )
     )
     rows = run_study(cfg, tmp_path / "out")
     assert len(rows) == 4 and all(0 <= r["zeroshot_top1"] <= 1 for r in rows)
