@@ -173,14 +173,15 @@ def plan_run(cfg: StudyConfig, variant: Variant, tier: str, budget: int, seed: i
 
 
 def plan_runs(cfg: StudyConfig, sizes: dict[str, int] | None = None) -> list[PlannedRun]:
-    """Every planned run: variants x tiers x budgets x seeds."""
+    """Every planned run, seed by seed (the whole grid for the first seed, then the next), cheap budgets
+    first: an interrupted study has whole seeds, and its first results cover every cell."""
     sizes = sizes or tier_sizes(cfg)
     return [
         plan_run(cfg, v, t, b, s, sizes[t])
-        for v in cfg.variants
-        for t in cfg.tiers
-        for b in cfg.budgets
         for s in cfg.seeds
+        for v in cfg.variants
+        for b in cfg.budgets
+        for t in cfg.tiers
     ]
 
 
