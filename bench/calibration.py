@@ -66,7 +66,7 @@ def adaptive(n: int, delta: float, seed_sd: float) -> dict:
     runs = []
     for _ in range(n):
         sim = Simulator(truth, seed_sd=seed_sd, rng=rng)
-        rows, v = until_decided(sim.study(3), PAIR, sim.run, 24, (0, 1, 2))
+        rows, v = until_decided(sim.study(3), PAIR, sim.runs, 24, (0, 1, 2))
         out[v[0].winner] += 1
         runs.append(len(rows))
     return {"right": out["a"] / n, "wrong": out["b"] / n, "mean_runs": float(np.mean(runs)), "studies": n}

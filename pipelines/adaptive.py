@@ -78,7 +78,7 @@ def plan_round(
 def until_decided(
     rows: list[dict],
     comparisons: list[Comparison],
-    run_cell: Callable[[Cell, int], dict],
+    run_cells: Callable[[list[tuple[Cell, int]]], list[dict]],
     max_runs: int,
     planned_seeds: tuple[int, ...],
     looks: dict[str, list[int]] | None = None,
@@ -87,7 +87,8 @@ def until_decided(
 ) -> tuple[list[dict], list[Verdict]]:
     """Add runs until every comparison is decided or the study holds ``max_runs`` runs.
 
-    ``run_cell(cell, seed)`` trains (or simulates) one run and returns its result row; ``save``, if
+    ``run_cells([(cell, seed), ...])`` trains (or simulates) a round's runs, in any order or at once, and
+    returns their result rows; ``save``, if
     given, persists the looks after each round (a killed study resumes with its looks intact)."""
     looks = {} if looks is None else looks
     rows = list(rows)
@@ -111,5 +112,4 @@ def until_decided(
         log.info(
             f"until-decided: {undecided} undecided; adding {len(todo)} runs ({len(rows)} so far, at most {max_runs})"
         )
-        for cell, seed in todo:
-            rows.append(run_cell(cell, seed))
+        rows += run_cells(todo)

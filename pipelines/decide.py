@@ -192,7 +192,8 @@ def _text(c: Comparison, gap: stats.Gap, p: float, p_adj: float, decided: bool, 
         return f"{head}: {why}"
     if need > stats.MAX_SEEDS:
         bound = _pts(max(abs(gap.mean - gap.half()), abs(gap.mean + gap.half())))
-        return f"{head}: {why}; more than {stats.MAX_SEEDS:,} seeds would be needed (a real gap is likely under {bound} points)"
+        more = f"more than {stats.MAX_SEEDS:,} seeds would be needed (a real gap is likely under {bound} points)"
+        return f"{head}: {why}; {more}"
     return f"{head}: {why}; about {need} seeds would decide it"
 
 

@@ -78,6 +78,10 @@ class Simulator:
             CORRECT: correct,
         }
 
+    def runs(self, todo: list[tuple[tuple[str, str, int], int]]) -> list[dict]:
+        """A round of runs, in order (the ``run_cells`` of :func:`pipelines.adaptive.until_decided`)."""
+        return [self.run(cell, seed) for cell, seed in todo]
+
     def study(self, seeds: int) -> list[dict]:
         return [self.run(cell, s) for cell in self.truth for s in range(seeds)]
 

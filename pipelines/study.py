@@ -23,11 +23,13 @@ Everything is checked before the first run trains (:mod:`pipelines.preflight`). 
 row of ``DIR/results.parquet`` keyed by the hash of its :class:`~train.plan.PlannedRun`; a rerun
 skips finished rows and resumes an interrupted run from its checkpoints (the trainer does that).
 With ``until_decided`` the study then adds seeds where comparisons are still undecided
-(:mod:`pipelines.adaptive`). Runs go one after another.
+(:mod:`pipelines.adaptive`). Runs go one after another, or, with ``ray``, as Ray tasks that each
+hold a GPU or a set number of CPUs, as many at once as the cluster has room for (:mod:`pipelines.cluster`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -43,7 +45,7 @@ from curate import code_version
 from curate.core import config, units
 from curate.core.errors import InputError
 from curate.core.manifest import load_manifest
-from pipelines import adaptive, analysis, preflight, stats
+from pipelines import adaptive, analysis, cluster, preflight, stats
 from pipelines.decide import CORRECT, METRIC, plan_comparisons
 from train.config import TrainConfig, make_config
 from train.plan import EvalSets, PlannedRun
@@ -233,50 +235,69 @@ def run_study(
     runner: Runner | None = None,
     until_decided: bool = False,
     max_runs: int | None = None,
+    ray: cluster.RaySlots | None = None,
 ) -> list[dict]:
     """Run every planned run not yet in ``results.parquet`` (then, ``until_decided``, add seeds up to
     ``max_runs`` runs in all); return the rows of this study's runs. Checks everything first
-    (:func:`pipelines.preflight.check_study`) and writes nothing when a check fails."""
+    (:func:`pipelines.preflight.check_study`) and writes nothing when a check fails. With ``ray``,
+    runs go to Ray as tasks, as many at once as its slots hold (:mod:`pipelines.cluster`)."""
     out = Path(out)
     n_planned = len(cfg.variants) * len(cfg.tiers) * len(cfg.budgets) * len(cfg.seeds)
     preflight.check_study(cfg, out, n_planned, max_runs if until_decided else None)
     sizes = tier_sizes(cfg)
     planned = plan_runs(cfg, sizes)
+    with cluster.session(ray) if ray else contextlib.nullcontext():
+        return _run_planned(cfg, out, planned, sizes, runner or default_runner, until_decided, max_runs, ray)
+
+
+def _run_planned(
+    cfg: StudyConfig,
+    out: Path,
+    planned: list[PlannedRun],
+    sizes: dict[str, int],
+    runner: Runner,
+    until_decided: bool,
+    max_runs: int | None,
+    ray: cluster.RaySlots | None,
+) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(
         json.dumps({"config": dataclasses.asdict(cfg), "code_version": code_version()}, indent=2, default=str)
     )
-    runner = runner or default_runner
     rows = read_results(out)
     by_hash = {r["config_hash"]: r for r in rows}
     todo = [r for r in planned if r.config_hash not in by_hash]
     log.info(f"study {cfg.name}: {len(planned) - len(todo)} runs finished, {len(todo)} to go")
 
-    def execute(run: PlannedRun) -> dict:
-        if run.config_hash in by_hash:
-            return by_hash[run.config_hash]
-        log.info(f"  {run.variant} {run.tier} x {run.samples_seen:,} samples, seed {run.seed}")
-        row = result_row(run, runner(run, out / "runs" / run.config_hash))
+    def record(run: PlannedRun, metrics: dict) -> None:
+        row = result_row(run, metrics)
         rows.append(row)
         by_hash[run.config_hash] = row
-        write_results(out, rows)  # after every run: a kill loses at most the run in flight
-        return row
+        write_results(out, rows)  # after every run: a kill loses at most the runs in flight
 
-    for i, run in enumerate(todo, 1):
-        log.info(f"[{i}/{len(todo)}]")
-        execute(run)
+    def execute(runs: list[PlannedRun]) -> list[dict]:
+        new = list({r.config_hash: r for r in runs if r.config_hash not in by_hash}.values())
+        if ray:
+            cluster.run_all(new, runner, lambda r: out / "runs" / r.config_hash, record, ray)
+        else:
+            for i, run in enumerate(new, 1):
+                log.info(f"[{i}/{len(new)}]")
+                log.info(f"  {run.variant} {run.tier} x {run.samples_seen:,} samples, seed {run.seed}")
+                record(run, runner(run, out / "runs" / run.config_hash))
+        return [by_hash[r.config_hash] for r in runs]
+
+    execute(todo)
     mine = current_rows(cfg, rows, sizes)
     if until_decided:
         variants = {v.name: v for v in cfg.variants}
 
-        def run_cell(cell, seed):
-            v, t, b = cell
-            return execute(plan_run(cfg, variants[v], t, b, seed, sizes[t]))
+        def run_cells(todo: list[tuple[tuple[str, str, int], int]]) -> list[dict]:
+            return execute([plan_run(cfg, variants[v], t, b, seed, sizes[t]) for (v, t, b), seed in todo])
 
         comps = plan_comparisons(cfg.variant_names, cfg.tiers, cfg.budgets)
         looks = adaptive.read_looks(out) or {}
         mine, _ = adaptive.until_decided(
-            mine, comps, run_cell, max_runs, cfg.seeds, looks, cfg.alpha, lambda lk: adaptive.write_looks(out, lk)
+            mine, comps, run_cells, max_runs, cfg.seeds, looks, cfg.alpha, lambda lk: adaptive.write_looks(out, lk)
         )
     return mine
 

@@ -139,7 +139,7 @@ def test_calibration_adaptive_seeding_keeps_the_error_rate_and_finds_the_winner(
         truth = {("v", "a", 1000): 0.3 + d / 2, ("v", "b", 1000): 0.3 - d / 2}
         wins = {"a": 0, "b": 0, None: 0}
         for sim in _studies(400, truth, 3, 0.3, rng_seed=1):
-            _, v = until_decided(sim.study(3), PAIR, sim.run, 24, (0, 1, 2))
+            _, v = until_decided(sim.study(3), PAIR, sim.runs, 24, (0, 1, 2))
             wins[v[0].winner] += 1
         assert check(wins), (d, wins)
 

@@ -185,3 +185,77 @@ def test_a_tiny_real_study_end_to_end(small_web, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(study_mod, "default_runner", lambda run, d: calls.append(run) or {})
     assert len(run_study(cfg, tmp_path / "out")) == 4 and calls == []
+
+
+class SlowFakeRunner(FakeRunner):
+    """FakeRunner taking a second per run, leaving when and in which process it ran in the run dir."""
+
+    def __call__(self, run, run_dir):
+        import os
+        import time
+
+        start = time.time()
+        time.sleep(1.0)
+        metrics = super().__call__(run, run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "span.json").write_text(json.dumps([start, time.time(), os.getpid()]))
+        return metrics
+
+
+def _most_at_once(spans):
+    events = sorted([(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans])
+    now = most = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_study_on_ray_runs_two_at_a_time_with_results_and_resume_as_today(ray_local, tmp_path, tiers_dir, small_web):
+    from pipelines.cluster import RaySlots
+
+    slots = RaySlots(gpus=0, cpus=1)  # the session's Ray has 2 CPUs: two runs at once
+    cfg = load_study(write_study(tmp_path, tiers_dir, small_web, seeds=(0, 1), budgets=(100, 1000)))
+    out = tmp_path / "out"
+    first = run_study(dataclasses.replace(cfg, budgets=(100,)), out, runner=SlowFakeRunner(), ray=slots)
+    assert len(first) == 6 and len(pq.read_table(out / "results.parquet")) == 6
+    before = {p.parent.name: p.read_text() for p in out.glob("runs/*/span.json")}
+    rows = run_study(cfg, out, runner=SlowFakeRunner(), ray=slots)  # resumes: only the 6 new runs train
+    spans = {p.parent.name: p.read_text() for p in out.glob("runs/*/span.json")}
+    assert len(rows) == 12 and len(spans) == 12 and all(spans[h] == before[h] for h in before)
+    new = [json.loads(spans[h]) for h in spans if h not in before]
+    assert _most_at_once(new) == 2 and len({pid for _, _, pid in new}) >= 2
+    # the same rows as a sequential study, and a sequential rerun finds every run finished
+    seq = {r["config_hash"]: r for r in run_study(cfg, tmp_path / "seq", runner=FakeRunner())}
+    assert {r["config_hash"]: r["zeroshot_top1"] for r in rows} == {h: r["zeroshot_top1"] for h, r in seq.items()}
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    assert len(table) == 12 and all(r["cell_seeds"] == 2 for r in table)
+    again = FakeRunner()
+    assert len(run_study(cfg, out, runner=again)) == 12 and again.calls == []
+    # a run asking for a GPU the cluster lacks: one line, before anything is written
+    with pytest.raises(InputError, match="has 0 GPUs, a run asks for 1; pass --cpus-per-run"):
+        run_study(cfg, tmp_path / "gpu", runner=FakeRunner(), ray=RaySlots())
+    assert not (tmp_path / "gpu").exists()
+
+
+def test_a_tiny_real_study_on_ray(ray_local, small_web, tmp_path):
+    """The real trainer inside Ray workers, one CPU each, two runs at once."""
+    from pipelines.cluster import RaySlots
+    from synthweb import shards_from_synthweb
+
+    shards_from_synthweb(small_web, tmp_path / "shards", tiers={"full": 1.0})
+    ev = small_web / "eval"
+    cfg = study_config(
+        StudyFile(
+            tiers_dir=str(tmp_path / "shards"),
+            tiers=("full",),
+            budgets=(64, 128),
+            model="ct-vit-micro-32",
+            train={"batch_size": 32, "workers": 0},
+            eval=EvalSets(str(ev / "zeroshot.parquet"), str(ev / "classes.json")),
+            name="tiny-ray",
+        )
+    )
+    rows = run_study(cfg, tmp_path / "out", ray=RaySlots(gpus=0, cpus=1))
+    assert sorted(r["steps"] for r in rows) == [2, 4] and all(0 <= r["zeroshot_top1"] <= 1 for r in rows)
+    assert all((tmp_path / "out" / "runs" / r["config_hash"] / "summary.json").is_file() for r in rows)
