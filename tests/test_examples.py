@@ -83,4 +83,4 @@ def test_example_budgets_span_the_repetition_the_experiments_need():
     assert min(qq.budgets) / 5000 <= 1 and max(qq.budgets) / 500 >= 30
     rr = load_study(EXAMPLES / "recipe_repetition.toml")
     assert {v.name: v.train.preset for v in rr.variants} == {"baseline": "baseline", "improved": "improved"}
-    assert rr.tiers == ("top50",) and max(rr.budgets) / min(rr.budgets) >= 10  # top50: about 2,500 samples
+    assert rr.tiers == ("top20",) and max(rr.budgets) / min(rr.budgets) >= 10  # top20: about 1,000 samples
