@@ -61,7 +61,7 @@ def run_build(out: Path, urls: Path, config: Path, failpoint: str | None = None,
     if failpoint:
         env[ENV] = failpoint
     cmd = [sys.executable, "-m", "pipelines.cli", "build", str(urls), "--out", str(out), "--config", str(config)]
-    cmd.append("--allow-private-hosts")
+    cmd += ["--allow-private-hosts", "loopback"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

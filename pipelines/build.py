@@ -28,12 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate.annotate import AnnotateConfig
 from curate.core import config, schema, units
+from curate.core.dirlock import hold
 from curate.core.errors import InputError
 from curate.core.failpoints import failpoint
+from curate.core.integrity import DamagedFile, read_parquet, write_parquet
 from curate.core.manifest import MANIFEST, SAMPLES, TIERS, Manifest
 from curate.dedup import DedupConfig
 from curate.download.config import DownloadConfig
@@ -97,7 +98,7 @@ def decide(out: Path, cfg: BuildConfig) -> pa.Table:
     from curate.select.quality import quality
     from curate.select.samples import assemble, counts
 
-    inputs = pq.read_table(out / INPUTS)
+    inputs = read_parquet(out / INPUTS, fix=f"run `tiers build URLS --out {out}` again: it rewrites it from the list")
     downloads = read_results(out)
     ann = read_annotations(out)
     filt = apply_filters(ann, build_filters(cfg.filters))
@@ -118,11 +119,11 @@ def decide(out: Path, cfg: BuildConfig) -> pa.Table:
         if emb_uids != ann.column(schema.UID).to_pylist():
             raise InputError("embeddings and annotations disagree on row order; run `tiers annotate` again")
     samples = assemble(inputs, downloads, ann, filt.table, read_dedup(out), q, cfg.bands, embeddings)
-    if not (out / SAMPLES).exists() or not pq.read_table(out / SAMPLES).equals(samples):
+    if not _stored_equals(out / SAMPLES, samples):
         # New decisions: the old manifest no longer describes them, so it goes before anything changes.
         (out / TIERS / MANIFEST).unlink(missing_ok=True)
         with units.atomic_path(out / SAMPLES) as tmp:
-            pq.write_table(samples, tmp)
+            write_parquet(samples, tmp)
     c = counts(samples)
     log.info(
         f"decided {samples.num_rows:,} rows by {which} quality: "
@@ -130,6 +131,17 @@ def decide(out: Path, cfg: BuildConfig) -> pa.Table:
         + f"; {summary.duplicates:,} duplicates"
     )
     return samples
+
+
+def _stored_equals(path: Path, table: pa.Table) -> bool:
+    """Does ``path`` hold ``table``? A missing or damaged file does not (it is derived: it gets rewritten)."""
+    if not path.exists():
+        return False
+    try:
+        return read_parquet(path).equals(table)
+    except DamagedFile as e:
+        log.warning(f"{path}: {e.problem}; computing it again")
+        return False
 
 
 def shard(out: Path, cfg: BuildConfig, samples: pa.Table, progress: bool = True) -> Manifest:
@@ -165,29 +177,40 @@ def build(
 
     cfg = cfg or BuildConfig()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    inputs_path = out / INPUTS
-    inputs = read_url_list(urls, read_cfg or ReadConfig())
-    if inputs_path.exists() and not pq.read_table(inputs_path).equals(inputs):
-        raise InputError(f"{out} was built from another URL list; use a new --out or remove it")
-    if not inputs_path.exists():
-        with units.atomic_path(inputs_path) as tmp:
-            pq.write_table(inputs, tmp)
-    log.info(f"[1/5] {inputs.num_rows:,} input rows")
-    with ray_session(ray_address):
-        download(inputs_path, out, cfg.download, allow_private=allow_private, progress=progress)
-        log.info(f"[2/5] downloaded ({time.perf_counter() - t0:.0f} s)")
-        failpoint("build:after_download")
-        annotate(out, cfg.annotate, progress=progress)
-        log.info(f"[3/5] annotated ({time.perf_counter() - t0:.0f} s)")
-        failpoint("build:after_annotate")
-    samples = decide(out, cfg)
-    log.info(f"[4/5] decided ({time.perf_counter() - t0:.0f} s)")
-    manifest = shard(out, cfg, samples, progress=progress)
-    _write_config(out, cfg)
-    log.info(f"[5/5] wrote {len(manifest.tiers)} tiers in {out / 'tiers'} ({time.perf_counter() - t0:.0f} s)")
+    with hold(out, command="tiers build"):
+        t0 = time.perf_counter()
+        inputs = read_url_list(urls, read_cfg or ReadConfig())
+        _store_inputs(out, inputs)
+        log.info(f"[1/5] {inputs.num_rows:,} input rows")
+        with ray_session(ray_address):
+            download(out / INPUTS, out, cfg.download, allow_private=allow_private, progress=progress)
+            log.info(f"[2/5] downloaded ({time.perf_counter() - t0:.0f} s)")
+            failpoint("build:after_download")
+            annotate(out, cfg.annotate, progress=progress)
+            log.info(f"[3/5] annotated ({time.perf_counter() - t0:.0f} s)")
+            failpoint("build:after_annotate")
+        decisions = decisions_config(out, cfg)
+        samples = decide(out, decisions)
+        log.info(f"[4/5] decided ({time.perf_counter() - t0:.0f} s)")
+        manifest = shard(out, decisions, samples, progress=progress)
+        _write_config(out, decisions, requested=cfg)
+        log.info(f"[5/5] wrote {len(manifest.tiers)} tiers in {out / 'tiers'} ({time.perf_counter() - t0:.0f} s)")
     return manifest
+
+
+def _store_inputs(out: Path, inputs: pa.Table) -> None:
+    """Keep the URL list as read (retier's source); refuse a directory built from another list. A damaged
+    copy is derived data: it is written again from the list."""
+    path = out / INPUTS
+    if path.exists():
+        try:
+            if read_parquet(path).equals(inputs):
+                return
+            raise InputError(f"{out} was built from another URL list; use a new --out or remove it")
+        except DamagedFile as e:
+            log.warning(f"{path}: {e.problem}; writing it again from the URL list")
+    with units.atomic_path(path) as tmp:
+        write_parquet(inputs, tmp)
 
 
 def retier(out: str | os.PathLike, cfg: BuildConfig, progress: bool = True) -> Manifest:
@@ -195,20 +218,59 @@ def retier(out: str | os.PathLike, cfg: BuildConfig, progress: bool = True) -> M
     out = Path(out)
     if not (out / INPUTS).exists():
         raise InputError("not a build directory (no inputs.parquet); run `tiers build` first", path=str(out))
-    samples = decide(out, cfg)
-    manifest = shard(out, cfg, samples, progress=progress)
-    _write_config(out, cfg)
+    with hold(out, command="tiers retier"):
+        samples = decide(out, cfg)
+        manifest = shard(out, cfg, samples, progress=progress)
+        _write_config(out, cfg, requested=_stored(out).get("build"))
     return manifest
 
 
-def _write_config(out: Path, cfg: BuildConfig) -> None:
+# build.json: {"config": what the directory's decisions were made with, "build": what the last `tiers
+# build` asked for}. They differ after `tiers retier` / `tiers dedup`; a rerun of the same build keeps
+# their cut instead of silently undoing it, while a build asking for something new replaces it.
+DECISIONS = ("filters", "dedup", "quality", "bands", "shards", "decontaminate")
+
+
+def _stored(out: Path) -> dict:
+    p = Path(out) / "build.json"
+    try:
+        doc = json.loads(p.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        log.warning(f"{p}: unreadable ({e}); the build's own config is used")
+        return {}
+    return doc if "config" in doc else {"config": doc, "build": doc}  # the older layout: one config
+
+
+def decisions_config(out: Path, requested: BuildConfig) -> BuildConfig:
+    """The config the decisions of a rerun ``tiers build`` use: ``requested``, unless the directory was
+    re-cut since the same request (then the re-cut's filters, dedup, quality, bands and shards stay)."""
+    doc = _stored(out)
+    if not doc or doc["config"] == doc["build"]:
+        return requested
+    current = config_from_toml(doc["config"], source=str(out / "build.json"))
+    if doc["build"] != _as_json(requested):
+        log.warning(f"{out}: this build's config replaces the cut made by `tiers retier` / `tiers dedup`")
+        return requested
+    log.info(f"{out}: keeping the cut made by `tiers retier` / `tiers dedup` (a changed build config replaces it)")
+    return dataclasses.replace(requested, **{k: getattr(current, k) for k in DECISIONS})
+
+
+def _as_json(cfg: BuildConfig) -> dict:
+    return json.loads(json.dumps(cfg.to_dict(), default=str))  # as build.json holds it (lists, not tuples)
+
+
+def _write_config(out: Path, cfg: BuildConfig, requested: BuildConfig | dict | None) -> None:
+    build = _as_json(requested) if isinstance(requested, BuildConfig) else requested
+    doc = {"config": _as_json(cfg), "build": build if build is not None else _as_json(cfg)}
     with units.atomic_path(out / "build.json") as tmp:
-        tmp.write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+        tmp.write_text(json.dumps(doc, indent=2))
 
 
 def stored_config(out: str | os.PathLike) -> BuildConfig:
-    """The config a build directory was last built with (for retier)."""
-    p = Path(out) / "build.json"
-    if not p.exists():
+    """The config a build directory's decisions were last made with (for retier)."""
+    doc = _stored(Path(out))
+    if not doc:
         return BuildConfig()
-    return config_from_toml(json.loads(p.read_text()), source=str(p))
+    return config_from_toml(doc["config"], source=str(Path(out) / "build.json"))

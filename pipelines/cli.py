@@ -3,7 +3,8 @@
 Every command module in :mod:`pipelines.commands` registers its subcommands with ``register(sub)``
 and sets ``func``; nothing runs at import. Every command takes ``--quiet``, ``--verbose`` and
 ``--no-progress``. :class:`~curate.core.errors.InputError` (bad input the user can fix) becomes one
-line on stderr and exit code 2.
+line on stderr and its exit code: 2 for input to fix, 3 when a run kept nothing, 4 when the directory is
+in use by another run (the list: :mod:`curate.core.errors`).
 """
 
 from __future__ import annotations
@@ -61,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("tiers")
     try:
         return int(args.func(args) or 0)
-    except InputError as e:
+    except InputError as e:  # and its kinds: NothingKept (3), DirectoryBusy (4); see curate.core.errors
         log.error(str(e))
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130

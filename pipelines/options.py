@@ -26,9 +26,7 @@ def _allow(value: str) -> str:
     try:
         parse_allow(value)
     except ValueError as e:
-        raise argparse.ArgumentTypeError(
-            f"{e}; with a URL list after the flag, write the flag last or as --allow-private-hosts=NETS"
-        ) from None
+        raise argparse.ArgumentTypeError(str(e)) from None
     return value
 
 
@@ -37,10 +35,10 @@ def add_fetch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting one here")
     p.add_argument(
         "--allow-private-hosts",
-        nargs="?",
-        const="",
         type=_allow,
-        metavar="NETS",
-        help="also allow loopback hosts (127.0.0.0/8, ::1), and the comma-separated networks NETS if given "
-        "(e.g. 10.0.0.0/8); default: public addresses only",
+        metavar="ENTRIES",
+        help="also allow these non-public destinations, comma-separated: 'loopback' (127.0.0.0/8, ::1), a "
+        "network (10.0.0.0/8), an address, a host name, each optionally with :PORT (10.1.2.3:9000, "
+        "[fd00::1]:9000, mirror.internal:9000, loopback:8765); nothing else is implied. Default: public "
+        "addresses only",
     )

@@ -104,7 +104,7 @@ def test_animated_gif_keeps_its_first_frame():
     ],
 )
 def test_sniff_reads_the_declared_size_without_decoding(fmt, mode, kw):
-    from curate.annotate.headers import sniff
+    from curate.core.imagecheck import sniff
 
     for w, h in [(1, 1), (123, 45), (17, 300)]:
         im = Image.fromarray(np.random.default_rng(w).integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
@@ -456,7 +456,7 @@ def downloaded(tmp_path_factory, ray_local):
     build(root / "web", WebConfig(n=200, seed=5, mix=E2E_MIX, eval_per_concept=1, retrieval_pairs=5, workers=1))
     cfg = DownloadConfig(timeout=2, samples_per_shard=60, threads=8)
     with WebServer(root / "web", slow_seconds=1) as web:
-        download(web.urls_path, root / "build", cfg, allow_private=True, progress=False)
+        download(web.urls_path, root / "build", cfg, allow_private="loopback", progress=False)
     return root
 
 

@@ -159,7 +159,7 @@ def _run(out: Path, root: Path, urls: Path, failpoint: str | None = None, until=
     if failpoint:
         env[ENV] = failpoint
     cmd = [sys.executable, "-m", "pipelines.cli", "build", str(urls), "--out", str(out)]
-    cmd += ["--config", str(root / "build.toml"), "--allow-private-hosts"]
+    cmd += ["--config", str(root / "build.toml"), "--allow-private-hosts", "loopback"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if until is not None:
         while proc.poll() is None and not until(out):

@@ -73,7 +73,7 @@ def fault_server(fault_web):
 @pytest.fixture(scope="module")
 def downloaded(fault_server, ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("dl")
-    summary = download(fault_server.urls_path, out, CFG, allow_private=True, progress=False)
+    summary = download(fault_server.urls_path, out, CFG, allow_private="loopback", progress=False)
     return out, summary
 
 
@@ -88,18 +88,20 @@ def truth(web: Path) -> dict[str, str]:
 # --- units: no Ray, no sockets ------------------------------------------------------------------
 
 
-def test_policy_refuses_private_and_bare_flag_allows_loopback_only():
-    public, loop, tenet = AddressPolicy(), parse_allow(""), parse_allow("10.0.0.0/8")
+def test_policy_refuses_private_and_allows_only_what_is_listed():
+    public, loop, tenet = AddressPolicy(), parse_allow("loopback"), parse_allow("10.0.0.0/8")
     for addr in ("127.0.0.1", "::1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "fd00:7e57::10", "224.0.0.1"):
         assert not public.permits(addr), addr
     for addr in ("::ffff:10.0.0.1", "64:ff9b::a00:1", "0.0.0.0", "100.64.0.1", "fe80::1"):
         assert not public.permits(addr) and not loop.permits(addr), addr
     assert loop.permits("127.0.0.1") and loop.permits("::1") and loop.permits("::ffff:127.0.0.1")
     assert not loop.permits("10.1.2.3") and not loop.permits("fd00:7e57::10")
-    assert tenet.permits("10.1.2.3") and tenet.permits("127.0.0.1") and not tenet.permits("192.168.0.1")
+    # A network entry adds that network only: loopback is not implied.
+    assert tenet.permits("10.1.2.3") and not tenet.permits("127.0.0.1") and not tenet.permits("192.168.0.1")
     assert public.permits("8.8.8.8") and public.permits("2606:4700::1111")
-    with pytest.raises(ValueError, match="not a network"):
-        parse_allow("urls.parquet")
+    for bad in ("urls.parquet", "10.0.0.0/33", "10.1.2.3:0", "10.1.2.3:http", "[fd00::1", "", " , "):
+        with pytest.raises(ValueError):
+            parse_allow(bad)
 
 
 def test_reasons_map_raw_messages():
@@ -172,10 +174,10 @@ def _redirect_server(location: str):
 
 
 def test_redirect_to_a_private_host_is_refused_at_connect_time(fault_server):
-    """The first hop is allowed (loopback, by the bare flag); the redirect target is checked again."""
+    """The first hop is allowed (loopback, as listed); the redirect target is checked again."""
     srv = _redirect_server(f"{PRIVATE_BASE}/img/x.jpg")
     try:
-        fetch = Fetcher(CFG, parse_allow(""))
+        fetch = Fetcher(CFG, parse_allow("loopback"))
         key, stream, err = fetch((0, f"http://127.0.0.1:{srv.server_address[1]}/a"), 1, 0, None, None)
         assert stream is None and reason("failed_to_download", err) == "private_address", err
         # Without the flag even the first hop (127.0.0.1) is refused.
@@ -227,7 +229,7 @@ def test_rerun_on_a_finished_directory_does_nothing(downloaded, fault_server):
     out, s = downloaded
     before = {p.name: p.stat().st_mtime_ns for p in (out / "raw").iterdir() if p.is_file()}
     t0 = time.perf_counter()
-    again = download(fault_server.urls_path, out, CFG.replace(threads=3), allow_private=True, progress=False)
+    again = download(fault_server.urls_path, out, CFG.replace(threads=3), allow_private="loopback", progress=False)
     assert again == s and time.perf_counter() - t0 < 5
     assert before == {p.name: p.stat().st_mtime_ns for p in (out / "raw").iterdir() if p.is_file()}
 
@@ -237,9 +239,9 @@ def test_resume_refuses_another_list_or_other_output_settings(downloaded, fault_
     other = tmp_path / "other.parquet"
     pq.write_table(pq.read_table(fault_web / "urls.parquet").slice(0, 10), other)
     with pytest.raises(InputError, match="another URL list"):
-        download(other, out, CFG, allow_private=True, progress=False)
+        download(other, out, CFG, allow_private="loopback", progress=False)
     with pytest.raises(InputError, match="image_size"):
-        download(fault_web / "urls.parquet", out, CFG.replace(image_size=32), allow_private=True, progress=False)
+        download(fault_web / "urls.parquet", out, CFG.replace(image_size=32), allow_private="loopback", progress=False)
 
 
 def test_retry_failed_retries_transient_failures_and_merges(downloaded, fault_web, tmp_path, capsys):
@@ -247,7 +249,9 @@ def test_retry_failed_retries_transient_failures_and_merges(downloaded, fault_we
     out = tmp_path / "retry"
     shutil.copytree(src, out)
     # A longer timeout outlasts the `slow` stall: those rows now succeed; the 500s fail again.
-    r = retry_failed(out, CFG.replace(timeout=SLOW_SECONDS + 4, url_deadline=30), allow_private=True, progress=False)
+    r = retry_failed(
+        out, CFG.replace(timeout=SLOW_SECONDS + 4, url_deadline=30), allow_private="loopback", progress=False
+    )
     kinds = truth(fault_web)
     n_slow = sum(k == "slow" for k in kinds.values())
     n_500 = sum(k == "http_500" for k in kinds.values())
@@ -266,7 +270,7 @@ def test_retry_failed_retries_transient_failures_and_merges(downloaded, fault_we
 
     (tmp_path / "t.toml").write_text("timeout = 2\n")
     args = ["download", "--retry-failed", str(out), "--reasons", "http_404", "--config", str(tmp_path / "t.toml")]
-    assert main(args + ["--allow-private-hosts", "--no-progress"]) == 0
+    assert main(args + ["--allow-private-hosts", "loopback", "--no-progress"]) == 0
     n_404 = sum(k == "http_404" for k in kinds.values())
     assert f"retry round 2: {n_404} retried (http_404), 0 recovered" in capsys.readouterr().out
     again = read_manifest(out)
@@ -286,13 +290,13 @@ def _subset(urls: Path, fault_web: Path, dest: Path, kinds: set[str]) -> Path:
     return dest
 
 
-def test_private_address_refused_without_flag_and_with_bare_flag(fault_web, fault_server, ray_local, tmp_path):
+def test_private_address_refused_without_flag_and_with_loopback_allowed(fault_web, fault_server, ray_local, tmp_path):
     urls = _subset(fault_server.urls_path, fault_web, tmp_path / "u.parquet", {"clean", "private_address"})
     kinds = truth(fault_web)
     cfg = CFG.replace(samples_per_shard=1000)
     s = download(urls, tmp_path / "a", cfg, progress=False)  # no flag: even 127.0.0.1 is refused
     assert s.failures_by_reason == {"private_address": s.input_rows} and s.successes == 0
-    s = download(urls, tmp_path / "b", cfg, allow_private=True, progress=False)  # bare flag: loopback only
+    s = download(urls, tmp_path / "b", cfg, allow_private="loopback", progress=False)  # loopback only
     raw = raw_table(tmp_path / "b")
     for row in raw.to_pylist():
         want = EXPECTED[kinds[row[schema.UID]]]
@@ -307,7 +311,7 @@ def test_kill_minus_9_then_rerun_gives_each_uid_exactly_once(fault_web, fault_se
     out = tmp_path / "killed"
     (tmp_path / "k.toml").write_text("[download]\ntimeout = 1\nsamples_per_shard = 8\nthreads = 2\nimage_size = 64\n")
     cmd = [sys.executable, "-m", "pipelines.cli", "download", str(fault_server.urls_path), "--out", str(out)]
-    cmd += ["--config", str(tmp_path / "k.toml"), "--allow-private-hosts", "--no-progress"]
+    cmd += ["--config", str(tmp_path / "k.toml"), "--allow-private-hosts", "loopback", "--no-progress"]
     cmd += ["--ray-address", ray.get_runtime_context().gcs_address]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -349,7 +353,7 @@ def test_a_shard_that_keeps_failing_is_retried_then_named(fault_server, ray_loca
     plan.plan(out / "raw", read_url_list(fault_server.urls_path), cfg)
     good = (out / "raw" / "_input" / "00001.parquet").read_bytes()
     (out / "raw" / "_input" / "00001.parquet").write_bytes(b"not a parquet file")
-    s = download(fault_server.urls_path, out, cfg, allow_private=True, progress=False)
+    s = download(fault_server.urls_path, out, cfg, allow_private="loopback", progress=False)
     assert s.status == "incomplete" and list(s.failed_shards) == ["00001"]
     assert "after 2 attempts" in s.failed_shards["00001"]
     assert s.successes is None  # no partial counts that could pass for a result
@@ -360,7 +364,7 @@ def test_a_shard_that_keeps_failing_is_retried_then_named(fault_server, ray_loca
     done = (out / "raw" / "_done" / "00000.json").read_text()
     (tmp_path / "c.toml").write_text("timeout = 1\nsamples_per_shard = 60\nshard_retries = 1\nimage_size = 64\n")
     args = ["download", str(fault_server.urls_path), "--out", str(out), "--config", str(tmp_path / "c.toml")]
-    assert main(args + ["--allow-private-hosts", "--no-progress"]) == 0
+    assert main(args + ["--allow-private-hosts", "loopback", "--no-progress"]) == 0
     assert (out / "raw" / "_done" / "00000.json").read_text() == done
     assert read_manifest(out).status == "complete" and read_results(out).num_rows == 120
 
@@ -377,5 +381,5 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert "url" in capsys.readouterr().err
     assert main(["download", "--retry-failed", str(tmp_path / "nothing")]) == 2
     with pytest.raises(SystemExit) as e:
-        main(["download", "--allow-private-hosts", "not-a-net", str(bad), "--out", str(tmp_path / "o")])
+        main(["download", "--allow-private-hosts", "10.0.0.0/33", str(bad), "--out", str(tmp_path / "o")])
     assert e.value.code == 2

@@ -183,6 +183,57 @@ def test_cli_check_exits_2_with_one_line_naming_the_file(tmp_path, capsys):
     assert "3 rows" in capsys.readouterr().out
 
 
+def test_an_empty_url_cell_names_its_row_with_or_without_a_uid_column(tmp_path):
+    p = tmp_path / "a.csv"
+    p.write_text("url,caption\nhttp://a/1,x\n,y\nhttp://a/3,z\n")
+    msg = _error(p)
+    assert str(p) in msg and "row 2" in msg and "empty URL" in msg
+    q = tmp_path / "b.csv"
+    q.write_text("uid,url,caption\nu1,http://a/1,x\nu2,,y\n")
+    assert "row 2" in _error(q) and "empty URL" in _error(q)
+    r = tmp_path / "c.jsonl"
+    r.write_text('{"url": "http://a/1"}\n{"url": null}\n')
+    assert "row 2" in _error(r)
+
+
+def test_corrupt_gzip_is_one_clear_error(tmp_path):
+    raw = b"url,caption\n" + b"".join(b"http://a/%d,cap %d\n" % (i, i) for i in range(200))
+    data = bytearray(gzip.compress(raw))
+    data[12:40] = b"\xff" * 28  # the deflate stream, not just the trailer
+    p = tmp_path / "list.csv.gz"
+    p.write_bytes(bytes(data))
+    msg = _error(p)
+    assert str(p) in msg and "corrupt gzip" in msg
+    p.write_bytes(gzip.compress(raw)[:-30])  # cut short
+    assert "corrupt gzip" in _error(p)
+
+
+def test_a_column_clip_tiers_owns_never_overwrites_another_input_column(tmp_path):
+    p = tmp_path / "a.csv"
+    p.write_text("url,caption,status,input_status,exif\nhttp://a/1,x,s1,i1,e1\n")
+    t = read_url_list(p)
+    assert t.select(["input_input_status", "input_status", "exif"]).to_pylist() == [
+        {"input_input_status": "s1", "input_status": "i1", "exif": "e1"}
+    ]
+    from curate.download.plan import img2dataset_safe
+
+    t2 = t.append_column("input_exif", pa.array(["ie"]))  # and img2dataset's names likewise
+    safe = img2dataset_safe(t2)
+    assert safe.select(["input_input_exif", "input_exif"]).to_pylist() == [
+        {"input_input_exif": "e1", "input_exif": "ie"}
+    ]
+
+
+def test_a_ragged_csv_names_its_row(tmp_path):
+    p = tmp_path / "a.csv"
+    p.write_text('url,caption\nhttp://a/1,x\n"http://a/2","a, quoted"\nhttp://a/3,z,extra,more\n')
+    msg = _error(p)
+    assert str(p) in msg and "line 4 (data row 3)" in msg and "4 fields, expected 2" in msg
+    q = tmp_path / "b.tsv"
+    q.write_text("url\tcaption\nhttp://a/1\tx\ty\n")
+    assert "line 2 (data row 1)" in _error(q)
+
+
 def test_quiet_prints_nothing_but_errors(tmp_path, capsys):
     p = tmp_path / "u.csv"
     p.write_text("url,caption\nhttp://a/1.jpg,x\n")

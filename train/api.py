@@ -62,7 +62,10 @@ def train(
         "tier_samples": t.samples,
         "code_version": code_version(),
     }
+    _check_trainable(cfg, t)
     old = json.loads((out / CONFIG).read_text()) if (out / CONFIG).is_file() else None
+    if old is not None and _nothing_trained(out):
+        old = None  # a run that never took a step (e.g. an earlier command refused): its config is not a claim
     if old is not None and (old["config_hash"], old["tier"], old["manifest"]) != (cfg.hash(), tier, t.manifest):
         raise InputError(
             f"holds a run of another config or tier ({old['tier']}, config {old['config_hash']}); "
@@ -83,6 +86,29 @@ def train(
     if _rank() == 0 and any(getattr(cfg.eval, k) for k in TASKS):
         summary = dataclasses.replace(summary, eval=evaluate(out, cfg.eval).headlines())
     return summary
+
+
+def _check_trainable(cfg: TrainConfig, t) -> None:
+    """Refuse before anything is written: an empty tier, a budget under one global batch."""
+    if t.samples == 0 or not t.shards:
+        raise InputError(
+            f"tier {t.name!r} holds no samples: the build kept none in its bands (its last line says why); "
+            "train on another tier, or fix the build and run it again",
+            path=t.manifest,
+        )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.samples_seen < cfg.batch_size * world:
+        raise InputError(
+            f"samples_seen {cfg.samples_seen} is less than one global batch ({cfg.batch_size} x {world} ranks); "
+            "raise --samples-seen or lower --batch-size"
+        )
+
+
+def _nothing_trained(out: Path) -> bool:
+    """No step was ever taken in ``out``: no checkpoint, no metrics line, no summary."""
+    metrics = out / rundir.METRICS
+    has_metrics = metrics.is_file() and metrics.stat().st_size > 0
+    return not (out / SUMMARY).exists() and rundir.latest(out / rundir.CHECKPOINTS) is None and not has_metrics
 
 
 def evaluate(

@@ -11,7 +11,6 @@ should not decode (truncated files, HTML, decompression bombs), and the loader s
 
 from __future__ import annotations
 
-import io
 import math
 import random
 import re
@@ -21,6 +20,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from curate.core.imagecheck import open_image
 from train.config import ImageAug, TextAug
 
 # Refuse before decoding: a 200-byte PNG can declare 10^10 pixels.
@@ -34,11 +34,10 @@ STOPWORDS = frozenset(
 
 def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
     """RGB image from encoded bytes. With ``min_side``, JPEGs decode at the smallest DCT scale that
-    keeps both sides >= ``min_side`` (several times faster for small models). Raises on bad input."""
-    img = Image.open(io.BytesIO(data))
-    w, h = img.size
-    if w * h > MAX_PIXELS or w < 1 or h < 1:
-        raise ValueError(f"refusing to decode a {w}x{h} image")
+    keeps both sides >= ``min_side`` (several times faster for small models). Raises on bad input:
+    :class:`curate.core.imagecheck.Refused` before decoding (a format we do not accept, a bomb), PIL's
+    errors while decoding."""
+    img = open_image(data, MAX_PIXELS)
     if min_side and img.format == "JPEG":
         img.draft("RGB", (min_side, min_side))
     return img.convert("RGB")

@@ -1,9 +1,10 @@
 """Image signals from one decode: size, format, blank share, sharpness, entropy, hashes.
 
 :func:`decode` turns bytes into an RGB array or a short reason (``empty``, ``not_an_image``,
-``too_many_pixels``, ``truncated``, ``decode_failed``); it never raises on bad bytes. The pixel count
-is checked from the header before any pixel is decoded (:mod:`~curate.annotate.headers`, or PIL's
-lazy open), so a 200-byte PNG declaring 10^10 pixels is refused without allocating them.
+``unsupported_format``, ``too_many_pixels``, ``truncated``, ``decode_failed``); it never raises on bad
+bytes. Format and pixel count are checked from the header before any pixel is decoded, by the one
+check every decoder shares (:mod:`curate.core.imagecheck`), so a 200-byte PNG declaring 10^10 pixels or a
+682-byte JPEG 2000 declaring 8000x6000 is refused without allocating them.
 :func:`measure` computes every signal from that one decoded array.
 
 Definitions (what the numbers mean, so thresholds can be chosen):
@@ -22,15 +23,13 @@ Definitions (what the numbers mean, so thresholds can be chosen):
 from __future__ import annotations
 
 import hashlib
-import io
-import warnings
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from curate.annotate.headers import sniff
+from curate.core.imagecheck import Refused, check, open_image
 
 # Above this PIL raises DecompressionBombError on open; we refuse earlier, with our own limit.
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -61,47 +60,35 @@ _CV_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 def decode(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Decoded | None, str | None]:
     """``(Decoded, None)`` or ``(None, reason)``; never raises for bad bytes.
 
-    JPEG, PNG and WebP whose header states a size go through OpenCV once that size is checked;
-    anything else, and anything OpenCV refuses, goes through PIL, which names the problem.
+    JPEG, PNG and WebP go through OpenCV once their header is checked; the other accepted formats,
+    and anything OpenCV refuses, go through PIL, which names the problem.
     """
-    if not data:
-        return None, "empty"
-    fmt, w, h = sniff(data)
-    if w is not None and h is not None:
-        if w <= 0 or h <= 0:
-            return None, "decode_failed"
-        if w * h > max_pixels:
-            return None, "too_many_pixels"
-        if fmt in _FAST:
-            try:
-                bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _CV_FLAGS)
-            except cv2.error:
-                bgr = None
-            if bgr is not None and bgr.ndim == 3 and bgr.shape[:2] == (h, w):
-                return Decoded(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), fmt), None
+    try:
+        header = check(data or b"", max_pixels)
+    except Refused as e:
+        return None, e.reason
+    if header.format in _FAST:
+        try:
+            bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _CV_FLAGS)
+        except cv2.error:
+            bgr = None
+        if bgr is not None and bgr.ndim == 3 and bgr.shape[:2] == (header.height, header.width):
+            return Decoded(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), header.format), None
     return _decode_pil(data, max_pixels)
 
 
 def _decode_pil(data: bytes, max_pixels: int) -> tuple[Decoded | None, str | None]:
     try:
-        with warnings.catch_warnings():
-            # PIL warns (and past 2x raises) on big images by its own global limit; ours is below it.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w <= 0 or h <= 0:
-                return None, "decode_failed"
-            if w * h > max_pixels:
-                return None, "too_many_pixels"
-            fmt = (img.format or "unknown").lower()
-            img.load()  # the first frame of an animation is the image we keep
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            pixels = np.asarray(img)
+        img = open_image(data, max_pixels)
+        fmt = (img.format or "unknown").lower()
+        img.load()  # the first frame of an animation is the image we keep
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        pixels = np.asarray(img)
+    except Refused as e:
+        return None, e.reason
     except Image.DecompressionBombError:
         return None, "too_many_pixels"
-    except UnidentifiedImageError:
-        return None, "not_an_image"
     except (OSError, SyntaxError, ValueError) as e:
         # PIL reports a cut-off file as OSError("image file is truncated ...") or a broken stream.
         msg = str(e).lower()

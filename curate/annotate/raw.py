@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curate.core import schema
 from curate.core.errors import InputError
+from curate.core.integrity import DamagedFile, read_parquet
 from curate.core.tarstream import MappedTar
 
 IMAGE = "image"  # the encoded bytes, in the sample batches handed to the annotator
@@ -59,7 +59,9 @@ def read_successes(raw_dir: str | os.PathLike, shard: str) -> pa.Table:
     """The shard's successfully downloaded rows: uid, url, caption, key, original size."""
     path = Path(raw_dir) / f"{shard}.parquet"
     try:
-        table = pq.read_table(path)
+        table = read_parquet(path)  # page checksums: a flipped byte is an error, not a wrong width
+    except DamagedFile:
+        raise
     except (OSError, pa.ArrowInvalid) as e:
         raise InputError(f"unreadable raw shard parquet: {e}", path=str(path)) from None
     # tiers download adds download_status (success | failed); plain img2dataset has only its status.

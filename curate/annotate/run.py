@@ -18,6 +18,7 @@ as one :class:`InputError` after the other shards finish.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import Counter
@@ -27,13 +28,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curate import code_version
 from curate.annotate.raw import iter_samples, list_shards
 from curate.annotate.stage import EMBEDDINGS, OUTPUT_SCHEMA, AnnotateConfig, Annotator
 from curate.core import manifest, schema, units
+from curate.core.dirlock import hold
 from curate.core.errors import InputError
+from curate.core.integrity import check_file, read_parquet, stamp, write_parquet
+from curate.download.verify import check_raw
+
+log = logging.getLogger(__name__)
 
 EMBEDDINGS_DIR = "embeddings"
 SUMMARY = pa.schema([("shard", pa.string()), ("rows", pa.int64()), ("seconds", pa.float64()), ("error", pa.string())])
@@ -53,8 +58,21 @@ def _is_current(out_dir: Path, raw_dir: Path, shard: str, cfg: AnnotateConfig) -
         marker
         and marker.get("fingerprint") == cfg.fingerprint()
         and marker.get("raw") == _raw_state(raw_dir, shard)
-        and (out_dir / f"{shard}.parquet").exists()
+        and _outputs_intact(out_dir, shard, marker)
     )
+
+
+def _outputs_intact(out_dir: Path, shard: str, marker: dict) -> bool:
+    """The shard's annotation (and embedding) parquet are the bytes written then: a damaged one is
+    annotated again (derived from the raw shard). Markers of older runs record no stamps: existence only."""
+    stamps = marker.get("files", {"annotations": None})
+    paths = {"annotations": out_dir / f"{shard}.parquet", "embeddings": out_dir / EMBEDDINGS_DIR / f"{shard}.parquet"}
+    for name, recorded in stamps.items():
+        problem = check_file(paths[name], recorded)
+        if problem is not None:
+            log.warning(f"{paths[name]}: {problem}; annotating shard {shard} again")
+            return False
+    return True
 
 
 class ShardAnnotator:
@@ -107,12 +125,15 @@ class ShardAnnotator:
         if self.cfg.clip_model:
             emb = table.select([schema.UID, *EMBEDDINGS])
             with units.atomic_path(emb_path) as tmp:
-                pq.write_table(emb, tmp)
+                write_parquet(emb, tmp)
         else:
             emb_path.unlink(missing_ok=True)  # from an earlier run with CLIP: no longer aligned
         table = table.select(OUTPUT_SCHEMA.names)
         with units.atomic_path(self.out_dir / f"{shard}.parquet") as tmp:
-            pq.write_table(table, tmp)
+            write_parquet(table, tmp)
+        files = {"annotations": stamp(self.out_dir / f"{shard}.parquet")}
+        if self.cfg.clip_model:
+            files["embeddings"] = stamp(emb_path)
         errors = Counter(e for e in table.column(schema.DECODE_ERROR).to_pylist() if e)
         units.mark_done(
             self.out_dir,
@@ -120,6 +141,7 @@ class ShardAnnotator:
             {
                 "fingerprint": self.cfg.fingerprint(),
                 "raw": _raw_state(self.raw_dir, shard),
+                "files": files,
                 "rows": table.num_rows,
                 "decode_errors": dict(sorted(errors.items())),
                 "seconds": round(time.perf_counter() - t0, 3),
@@ -158,9 +180,16 @@ def annotate(
     """Annotate every raw shard of ``build_dir`` not already done; return counts over all shards.
 
     Raises :class:`InputError` for a missing ``raw/`` or models that cannot be loaded (checked here,
-    before Ray starts), and after the run for shards that could not be read, naming them.
+    before Ray starts), and after the run for shards that could not be read, naming them; a damaged or
+    missing raw shard of a ``tiers download`` raises before any work, naming the command that repairs it.
     """
     build_dir = Path(build_dir)
+    with hold(build_dir, command="tiers annotate"):
+        check_raw(build_dir)
+        return _annotate(build_dir, cfg, ray_address, progress)
+
+
+def _annotate(build_dir: Path, cfg: AnnotateConfig, ray_address: str | None, progress: bool) -> AnnotateSummary:
     raw_dir, out_dir = build_dir / manifest.RAW, build_dir / manifest.ANNOTATIONS
     shards = list_shards(raw_dir)
     if not shards:
@@ -266,7 +295,8 @@ def read_annotations(build_dir: str | os.PathLike, columns: list[str] | None = N
     """The whole annotation table, shards in order; raises if a raw shard is not annotated yet."""
     build_dir = Path(build_dir)
     out_dir = build_dir / manifest.ANNOTATIONS
-    parts = [pq.read_table(out_dir / f"{s}.parquet", columns=columns) for s in _done_shards(build_dir)]
+    fix = f"run `tiers annotate {build_dir}`: it annotates damaged shards again"
+    parts = [read_parquet(out_dir / f"{s}.parquet", columns=columns, fix=fix) for s in _done_shards(build_dir)]
     return pa.concat_tables(parts) if parts else OUTPUT_SCHEMA.empty_table()
 
 
@@ -282,7 +312,7 @@ def load_embeddings(build_dir: str | os.PathLike, which: str = schema.IMAGE_EMBE
         path = emb_dir / f"{s}.parquet"
         if not path.exists():
             raise InputError("no CLIP embeddings: annotate with --clip-model", path=str(path))
-        t = pq.read_table(path, columns=[schema.UID, which])
+        t = read_parquet(path, columns=[schema.UID, which], fix=f"run `tiers annotate {build_dir}`")
         col = t.column(which).combine_chunks()
         arr = np.zeros((len(col), col.type.list_size), np.float16)
         valid = pc.is_valid(col).to_numpy(zero_copy_only=False)

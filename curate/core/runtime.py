@@ -82,7 +82,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         if address:
             ray.init(address=address, log_to_driver=ray_verbose(), logging_level=level)
         else:
+            # "local": a Ray of our own, even when another run on this machine started one (`ray start`,
+            # a test cluster): without it ray.init joins whatever /tmp/ray/ray_current_cluster names.
             ray.init(
+                address="local",
                 num_cpus=num_cpus or os.cpu_count(),
                 include_dashboard=False,
                 log_to_driver=ray_verbose(),

@@ -6,61 +6,46 @@ unchanged around it. On top of img2dataset's urllib fetch it:
 
 - connects only to addresses the :class:`~curate.download.safety.AddressPolicy` permits, on every
   redirect hop, and follows at most ``max_redirects`` redirects of http(s) only;
-- keeps img2dataset's ``X-Robots-Tag`` check (same function, same message);
-- stops reading at ``max_image_bytes`` (``too large``) and at ``url_deadline`` seconds, so neither
-  an endless body nor a server trickling one byte a second can hold a thread;
+- keeps img2dataset's ``X-Robots-Tag`` check (same function, same message), on every redirect hop
+  too: a ``noai`` on a hop is not undone by a final response that lacks it;
+- ends every URL within ``url_deadline`` seconds of wall-clock time, retries included, whatever the
+  server does — DNS, connect, TLS, status line, headers or body at one byte a second
+  (:mod:`~curate.download.deadline`) — and stops reading at ``max_image_bytes`` (``too large``);
 - looks at the bytes before the resizer does: empty bodies, HTML served as an image, images that
-  end early (JPEG without its end marker after the last scan, PNG without IEND, a short WebP) and
-  headers declaring more than ``max_pixels`` (decompression bombs) fail here with a message, so
-  OpenCV never allocates for a bomb and a half JPEG is not stored as a grey-padded success;
+  end early (JPEG without its end marker after the last scan, PNG without IEND, a short WebP), and
+  through :func:`curate.core.imagecheck.check` formats whose size cannot be checked and headers declaring
+  more than ``max_pixels`` in any accepted format (JPEG 2000, TIFF, GIF, BMP, ICO, PSD, AVIF as much
+  as JPEG, PNG, WebP) fail here with a message, so OpenCV never allocates for a bomb and a half JPEG
+  is not stored as a grey-padded success;
 - retries only transient failures (timeouts, 5xx, 429, connection resets), ``retries`` times.
 """
 
 from __future__ import annotations
 
 import io
-import time
+import os
+import urllib.error
 import urllib.request
-import warnings
 
-from PIL import Image
-
+from curate.core import imagecheck
 from curate.download import reasons
 from curate.download.config import DownloadConfig
+from curate.download.deadline import Watchdog
 from curate.download.safety import AddressPolicy, build_opener
 
 USER_AGENT = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
 NOAI_MESSAGE = "Use of image disallowed by X-Robots-Tag directive"  # img2dataset's own wording
 CHUNK = 1 << 16
 RETRYABLE = frozenset(reasons.TRANSIENT) | {"connection_error"}
-
-# We compare declared sizes with max_pixels ourselves; PIL's warning would only be noise in the logs.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-
-def _is_disallowed(headers, token, directives) -> bool:
-    from img2dataset.downloader import is_disallowed
-
-    return is_disallowed(headers, token, directives)
-
-
-def image_kind(body: bytes) -> str | None:
-    """The image format the magic bytes announce, or None."""
-    if body[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if body[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if body[:4] == b"RIFF" and body[8:12] == b"WEBP":
-        return "webp"
-    if body[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if body[:2] == b"BM":
-        return "bmp"
-    if body[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    if body[4:8] == b"ftyp":
-        return "isobmff"  # AVIF / HEIC
-    return None
+# imagecheck's refusals as download messages (the prefixes reasons.py maps).
+_REFUSALS = {
+    "empty": reasons.EMPTY_BODY,
+    "not_an_image": reasons.NOT_AN_IMAGE,
+    "unsupported_format": reasons.UNSUPPORTED,
+    "too_many_pixels": reasons.TOO_LARGE,
+    "truncated": reasons.TRUNCATED,
+    "decode_failed": reasons.BAD_HEADER,
+}
 
 
 def _truncation(kind: str, body: bytes) -> str | None:
@@ -80,47 +65,52 @@ def _truncation(kind: str, body: bytes) -> str | None:
 
 
 def inspect_body(body: bytes, content_type: str | None, max_pixels: int) -> str | None:
-    """A failure message for bytes that must not reach the decoder, or None to let the resizer try."""
-    if not body:
-        return f"{reasons.EMPTY_BODY}: the server sent 0 bytes"
-    kind = image_kind(body)
-    if kind is None:
-        head = body[:256].lstrip()
-        ctype = (content_type or "").split(";")[0].strip().lower()
-        if head[:1] == b"<" or ctype.startswith("text/") or ctype in ("application/json", "application/xml"):
-            return f"{reasons.NOT_AN_IMAGE}: {ctype or 'untyped'} body starting {head[:24]!r}"
-        return None  # unknown magic: OpenCV may still know the format
-    problem = _truncation(kind, body)
-    if problem:
-        return f"{reasons.TRUNCATED}: {problem}"
+    """A failure message for bytes that must not reach the decoder, or None to let the resizer decode them."""
+    kind = imagecheck.image_format(body)
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if body and kind is None and (ctype.startswith("text/") or ctype in ("application/json", "application/xml")):
+        return f"{reasons.NOT_AN_IMAGE}: {ctype} body starting {body[:24]!r}"
+    if kind in ("jpeg", "png", "webp"):
+        problem = _truncation(kind, body)
+        if problem:
+            return f"{reasons.TRUNCATED}: {problem}"
     try:
-        with Image.open(io.BytesIO(body)) as im:
-            w, h = im.size
-    except Image.DecompressionBombError as e:
-        return f"{reasons.TOO_LARGE}: decompression bomb ({e})"
-    except Exception:  # noqa: BLE001 - PIL cannot read the header; OpenCV gets its chance
-        return None
-    if w * h > max_pixels:
-        return f"{reasons.TOO_LARGE}: {w}x{h} = {w * h} pixels declared, limit {max_pixels}"
+        imagecheck.check(body, max_pixels)
+    except imagecheck.Refused as e:
+        return f"{_REFUSALS[e.reason]}: {e.detail}"
     return None
 
 
 class Fetcher:
-    """Callable as img2dataset's ``download_image_with_retry``; one per shard task (it holds an opener)."""
+    """Callable as img2dataset's ``download_image_with_retry``; one per shard task (it holds an opener
+    and the watchdog thread that enforces ``url_deadline``). ``close()`` stops the watchdog."""
 
     def __init__(self, cfg: DownloadConfig, policy: AddressPolicy):
         self.cfg = cfg
         self.opener = build_opener(policy, cfg.max_redirects)
+        self.watchdog = Watchdog()
+        # img2dataset's own X-Robots-Tag parser; imported here, since a first import inside a URL's
+        # deadline (img2dataset pulls in albumentations) can take seconds.
+        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+        from img2dataset.downloader import is_disallowed
+
+        self._is_disallowed = is_disallowed
+
+    def close(self) -> None:
+        self.watchdog.close()
 
     def __call__(self, row, timeout, retries, user_agent_token, disallowed_header_directives):
         key, url = row
         err = None
-        for _ in range(retries + 1):
-            stream, err = self.fetch(url, timeout, user_agent_token, disallowed_header_directives)
-            if stream is not None:
-                return key, stream, None
-            if reasons.reason(reasons.FAILED, err) not in RETRYABLE:
-                break
+        with self.watchdog.deadline(self.cfg.url_deadline) as deadline:
+            for _ in range(retries + 1):
+                stream, err = self.fetch(url, timeout, user_agent_token, disallowed_header_directives)
+                if deadline.fired:  # whatever the cut-off read returned, the URL ran out of time
+                    return key, None, deadline.message()
+                if stream is not None:
+                    return key, stream, None
+                if reasons.reason(reasons.FAILED, err) not in RETRYABLE or deadline.passed:
+                    break
         return key, None, err
 
     def fetch(self, url, timeout, user_agent_token, directives) -> tuple[io.BytesIO | None, str | None]:
@@ -128,23 +118,23 @@ class Fetcher:
         agent = USER_AGENT
         if user_agent_token:
             agent += f" (compatible; {user_agent_token}; +https://github.com/rom1504/img2dataset)"
-        deadline = time.monotonic() + cfg.url_deadline
+
+        def check_hop(headers, hop_url):
+            if directives and self._is_disallowed(headers, user_agent_token, directives):
+                raise urllib.error.URLError(f"{NOAI_MESSAGE} (on the redirect from {hop_url})")
+
         try:
             request = urllib.request.Request(url, data=None, headers={"User-Agent": agent})
+            request.check_hop = check_hop
             with self.opener.open(request, timeout=timeout) as r:
-                if directives and _is_disallowed(r.headers, user_agent_token, directives):
+                if directives and self._is_disallowed(r.headers, user_agent_token, directives):
                     return None, NOAI_MESSAGE
                 declared = r.headers.get("Content-Length")
                 if declared and declared.strip().isdigit() and int(declared) > cfg.max_image_bytes:
                     return None, f"{reasons.TOO_LARGE}: Content-Length {declared} > {cfg.max_image_bytes} bytes"
                 ctype = r.headers.get("Content-Type")
                 buf = io.BytesIO()
-                while True:
-                    if time.monotonic() > deadline:
-                        return None, f"{reasons.DEADLINE} of {cfg.url_deadline:g} s passed"
-                    chunk = r.read1(CHUNK)
-                    if not chunk:
-                        break
+                while chunk := r.read1(CHUNK):
                     buf.write(chunk)
                     if buf.tell() > cfg.max_image_bytes:
                         return None, f"{reasons.TOO_LARGE}: body over {cfg.max_image_bytes} bytes"

@@ -18,11 +18,11 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate import code_version
 from curate.core import schema, units
 from curate.core.errors import InputError
+from curate.core.integrity import read_parquet, write_parquet
 from curate.download.config import DownloadConfig, config_from_dict
 from curate.download.worker import INPUT, input_path, shard_name
 
@@ -64,16 +64,13 @@ def _plain_column(col: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
 
 def img2dataset_safe(table: pa.Table) -> pa.Table:
     """The canonical URL table with extra columns renamed away from img2dataset's names and made plain."""
-    names, cols = [], []
-    for name in table.column_names:
-        col = table.column(name)
-        if name in (schema.UID, schema.URL, schema.CAPTION):
-            cols.append(col.cast(pa.string()))
-        else:
-            cols.append(_plain_column(col))
-            if name in IMG2DATASET_OWN or name in schema.RESERVED:
-                name = schema.INPUT_PREFIX + name
-        names.append(name)
+    from curate.urllist.readers import prefixed_names
+
+    first = (schema.UID, schema.URL, schema.CAPTION)
+    rest = [n for n in table.column_names if n not in first]
+    names = [n for n in table.column_names if n in first] + prefixed_names(rest, IMG2DATASET_OWN | schema.RESERVED)
+    cols = [table.column(n).cast(pa.string()) for n in table.column_names if n in first]
+    cols += [_plain_column(table.column(n)) for n in rest]
     return pa.table(cols, names=names)
 
 
@@ -117,7 +114,7 @@ def plan(raw: Path, table: pa.Table, cfg: DownloadConfig, source: str | None = N
     ids = list(range((table.num_rows + n - 1) // n))
     for i in ids:
         with units.atomic_path(input_path(raw, shard_name(i))) as tmp:
-            pq.write_table(table.slice(i * n, n), tmp)
+            write_parquet(table.slice(i * n, n), tmp)
     info = {
         "format": FORMAT,
         "code_version": code_version(),
@@ -179,7 +176,7 @@ def plan_round(
     ids = [start + k for k in range((rows.num_rows + n - 1) // n)]
     for k, i in enumerate(ids):
         with units.atomic_path(input_path(raw, shard_name(i))) as tmp:
-            pq.write_table(rows.slice(k * n, n), tmp)
+            write_parquet(rows.slice(k * n, n), tmp)
     info = {"round": r, "reasons": reasons, "rows": rows.num_rows, "shards": ids, "origins": origins}
     write_json(round_path(raw, r), info)
     return info
@@ -188,7 +185,7 @@ def plan_round(
 def round_uids(raw: Path, info: dict) -> set[str]:
     out: set[str] = set()
     for s in info["shards"]:
-        out.update(pq.read_table(input_path(raw, shard_name(s)), columns=[schema.UID]).column(0).to_pylist())
+        out.update(read_parquet(input_path(raw, shard_name(s)), columns=[schema.UID]).column(0).to_pylist())
     return out
 
 

@@ -8,13 +8,14 @@ start with a fixed prefix so they map without guessing.
 Reasons:
 
 - ``http_404``, ``http_429``, ``http_5xx``, ``http_other`` (any other HTTP error status);
-- ``timeout`` (connect or read timed out, or the per-URL deadline passed);
+- ``timeout`` (connect or read timed out, or the per-URL wall-clock deadline passed);
 - ``redirect_loop`` (a redirect chain revisits a URL or exceeds the redirect limit);
 - ``private_address`` (the host resolves only to addresses the policy refuses; never connected);
 - ``noai_header`` (``X-Robots-Tag`` forbids use); ``too_large`` (body bytes or declared pixels over
   the limit: decompression bombs land here); ``empty_body``; ``truncated`` (the image ends early);
-  ``not_an_image`` (HTML or text where an image should be); ``decode_error`` (bytes that look like
-  an image but do not decode);
+  ``not_an_image`` (HTML or text where an image should be); ``unsupported_format`` (an image format
+  whose declared size cannot be checked before decoding, e.g. HEIC: refused, never decoded);
+  ``decode_error`` (bytes that look like an image but do not decode);
 - ``too_small``, ``bad_aspect_ratio`` (img2dataset's own size gates, off by default);
 - ``dns_error``, ``connection_error``, ``ssl_error``, ``bad_url`` (malformed or non-http(s) URL);
 - ``internal_error`` (a row img2dataset lost to an exception of its own; we add it back);
@@ -33,6 +34,8 @@ TOO_LARGE = "too large"
 EMPTY_BODY = "empty body"
 TRUNCATED = "truncated"
 NOT_AN_IMAGE = "not an image"
+UNSUPPORTED = "unsupported format"
+BAD_HEADER = "bad image header"
 DEADLINE = "timed out: url deadline"
 LOST = "internal error: img2dataset wrote no row for this sample"
 
@@ -49,6 +52,7 @@ REASONS = (
     "empty_body",
     "truncated",
     "not_an_image",
+    "unsupported_format",
     "decode_error",
     "too_small",
     "bad_aspect_ratio",
@@ -73,6 +77,7 @@ _RULES: tuple[tuple[str, re.Pattern], ...] = tuple(
         ("empty_body", r"^empty body"),
         ("truncated", r"^truncated|IncompleteRead|premature end|image file is truncated"),
         ("not_an_image", r"^not an image"),
+        ("unsupported_format", r"^unsupported format"),
         ("too_small", r"^image too small"),
         ("bad_aspect_ratio", r"^aspect ratio too large"),
         ("timeout", r"timed? ?out"),
@@ -92,7 +97,7 @@ _RULES: tuple[tuple[str, re.Pattern], ...] = tuple(
             r"Connection (refused|reset|aborted)|Remote end closed|RemoteDisconnected|Network is unreachable|"
             r"No route to host|Broken pipe|BadStatusLine|LineTooLong|got more than|Errno",
         ),
-        ("decode_error", r"decod|cannot identify image|unsupported|Invalid image"),
+        ("decode_error", r"decod|cannot identify image|unsupported|Invalid image|^bad image header"),
         ("internal_error", r"^internal error"),
     )
 )
@@ -104,7 +109,7 @@ def reason(status: str | None, message: str | None) -> str | None:
         return None
     text = message or ""
     m = _HTTP.search(text)
-    if m and "infinite loop" not in text and "redirection to url" not in text:
+    if m and "infinite loop" not in text and "redirection to url" not in text.lower():
         code = int(m.group(1))
         if code == 404:
             return "http_404"

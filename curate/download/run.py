@@ -22,43 +22,58 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 from collections import Counter, deque
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curate import code_version
 from curate.core import manifest, schema, units
+from curate.core.dirlock import hold
 from curate.core.errors import InputError
+from curate.core.integrity import read_parquet, write_parquet
 from curate.download import plan as planning
+from curate.download import verify
 from curate.download.config import DownloadConfig, load_config
 from curate.download.progress import DownloadProgress
 from curate.download.safety import AddressPolicy, parse_allow
 from curate.download.summary import DownloadSummary
-from curate.download.worker import TMP, input_path, run_shard, shard_name
+from curate.download.worker import TMP, file_sizes, input_path, run_shard, shard_name
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 
 
-def as_policy(allow_private: AddressPolicy | str | bool | None) -> AddressPolicy:
-    """None/False: public hosts only; True or "": plus loopback; "NET,NET": plus loopback and those networks."""
+def as_policy(allow_private: AddressPolicy | str | None) -> AddressPolicy:
+    """None: public hosts only; "ENTRY,ENTRY": plus those (``loopback``, networks, hosts, each with an
+    optional port; see :mod:`curate.download.safety`). Bad entries raise InputError."""
     if isinstance(allow_private, AddressPolicy):
         return allow_private
-    if allow_private is None or allow_private is False:
+    if allow_private is None:
         return AddressPolicy()
+    if not isinstance(allow_private, str):
+        raise TypeError(f"allow_private must be a string of entries such as 'loopback', not {allow_private!r}")
     try:
-        return parse_allow("" if allow_private is True else allow_private)
+        return parse_allow(allow_private)
     except ValueError as e:
         raise InputError(f"--allow-private-hosts: {e}") from None
 
 
 def read_manifest(out: str | os.PathLike) -> DownloadSummary | None:
-    """The summary a finished (or stopped) download left in ``out/raw/manifest.json``, or None."""
+    """The summary a finished (or stopped) download left in ``out/raw/manifest.json``, or None (also when
+    the file is damaged: it is derived from the raw shards, and the next run writes it again)."""
     p = Path(out) / manifest.RAW / MANIFEST
-    return DownloadSummary.from_dict(json.loads(p.read_text())) if p.exists() else None
+    if not p.exists():
+        return None
+    try:
+        return DownloadSummary.from_dict(json.loads(p.read_text()))
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        log.warning(f"{p}: unreadable ({type(e).__name__}: {e}); it is computed again from the raw shards")
+        return None
 
 
 def download(
@@ -67,7 +82,7 @@ def download(
     cfg: DownloadConfig | None = None,
     *,
     read_config=None,
-    allow_private: AddressPolicy | str | bool | None = None,
+    allow_private: AddressPolicy | str | None = None,
     ray_address: str | None = None,
     num_cpus: int | None = None,
     progress: bool = True,
@@ -84,8 +99,9 @@ def download(
         table = read_url_list(urls, read_config or ReadConfig())
         source = ", ".join(map(os.fspath, urls)) if isinstance(urls, list | tuple) else os.fspath(urls)
     raw = Path(out) / manifest.RAW
-    info = planning.plan(raw, table, cfg, source)
-    return _complete(raw, info, cfg, policy, ray_address, num_cpus, progress)
+    with hold(out, command="tiers download"):
+        info = planning.plan(raw, table, cfg, source)
+        return _complete(raw, info, cfg, policy, ray_address, num_cpus, progress)
 
 
 def retry_failed(
@@ -94,7 +110,7 @@ def retry_failed(
     *,
     reasons: list[str] | tuple[str, ...] | None = None,
     config_file: str | os.PathLike | None = None,
-    allow_private: AddressPolicy | str | bool | None = None,
+    allow_private: AddressPolicy | str | None = None,
     ray_address: str | None = None,
     num_cpus: int | None = None,
     progress: bool = True,
@@ -103,7 +119,12 @@ def retry_failed(
     ones) and merge the results. Settings: ``cfg``, else those of the download, with the ones
     ``config_file`` names over them; returns the summary with ``retried`` (rows tried again; when not 0
     the last ``rounds`` entry says how many were recovered)."""
-    raw = Path(out) / manifest.RAW
+    with hold(out, command="tiers download --retry-failed"):
+        return _retry(Path(out), cfg, reasons, config_file, as_policy(allow_private), ray_address, num_cpus, progress)
+
+
+def _retry(out: Path, cfg, reasons, config_file, policy, ray_address, num_cpus, progress) -> DownloadSummary:
+    raw = out / manifest.RAW
     info = planning.read_plan(raw)
     if info is None:
         raise InputError("no download here (expected DIR/raw/ from `tiers download`)", path=str(raw))
@@ -111,7 +132,6 @@ def retry_failed(
     if config_file is not None:  # the file changes only what it names, e.g. a longer timeout
         cfg = load_config(config_file, base=cfg)
     planning.check_config(info, cfg, raw)
-    policy = as_policy(allow_private)
     unmerged = [r for r in planning.read_rounds(raw) if not units.is_done(raw, _round_unit(r))]
     summary = _complete(raw, info, cfg, policy, ray_address, num_cpus, progress)
     if not summary.complete:
@@ -123,10 +143,10 @@ def retry_failed(
     picked, origins = [], {}
     for s in planning.all_shards(info, rounds):
         name = shard_name(s)
-        t = pq.read_table(raw / f"{name}.parquet", columns=[schema.UID, schema.DOWNLOAD_REASON])
+        t = read_parquet(raw / f"{name}.parquet", columns=[schema.UID, schema.DOWNLOAD_REASON])
         uids = t.filter(pc.is_in(t.column(schema.DOWNLOAD_REASON), pa.array(wanted, pa.string()))).column(0)
         if len(uids):
-            rows = pq.read_table(input_path(raw, name))
+            rows = read_parquet(input_path(raw, name))
             picked.append(rows.filter(pc.is_in(rows.column(schema.UID), uids.combine_chunks())))
             origins[name] = len(uids)
     if not picked:
@@ -144,6 +164,7 @@ def _round_unit(r: dict) -> str:
 def _complete(raw: Path, info: dict, cfg, policy, ray_address, num_cpus, show: bool) -> DownloadSummary:
     rounds = planning.read_rounds(raw)
     shards = planning.all_shards(info, rounds)
+    verify.invalidate_damaged(raw, info, rounds)
     pending = [s for s in shards if not units.is_done(raw, shard_name(s))]
     unmerged = [r for r in rounds if not units.is_done(raw, _round_unit(r))]
     previous = read_manifest(raw.parent)
@@ -213,20 +234,21 @@ def _merge_round(raw: Path, r: dict) -> None:
     uids = pa.array(sorted(planning.round_uids(raw, r)), pa.string())
     for origin in r["origins"]:
         p = raw / f"{origin}.parquet"
-        t = pq.read_table(p)
+        t = read_parquet(p)
         keep = t.filter(pc.invert(pc.is_in(t.column(schema.UID), uids)))
         if keep.num_rows != t.num_rows:
             with units.atomic_path(p) as tmp:
-                pq.write_table(keep, tmp)
+                write_parquet(keep, tmp)
         marker = units.read_marker(raw, origin) or {}
         counts = Counter(x for x in keep.column(schema.DOWNLOAD_REASON).to_pylist() if x is not None)
         marker.update(rows=keep.num_rows, successes=keep.num_rows - sum(counts.values()), failures=dict(counts))
+        marker["files"] = file_sizes(raw, origin)
         units.mark_done(raw, origin, marker)
     ok = sum(units.read_marker(raw, shard_name(s))["successes"] for s in r["shards"])
     units.mark_done(raw, _round_unit(r), {"recovered": ok})
 
 
-def _finalize(raw: Path, info: dict, rounds: list[dict], cfg, policy: AddressPolicy, failed: dict) -> DownloadSummary:
+def _finalize(raw: Path, info: dict, rounds: list[dict], cfg, policy: AddressPolicy | None, failed: dict):
     shards = [shard_name(s) for s in planning.all_shards(info, rounds)]
     missing = [s for s in shards if not units.is_done(raw, s)]
     common = dict(
@@ -237,7 +259,7 @@ def _finalize(raw: Path, info: dict, rounds: list[dict], cfg, policy: AddressPol
             {**r, "recovered": (units.read_marker(raw, _round_unit(r)) or {}).get("recovered")} for r in rounds
         ),
         config=cfg.to_dict(),
-        allowed=policy.describe(),
+        allowed=policy.describe() if policy is not None else "not recorded (this summary was rebuilt from the shards)",
         code_version=code_version(),
     )
     if missing:
@@ -259,7 +281,7 @@ def _finalize(raw: Path, info: dict, rounds: list[dict], cfg, policy: AddressPol
 def _count_fates(raw: Path, shards: list[str], input_rows: int) -> Counter:
     """Failures by reason over every raw parquet, after checking each input row has exactly one row."""
     t = pa.concat_tables(
-        pq.read_table(raw / f"{s}.parquet", columns=[schema.UID, schema.DOWNLOAD_REASON]) for s in shards
+        read_parquet(raw / f"{s}.parquet", columns=[schema.UID, schema.DOWNLOAD_REASON]) for s in shards
     )
     distinct = pc.count_distinct(t.column(schema.UID)).as_py()
     if t.num_rows != input_rows or distinct != input_rows:
@@ -276,11 +298,14 @@ def read_results(out: str | os.PathLike) -> pa.Table:
     """
     raw = Path(out) / manifest.RAW
     m = read_manifest(out)
+    info = planning.read_plan(raw)
+    if m is None and info is not None and (raw / MANIFEST).exists():
+        m = _finalize(raw, info, planning.read_rounds(raw), planning.plan_config(info), None, {})  # was damaged
     if m is None or not m.complete:
         state = "no download" if m is None else "an incomplete download"
         raise InputError(f"{state} here; run `tiers download` (again) first", path=str(raw))
-    info = planning.read_plan(raw)
+    verify.check_raw(out)
     names = [shard_name(s) for s in planning.all_shards(info, planning.read_rounds(raw))]
     cols = [schema.UID] + schema.DOWNLOAD.names
-    tables = [pq.read_table(raw / f"{s}.parquet", columns=cols) for s in names]
+    tables = [read_parquet(raw / f"{s}.parquet", columns=cols, fix=verify.redownload_fix(out, s)) for s in names]
     return pa.concat_tables(tables).cast(pa.schema([pa.field(schema.UID, pa.string()), *schema.DOWNLOAD]))

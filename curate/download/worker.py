@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.core import schema, units
+from curate.core.integrity import read_parquet, write_parquet
 from curate.download import reasons
 from curate.download.config import DownloadConfig
 from curate.download.fetch import Fetcher
@@ -131,6 +132,11 @@ def _downloader(cfg: DownloadConfig, out_dir: str, column_list: list[str]):
     )
 
 
+def file_sizes(raw: Path, shard: str) -> dict:
+    """What a shard's marker records of its files, so a rerun can tell a damaged shard from a finished one."""
+    return {ext: {"size": os.path.getsize(raw / f"{shard}.{ext}")} for ext in ("tar", "parquet")}
+
+
 def complete_parquet(table: pa.Table, inputs: pa.Table, shard_id: int, samples_per_shard: int) -> pa.Table:
     """img2dataset's shard parquet plus our columns, one row per input row, sorted by key.
 
@@ -178,7 +184,7 @@ def run_shard(raw_dir: str, shard_id: int, cfg: DownloadConfig, policy: AddressP
     work = raw / TMP / f"{shard}.{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     try:
-        inputs = pq.read_table(input_path(raw, shard))
+        inputs = read_parquet(input_path(raw, shard))
         # img2dataset wants: extra columns (uid first), then caption, then url.
         extras = [c for c in inputs.column_names if c not in (schema.URL, schema.CAPTION)]
         column_list = extras + [schema.CAPTION, schema.URL]
@@ -186,11 +192,15 @@ def run_shard(raw_dir: str, shard_id: int, cfg: DownloadConfig, policy: AddressP
         with pa.OSFile(str(feather), "wb") as f, pa.ipc.new_file(f, inputs.select(column_list).schema) as w:
             w.write_table(inputs.select(column_list))
         downloader = _downloader(cfg, str(work), column_list)
-        with _fetch_with(Fetcher(cfg, policy)):
-            downloader.download_shard((shard_id, str(feather)))  # exceptions propagate: the shard is retried
+        fetcher = Fetcher(cfg, policy)
+        try:
+            with _fetch_with(fetcher):
+                downloader.download_shard((shard_id, str(feather)))  # exceptions propagate: the shard is retried
+        finally:
+            fetcher.close()
         table = complete_parquet(pq.read_table(work / f"{shard}.parquet"), inputs, shard_id, cfg.samples_per_shard)
         with units.atomic_path(work / f"{shard}.final.parquet") as tmp:
-            pq.write_table(table, tmp)
+            write_parquet(table, tmp)
         counts = Counter(r for r in table.column(schema.DOWNLOAD_REASON).to_pylist() if r is not None)
         info = {
             "shard": shard,
@@ -220,6 +230,7 @@ def _commit(raw: Path, work: Path, shard: str, info: dict) -> dict:
         os.replace(work / f"{shard}.tar", raw / f"{shard}.tar")
         os.replace(work / f"{shard}_stats.json", raw / f"{shard}_stats.json")
         os.replace(work / f"{shard}.final.parquet", raw / f"{shard}.parquet")
+        info = {**info, "files": file_sizes(raw, shard)}
         units.mark_done(raw, shard, info)
         return info
     finally:

@@ -4,10 +4,11 @@ Input: the sample table (``samples.parquet``: one row per input row) with ``band
 ``key`` (where the raw bytes lie) for every sample that has a band. Each band is shuffled with a
 seed derived from the build seed and the band's name, cut into shards of exactly ``shard_size``
 samples (the last one of a band holds the rest), and every shard is one unit of work: written
-under a temporary name, renamed, and marked done with a fingerprint of its sample list. A rerun
-skips shards whose marker matches; a re-cut (``tiers retier``) rewrites only shards whose content
-changed and removes shards a band no longer has. Image bytes are copied from the raw tars as they
-are: never decoded, never re-encoded.
+under a temporary name, renamed, and marked done with a fingerprint of its sample list and the
+size and XXH3 digest of the bytes written. A rerun skips shards whose marker matches and whose file
+still has that size and digest (a truncated or bit-flipped shard is written again); a re-cut
+(``tiers retier``) rewrites only shards whose content changed and removes shards a band no longer
+has. Image bytes are copied from the raw tars as they are: never decoded, never re-encoded.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import tarfile
@@ -31,9 +33,12 @@ from curate import code_version
 from curate.core import schema, units
 from curate.core.errors import InputError
 from curate.core.failpoints import failpoint
+from curate.core.integrity import check_file, stamp
 from curate.core.manifest import BANDS, MANIFEST, TIERS, BandEntry, Manifest
 from curate.core.tarstream import IMAGE_EXTS, MappedTar, TarWriter
 from curate.select.bands import FILTERED, BandConfig, band_names, tiers
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,18 @@ class ShardJob:
         return f"{self.band}-{self.index:06d}"
 
 
+def _is_current(out_dir: Path, job: ShardJob) -> bool:
+    """The shard on disk is the one its marker describes: same sample list (fingerprint), and the bytes
+    written then (size and XXH3 recorded at write time). A truncated, grown or bit-flipped shard is not."""
+    marker = units.read_marker(out_dir, job.unit)
+    if not marker or marker.get("fingerprint") != job.fingerprint:
+        return False
+    problem = check_file(out_dir / job.rel, marker)
+    if problem is not None:
+        log.warning(f"{out_dir / job.rel}: {problem}; writing it again")
+    return problem is None
+
+
 def _plan_jobs(out_dir: Path, samples: pa.Table, bands: list[str], cfg: ShardConfig):
     """(jobs whose marker does not match, shard count per band, the band entries without their bytes)."""
     shards_of = plan(samples, bands, cfg)
@@ -181,8 +198,7 @@ def _plan_jobs(out_dir: Path, samples: pa.Table, bands: list[str], cfg: ShardCon
             names.append(rel)
             unit_rows, unit_metas = [rows[i] for i in idx], [metas[i] for i in idx.tolist()]
             job = ShardJob(band, k, rel, unit_rows, unit_metas, _fingerprint(unit_rows, unit_metas))
-            marker = units.read_marker(out_dir, job.unit)
-            if not (marker and marker.get("fingerprint") == job.fingerprint and (out_dir / rel).exists()):
+            if not _is_current(out_dir, job):
                 units.clear_marker(out_dir, job.unit)
                 jobs.append(job)
         q = [x for x in (rows[i][schema.QUALITY] for idx in shard_rows for i in idx) if x is not None]
@@ -222,7 +238,8 @@ def write_tiers(
 
     def run(job: ShardJob) -> None:
         n, nbytes = _write_one(out_dir / job.rel, job.rows, job.metas, raw, raw_dir)
-        units.mark_done(out_dir, job.unit, {"fingerprint": job.fingerprint, "samples": n, "bytes": nbytes})
+        info = {"fingerprint": job.fingerprint, "samples": n, "bytes": nbytes, **stamp(out_dir / job.rel)}
+        units.mark_done(out_dir, job.unit, info)
         bar.update(1)
         failpoint("tiers:after_shard")
 

@@ -12,11 +12,13 @@ non-string or empty URLs, malformed or duplicate uids.
 
 from __future__ import annotations
 
+import csv
 import glob
 import gzip
 import io
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,10 +99,13 @@ def _read_bytes(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
             data = f.read()
-        if path.endswith(".gz"):
-            data = gzip.decompress(data)
-    except (OSError, EOFError) as e:
+    except OSError as e:
         raise InputError(f"cannot read file: {e}", path=path) from None
+    if path.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile, a cut-off stream, corrupt deflate data
+            raise InputError(f"corrupt gzip data ({e}); the file is damaged or not gzip", path=path) from None
     return data
 
 
@@ -127,7 +132,13 @@ def _read_delimited(path: str, sep: str, cfg: ReadConfig) -> pa.Table:
             )
         except (pl.exceptions.PolarsError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InputError(f"corrupt {'tsv' if sep == chr(9) else 'csv'}: {first}", path=path) from None
+            kind = "tsv" if sep == "\t" else "csv"
+            ragged = _ragged_row(text, sep, has_header)
+            if ragged is not None:
+                line, row, got, want = ragged
+                where = f"line {line}" + (f" (data row {row})" if row >= 1 else "")
+                raise InputError(f"corrupt {kind}: {where} has {got} fields, expected {want}", path=path) from None
+            raise InputError(f"corrupt {kind}: {first}", path=path) from None
 
     df = parse(True)
     if cfg.url_col not in df.columns:
@@ -142,6 +153,24 @@ def _read_delimited(path: str, sep: str, cfg: ReadConfig) -> pa.Table:
                 names[1 - url_idx[0]] = cfg.caption_col
             df.columns = names
     return df.to_arrow()
+
+
+def _ragged_row(text: str, sep: str, has_header: bool) -> tuple[int, int, int, int] | None:
+    """(line, data row, fields, expected fields) of the first row whose field count differs from the first row's."""
+    reader = csv.reader(io.StringIO(text), delimiter=sep, quotechar='"')
+    want = None
+    rows = 0
+    for fields in reader:
+        if not fields:
+            continue  # a blank line is no row, for polars either
+        if want is None:
+            want = len(fields)
+            rows += not has_header
+            continue
+        rows += 1
+        if len(fields) != want:
+            return reader.line_num, rows, len(fields), want
+    return None
 
 
 def _read_jsonl(path: str) -> pa.Table:
@@ -203,7 +232,7 @@ def _is_stringish(t: pa.DataType) -> bool:
 
 
 def _first_index(mask: pa.ChunkedArray | pa.Array) -> int | None:
-    idx = np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool))
+    idx = np.flatnonzero(np.asarray(pc.fill_null(mask, True).to_numpy(zero_copy_only=False), dtype=bool))
     return int(idx[0]) if len(idx) else None
 
 
@@ -235,7 +264,8 @@ def _canonical(path: str, raw: pa.Table, cfg: ReadConfig) -> tuple[pa.Table, boo
         raise InputError(f"column {cfg.url_col!r} has type {url.type}; URLs must be strings", path=path)
     url = url.cast(pa.string())
     _check_utf8(path, cfg.url_col, url)
-    bad = _first_index(pc.or_(pc.is_null(url), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(url)), 0)))
+    # Kleene logic: null OR anything is true here, so a null URL is found, not skipped as "unknown".
+    bad = _first_index(pc.or_kleene(pc.is_null(url), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(url)), 0)))
     if bad is not None:
         raise InputError("empty URL", path=path, row=bad + 1)
 
@@ -254,12 +284,27 @@ def _canonical(path: str, raw: pa.Table, cfg: ReadConfig) -> tuple[pa.Table, boo
     if had_uid:
         cols[schema.UID] = _checked_uids(path, raw.column(cfg.uid_col), cfg.uid_col)
     taken = {cfg.url_col, cfg.caption_col, cfg.uid_col}
-    for name in raw.column_names:
-        if name in taken:
-            continue
-        out = schema.INPUT_PREFIX + name if name in schema.RESERVED else name
+    rest = [n for n in raw.column_names if n not in taken]
+    for name, out in zip(rest, prefixed_names(rest), strict=True):
         cols[out] = raw.column(name)
     return pa.table(cols), had_uid
+
+
+def prefixed_names(names: list[str], owned=schema.RESERVED) -> list[str]:
+    """Input column names as stored: a name in ``owned`` gets the ``input_`` prefix, repeated until the
+    name is free, so ``status`` and ``input_status`` become ``input_input_status`` and ``input_status``
+    (both kept, nothing overwritten)."""
+    used = {n for n in names if n not in owned} | set(owned)
+    out = []
+    for name in names:
+        if name in owned:
+            new = schema.INPUT_PREFIX + name
+            while new in used:
+                new = schema.INPUT_PREFIX + new
+            used.add(new)
+            name = new
+        out.append(name)
+    return out
 
 
 def _checked_uids(path: str, col: pa.ChunkedArray, name: str) -> pa.ChunkedArray:

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import logging
 
-from curate.core.errors import InputError
+from curate.core.errors import InputError, NothingKept
 from pipelines.options import add_fetch_options, add_read_options, read_config
 
 log = logging.getLogger("tiers")
@@ -61,12 +61,20 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _print_tiers(manifest) -> None:
+    """The tiers, then one line if the result is empty (exit 3) or one reason removed nearly everything."""
+    from curate.core.outcome import judge
+
     log.info(
         f"{manifest.input_rows:,} input rows: "
         + ", ".join(f"{s} {sum(v.values()):,}" for s, v in manifest.counts.items())
     )
     for name, t in manifest.tiers.items():
         log.info(f"  {name:<11} {t.samples:>9,} samples  {t.bytes / 1e6:9.1f} MB  {len(t.shards):>4} shards")
+    outcome = judge(manifest.counts)
+    if outcome.empty:
+        raise NothingKept(outcome.message)
+    if outcome.message:
+        log.warning(outcome.message)
 
 
 def _retier(args: argparse.Namespace) -> int:

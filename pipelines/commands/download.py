@@ -6,7 +6,8 @@ import argparse
 import logging
 import time
 
-from curate.core.errors import InputError
+from curate.core.errors import InputError, NothingKept
+from curate.core.outcome import judge
 from pipelines.options import add_fetch_options, add_read_options, read_config
 
 log = logging.getLogger("tiers")
@@ -72,6 +73,11 @@ def _download(args: argparse.Namespace) -> int:
     log.info(f"{n} URLs in {dt:.1f} s: {ok} downloaded ({100 * ok / max(1, n):.1f}%), {s.failures} failed")
     for reason, k in s.failures_by_reason.items():
         log.info(f"  {reason:<18} {k:>8}")
+    outcome = judge({"failed": s.failures_by_reason, "kept": {"-": s.successes}})
+    if outcome.empty:
+        raise NothingKept(outcome.message.replace("kept", "downloaded", 1))
+    if outcome.message:
+        log.warning(outcome.message)
     if args.retry_failed:
         if not s.retried:
             log.info("nothing to retry: no failures with those reasons")
