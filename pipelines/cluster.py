@@ -58,10 +58,11 @@ def session(slots: RaySlots) -> Iterator[int]:
         where = f"the Ray cluster at {slots.address}" if slots.address else "the local Ray"
         if slots.gpus > gpus:
             raise InputError(
-                f"{where} has {gpus:g} GPUs, a run asks for {slots.gpus:g}; pass --cpus-per-run N to run on CPUs"
+                f"{where} has {gpus:g} GPUs, a run asks for {slots.gpus:g}; pass --cpus-per-run N to run on CPUs; "
+                "nothing was trained"
             )
         if slots.cpus > cpus:
-            raise InputError(f"{where} has {cpus:g} CPUs, a run asks for {slots.cpus:g}")
+            raise InputError(f"{where} has {cpus:g} CPUs, a run asks for {slots.cpus:g}; nothing was trained")
         fit = min(int(gpus // slots.gpus) if slots.gpus else 1 << 30, int(cpus // slots.cpus))
         log.info(f"{where}: {gpus:g} GPUs, {cpus:g} CPUs; {slots.describe()}: {fit} at once")
         yield fit

@@ -55,7 +55,7 @@ class DemoConfig:
     seed: int = 0  # of the synthetic web
     seeds: tuple[int, ...] = (0, 1, 2)  # training seeds per study cell: three give intervals and verdicts
     model: str = "ct-vit-micro-32"  # the CLIP of the study and of the filter
-    budgets: tuple[int, ...] = (4000, 16000)  # samples seen per run
+    budgets: tuple[int, ...] = (3000, 12000)  # samples seen per run: 18 runs, 135,000 samples seen in all
     filter_samples: int = 20000  # samples seen by the filter CLIP
     port: int = 8765  # fixed, so a rerun resumes the same URL list
     progress: bool = True

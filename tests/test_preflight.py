@@ -144,3 +144,9 @@ def test_a_missing_output_dir_is_not_created_when_a_check_fails(setup, capsys):
     out = tmp / "new" / "out"
     refused(capsys, ["study", str(study(budgets="[1]")), "--out", str(out)], out, trained, "less than one batch")
     assert not (tmp / "new").exists()
+
+
+def test_a_gpu_the_ray_cluster_lacks(setup, capsys, ray_local):
+    study, out, trained, _ = setup  # the session's Ray: 2 CPUs, no GPU
+    argv = ["study", str(study()), "--out", str(out), "--gpus-per-run", "1"]
+    refused(capsys, argv, out, trained, "the local Ray has 0 GPUs, a run asks for 1; pass --cpus-per-run N")
