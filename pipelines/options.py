@@ -13,11 +13,17 @@ def add_read_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["parquet", "csv", "tsv", "jsonl", "txt"], help="override the file format")
 
 
-def read_config(args: argparse.Namespace):
-    """The :class:`~curate.urllist.ReadConfig` the read options describe."""
+def read_config(args: argparse.Namespace, download=None):
+    """The :class:`~curate.urllist.ReadConfig` the read options describe; where a flag is left at its
+    default, the download config's ``url_col`` / ``caption_col`` / ``input_format`` (img2dataset's names)."""
     from curate.urllist import ReadConfig
 
-    return ReadConfig(url_col=args.url_col, caption_col=args.caption_col, uid_col=args.uid_col, format=args.format)
+    url_col, caption_col, fmt = args.url_col, args.caption_col, args.format
+    if download is not None:
+        url_col = download.url_col if url_col == "url" and download.url_col else url_col
+        caption_col = download.caption_col if caption_col == "caption" and download.caption_col else caption_col
+        fmt = fmt or download.input_format
+    return ReadConfig(url_col=url_col, caption_col=caption_col, uid_col=args.uid_col, format=fmt)
 
 
 def _allow(value: str) -> str:

@@ -171,7 +171,7 @@ def tier_sizes(cfg: StudyConfig) -> dict[str, int]:
 
 def plan_run(cfg: StudyConfig, variant: Variant, tier: str, budget: int, seed: int, tier_samples: int) -> PlannedRun:
     train = dataclasses.replace(variant.train, samples_seen=int(budget), seed=int(seed))
-    return PlannedRun(variant.name, tier, tier_samples, cfg.tiers_dir, train, cfg.eval)
+    return PlannedRun(variant.name, tier, tier_samples, cfg.tiers_dir, train, cfg.eval, study=cfg.name)
 
 
 def plan_runs(cfg: StudyConfig, sizes: dict[str, int] | None = None) -> list[PlannedRun]:

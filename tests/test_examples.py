@@ -1,86 +1,104 @@
-"""The example study files and the build config that makes their pool, run at a tiny scale so they never rot.
-
-The build config runs as it is (a tiny filter CLIP stands in for the demo's, the eval set it
-decontaminates against is the test web's); each study runs every tier and variant it names on that
-pool, with the real trainer, at one tiny budget and one seed. The figures are the README's; here
-only that the files still work end to end is checked.
-"""
+"""examples/ never rot: each build config runs on a synthetic pool, and every command of the cluster recipe
+parses with the real command line (its build step joining a Ray that another process started)."""
 
 from __future__ import annotations
 
-import dataclasses
-import tomllib
+import os
+import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from pipelines.build import build as tiers_build
-from pipelines.build import config_from_toml
-from pipelines.report import write_report
-from pipelines.study import load_study, run_study, study_analysis
-from synthweb import WebConfig, WebServer, build, shards_from_synthweb
-from train.api import train
-from train.config import make_config
-from train.plan import EvalSets
+from curate.core import config, uid128
+from curate.core.manifest import Manifest
+from pipelines.build import build, config_from_toml
+from pipelines.cli import build_parser
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
 
 
 @pytest.fixture(scope="module")
-def pool(ray_local, tmp_path_factory):
-    """examples/build.toml over a 240-URL web, scored by a filter CLIP trained for 64 samples."""
-    root = tmp_path_factory.mktemp("examples")
-    web = root / "web"
-    build(web, WebConfig(n=240, seed=11, eval_per_concept=2, retrieval_pairs=20, workers=1))
-    shards_from_synthweb(web, root / "trusted", tiers={"full": 1.0})
-    dfn = root / "dfn"
-    train(make_config({"model": "ct-vit-micro-32", "samples_seen": 64, "batch_size": 32, "workers": 0}),
-          root / "trusted", "full", dfn, progress=False)  # fmt: skip
-    cfg = config_from_toml(tomllib.loads((EXAMPLES / "build.toml").read_text()), str(EXAMPLES / "build.toml"))
-    cfg = dataclasses.replace(
-        cfg,
-        annotate=dataclasses.replace(cfg.annotate, clip_model=f"run:{dfn}"),
-        decontaminate=(str(web / "eval" / "zeroshot.parquet"),),
-        download=dataclasses.replace(cfg.download, threads=8, timeout=1, url_deadline=5),
-    )
-    with WebServer(web, slow_seconds=3) as server:
-        manifest = tiers_build(server.urls_path, root / "pool", cfg, allow_private="loopback", progress=False)
-    ev = web / "eval"
-    return (
-        root / "pool",
-        manifest,
-        EvalSets(str(ev / "zeroshot.parquet"), str(ev / "classes.json"), str(ev / "retrieval.parquet")),
-    )
+def web(tmp_path_factory):
+    from synthweb import WebConfig, WebServer
+    from synthweb import build as build_web
+
+    root = tmp_path_factory.mktemp("exweb")
+    build_web(root, WebConfig(n=60, seed=5, mix={"clean": 0.8, "foreign": 0.1, "http_404": 0.1}, workers=1))
+    with WebServer(root) as server:
+        yield root, server.urls_path
 
 
-def tiny(cfg, tiers_dir, eval_sets):
-    variants = tuple(
-        dataclasses.replace(v, train=dataclasses.replace(v.train, batch_size=16, workers=0)) for v in cfg.variants
-    )
-    return dataclasses.replace(
-        cfg, tiers_dir=str(tiers_dir), eval=eval_sets, budgets=(32,), seeds=(0,), variants=variants
-    )
+def commands(md: Path) -> list[list[str]]:
+    """The argv of every `tiers ...` line (and `-m pipelines.cli ...` under torchrun) in the recipe's code."""
+    text = "\n".join(re.findall(r"```bash\n(.*?)```", md.read_text(), flags=re.S)).replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        words = shlex.split(line, comments=True)
+        if words[:1] == ["tiers"]:
+            out.append(words[1:])
+        elif "pipelines.cli" in words:
+            out.append(words[words.index("pipelines.cli") + 1 :])
+    return out
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["quantity_quality", "recipe_repetition"])
-def test_example_study_runs_on_the_example_pool(pool, name, tmp_path):
-    tiers_dir, manifest, eval_sets = pool
-    cfg = load_study(EXAMPLES / f"{name}.toml")
-    assert len(cfg.seeds) >= 3  # the README's tables come from at least three seeds
-    assert set(cfg.tiers) <= set(manifest.tiers)  # every tier the study names, the build config makes
-    small = tiny(cfg, tiers_dir, eval_sets)
-    rows = run_study(small, tmp_path / "out")
-    assert len(rows) == len(cfg.tiers) * len(cfg.variants) and all(0 <= r["zeroshot_top1"] <= 1 for r in rows)
-    a = study_analysis(small, tmp_path / "out", rows)
-    assert write_report(tmp_path / "out", rows, dataclasses.asdict(small), small.tiers_dir, analysis=a).exists()
+def test_cluster_recipe_commands_parse_and_name_files_that_exist():
+    argvs = commands(EXAMPLES / "cluster.md")
+    assert {a[0] for a in argvs} >= {"build", "download", "annotate", "train", "eval"}
+    for argv in argvs:
+        args = build_parser().parse_args(argv)
+        assert args.func
+        for value in argv:
+            if value.startswith("examples/"):
+                assert (ROOT / value).is_file(), value
 
 
-def test_example_budgets_span_the_repetition_the_experiments_need():
-    qq = load_study(EXAMPLES / "quantity_quality.toml")
-    assert qq.tiers[0] == "top10" and qq.tiers[-2:] == ("kept", "unfiltered")
-    # on the example pool (about 5,000 kept, top10 about 500): from about one pass of kept to 30x of top10
-    assert min(qq.budgets) / 5000 <= 1 and max(qq.budgets) / 500 >= 30
-    rr = load_study(EXAMPLES / "recipe_repetition.toml")
-    assert {v.name: v.train.preset for v in rr.variants} == {"baseline": "baseline", "improved": "improved"}
-    assert rr.tiers == ("top20",) and max(rr.budgets) / min(rr.budgets) >= 10  # top20: about 1,000 samples
+def test_datacomp_pool_example_keeps_datacomp_uids(web, ray_local, tmp_path):
+    from curate.annotate.clip import save_random_model
+    from curate.shard.subset import export_tier, make_subset
+
+    root, urls = web
+    # DataComp's metadata: 32-hex-digit uids, the caption in "text"
+    t = pq.read_table(urls)
+    hex_uids = [f"{int(u, 16):032x}" for u in t["uid"].to_pylist()]
+    meta = tmp_path / "metadata.parquet"
+    pq.write_table(pa.table({"uid": hex_uids, "url": t["url"], "text": t["caption"]}), meta)
+    data = config.read_toml(EXAMPLES / "datacomp-pool.toml")
+    # ViT-L-14:openai is not in this machine's cache: a local CLIP of the same kind of spec stands in
+    data["annotate"]["clip_model"] = save_random_model(tmp_path / "clip")
+    cfg = config_from_toml(data, source="examples/datacomp-pool.toml")
+    assert (cfg.download.threads, cfg.download.samples_per_shard, cfg.download.caption_col) == (64, 10000, "text")
+    out = tmp_path / "pool"
+    m = build([str(meta)], out, cfg, allow_private="loopback", progress=False)
+    assert m.input_rows == 60 and sum(m.tiers[n].samples for n in ("kept",)) <= m.tiers["unfiltered"].samples
+    samples = pq.read_table(out / "samples.parquet")
+    assert set(samples["uid"].to_pylist()) == set(hex_uids)
+    assert set(samples.filter(pa.compute.equal(samples["status"], "kept"))["reason"].to_pylist()) <= {None}
+    export_tier(out, "unfiltered", "datacomp-npy", tmp_path / "u.npy")
+    got = np.load(tmp_path / "u.npy")
+    want = {(int(u[:16], 16), int(u[16:], 16)) for u in samples.filter(samples["band"].is_valid())["uid"].to_pylist()}
+    assert set(got.tolist()) == want and len(got) == m.tiers["unfiltered"].samples > 0
+    uid128.write_npy(tmp_path / "three.npy", got[:3])
+    assert make_subset(out, tmp_path / "three.npy", "three", progress=False).samples == 3
+    assert "three" in Manifest.load(out).tiers
+
+
+def test_small_images_example_through_a_ray_another_process_started(web, ray_local, tmp_path):
+    root, urls = web
+    address = ray_local.get_runtime_context().gcs_address
+    out = tmp_path / "small"
+    argv = ["build", str(urls), "--out", str(out), "--config", str(EXAMPLES / "small-images.toml"),
+            "--ray-address", address, "--quiet", "--allow-private-hosts", "loopback"]  # fmt: skip
+    r = subprocess.run([sys.executable, "-m", "pipelines.cli", *argv], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert (r.returncode, r.stderr) == (0, "")
+    m = Manifest.load(out)
+    assert m.config["build"]["download"]["image_size"] == 128 and m.tiers["kept"].samples > 10
+    widths = pq.read_table(out / "samples.parquet", columns=["width", "height"]).to_pandas().dropna()
+    assert widths.max().max() <= 128

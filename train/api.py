@@ -25,6 +25,7 @@ from curate import code_version
 from curate.core import rundir, units
 from curate.core.errors import InputError
 from curate.core.manifest import read_tier
+from train import tracking
 from train.config import EvalConfig, TrainConfig, make_config
 from train.plan import PlannedRun
 from train.results import TASKS, EvalReport, TrainSummary
@@ -146,7 +147,7 @@ def evaluate(
                 if task != "zeroshot" or "correct" in prev:  # older results lack per-sample correctness
                     continue
             if task == "zeroshot":
-                res = ev.zeroshot(model, preprocess, tokenizer, p, cfg.classes, templates, **common)
+                res = ev.zeroshot(model, preprocess, tokenizer, p, cfg.classes, templates, **common, name=name)
             elif task == "retrieval":
                 res = ev.retrieval(model, preprocess, tokenizer, p, **common)
             else:
@@ -167,8 +168,14 @@ def run_eval_config(run: str | os.PathLike) -> EvalConfig:
 
 
 def train_run(run: PlannedRun, run_dir: str | os.PathLike) -> dict:
-    """Study adapter: one planned run (``pipelines.study.plan_runs``) -> flat training figures."""
-    s = train(run.train, run.tiers_dir, run.tier, run_dir, progress=False)
+    """Study adapter: one planned run (``pipelines.study.plan_runs``) -> flat training figures.
+
+    Tracking (``track.log_to`` in the study's ``[train]``): each cell is one tracked run named
+    variant/tier/budget/seed, grouped by the study's name (``run.study``) through
+    :func:`train.tracking.study_cell`, which leaves the run's config hash as it is."""
+    cell = f"{run.variant}/{run.tier}/{run.samples_seen}/seed{run.seed}"
+    cfg = tracking.study_cell(run.train, run.study, cell)
+    s = train(cfg, run.tiers_dir, run.tier, run_dir, progress=False)
     return {k: getattr(s, k) for k in ("steps", "repetition", "train_seconds", "samples_per_s", "final_loss")}
 
 

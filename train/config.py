@@ -2,7 +2,7 @@
 
 Everything that decides a run's result is in :class:`TrainConfig` (model, budget, optimiser,
 recipe, seed), so ``config_hash`` names a run. A TOML file may start from a preset and override
-any field; nested tables are ``[image_aug]``, ``[text_aug]`` and ``[eval]``::
+any field; nested tables are ``[image_aug]``, ``[text_aug]``, ``[eval]`` and ``[track]``::
 
     preset = "improved"
     batch_size = 256
@@ -65,9 +65,28 @@ class EvalConfig:
     limit: int = 0  # evaluate at most this many rows per set (0: all)
 
 
+TRACKERS = ("tensorboard", "wandb")
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """Where a run's metrics go besides ``metrics.jsonl`` (the same numbers); not part of the run's identity.
+
+    A study runner sets ``group`` to the study's name and ``name`` to the cell's, so each cell is one
+    tracked run and a study is one group (see :mod:`train.tracking`).
+    """
+
+    log_to: tuple[str, ...] = ()  # "tensorboard" (RUN/tensorboard/), "wandb" (RUN/wandb/)
+    project: str = "clip-tiers"  # W&B project
+    group: str = ""  # W&B group, TensorBoard run-name prefix: the study
+    name: str = ""  # the run's name (default: the run directory's name)
+    wandb_mode: str = "offline"  # "offline": nothing leaves this machine (sync later with `wandb sync`); "online"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "ct-vit-tiny-32"  # our config name, any open_clip name, or a model-config JSON path
+    model: str = "ct-vit-tiny-32"  # our config name, any open_clip name, a model-config JSON path, or ARCH:TAG
+    init: str | None = None  # fine-tune: start from this `tiers train` run, model or checkpoint dir
     samples_seen: int = 0  # the compute budget; steps = samples_seen // (batch_size * world size)
     batch_size: int = 128  # per rank
     lr: float = 1e-3
@@ -93,6 +112,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     eval: EvalConfig = field(default_factory=EvalConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
     preset: str = "baseline"  # the preset this config started from (for the record)
 
     def __post_init__(self):
@@ -113,6 +133,10 @@ class TrainConfig:
             problems.append("image_aug.scale must satisfy 0 < lo <= hi <= 1")
         if self.text_aug.synonyms and not self.text_aug.thesaurus:
             problems.append("text_aug.synonyms needs text_aug.thesaurus (a JSON file of synonyms)")
+        if set(self.track.log_to) - set(TRACKERS):
+            problems.append(f"track.log_to takes {', '.join(TRACKERS)}, not {', '.join(self.track.log_to)}")
+        if self.track.wandb_mode not in ("offline", "online", "disabled"):
+            problems.append("track.wandb_mode must be offline, online or disabled")
         if self.workers < 0 or self.mix_shards < 1 or self.checkpoint_every < 0 or self.log_every < 1:
             problems.append("workers >= 0, mix_shards >= 1, checkpoint_every >= 0 and log_every >= 1")
         if problems:
@@ -122,9 +146,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        """Names the run: the same config gives the same hash (the eval settings left out)."""
+        """Names the run: the same config gives the same hash (the eval and tracking settings left out; an
+        unset ``init`` too, so runs from before it existed keep their names)."""
         d = self.to_dict()
         d.pop("eval")
+        d.pop("track")
+        if d["init"] is None:
+            d.pop("init")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -6,10 +6,13 @@ Datasets are read as they are found:
   ``DIR/{train,test}/<class>/...`` for a fixed split) or a parquet with an ``image`` column (bytes,
   or a struct with ``bytes`` as Hugging Face writes it) and ``label`` (int) and/or ``label_name``;
   an optional ``split`` column (train/test) fixes the linear probe's split;
-- retrieval: a parquet with ``image`` and ``caption`` (or ``text``), one caption per image.
+- retrieval: a parquet with ``image`` and ``caption`` (or ``text``, or a ``captions`` list per image), or a
+  Flickr / COCO directory (:func:`train.standard.read_captioned`).
 
 Class names and prompt templates come from a ``classes.json`` (``{"classnames", "templates"}``)
-given explicitly or lying next to the dataset, else from ``label_name`` and default templates.
+given explicitly; else, for a standard dataset name (``cifar10=DIR``), from clip_benchmark
+(:mod:`train.standard`); else from a ``classes.json`` next to the dataset; else from ``label_name``
+and default templates.
 Undecodable images are skipped and counted. Zero-shot also keeps every sample's correctness
 (``correct``: packed bits, :func:`unpack_correct`), so two runs can be compared sample by sample
 and one run's accuracy gets a bootstrap interval. Each result names its dataset by its file stem
@@ -29,6 +32,7 @@ import pyarrow.parquet as pq
 import torch
 
 from curate.core.errors import InputError
+from train import standard
 from train.augment import decode_image
 from train.probe import linear_probe_accuracy
 
@@ -75,7 +79,10 @@ def _subset(n: int, limit: int, seed: int = 0) -> np.ndarray:
 
 def read_labelled(path: str | os.PathLike, limit: int = 0) -> Labelled:
     p = Path(path)
-    if p.is_dir():
+    cifar = standard.read_cifar(p) if p.is_dir() else None
+    if cifar is not None:
+        data = Labelled(cifar[0], cifar[1], cifar[2], None)
+    elif p.is_dir():
         subdirs = sorted(d.name for d in p.iterdir() if d.is_dir())
         if subdirs and set(subdirs) <= {"train", "test", "val"}:
             parts = [(_folder(p / s), s if s == "train" else "test") for s in subdirs]
@@ -137,6 +144,8 @@ def check_eval_set(path: str | os.PathLike, task: str, classes: str | None = Non
     decodes no image. For zero-shot, the class names must resolve: a ``classes`` file (or one beside
     the data) with one name per class, or a ``label_name`` column. Raises :class:`InputError`."""
     p = Path(path)
+    if task == "retrieval" and p.is_dir():
+        return  # a Flickr / COCO directory: train.standard.read_captioned names what it lacks
     if task == "zeroshot" and p.is_dir():
         if not any(d.is_dir() for d in p.iterdir()):
             raise InputError("an ImageFolder needs one subdirectory per class; there is none", path=str(p))
@@ -152,8 +161,8 @@ def check_eval_set(path: str | os.PathLike, task: str, classes: str | None = Non
     if not any(c in cols for c in IMAGE_COLUMNS):
         raise InputError(f"no image column (looked for {', '.join(IMAGE_COLUMNS)}); columns: {cols}", path=str(p))
     if task == "retrieval":
-        if "caption" not in cols and "text" not in cols:
-            raise InputError(f"no caption (or text) column; columns: {cols}", path=str(p))
+        if not {"caption", "text", "captions"} & set(cols):
+            raise InputError(f"no caption (or text, or captions) column; columns: {cols}", path=str(p))
         return
     if "label" not in cols and "label_name" not in cols:
         raise InputError(f"no label or label_name column; columns: {cols}", path=str(p))
@@ -167,20 +176,6 @@ def check_eval_set(path: str | os.PathLike, task: str, classes: str | None = Non
             "read 'a photo of a 3.'; give [eval] classes",
             path=str(p),
         )
-
-
-def read_pairs(path: str | os.PathLike, limit: int = 0) -> tuple[list, list[str]]:
-    p = Path(path)
-    try:
-        table = pq.read_table(p)
-    except Exception as e:
-        raise InputError(f"not a readable parquet: {e}", path=str(p)) from None
-    col = "caption" if "caption" in table.column_names else "text" if "text" in table.column_names else None
-    if col is None:
-        raise InputError(f"no caption (or text) column; columns: {table.column_names}", path=str(p))
-    images, captions = _image_column(table, p), [c or "" for c in table.column(col).to_pylist()]
-    keep = _subset(len(images), limit)
-    return [images[i] for i in keep], [captions[i] for i in keep]
 
 
 def read_classes(path: str | os.PathLike | None, dataset: Path, n_classes: int) -> tuple[list[str] | None, list[str]]:
@@ -232,12 +227,16 @@ def embed_texts(model, tokenizer, texts: list[str], batch_size: int, device) -> 
     return torch.cat(out)
 
 
-def zeroshot(model, preprocess, tokenizer, path, classes=None, templates=None, batch_size=256, limit=0, device="cpu"):
-    """Top-1 / top-5 accuracy of prompt-ensembled class embeddings as the classifier."""
+def zeroshot(
+    model, preprocess, tokenizer, path, classes=None, templates=None, batch_size=256, limit=0, device="cpu", name=None
+):
+    """Top-1 / top-5 accuracy of prompt-ensembled class embeddings as the classifier. A standard dataset
+    ``name`` (:mod:`train.standard`) brings its class names and prompts, unless ``classes`` names a file."""
     data = read_labelled(path, limit)
     names, file_templates = read_classes(classes, Path(path), len(data.classnames))
-    names = names or data.classnames
-    templates = list(templates or file_templates)
+    std_names, std_templates, used = (None, None, {}) if classes else standard.prompts(name, data.classnames)
+    names = std_names or names or data.classnames
+    templates = list(templates or std_templates or file_templates)
     feats, ok = embed_images(model, preprocess, data.images, batch_size, device)
     if not ok.any():
         raise InputError("no decodable image in this dataset", path=str(path))
@@ -257,6 +256,7 @@ def zeroshot(model, preprocess, tokenizer, path, classes=None, templates=None, b
         "classes": len(names),
         "chance": 1 / len(names),
         "templates": len(templates),
+        **({f"{k}_from": v for k, v in used.items()}),
     }
 
 
@@ -270,21 +270,16 @@ def unpack_correct(text: str, n: int) -> np.ndarray:
 
 
 def retrieval(model, preprocess, tokenizer, path, batch_size=256, limit=0, device="cpu"):
-    """Recall@1/5/10 image->text and text->image; the i-th caption belongs to the i-th image."""
-    images, captions = read_pairs(path, limit)
+    """Recall@1/5/10 image->text and text->image over images and their captions (one, or several per image:
+    see :func:`train.standard.recall`)."""
+    images, captions = standard.read_captioned(path, limit)
     feats, ok = embed_images(model, preprocess, images, batch_size, device)
     if not ok.any():
         raise InputError("no decodable image in this dataset", path=str(path))
-    texts = embed_texts(model, tokenizer, [c for c, k in zip(captions, ok, strict=True) if k], batch_size, device)
-    sim = feats @ texts.T
-    truth = torch.arange(len(sim))
-    out = {"n": len(sim), "skipped": int((~ok).sum())}
-    for name, s in (("i2t", sim), ("t2i", sim.T)):
-        rank = (s > s[truth, truth][:, None]).sum(-1)  # how many candidates beat the right one
-        for k in (1, 5, 10):
-            out[f"{name}_r{k}"] = float((rank < k).float().mean())
-    out["mean_r1"] = (out["i2t_r1"] + out["t2i_r1"]) / 2
-    return out
+    kept = [c for c, k in zip(captions, ok, strict=True) if k]
+    owner = torch.as_tensor([i for i, cs in enumerate(kept) for _ in cs])
+    texts = embed_texts(model, tokenizer, [c for cs in kept for c in cs], batch_size, device)
+    return {"n": len(feats), "texts": len(owner), "skipped": int((~ok).sum()), **standard.recall(feats, texts, owner)}
 
 
 def linear_probe(model, preprocess, path, batch_size=256, limit=0, device="cpu", seed=0):

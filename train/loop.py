@@ -28,7 +28,7 @@ from curate import code_version
 from curate.core import rundir
 from curate.core.errors import InputError
 from curate.core.manifest import Tier
-from train import augment, checkpoint, loss, models
+from train import augment, checkpoint, loss, models, tracking
 from train.config import TrainConfig
 from train.data import StreamSpec, TierStream, make_loader
 from train.results import TrainSummary
@@ -134,10 +134,8 @@ class _Run:
         self.steps = cfg.samples_seen // self.global_batch
         if self.steps < 1:
             raise InputError(f"samples_seen {cfg.samples_seen} is less than one global batch ({self.global_batch})")
-        self.name, self.model_cfg = models.training_config(cfg.model, cfg.loss)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.model = models.create(self.name, self.model_cfg, cfg.patch_dropout, self.device)
-        self.tokenizer = __import__("open_clip").get_tokenizer(self.name)
+        self.model, self.model_cfg, self.tokenizer, self.source = models.build(cfg, self.device)
         self.size, mean, std = models.image_stats(self.model)
         self.mean = torch.tensor(mean, device=self.device).view(3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(3, 1, 1)
@@ -153,6 +151,7 @@ class _Run:
         self.start, self.positions, self.counters = 0, {}, {"skipped": 0, "train_seconds": 0.0}
         torch.manual_seed(cfg.seed * 1_000_003 + 17 + dist.rank)  # the training draws (patch dropout), per rank
         self._resume()
+        self.tracker = tracking.Tracker(cfg, out, self.start, dist.rank)  # after resume: it purges later steps
         self.ddp = self.model
         if dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -227,6 +226,7 @@ class _Run:
         if self.dist.rank == 0:
             with open(self.out / METRICS, "a") as f:
                 f.write(json.dumps(rec) + "\n")
+            self.tracker.log(rec)
         return rec
 
     def save(self, done: int) -> None:
@@ -259,6 +259,13 @@ def _new_window() -> dict:
 
 def _run(cfg: TrainConfig, tier: Tier, out: Path, dist: Dist, progress: bool, stop_at) -> TrainSummary | None:
     r = _Run(cfg, tier, out, dist)
+    try:
+        return _train(r, cfg, out, dist, progress, stop_at)
+    finally:
+        r.tracker.close()
+
+
+def _train(r: _Run, cfg: TrainConfig, out: Path, dist: Dist, progress: bool, stop_at) -> TrainSummary | None:
     loader = r.loader()
     if dist.rank == 0:
         _trim_metrics(out / METRICS, r.start)
@@ -295,7 +302,8 @@ def _run(cfg: TrainConfig, tier: Tier, out: Path, dist: Dist, progress: bool, st
         bar.close()
         del it
     if dist.rank == 0:
-        models.save_dir(r.model, r.model_cfg, out / rundir.MODEL, extra={"step": r.steps, "config_hash": cfg.hash()})
+        extra = {"step": r.steps, "config_hash": cfg.hash(), **({"started_from": r.source} if r.source else {})}
+        models.save_dir(r.model, r.model_cfg, out / rundir.MODEL, extra=extra)
     return r.summary(loss_val)
 
 

@@ -94,6 +94,107 @@ def _random_init_notice(record: logging.LogRecord) -> bool:
     return "Model initialized randomly" not in record.getMessage()
 
 
+INIT_ARCH = "init"  # ``model = "init"``: the architecture of the ``init`` checkpoint
+
+
+def _arch_of(model_cfg: dict) -> dict:
+    """The parts of a model config that decide the shapes of its weights."""
+    cfg = copy.deepcopy(model_cfg)
+    cfg.pop("init_logit_scale", None)
+    cfg.pop("init_logit_bias", None)
+    cfg.get("vision_cfg", {}).pop("patch_dropout", None)
+    return cfg
+
+
+def split_pretrained(model: str) -> tuple[str, str | None]:
+    """``ARCH:TAG`` or ``ARCH:CHECKPOINT`` -> (arch, weights); a plain name or config path -> (name, None)."""
+    if model.startswith(("hf-hub:", "local-dir:")):
+        raise InputError(f"--model {model!r}: name ARCH:TAG, or give the directory to --init")
+    arch, sep, weights = model.rpartition(":")
+    if not sep or not arch or os.path.exists(model):
+        return model, None
+    return arch, weights
+
+
+def build(cfg, device) -> tuple[object, dict, object, dict]:
+    """The model a run starts from: ``(model, model config, tokenizer, where its weights came from)``.
+
+    ``cfg.init`` (a run, model or checkpoint dir: fine-tuning) loads that open_clip local dir, weights
+    and all; ``cfg.model = "ARCH:TAG"`` loads open_clip's pretrained weights from the local cache
+    (:mod:`curate.core.pretrained`), ``"ARCH:FILE"`` a checkpoint file; a plain name starts from random
+    weights. Every load uses ``weights_only=True`` and refuses a checkpoint that does not fit exactly.
+    """
+    import open_clip
+
+    if cfg.init:
+        return _from_dir(cfg, device)
+    arch, weights = split_pretrained(cfg.model)
+    if arch == INIT_ARCH:
+        raise InputError('model = "init" takes the architecture of --init; name the checkpoint to start from')
+    name, model_cfg = training_config(arch, cfg.loss)
+    if weights is None:
+        return create(name, model_cfg, cfg.patch_dropout, device), model_cfg, open_clip.get_tokenizer(name), {}
+    from curate.core import pretrained
+
+    _check_loss(cfg.loss, model_config(arch)[1], {"weights": weights})  # the weights' own config, not ours
+
+    kwargs, source = {}, {"weights": weights}
+    if not os.path.isfile(weights):
+        found = pretrained.cached_weights(name, weights)
+        source = {"pretrained": f"{name}:{weights}", "weights": found.path}
+        kwargs = {"force_quick_gelu": bool(found.cfg.get("quick_gelu")),
+                  "force_preprocess_cfg": pretrained.preprocess_cfg(found) or None}  # fmt: skip
+        weights = found.path
+        if kwargs["force_quick_gelu"]:
+            model_cfg["quick_gelu"] = True
+    extra = {k: model_cfg[k] for k in ("init_logit_scale", "init_logit_bias") if k in model_cfg}
+    model = _load(name, weights, cfg.patch_dropout, device, {**kwargs, **extra})
+    return model, model_cfg, open_clip.get_tokenizer(name), source
+
+
+def _from_dir(cfg, device):
+    import open_clip
+
+    d = model_dir(cfg.init)
+    model_cfg = json.loads((d / CONFIG_FILE).read_text())["model_cfg"]
+    if cfg.model != INIT_ARCH:
+        _, named = training_config(split_pretrained(cfg.model)[0], cfg.loss)
+        if _arch_of(named) != _arch_of(model_cfg):
+            raise InputError(
+                f"--init holds another architecture than model {cfg.model!r}; "
+                'leave --model out (or set model = "init") to fine-tune the checkpoint as it is',
+                path=str(d),
+            )
+    source = {"init": str(d.resolve()), "weights": str((d / WEIGHTS_FILE).resolve())}
+    _check_loss(cfg.loss, model_cfg, source)
+    model = _load(f"local-dir:{d.resolve()}", None, cfg.patch_dropout, device, {})
+    return model, copy.deepcopy(model_cfg), open_clip.get_tokenizer(f"local-dir:{d.resolve()}"), source
+
+
+def _check_loss(loss: str, model_cfg: dict, source: dict) -> None:
+    if loss == "siglip" and "init_logit_bias" not in model_cfg:
+        raise InputError(
+            "SigLIP loss needs a model with a logit bias; these weights were trained without one: "
+            "fine-tune them with the CLIP loss",
+            path=source.get("weights"),
+        )
+
+
+def _load(name: str, weights: str | None, patch_dropout: float, device, kwargs: dict):
+    import open_clip
+
+    try:
+        return open_clip.create_model(
+            name, pretrained=weights, force_patch_dropout=patch_dropout, output_dict=True, device=device,
+            weights_only=True, **kwargs,
+        )  # fmt: skip
+    except pickle.UnpicklingError:
+        raise InputError("refusing to load: the weights file holds more than tensors", path=weights or name) from None
+    except (RuntimeError, ValueError, OSError, KeyError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"cannot start from these weights: {first}", path=weights or name) from None
+
+
 def image_stats(model) -> tuple[int, tuple, tuple]:
     """Input side, mean and std the model's visual tower expects."""
     pp = model.visual.preprocess_cfg

@@ -36,6 +36,7 @@ class PlannedRun:
     tiers_dir: str
     train: TrainConfig  # complete: train.samples_seen is the budget, train.seed the seed
     eval: EvalSets = EvalSets()
+    study: str = ""  # the study's name: tracking groups its runs by it; not part of the run's identity
 
     @property
     def samples_seen(self) -> int:

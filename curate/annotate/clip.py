@@ -3,7 +3,8 @@
 A model is named by one string (``--clip-model``):
 
 - ``ARCH:TAG`` — an open_clip architecture and pretrained tag (``ViT-B-32:laion2b_s34b_b79k``); the
-  weights must already be in the local open_clip / Hugging Face cache when there is no network;
+  weights are taken from the local open_clip / Hugging Face cache, never downloaded
+  (:mod:`curate.core.pretrained`);
 - ``ARCH:PATH`` — an architecture (a built-in name, or a path to an open_clip model-config JSON)
   and a local checkpoint: a state dict, or a dict holding one under ``state_dict`` (as open_clip's
   trainer saves), loaded with ``weights_only=True``;
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.core import rundir
+from curate.core import pretrained, rundir
 from curate.core.errors import InputError
 
 
@@ -81,13 +82,16 @@ def load(spec: ClipSpec, device: str = "cpu"):
         # them itself, tensors only.
         spec = ClipSpec(f"local-dir:{rundir.model_dir(spec.trainer_run).resolve()}", None)
     arch = _arch_name(spec.arch)
-    weights = spec.weights
+    weights, kwargs = spec.weights, {}
     if weights is not None and ("/" in weights or os.sep in weights or weights.endswith((".pt", ".pth", ".bin"))):
         if not os.path.isfile(weights):
             raise InputError("no CLIP checkpoint here", path=weights)
+    elif weights is not None:  # a pretrained tag: from the local cache, never downloaded
+        found = pretrained.cached_weights(arch, weights)
+        weights, kwargs = found.path, pretrained.transforms_kwargs(found)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=weights, device=device, weights_only=True
+            arch, pretrained=weights, device=device, weights_only=True, **kwargs
         )
         tokenizer = open_clip.get_tokenizer(arch)
     except (RuntimeError, FileNotFoundError, ValueError, KeyError, OSError, pickle.UnpicklingError) as e:

@@ -77,6 +77,8 @@ def from_dict(cls: type[T], data: Mapping, *, section: str, source: str | None =
     """A ``cls`` from ``data`` over ``base`` (default: the class defaults). Raises InputError."""
     if not isinstance(data, Mapping):
         raise InputError(f"[{section}] must be a table of settings, not {data!r}", path=source)
+    if hasattr(cls, "from_aliases"):  # a settings class that also accepts another tool's names for its fields
+        data = cls.from_aliases(dict(data), source)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.compare}  # compare=False: bookkeeping
     unknown = sorted(set(data) - set(fields))
     if unknown:

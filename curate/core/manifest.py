@@ -21,6 +21,11 @@ The manifest (``format = "clip-tiers/tiers@1"``)::
 
 Shard paths are relative to the manifest's directory; ``brace`` is absolute, in open_clip's
 ``--train-data`` notation (``::`` joins the bands).
+
+A **subset** (``tiers subset``: a DataComp-style uid list) is a tier of its own shards, written from the
+raw tars into ``tiers/subsets/<name>/`` and described by ``tiers/subsets/<name>/subset.json``
+(``{"band": {...BandEntry}, ...}``). :meth:`Manifest.assemble` adds every subset found there as band
+``subsets/<name>`` and tier ``<name>``, so a re-cut of the bands (``tiers retier``) keeps them.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ TIERS = "tiers"
 BANDS = "bands"
 MANIFEST = "manifest.json"
 FORMAT = "clip-tiers/tiers@1"
+SUBSETS = "subsets"
+SUBSET_FILE = "subset.json"
 
 
 @dataclass(frozen=True)
@@ -92,8 +99,12 @@ class Manifest:
     def assemble(
         cls, tiers_dir: str | os.PathLike, bands: dict[str, BandEntry], tier_bands: dict[str, list[str]], **meta
     ) -> Manifest:
-        """Tiers from their bands (``tier -> [band, ...]``, best first); ``meta``: config, counts, ..."""
+        """Tiers from their bands (``tier -> [band, ...]``, best first), plus the subsets written under
+        ``tiers_dir/subsets/``; ``meta``: config, counts, ..."""
         root = Path(tiers_dir)
+        sub_bands, sub_tiers = subset_entries(root)
+        bands = {**bands, **sub_bands}
+        tier_bands = {**tier_bands, **{k: v for k, v in sub_tiers.items() if k not in tier_bands}}
         tiers = {}
         for name, members in tier_bands.items():
             shards = tuple(s for b in members for s in bands[b].shards)
@@ -161,6 +172,21 @@ class Manifest:
         t = self.tiers[name]
         shards = tuple(str((Path(path).parent / s).resolve()) for s in t.shards)
         return Tier(name, shards, t.samples, t.bytes, t.quality, str(path))
+
+
+def subset_entries(tiers_dir: str | os.PathLike) -> tuple[dict[str, BandEntry], dict[str, list[str]]]:
+    """The subsets under ``tiers_dir/subsets/``: band ``subsets/<name>`` and tier ``<name>`` for each."""
+    bands, tiers = {}, {}
+    root = Path(tiers_dir) / SUBSETS
+    for f in sorted(root.glob(f"*/{SUBSET_FILE}")) if root.is_dir() else ():
+        try:
+            band = _band(json.loads(f.read_text())["band"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise InputError(f"damaged subset record ({type(e).__name__}: {e})", path=str(f)) from None
+        name = f.parent.name
+        bands[f"{SUBSETS}/{name}"] = band
+        tiers[name] = [f"{SUBSETS}/{name}"]
+    return bands, tiers
 
 
 def _quality(v: dict) -> tuple[float | None, float | None]:

@@ -13,6 +13,7 @@ has. Image bytes are copied from the raw tars as they are: never decoded, never 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -229,26 +230,12 @@ def write_tiers(
     jobs, shard_counts, entries = _plan_jobs(out_dir, samples, bands, shard_cfg)
 
     # Map the raw tars before touching anything, so an unreadable one fails the run with no side effect.
-    raw = _map_raw(raw_dir, {r[schema.SHARD] for job in jobs for r in job.rows})
-    extras = _extra_shards(out_dir, shard_counts)
-    if jobs or extras:  # shards are about to change: a manifest must never list shards that are changing
-        (out_dir / MANIFEST).unlink(missing_ok=True)
-    _remove(out_dir, extras, shard_counts)
-    bar = tqdm(total=len(jobs), desc="writing band shards", unit="shard", disable=not progress or not jobs)
-
-    def run(job: ShardJob) -> None:
-        n, nbytes = _write_one(out_dir / job.rel, job.rows, job.metas, raw, raw_dir)
-        info = {"fingerprint": job.fingerprint, "samples": n, "bytes": nbytes, **stamp(out_dir / job.rel)}
-        units.mark_done(out_dir, job.unit, info)
-        bar.update(1)
-        failpoint("tiers:after_shard")
-
-    try:
-        with ThreadPoolExecutor(max(1, shard_cfg.workers)) as pool:
-            list(pool.map(run, jobs))
-    finally:
-        _unmap(raw)
-    bar.close()
+    with raw_tars(raw_dir, jobs) as raw:
+        extras = _extra_shards(out_dir, shard_counts)
+        if jobs or extras:  # shards are about to change: a manifest must never list shards that are changing
+            (out_dir / MANIFEST).unlink(missing_ok=True)
+        _remove(out_dir, extras, shard_counts)
+        run_jobs(out_dir, raw_dir, raw, jobs, shard_cfg.workers, progress)
 
     for band, e in entries.items():
         nbytes = sum(units.read_marker(out_dir, f"{band}-{k:06d}")["bytes"] for k in range(len(e.shards)))
@@ -265,6 +252,32 @@ def write_tiers(
     failpoint("tiers:before_manifest")
     manifest.write(out_dir)
     return manifest
+
+
+@contextlib.contextmanager
+def raw_tars(raw_dir: Path, jobs: list[ShardJob]):
+    """The raw tars ``jobs`` read from, mapped (InputError naming the first unreadable one), then unmapped."""
+    raw = _map_raw(raw_dir, {r[schema.SHARD] for job in jobs for r in job.rows})
+    try:
+        yield raw
+    finally:
+        _unmap(raw)
+
+
+def run_jobs(out_dir: Path, raw_dir: Path, raw: dict, jobs: list[ShardJob], workers: int, progress: bool) -> None:
+    """Write each job's shard under ``out_dir`` (threads), marking each done with its fingerprint."""
+    bar = tqdm(total=len(jobs), desc="writing shards", unit="shard", disable=not progress or not jobs)
+
+    def run(job: ShardJob) -> None:
+        n, nbytes = _write_one(out_dir / job.rel, job.rows, job.metas, raw, raw_dir)
+        info = {"fingerprint": job.fingerprint, "samples": n, "bytes": nbytes, **stamp(out_dir / job.rel)}
+        units.mark_done(out_dir, job.unit, info)
+        bar.update(1)
+        failpoint("tiers:after_shard")
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        list(pool.map(run, jobs))
+    bar.close()
 
 
 def _extra_shards(out_dir: Path, counts: dict[str, int]) -> list[tuple[str, Path]]:

@@ -1,8 +1,8 @@
 """The ``tiers`` commands, one module per family, each with ``register(subparsers)``; nothing heavy at import."""
 
-from pipelines.commands import annotate, build, check, demo, download, study, train, web
+from pipelines.commands import annotate, build, check, datacomp, demo, download, study, train, web
 
 # The order `tiers --help` lists them in: the data flow, then training and studies, then the helpers.
-COMMANDS = (build, download, annotate, study, train, demo, web, check)
+COMMANDS = (build, download, annotate, datacomp, study, train, demo, web, check)
 
 __all__ = ["COMMANDS"]

@@ -51,7 +51,7 @@ def _build(args: argparse.Namespace) -> int:
         args.urls,
         args.out,
         cfg,
-        read_config(args),
+        read_config(args, cfg.download),
         ray_address=args.ray_address,
         allow_private=args.allow_private_hosts,
         progress=args.progress,

@@ -61,7 +61,8 @@ def _download(args: argparse.Namespace) -> int:
     else:
         if not args.urls or not args.out:
             raise InputError("give a URL list and --out DIR (or --retry-failed DIR)")
-        s = download(args.urls, args.out, load_config(args.config), read_config=read_config(args), **common)
+        cfg = load_config(args.config)
+        s = download(args.urls, args.out, cfg, read_config=read_config(args, cfg), **common)
     dt = time.perf_counter() - t0
     if not s.complete:
         log.error(f"download incomplete after {dt:.1f} s: {len(s.missing_shards)} shard(s) ran out of retries:")

@@ -36,7 +36,21 @@ def register(sub) -> None:
     p.add_argument("--tiers", required=True, help="a build dir, its tiers/ dir, or a tier manifest")
     p.add_argument("--tier", required=True, help="tier name in the manifest (e.g. top30)")
     p.add_argument("--samples-seen", type=int, help="compute budget: samples seen (steps = N // batch)")
-    p.add_argument("--model", help="ct-vit-tiny-32 (default), any open_clip model name, or a config JSON")
+    p.add_argument(
+        "--model",
+        help="ct-vit-tiny-32 (default), any open_clip model name, a config JSON, or ARCH:TAG for open_clip's "
+        "pretrained weights from the local cache (e.g. ViT-B-32:laion2b_s34b_b79k)",
+    )
+    p.add_argument(
+        "--init",
+        metavar="RUN_OR_CHECKPOINT",
+        help="fine-tune: start from this `tiers train` run, its model/ or a checkpoint dir (its architecture too)",
+    )
+    p.add_argument(
+        "--log-to",
+        metavar="TRACKERS",
+        help="also log the metrics to tensorboard and/or wandb (comma-separated; wandb runs offline by default)",
+    )
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--config", help="TOML train config (see train/config.py)")
     p.add_argument("--preset", choices=["baseline", "improved"], help="recipe preset (default: baseline)")
@@ -87,6 +101,11 @@ def _train(args) -> int:
         value = getattr(args, flag)
         if value is not None:
             overrides[field] = value
+    if args.init:
+        overrides["init"] = args.init
+        overrides.setdefault("model", "init")
+    if args.log_to:
+        overrides["track"] = {"log_to": [t.strip() for t in args.log_to.split(",") if t.strip()]}
     ev = {k: v for k, v in (("zeroshot", args.zeroshot), ("retrieval", args.retrieval),
                             ("linear_probe", args.linear_probe), ("classes", args.classes)) if v}  # fmt: skip
     if ev:

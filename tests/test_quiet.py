@@ -1,0 +1,63 @@
+"""`--quiet` as a user sees it: a whole `tiers build` (img2dataset, Ray, fastText) and a tracked `tiers train`
+print nothing at all, on either stream, down to the file descriptors Ray's C++ core writes to; an error is
+one line on stderr."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = """
+[download]
+image_size = 64
+timeout = 1
+url_deadline = 3
+samples_per_shard = 30
+[filters]
+preset = "synthetic-basic"
+[shards]
+shard_size = 16
+"""
+
+
+def tiers(*argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *argv], capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    from synthweb import WebConfig, WebServer, build
+
+    root = tmp_path_factory.mktemp("quietweb")
+    build(root, WebConfig(n=60, seed=11, eval_per_concept=1, retrieval_pairs=2, workers=1))
+    (root / "build.toml").write_text(CONFIG)
+    with WebServer(root, slow_seconds=2) as server:
+        yield root, server.urls_path
+
+
+def test_quiet_build_and_tracked_train_print_nothing(web, tmp_path):
+    root, urls = web
+    out = tmp_path / "build"
+    r = tiers("build", str(urls), "--out", str(out), "--config", str(root / "build.toml"), "--quiet",
+              "--allow-private-hosts", "loopback")  # fmt: skip
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert (out / "tiers" / "manifest.json").is_file()
+    r = tiers("train", "--tiers", str(out), "--tier", "kept", "--samples-seen", "32", "--batch-size", "16",
+              "--model", "ct-vit-micro-32", "--workers", "0", "--log-to", "tensorboard,wandb",
+              "--out", str(tmp_path / "run"), "--quiet")  # fmt: skip
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    r = tiers("export", str(out), "--tier", "kept", "--format", "datacomp-npy", "--out", str(tmp_path / "k.npy"), "-q")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+
+
+def test_quiet_errors_are_one_line(tmp_path):
+    r = tiers("build", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "b"), "--quiet")
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("tiers: error:") and "missing.parquet" in r.stderr
