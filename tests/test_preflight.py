@@ -96,7 +96,8 @@ def test_eval_file_without_the_columns_its_task_needs(setup, capsys):
     refused(capsys, ["study", str(study(eval=bad)), "--out", str(out)], out, trained, "no label or label_name")
     pq.write_table(pa.table({"image": [b"x"], "label": [0]}), tmp / "nocaption.parquet")
     bad = f'{{ retrieval = "{tmp / "nocaption.parquet"}" }}'
-    refused(capsys, ["study", str(study(eval=bad)), "--out", str(out)], out, trained, "no caption (or text) column")
+    argv = ["study", str(study(eval=bad)), "--out", str(out)]
+    refused(capsys, argv, out, trained, "no caption (or text, or captions) column")
     (tmp / "garbage.parquet").write_bytes(b"not parquet")
     bad = f'{{ zeroshot = "{tmp / "garbage.parquet"}" }}'
     refused(capsys, ["study", str(study(eval=bad)), "--out", str(out)], out, trained, "not a readable parquet")
