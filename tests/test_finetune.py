@@ -139,9 +139,10 @@ def test_wandb_offline_run_per_training_run_grouped(tiers, tmp_path, monkeypatch
 def test_a_study_cell_is_one_tracked_run_grouped_by_study(tiers, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    train = {**{k: v for k, v in MICRO.items() if k != "model"}, "track": {"log_to": ["tensorboard"]}}
-    cell = {"variant": "default", "tier": "small", "samples_seen": 64, "seed": 0, "model": "ct-vit-micro-32",
-            "tiers_dir": str(tiers), "study": "quality-vs-size", "train": train}  # fmt: skip
+    from train.plan import PlannedRun
+
+    cfg = make_config({**MICRO, "samples_seen": 64, "seed": 0, "track": {"log_to": ["tensorboard"]}})
+    cell = PlannedRun("default", "small", 60, str(tiers), cfg, study="quality-vs-size")
     api.train_run(cell, tmp_path / "cell")
     doc = json.loads((tmp_path / "cell" / "config.json").read_text())["config"]["track"]
     assert (doc["group"], doc["name"]) == ("quality-vs-size", "default/small/64/seed0")
@@ -150,12 +151,14 @@ def test_a_study_cell_is_one_tracked_run_grouped_by_study(tiers, tmp_path):
     assert len(acc.Scalars("train/loss")) == 1
 
 
-def test_run_study_hands_each_cell_its_study_name_for_tracking(tiers, tmp_path):
-    from pipelines.study import StudyConfig, run_study
+def test_run_study_hands_each_cell_its_study_name_for_tracking(tiers, small_web, tmp_path):
+    from pipelines.study import StudyFile, run_study, study_config
+    from train.plan import EvalSets
 
     train = {k: v for k, v in MICRO.items() if k != "model"} | {"track": {"log_to": ["tensorboard"]}}
-    cfg = StudyConfig(str(tiers), ("small",), (64,), model="ct-vit-micro-32", train=train, name="q-vs-size")
-    (row,) = run_study(cfg, tmp_path / "study", runner=api.train_run)
+    ev = EvalSets(str(small_web / "eval" / "zeroshot.parquet"), str(small_web / "eval" / "classes.json"))
+    f = StudyFile(str(tiers), ("small",), (64,), model="ct-vit-micro-32", train=train, eval=ev, name="q-vs-size")
+    (row,) = run_study(study_config(f), tmp_path / "study", runner=api.train_run)
     doc = json.loads((tmp_path / "study" / "runs" / row["config_hash"] / "config.json").read_text())["config"]
     assert (doc["track"]["group"], doc["track"]["name"]) == ("q-vs-size", "default/small/64/seed0")
     assert list((tmp_path / "study").glob("runs/*/tensorboard/events.out.tfevents.*"))

@@ -27,6 +27,7 @@ from curate.core.errors import InputError
 from curate.core.manifest import read_tier
 from train import tracking
 from train.config import EvalConfig, TrainConfig, make_config
+from train.plan import PlannedRun
 from train.results import TASKS, EvalReport, TrainSummary
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,8 @@ def evaluate(
             key = {"path": str(p.resolve()), "classes_file": cfg.classes, "templates": templates, "limit": cfg.limit}
             prev = report.get(task, name)
             if prev is not None and all(prev.get(k) == v for k, v in key.items()):
-                continue
+                if task != "zeroshot" or "correct" in prev:  # older results lack per-sample correctness
+                    continue
             if task == "zeroshot":
                 classes = ev.local_copy(cfg.classes) if cfg.classes else None
                 res = ev.zeroshot(model, preprocess, tokenizer, p, classes, templates, **common, name=name)
@@ -174,29 +176,33 @@ def run_eval_config(run: str | os.PathLike) -> EvalConfig:
     return make_config(json.loads(cfg_path.read_text())["config"]).eval
 
 
-def train_run(run: dict, run_dir: str | os.PathLike) -> dict:
+def train_run(run: PlannedRun, run_dir: str | os.PathLike) -> dict:
     """Study adapter: one planned run (``pipelines.study.plan_runs``) -> flat training figures.
 
     Tracking (``track.log_to`` in the study's ``[train]``): each cell is one tracked run named
-    variant/tier/budget/seed, grouped by ``run["study"]`` (the study's name, which ``run_study`` passes)
-    through :func:`train.tracking.study_cell`."""
-    cfg = make_config(
-        {**run.get("train", {}), "model": run["model"], "samples_seen": run["samples_seen"], "seed": run["seed"]}
-    )
-    cell = f"{run.get('variant', 'default')}/{run['tier']}/{run['samples_seen']}/seed{run['seed']}"
-    cfg = tracking.study_cell(cfg, run.get("study", ""), cell)
-    s = train(cfg, run["tiers_dir"], run["tier"], run_dir, progress=False)
+    variant/tier/budget/seed, grouped by the study's name (``run.study``) through
+    :func:`train.tracking.study_cell`, which leaves the run's config hash as it is."""
+    cell = f"{run.variant}/{run.tier}/{run.samples_seen}/seed{run.seed}"
+    cfg = tracking.study_cell(run.train, run.study, cell)
+    s = train(cfg, run.tiers_dir, run.tier, run_dir, progress=False)
     return {k: getattr(s, k) for k in ("steps", "repetition", "train_seconds", "samples_per_s", "final_loss")}
 
 
-def evaluate_run(run: dict, run_dir: str | os.PathLike) -> dict:
-    """Study adapter: evaluate a trained run on the study's eval sets -> flat metrics."""
-    from train.evaluation import dataset_name
+def evaluate_run(run: PlannedRun, run_dir: str | os.PathLike) -> dict:
+    """Study adapter: evaluate a trained run on the study's eval sets -> flat metrics, with the zero-shot
+    per-sample correctness as ``zeroshot_correct`` (for paired comparisons and bootstrap intervals)."""
+    from train.evaluation import dataset_name, unpack_correct
 
-    ev = run.get("eval") or {}
-    sets = {t: [ev[t]] if ev.get(t) else [] for t in TASKS}
-    if not any(sets.values()):
+    ev = run.eval
+    if not ev.any():
         return {}
-    cfg = EvalConfig(**{t: tuple(v) for t, v in sets.items()}, classes=ev.get("classes"))
+    cfg = EvalConfig(
+        zeroshot=tuple(filter(None, [ev.zeroshot])), classes=ev.classes, retrieval=tuple(filter(None, [ev.retrieval]))
+    )
     report = evaluate(run_dir, cfg)
-    return report.headlines({t: dataset_name(v[0])[0] for t, v in sets.items() if v})
+    names = {t: dataset_name(p)[0] for t, p in (("zeroshot", ev.zeroshot), ("retrieval", ev.retrieval)) if p}
+    out = report.headlines(names)
+    zs = report.get("zeroshot", names.get("zeroshot", "")) or {}
+    if zs.get("correct"):
+        out["zeroshot_correct"] = unpack_correct(zs["correct"], zs["n"]).tolist()
+    return out

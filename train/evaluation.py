@@ -13,12 +13,15 @@ Class names and prompt templates come from a ``classes.json`` (``{"classnames", 
 given explicitly; else, for a standard dataset name (``cifar10=DIR``), from clip_benchmark
 (:mod:`train.standard`); else from a ``classes.json`` next to the dataset; else from ``label_name``
 and default templates.
-Undecodable images are skipped and counted. Each result names its dataset by its file stem
+Undecodable images are skipped and counted. Zero-shot also keeps every sample's correctness
+(``correct``: packed bits, :func:`unpack_correct`), so two runs can be compared sample by sample
+and one run's accuracy gets a bootstrap interval. Each result names its dataset by its file stem
 (``cifar10-test`` for ``cifar10/test.parquet``), or by ``NAME=PATH``.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from dataclasses import dataclass
@@ -82,9 +85,12 @@ class Labelled:
     split: np.ndarray | None  # "train" / "test" per row, or None
 
 
+IMAGE_COLUMNS = ("image", "jpg", "png", "img", "image_bytes")
+
+
 def _image_column(table, path) -> list:
     cols = table.column_names
-    col = "image" if "image" in cols else next((c for c in cols if c in ("jpg", "png", "img", "image_bytes")), None)
+    col = next((c for c in IMAGE_COLUMNS if c in cols), None)
     if col is None:
         raise InputError(f"no image column (looked for image, jpg, png, img); columns: {cols}", path=str(path))
     values = table.column(col).to_pylist()
@@ -159,6 +165,45 @@ def _folder(p: Path) -> tuple[list, list[int], list[str]]:
     return images, labels, classes
 
 
+def check_eval_set(path: str | os.PathLike, task: str, classes: str | None = None) -> None:
+    """Can ``path`` serve ``task`` ("zeroshot" or "retrieval")? Reads the schema and the label column,
+    decodes no image. For zero-shot, the class names must resolve: a ``classes`` file (or one beside
+    the data) with one name per class, or a ``label_name`` column. Raises :class:`InputError`."""
+    p = Path(path)
+    if task == "retrieval" and p.is_dir():
+        return  # a Flickr / COCO directory: train.standard.read_captioned names what it lacks
+    if task == "zeroshot" and p.is_dir():
+        if not any(d.is_dir() for d in p.iterdir()):
+            raise InputError("an ImageFolder needs one subdirectory per class; there is none", path=str(p))
+        return
+    if not p.is_file():
+        raise InputError(
+            f"no {task} dataset here (a parquet file{' or an ImageFolder' if task == 'zeroshot' else ''})", path=str(p)
+        )
+    try:
+        cols = pq.read_schema(p).names
+    except Exception as e:
+        raise InputError(f"not a readable parquet: {e}", path=str(p)) from None
+    if not any(c in cols for c in IMAGE_COLUMNS):
+        raise InputError(f"no image column (looked for {', '.join(IMAGE_COLUMNS)}); columns: {cols}", path=str(p))
+    if task == "retrieval":
+        if not {"caption", "text", "captions"} & set(cols):
+            raise InputError(f"no caption (or text, or captions) column; columns: {cols}", path=str(p))
+        return
+    if "label" not in cols and "label_name" not in cols:
+        raise InputError(f"no label or label_name column; columns: {cols}", path=str(p))
+    col = "label" if "label" in cols else "label_name"
+    values = pq.read_table(p, columns=[col]).column(col).to_pylist()
+    n = (max(values) + 1) if col == "label" else len(set(values))
+    names, _ = read_classes(classes, p, n)
+    if names is None and "label_name" not in cols:
+        raise InputError(
+            "integer labels, no label_name column and no classes.json with class names: the prompts would "
+            "read 'a photo of a 3.'; give [eval] classes",
+            path=str(p),
+        )
+
+
 def read_classes(path: str | os.PathLike | None, dataset: Path, n_classes: int) -> tuple[list[str] | None, list[str]]:
     """Class names and templates from ``path``, else a ``classes.json`` beside the dataset that fits."""
     cand = Path(path) if path else (dataset if dataset.is_dir() else dataset.parent) / "classes.json"
@@ -229,6 +274,7 @@ def zeroshot(
     top = (feats @ weights.T).topk(min(5, len(names)), dim=-1).indices
     hit = top == labels[:, None]
     return {
+        "correct": pack_correct(hit[:, 0].numpy()),  # per decodable sample, in dataset order: paired tests
         "top1": float(hit[:, 0].float().mean()),
         "top5": float(hit.any(-1).float().mean()),
         "n": int(ok.sum()),
@@ -238,6 +284,15 @@ def zeroshot(
         "templates": len(templates),
         **({f"{k}_from": v for k, v in used.items()}),
     }
+
+
+def pack_correct(correct) -> str:
+    """Per-sample correctness as base64 of packed bits: 50,000 samples take 8 KB of ``eval.json``."""
+    return base64.b64encode(np.packbits(np.asarray(correct, bool)).tobytes()).decode()
+
+
+def unpack_correct(text: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8), count=n).astype(bool)
 
 
 def retrieval(model, preprocess, tokenizer, path, batch_size=256, limit=0, device="cpu"):

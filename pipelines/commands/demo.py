@@ -27,7 +27,7 @@ def register(sub) -> None:
         "--seeds",
         type=_ints,
         default=d.seeds,
-        help="training seeds per study cell, comma separated (default 0,1: shows the noise)",
+        help="training seeds per study cell, comma separated (default 0,1,2: intervals and verdicts)",
     )
     p.add_argument("--model", default=d.model, help="the CLIP of the study and of the filter")
     p.add_argument("--budgets", type=_ints, default=d.budgets, help="samples seen per run, comma separated")
