@@ -94,7 +94,7 @@ def run_demo(args: DemoConfig) -> int:
     t0 = time.perf_counter()
     web_dir = out / "web"
     if not (web_dir / "web.json").exists():
-        summary = build(web_dir, WebConfig(n=args.n, seed=args.seed))
+        summary = build(web_dir, WebConfig(n=args.n, seed=args.seed), progress=args.progress)
         noisy = summary["rows"] - summary["counts"]["clean"]
         log.info(f"[1/4] synthetic web: {summary['rows']} URLs, {noisy} noisy or hostile -> {web_dir}")
     else:

@@ -69,11 +69,11 @@ def _bodies(rows: list[dict], seed: int) -> list[bytes]:
     return [b"" if r["kind"] == "exact_dup" else _body(r, seed) for r in rows]
 
 
-def render_all(rows: list[dict], seed: int, workers: int, desc: str) -> list[bytes]:
+def render_all(rows: list[dict], seed: int, workers: int, desc: str, progress: bool = True) -> list[bytes]:
     chunks = [rows[k : k + 256] for k in range(0, len(rows), 256)]
     workers = workers or os.cpu_count() or 1
     out: list[bytes] = []
-    bar = tqdm(total=len(rows), desc=desc, unit="img", disable=len(rows) < 2000, leave=False)
+    bar = tqdm(total=len(rows), desc=desc, unit="img", disable=not progress or len(rows) < 2000, leave=False)
     if workers <= 1 or len(rows) < 1000:
         for c in chunks:
             out.extend(_bodies(c, seed))

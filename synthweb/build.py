@@ -219,12 +219,13 @@ def _route(row: dict, path: str, offset: int, length: int) -> dict:
     }
 
 
-def build(out: str | os.PathLike, cfg: WebConfig = WebConfig()) -> dict:
-    """Write the synthetic web to ``out`` and return its summary (also in ``out/web.json``)."""
+def build(out: str | os.PathLike, cfg: WebConfig = WebConfig(), progress: bool = True) -> dict:
+    """Write the synthetic web to ``out`` and return its summary (also in ``out/web.json``); ``progress``
+    shows bars while rendering."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = _plan(cfg)
-    bodies = render_all(rows, cfg.seed, cfg.workers, "rendering web")
+    bodies = render_all(rows, cfg.seed, cfg.workers, "rendering web", progress)
 
     tokens = [_token(cfg.seed, r["i"]) for r in rows]
     urls = [_url(cfg, r, t) for r, t in zip(rows, tokens, strict=True)]
@@ -276,7 +277,7 @@ def build(out: str | os.PathLike, cfg: WebConfig = WebConfig()) -> dict:
     )
     url_table = pa.table({"url": urls, "caption": caps, "uid": uids})
 
-    _write_eval(out / "eval", cfg)
+    _write_eval(out / "eval", cfg, progress)
     tmp_blobs.replace(out / "blobs.bin")
     pq.write_table(pa.Table.from_pylist(routes), out / "routes.parquet")
     pq.write_table(truth, out / "truth.parquet")
@@ -294,7 +295,7 @@ def build(out: str | os.PathLike, cfg: WebConfig = WebConfig()) -> dict:
     return summary
 
 
-def _write_eval(out: Path, cfg: WebConfig) -> None:
+def _write_eval(out: Path, cfg: WebConfig, progress: bool = True) -> None:
     """Held-out clean images, from a seed stream the pool never uses."""
     out.mkdir(parents=True, exist_ok=True)
     concepts = all_concepts()
@@ -317,7 +318,7 @@ def _write_eval(out: Path, cfg: WebConfig) -> None:
         for j, c in enumerate(concepts)
     ]
     labels = [concepts.index(Concept(r["colour"], r["shape"])) for r in zs]
-    images = render_all(zs, eval_seed, cfg.workers, "rendering eval set")
+    images = render_all(zs, eval_seed, cfg.workers, "rendering eval set", progress)
     pq.write_table(
         pa.table(
             {
@@ -337,7 +338,7 @@ def _write_eval(out: Path, cfg: WebConfig) -> None:
     for i in range(cfg.retrieval_pairs):
         c = concepts[i % len(concepts)]
         pairs.append(dict(zs[0], i=i, colour=c.colour, shape=c.shape, texture=captions_texture(rng)))
-    pair_images = render_all(pairs, ret_seed, cfg.workers, "rendering retrieval set")
+    pair_images = render_all(pairs, ret_seed, cfg.workers, "rendering retrieval set", progress)
     pair_caps = [
         captions.english(Concept(p["colour"], p["shape"]), np.random.default_rng([ret_seed, p["i"], 7]), p["texture"])
         for p in pairs

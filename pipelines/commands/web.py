@@ -45,7 +45,7 @@ def _build(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise InputError(f"--mix: {e}") from None
     t0 = time.perf_counter()
-    summary = build(args.out, cfg)
+    summary = build(args.out, cfg, progress=args.progress)
     log.info(f"built a synthetic web of {summary['rows']} URLs in {args.out} in {time.perf_counter() - t0:.1f} s")
     total = sum(summary["counts"].values())
     for kind, n in summary["counts"].items():
