@@ -14,14 +14,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from curate.core import storage
 from curate.core.errors import InputError
 from curate.core.manifest import load_manifest, manifest_path
+
+
+def _nonempty(url: str) -> bool:
+    return storage.isfile(url) and storage.size(url) > 0
 
 
 def _tiers(tiers_dir: str, tiers: tuple[str, ...]) -> list[str]:
     try:
         manifest = load_manifest(tiers_dir)
-        root = manifest_path(tiers_dir).parent
+        root = storage.parent(manifest_path(tiers_dir))  # a local dir or a bucket prefix
     except InputError as e:
         return [str(e)]
     known = manifest.tiers
@@ -32,10 +37,12 @@ def _tiers(tiers_dir: str, tiers: tuple[str, ...]) -> list[str]:
         elif known[t].samples <= 0 or not known[t].shards:
             out.append(f"{tiers_dir}: tier {t!r} is empty (0 samples): nothing to train on")
         else:
-            gone = [s for s in known[t].shards if not (root / s).is_file() or (root / s).stat().st_size == 0]
+            gone = [s for s in known[t].shards if not _nonempty(storage.join(root, s))]
             if gone:
                 total = len(known[t].shards)
-                out.append(f"{root / gone[0]}: shard of tier {t!r} missing or empty ({len(gone)} of {total})")
+                out.append(
+                    f"{storage.join(root, gone[0])}: shard of tier {t!r} missing or empty ({len(gone)} of {total})"
+                )
     return out
 
 
