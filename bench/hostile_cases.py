@@ -106,6 +106,7 @@ def _slow_shard(server, cfg, work: Path) -> dict:
 
     from curate.core import schema, units
     from curate.download import plan
+    from curate.download.run import shard_fingerprint
     from curate.download.safety import parse_allow
     from curate.download.worker import run_shard
     from curate.urllist.readers import read_url_list
@@ -118,7 +119,7 @@ def _slow_shard(server, cfg, work: Path) -> dict:
     for module in ("downloader", "resizer", "writer"):  # imported once per worker process, not per shard
         __import__(f"img2dataset.{module}")
     t0 = time.perf_counter()
-    run_shard(str(raw), 0, cfg, parse_allow(f"loopback:{server.port}"))
+    run_shard(str(raw), 0, cfg, parse_allow(f"loopback:{server.port}"), shard_fingerprint(cfg))
     dt = time.perf_counter() - t0
     reasons = [r[schema.DOWNLOAD_REASON] for r in pq.read_table(raw / "00000.parquet").to_pylist()]
     done = units.is_done(raw, "00000")

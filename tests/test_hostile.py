@@ -61,6 +61,7 @@ def test_the_deadline_spans_retries(hostile):
 def test_a_shard_with_slow_headers_finishes_within_the_deadline(hostile, tmp_path):
     """The unit a Ray task runs, run here: the slow URL fails as timeout and the shard is marked done."""
     from curate.download import plan
+    from curate.download.run import shard_fingerprint
     from curate.download.worker import run_shard
     from curate.urllist.readers import read_url_list
 
@@ -72,7 +73,7 @@ def test_a_shard_with_slow_headers_finishes_within_the_deadline(hostile, tmp_pat
     for module in ("downloader", "resizer", "writer"):  # imported once per worker process, not per shard
         __import__(f"img2dataset.{module}")
     t0 = time.perf_counter()
-    info = run_shard(str(raw), 0, CFG, parse_allow(f"loopback:{hostile.port}"))
+    info = run_shard(str(raw), 0, CFG, parse_allow(f"loopback:{hostile.port}"), shard_fingerprint(CFG))
     seconds = time.perf_counter() - t0
     assert units.is_done(raw, "00000") and info["rows"] == 5
     rows = pq.read_table(raw / "00000.parquet").to_pylist()

@@ -157,7 +157,8 @@ def _retry(out, cfg, reasons, config_file, policy, ray_address, num_cpus, progre
     return dataclasses.replace(done, retried=rows.num_rows)
 
 
-def _fingerprint(cfg: DownloadConfig) -> str:
+def shard_fingerprint(cfg: DownloadConfig) -> str:
+    """What a download shard's completion marker records: its output settings, hashed."""
     return hashlib.blake2b(json.dumps(cfg.fingerprint(), sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
@@ -197,7 +198,7 @@ def _execute(raw: str, rows: dict[int, int], pending: list[int], cfg, policy, sh
     done_ok = sum(m["successes"] for m in markers if m)
     total = done_rows + sum(rows[s] for s in pending)
     bar = DownloadProgress(raw, total, done_rows, done_ok, enabled=show)
-    fp = _fingerprint(cfg)
+    fp = shard_fingerprint(cfg)
     names = ("{}.tar", "{}.parquet", "{}_stats.json")
     work = [runner.Unit(shard_name(s), fp, tuple(n.format(shard_name(s)) for n in names), s) for s in pending]
     try:
