@@ -137,7 +137,9 @@ def paired_gap(a, b, correct_a=None, correct_b=None) -> Gap:
     ms_res = ss_res / ((s - 1) * (i - 1))
     v_seed = ms_seed / (s * i)
     v_item = max(ms_item - ms_res, 0.0) / (s * i)
-    v = v_seed + v_item
+    # Never below the eval samples' own noise (S x I paired differences taken as independent): two
+    # seeds whose gaps happen to be equal (accuracies are discrete) would otherwise give v = 0, p = 0.
+    v = max(v_seed + v_item, float(g.var(ddof=1)) / (s * i))
     if v <= 0:  # every seed and sample agrees exactly: no noise to speak of
         return Gap(float(grand), 0.0, s - 1.0, 0.0 if grand else 1.0, s, 0.0, 0.0, i)
     # Degrees of freedom: the seeds' S - 1, the scarcer part. Satterthwaite's would credit the eval

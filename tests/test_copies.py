@@ -152,3 +152,9 @@ def test_the_build_stage_verifies_near_copies_with_the_stored_thumbnails(tmp_pat
     monkeypatch.setattr(curate.annotate, "annotation_columns", lambda d: t.column_names)
     monkeypatch.setattr(curate.annotate, "read_annotations", lambda d, columns=None: t.select(columns))
     assert run_dedup(tmp_path, DedupConfig(semantic=False)).duplicates == 16
+
+
+def test_no_rows_to_compare_is_no_duplicates():
+    """A build where nothing decoded reaches dedup with an empty table; it must decide nothing, not fail."""
+    t = annotation_table([]).slice(0, 0)
+    assert deduplicate(t, DedupConfig(semantic=False)).num_rows == 0

@@ -67,8 +67,9 @@ def thumbs(column, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     size = COLOUR_BYTES + DETAIL_SIDE * DETAIL_SIDE
     buf = np.frombuffer(arr.buffers()[1], np.uint8)[arr.offset * size : (arr.offset + len(arr)) * size]
     raw = buf.reshape(len(arr), size)[valid]
-    colour = raw[:, :COLOUR_BYTES].reshape(-1, THUMB_SIDE, THUMB_SIDE, 3).astype(np.float32)
-    grey = raw[:, COLOUR_BYTES:].reshape(-1, DETAIL_SIDE, DETAIL_SIDE).astype(np.float32)
+    k = len(valid)  # not -1: numpy cannot infer it for zero rows (a build where nothing decoded)
+    colour = raw[:, :COLOUR_BYTES].reshape(k, THUMB_SIDE, THUMB_SIDE, 3).astype(np.float32)
+    grey = raw[:, COLOUR_BYTES:].reshape(k, DETAIL_SIDE, DETAIL_SIDE).astype(np.float32)
     return valid, colour, grey
 
 

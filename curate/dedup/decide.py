@@ -127,6 +127,8 @@ def deduplicate(
 def _near_links(table: pa.Table, cfg: DedupConfig, links: Links) -> None:
     """pHash candidates, plus thumbnail neighbours and verification where annotate stored thumbnails."""
     n, names = table.num_rows, table.column_names
+    if n < 2:  # nothing to compare (a build where nothing decoded)
+        return
     col = table.column(schema.PHASH)
     valid = np.flatnonzero(pc.is_valid(col).to_numpy(zero_copy_only=False))
     values, inverse = distinct(col.to_numpy(zero_copy_only=False)[valid].astype(np.uint64))
