@@ -79,6 +79,11 @@ def _damage(url: str, recorded: dict | None) -> str | None:
     """What is wrong with an output compared with its stamp, or None (no stamp: existence only)."""
     if storage.is_local(url):
         return integrity.check_file(storage.local_path(url), recorded)
+    return size_problem(url, recorded)
+
+
+def size_problem(url: str, recorded: dict | None) -> str | None:
+    """``url``'s size against its stamp: "missing", "N bytes, M written", or None (no stamp: existence only)."""
     try:
         size = storage.size(url)
     except FileNotFoundError:

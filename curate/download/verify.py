@@ -16,20 +16,11 @@ import os
 
 from curate.core import manifest, storage, units
 from curate.core.integrity import DamagedFile
+from curate.core.runner import size_problem
 from curate.download import plan as planning
 from curate.download.worker import shard_name
 
 log = logging.getLogger(__name__)
-
-
-def _size_problem(url: str, recorded: dict | None) -> str | None:
-    try:
-        size = storage.size(url)
-    except FileNotFoundError:
-        return "missing"
-    if recorded and "size" in recorded and size != recorded["size"]:
-        return f"{size} bytes, {recorded['size']} written"
-    return None
 
 
 def shard_problem(raw: str, shard: str, marker: dict | None = None) -> str | None:
@@ -37,7 +28,7 @@ def shard_problem(raw: str, shard: str, marker: dict | None = None) -> str | Non
     marker = marker if marker is not None else units.read_marker(raw, shard) or {}
     files = marker.get("files", {})
     for ext in ("tar", "parquet"):
-        problem = _size_problem(storage.join(raw, f"{shard}.{ext}"), files.get(ext))
+        problem = size_problem(storage.join(raw, f"{shard}.{ext}"), files.get(ext))
         if problem is not None:
             return f"{shard}.{ext}: {problem}"
     try:
