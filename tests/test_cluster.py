@@ -16,21 +16,9 @@ import torch
 
 from curate.core import rundir, storage
 from curate.core.failpoints import ENV
+from tests.test_build import CONFIG  # the local builds' settings: the outputs must compare
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = """
-[download]
-image_size = 64
-timeout = 1
-url_deadline = 5
-samples_per_shard = 40
-threads = 8
-[filters]
-preset = "synthetic-basic"
-image_size = 64
-[shards]
-shard_size = 16
-"""
 MICRO = {"model": "ct-vit-micro-32", "batch_size": 16, "threads": 1, "log_every": 2, "lr": 2e-3}
 
 
