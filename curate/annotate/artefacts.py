@@ -49,33 +49,44 @@ def contrast(grey: np.ndarray) -> float:
 def effective_side(grey: np.ndarray) -> float:
     g = grey.astype(np.float32)
     h, w = g.shape
-    var = float(g.var())
+    var = float(cv2.meanStdDev(grey)[1][0, 0]) ** 2
     best = 1.0
     if var >= 1.0:  # a flat image has no picture to lose; it is as large as it is
+        limit = (1 - EFFECTIVE_KEEP) * var * g.size  # as a sum of squares: cv2.norm, one call, no temporaries
         for f in SCALES:
             if min(h, w) / f < 4:
                 break
             down = cv2.resize(g, (max(1, round(w / f)), max(1, round(h / f))), interpolation=cv2.INTER_AREA)
             back = cv2.resize(down, (w, h), interpolation=cv2.INTER_LINEAR)
-            if float(((g - back) ** 2).mean()) > (1 - EFFECTIVE_KEEP) * var:
+            if cv2.norm(g, back, cv2.NORM_L2SQR) > limit:
                 break
             best = f
     return min(h, w) / best
 
 
-def palette_share(thumb: np.ndarray) -> float:
-    hist = cv2.calcHist([thumb], [0, 1, 2], None, [16, 16, 16], [0, 256, 0, 256, 0, 256]).ravel()
-    return float(np.sort(hist)[-PALETTE_BINS:].sum() / max(hist.sum(), 1.0))
+def colour_hist(thumb: np.ndarray) -> np.ndarray:
+    """Pixel counts in 16x16x16 colour bins (``palette_share`` and the blank share both read it)."""
+    return cv2.calcHist([thumb], [0, 1, 2], None, [16, 16, 16], [0, 256, 0, 256, 0, 256])
+
+
+def palette_share(thumb: np.ndarray, hist: np.ndarray | None = None) -> float:
+    hist = (colour_hist(thumb) if hist is None else hist).ravel()
+    # Counts are integers well below 2**24: the float32 sums are exact in any order.
+    return float(np.partition(hist, -PALETTE_BINS)[-PALETTE_BINS:].sum() / max(hist.sum(), 1.0))
 
 
 def blockiness(grey: np.ndarray) -> float:
     h, w = grey.shape
     if h < 16 or w < 16:
         return 1.0
-    g = grey.astype(np.float32)
     ratios = []
-    for steps in (np.abs(np.diff(g, axis=1)).mean(axis=0), np.abs(np.diff(g, axis=0)).mean(axis=1)):
-        at = np.zeros(len(steps), bool)
-        at[7::8] = True  # the step between pixel 7 and 8 of every block
-        ratios.append((steps[at].mean() + 1e-3) / (steps[~at].mean() + 1e-3))
-    return float(np.mean(ratios))
+    # Absolute steps between neighbours, summed per column (x) and per row (y), in int32 (exact).
+    for sums, n in (
+        (cv2.reduce(cv2.absdiff(grey[:, 1:], grey[:, :-1]), 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel(), h),
+        (cv2.reduce(cv2.absdiff(grey[1:], grey[:-1]), 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel(), w),
+    ):
+        at = int(sums[7::8].sum())  # the steps between pixel 7 and 8 of every block
+        n_at = len(sums[7::8])
+        rest = int(sums.sum()) - at
+        ratios.append((at / (n * n_at) + 1e-3) / (rest / (n * (len(sums) - n_at)) + 1e-3))
+    return (ratios[0] + ratios[1]) / 2

@@ -130,28 +130,31 @@ def measure(pixels: np.ndarray) -> ImageSignals:
     h, w = pixels.shape[:2]
     grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
     thumb64 = artefacts.small(pixels)
+    hist = artefacts.colour_hist(thumb64)
     return ImageSignals(
         width=w,
         height=h,
         aspect=max(w, h) / min(w, h),
-        blank_share=blank_share(thumb64),
+        blank_share=blank_share(thumb64, hist),
         sharpness=sharpness(grey),
         entropy=entropy(grey),
         phash=phash(grey),
         pixel_hash=pixel_hash(pixels),
-        thumb=thumbnail(pixels),
+        thumb=thumbnail(pixels, grey),
         contrast=artefacts.contrast(grey),
         effective_side=artefacts.effective_side(grey),
-        palette_share=artefacts.palette_share(thumb64),
+        palette_share=artefacts.palette_share(thumb64, hist),
         blockiness=artefacts.blockiness(grey),
     )
 
 
-def blank_share(pixels: np.ndarray) -> float:
+def blank_share(pixels: np.ndarray, hist: np.ndarray | None = None) -> float:
+    """Share of pixels near the dominant colour (``hist``: ``artefacts.colour_hist`` of ``pixels`` when
+    the caller has it)."""
     pixels = artefacts.small(pixels, THUMB)
     # The dominant colour is the fullest of 16x16x16 colour bins; a tolerance of 12 around the bin's
     # centre covers the bin (+-8) and a little noise, even for a flat tone that straddles two bins.
-    hist = cv2.calcHist([pixels], [0, 1, 2], None, [16, 16, 16], [0, 256, 0, 256, 0, 256])
+    hist = artefacts.colour_hist(pixels) if hist is None else hist
     _, _, _, (col, row) = cv2.minMaxLoc(hist.reshape(16, 256))
     centre = (row * 16 + 8, (col // 16) * 16 + 8, (col % 16) * 16 + 8)
     lo = np.array([max(0, c - BLANK_TOLERANCE) for c in centre], np.uint8)
@@ -179,11 +182,12 @@ def phash(grey: np.ndarray) -> int:
     return int(np.packbits(bits).view(">u8")[0])
 
 
-def thumbnail(pixels: np.ndarray) -> bytes:
+def thumbnail(pixels: np.ndarray, grey: np.ndarray | None = None) -> bytes:
+    """16 px colour and 32 px grey thumbnails, as one byte string (``grey``: the image in grey, when the
+    caller has it)."""
     colour = cv2.resize(pixels, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
-    grey = cv2.resize(
-        cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY), (DETAIL_SIDE, DETAIL_SIDE), interpolation=cv2.INTER_AREA
-    )
+    grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY) if grey is None else grey
+    grey = cv2.resize(grey, (DETAIL_SIDE, DETAIL_SIDE), interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(colour, np.uint8).tobytes() + np.ascontiguousarray(grey, np.uint8).tobytes()
 
 

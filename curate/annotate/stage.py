@@ -23,7 +23,7 @@ from curate.annotate.raw import IMAGE, SAMPLE_SCHEMA
 from curate.core import schema
 
 # Bumped when a signal's definition changes, so finished shards are annotated again.
-SIGNALS_VERSION = 2
+SIGNALS_VERSION = 3
 
 IDENTITY = [schema.UID, schema.URL, schema.CAPTION, schema.SHARD, schema.KEY]
 OUTPUT_SCHEMA = pa.schema([SAMPLE_SCHEMA.field(n) for n in IDENTITY] + list(schema.ANNOTATIONS))
