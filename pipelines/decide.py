@@ -137,11 +137,9 @@ def decide(
     out = []
     for c, gap, p_adj, ok, p in zip(comparisons, gaps, adj, decided, ps, strict=True):
         need = None if ok else _need(gap, alpha_next)
-        out.append(
-            Verdict(
-                c, gap, float(p_adj), ok, need, len(comparisons), _text(c, gap, p, p_adj, ok, need, len(comparisons))
-            )
-        )
+        smallest = stats.critical(alpha_next, stats.POWER) * gap.se_eval  # what more seeds could ever decide
+        text = _text(c, gap, p, p_adj, ok, need, len(comparisons), smallest)
+        out.append(Verdict(c, gap, float(p_adj), ok, need, len(comparisons), text))
     return out
 
 
@@ -162,7 +160,9 @@ def _where(c: Comparison) -> str:
     return f"at {c.budget:,} samples seen{on}"
 
 
-def _text(c: Comparison, gap: stats.Gap, p: float, p_adj: float, decided: bool, need, family: int) -> str:
+def _text(
+    c: Comparison, gap: stats.Gap, p: float, p_adj: float, decided: bool, need, family: int, smallest: float = 0.0
+) -> str:
     if gap.seeds == 0:
         return f"cannot compare {c.a} and {c.b} {_where(c)}: no seed has finished in both"
     lead, trail = (c.a, c.b) if gap.mean >= 0 else (c.b, c.a)
@@ -185,9 +185,11 @@ def _text(c: Comparison, gap: stats.Gap, p: float, p_adj: float, decided: bool, 
     if need is None:
         if gap.se_eval > 0 and gap.mean != 0:
             eval_noise = _pts(1.96 * gap.se_eval)
+            across = f" across {family} comparisons" if family > 1 else ""
             return (
-                f"{head}: {why}; more seeds would not decide it: the eval set's own noise (±{eval_noise}), which "
-                "seeds do not average away, is too large for a gap this size; a larger eval set would"
+                f"{head}: {why}; more seeds would not decide it: with the eval set's own noise (±{eval_noise}), "
+                f"which seeds do not average away, no gap under about {_pts(smallest)} points can be "
+                f"decided{across}; a larger eval set would"
             )
         return f"{head}: {why}"
     if need > stats.MAX_SEEDS:

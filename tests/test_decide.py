@@ -158,3 +158,33 @@ def test_a_round_adds_paired_seeds_to_the_closest_comparison_first_within_the_bu
     for cell in {c for c, _ in todo}:  # every cell gets the same new seeds, in sequence
         assert sorted(s for c, s in todo if c == cell) == list(range(3, 3 + len([1 for c, _ in todo if c == cell])))
     assert plan_round(verdicts, have, (0, 1, 2), room=1) == []  # a pair of runs does not fit in 1
+
+
+def test_a_gap_the_eval_set_hides_says_the_smallest_gap_it_could_decide():
+    # 3 seeds, 200 eval samples: on the same 9 samples every seed, a gets 5 right that b misses and b
+    # 4 that a misses: a gap of half a point that the seeds agree on, hidden by which samples the eval
+    # set happens to hold — noise no number of seeds removes.
+    rng = np.random.default_rng(3)
+    rows = []
+    for s in range(3):
+        a = rng.random(200) < 0.5
+        b = a.copy()
+        a[:5], b[:5] = True, False
+        a[5:9], b[5:9] = False, True
+        for tier, correct in (("a", a), ("b", b)):
+            rows.append(
+                {
+                    "variant": "v",
+                    "tier": tier,
+                    "samples_seen": 1000,
+                    "seed": s,
+                    "zeroshot_top1": float(correct.mean()),
+                    "zeroshot_correct": correct.tolist(),
+                }
+            )
+    (v,) = decide(rows, PAIR)
+    assert not v.decided and v.seeds_needed is None
+    assert "more seeds would not decide it: with the eval set's own noise (±" in v.text
+    smallest = stats.critical(0.05, stats.POWER) * v.gap.se_eval
+    assert f"no gap under about {100 * smallest:.1f} points can be decided; a larger eval set would" in v.text
+    assert smallest > abs(v.gap.mean)
