@@ -1,4 +1,4 @@
-"""Annotate a build directory: one resumable unit per raw shard, run by a Ray Data actor pool.
+"""Annotate a build directory: one resumable unit per raw shard, run by the stage runner on a Ray actor pool.
 
 ``annotate(DIR, cfg)`` reads ``DIR/raw/`` and writes, per raw shard ``NNNNN``:
 
