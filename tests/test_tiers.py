@@ -153,6 +153,51 @@ def make_build(tmp_path, n=230, raw_shards=3, filtered=40):
     return t.append_column("band", pa.array(bands.tolist(), pa.string()))
 
 
+TRICKY_CAPTIONS = ['quote " back\\slash', "line\nbreak\ttab\r\x00\x1f\x7f", "ünïcödé 😀 \u2028", "", None, "</script>"]
+TRICKY_URLS = [None, "", 'http://x/ü?"q"', "http://x/\\"]
+TRICKY_QUALITY = [1e-300, float("nan"), float("inf"), None, 1e-5, 0.30000000000000004, 2 / 3]
+
+
+def tricky_build(tmp_path):
+    """make_build's samples with captions, urls and qualities that json and tar must write exactly."""
+    samples = make_build(tmp_path)
+    n = samples.num_rows
+    cap = [TRICKY_CAPTIONS[i % 6] if i % 3 == 0 else c for i, c in enumerate(samples.column("caption").to_pylist())]
+    url = [TRICKY_URLS[i % 4] if i % 5 == 0 else u for i, u in enumerate(samples.column("url").to_pylist())]
+    q = [TRICKY_QUALITY[i % 7] if i % 4 == 0 else v for i, v in enumerate(samples.column("quality").to_pylist())]
+    samples = samples.set_column(samples.column_names.index("caption"), "caption", pa.array(cap, pa.string()))
+    samples = samples.set_column(samples.column_names.index("url"), "url", pa.array(url, pa.string()))
+    samples = samples.set_column(samples.column_names.index("quality"), "quality", pa.array(q, pa.float32()))
+    assert samples.num_rows == n
+    return samples
+
+
+def shard_digests(tmp_path) -> str:
+    import xxhash
+
+    lines = sorted(
+        f"{p.relative_to(tmp_path)} {xxhash.xxh3_128(p.read_bytes()).hexdigest()}"
+        for p in (tmp_path / "tiers").rglob("*.tar")
+    )
+    return xxhash.xxh3_128("\n".join(lines).encode()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "shard_size, digest", [(16, "256bb7c3c7ed26eedeaca6d88997d3be"), (1000, "2ab4bdf6878883ac7227a6f0ed5b5a23")]
+)
+def test_band_shards_are_the_bytes_the_first_writer_wrote(tmp_path, shard_size, digest):
+    """Digests of the shards the per-member writer (before commit 07bc62e) wrote for this build: the
+    column-wise writer must give the same bytes, and record the stamps a later check computes."""
+    from curate.core import integrity
+
+    samples = tricky_build(tmp_path)
+    write_tiers(tmp_path, samples, shard_cfg=ShardConfig(shard_size=shard_size, seed=3), progress=False)
+    assert shard_digests(tmp_path) == digest
+    for p in (tmp_path / "tiers" / "bands").rglob("*.tar"):
+        marker = units.read_marker(tmp_path / "tiers", f"{p.parent.name}-{p.stem}")
+        assert marker["files"][f"bands/{p.parent.name}/{p.name}"] == integrity.stamp(p)
+
+
 def test_write_tiers_bands_disjoint_tiers_nested_shards_uniform_and_readable(tmp_path):
     samples = make_build(tmp_path)
     cfg = ShardConfig(shard_size=16, seed=1)
