@@ -121,6 +121,27 @@ def test_sample_json_member_is_exactly_json_dumps(row):
     assert _sample_meta(row) == json.dumps(row, sort_keys=True, ensure_ascii=False).encode()
 
 
+def test_qualities_are_written_as_json_dumps_writes_them():
+    """Arrow's float text stands in for repr only where the two agree; checked over every magnitude."""
+    import math
+
+    from curate.shard.bandshard import _json_numbers
+
+    rng = np.random.default_rng(1)
+    x = np.concatenate(
+        [
+            rng.random(50_000),
+            rng.random(50_000).astype(np.float32).astype(np.float64),
+            np.ldexp(rng.random(100_000) + 0.5, rng.integers(-1074, 1024, 100_000)) * rng.choice([-1, 1], 100_000),
+            np.round(rng.random(10_000) * 1000) / 8,
+            [0.0, -0.0, 1.0, 1e16, 1e-4, 9.999999999999999e-05, 9999999999999998.0, 1e15, np.nan, np.inf, -np.inf],
+        ]
+    )
+    want = [float.__repr__(v) if math.isfinite(v) else json.dumps(v) for v in x.tolist()]
+    assert _json_numbers(pa.array(x)).to_pylist() == want
+    assert _json_numbers(pa.array([0.5, None, 3.0], pa.float32())).to_pylist() == ["0.5", "null", "3.0"]
+
+
 def make_build(tmp_path, n=230, raw_shards=3, filtered=40):
     """A build dir with raw tars (as img2dataset names members) and a matching sample table."""
     raw = tmp_path / "raw"

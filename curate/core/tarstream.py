@@ -96,7 +96,8 @@ def headers(names: list[str], sizes) -> np.ndarray:
     if len(sizes) and (sizes.min() < 0 or sizes.max() >= 8**11):
         i = int(np.flatnonzero((sizes < 0) | (sizes >= 8**11))[0])
         raise ValueError(f"member {names[i]!r} has a size ustar cannot hold ({sizes[i]} bytes)")
-    out = np.tile(_TEMPLATE_ROW, (len(names), 1))
+    out = np.empty((len(names), BLOCK), np.uint8)
+    out[:] = _TEMPLATE_ROW
     out[:, :100] = np.array(names, dtype="S100").view(np.uint8).reshape(-1, 100)  # ASCII, NUL-padded
     out[:, 124:135] = ord("0") + ((sizes[:, None] >> _SIZE_SHIFTS) & 7)
     out[:, 135] = 0
@@ -147,12 +148,10 @@ class TarWriter:
         n = len(names[0])
         if n == 0:
             return
-        sizes = np.stack([_lengths(d) for d in datas], 1).reshape(n, len(datas))
-        blocks = headers([name for row in zip(*names, strict=True) for name in row], sizes.reshape(-1))
-        blocks = blocks.reshape(n, len(datas), BLOCK)
         parts: list = []
-        for j, data in enumerate(datas):
-            parts += [_rows_of(blocks[:, j]), data, _zero_rows(-sizes[:, j] % BLOCK)]
+        for column, data in zip(names, datas, strict=True):
+            sizes = _lengths(data)
+            parts += [_rows_of(headers(column, sizes)), data, _zero_rows(-sizes % BLOCK)]
         big = [i for i, p in enumerate(parts) if not isinstance(p, pa.Array)]
         if not big:
             iov_cols = [_views(_join(parts))]
@@ -212,8 +211,8 @@ def _offsets_array(lengths: np.ndarray, data: bytes | np.ndarray) -> pa.Array:
 
 
 def _rows_of(blocks: np.ndarray) -> pa.Array:
-    """The rows of an ``(n, 512)`` array as an Arrow binary array."""
-    return _offsets_array(np.full(len(blocks), BLOCK), np.ascontiguousarray(blocks))
+    """The rows of a C-contiguous ``(n, 512)`` array as an Arrow binary array."""
+    return _offsets_array(np.full(len(blocks), BLOCK), blocks)
 
 
 def _zero_rows(lengths: np.ndarray) -> pa.Array:

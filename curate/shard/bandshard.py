@@ -65,11 +65,28 @@ def _json_strings(col) -> pa.Array:
 
 
 def _json_numbers(col) -> pa.Array:
-    """Each value as ``json.dumps`` writes it: a finite float as ``repr``, null, NaN and the infinities by json."""
-    return pa.array(
-        [float.__repr__(q) if type(q) is float and math.isfinite(q) else json.dumps(q) for q in col.to_pylist()],
-        pa.string(),
-    )
+    """Each value as ``json.dumps`` writes it: a finite float as ``repr``, null, NaN and the infinities by json.
+
+    Arrow writes a double's shortest round-trip digits, as ``repr`` does; where ``repr`` writes them
+    without an exponent (``1e-4 <= |x| < 1e16``) and Arrow did too, with a decimal point, the two texts
+    are the same. The rest (whole numbers, tiny or huge ones, non-floats) go through Python.
+    """
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if not pa.types.is_floating(col.type):
+        return pa.array([_json_number(q) for q in col.to_pylist()], pa.string())
+    col = col.cast(pa.float64())
+    text = col.cast(pa.string())
+    mag = np.abs(col.to_numpy(zero_copy_only=False))  # NaN where null
+    plain = pc.and_(pc.match_substring(text, "."), pc.invert(pc.match_substring(text, "e"))).fill_null(False)
+    other = ~((mag >= 1e-4) & (mag < 1e16) & plain.to_numpy(zero_copy_only=False))
+    if other.any():
+        fix = pa.array([_json_number(q) for q in col.filter(pa.array(other)).to_pylist()], pa.string())
+        text = pc.replace_with_mask(text, pa.array(other), fix)
+    return text
+
+
+def _json_number(q) -> str:
+    return float.__repr__(q) if type(q) is float and math.isfinite(q) else json.dumps(q)
 
 
 def _local_images(raw_dir: str, rows: pa.Table, maps: dict) -> list[memoryview]:
