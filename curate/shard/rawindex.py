@@ -33,9 +33,14 @@ def index_dir(raw_dir: str) -> str:
     return storage.join(raw_dir, INDEX)
 
 
-# ``stem.ext`` split at the last dot ((?s): a newline in a hostile name is a character like any other).
-_SPLIT = r"(?s)^(?P<stem>.*)\.(?P<ext>[^.]*)$"
-_LAST = r"(?s)(?P<name>[^/]*)$"
+def _rpartition(strings: pa.Array, sep: str) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """``str.rpartition`` column-wise: (head, tail, whether ``sep`` was found); not found: ("", whole)."""
+    parts = pc.split_pattern(strings, sep, max_splits=1, reverse=True)
+    ends = parts.offsets.to_numpy()
+    values = parts.values
+    found = pc.equal(pc.list_value_length(parts), 2)
+    head = pc.if_else(found, values.take(pa.array(ends[:-1])), "")
+    return head, values.take(pa.array(ends[1:] - 1)), found
 
 
 def _entries(members: Members) -> pa.Table:
@@ -47,10 +52,7 @@ def _entries(members: Members) -> pa.Table:
     """
     names = members.names
     exts = pa.array(IMAGE_EXTS, pa.string())
-    parts = pc.extract_regex(names, _SPLIT)
-    dot = parts.is_valid()
-    stem = pc.if_else(dot, pc.struct_field(parts, "stem"), "")
-    ext = pc.if_else(dot, pc.struct_field(parts, "ext"), names)  # no dot: rpartition's ("", "", name)
+    stem, ext, dot = _rpartition(names, ".")
     exact = pc.index_in(ext, value_set=exts)
     plain = pc.and_(exact.is_valid(), pc.invert(pc.match_substring(stem, "/")))
     # The rest: the file name in its folder, the extension in lower case (ASCII, as every image one is).
@@ -59,7 +61,7 @@ def _entries(members: Members) -> pa.Table:
     keep = pc.or_(plain, pc.and_(dot, folded.is_valid()))
     table = pa.table(
         {
-            "key": pc.if_else(plain, stem, pc.struct_field(pc.extract_regex(stem, _LAST), "name")),
+            "key": pc.if_else(plain, stem, _rpartition(stem, "/")[1]),
             "ext": pc.if_else(plain, ext, lower),
             "offset": pa.array(members.offsets, pa.int64()),
             "size": pa.array(members.sizes, pa.int64()),
