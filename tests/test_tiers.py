@@ -247,6 +247,24 @@ def test_write_tiers_bands_disjoint_tiers_nested_shards_uniform_and_readable(tmp
     assert "{000000.." in m.tiers["kept"].brace and "::" in m.tiers["kept"].brace
 
 
+def test_each_band_shard_task_carries_its_own_rows_only(tmp_path):
+    """A unit's rows pickle (for a Ray task) at their own size, not with the whole located table's buffers."""
+    import pickle
+
+    from curate.core import runner
+    from curate.select.bands import band_names
+    from curate.shard import writer
+
+    samples = make_build(tmp_path, n=2000, raw_shards=2)
+    bands = band_names(BandConfig()) + ["filtered"]
+    todo, _, _ = writer._plan_units(str(tmp_path / "tiers"), samples, bands, ShardConfig(shard_size=16))
+    located = writer._located(str(tmp_path / "raw"), samples, todo, runner.Executor("local"))
+    assert len(located) > 50
+    for unit in located:
+        rows = unit.args[1]
+        assert rows.num_rows <= 16 and len(pickle.dumps(rows)) < 2 * rows.nbytes + 4000
+
+
 def test_bytes_are_copied_not_reencoded_and_rerun_is_identical(tmp_path):
     samples = make_build(tmp_path)
     m1 = write_tiers(tmp_path, samples, shard_cfg=ShardConfig(shard_size=20), progress=False)
