@@ -253,7 +253,7 @@ def test_each_band_shard_task_carries_its_own_rows_only(tmp_path):
 
     from curate.core import runner
     from curate.select.bands import band_names
-    from curate.shard import writer
+    from curate.shard import bandshard, writer
 
     samples = make_build(tmp_path, n=2000, raw_shards=2)
     bands = band_names(BandConfig()) + ["filtered"]
@@ -261,8 +261,8 @@ def test_each_band_shard_task_carries_its_own_rows_only(tmp_path):
     located = writer._located(str(tmp_path / "raw"), samples, todo, runner.Executor("local"))
     assert len(located) > 50
     for unit in located:
-        rows = unit.args[1]
-        assert rows.num_rows <= 16 and len(pickle.dumps(rows)) < 2 * rows.nbytes + 4000
+        rows = bandshard.unpack(unit.args[1])
+        assert rows.num_rows <= 16 and len(pickle.dumps(unit.args)) < 2 * rows.nbytes + 4000
 
 
 def test_bytes_are_copied_not_reencoded_and_rerun_is_identical(tmp_path):

@@ -187,16 +187,32 @@ def write_band_shard(dest: str, raw_dir: str, rows: pa.Table) -> tuple[int, dict
     return rows.num_rows, {"size": w.bytes, DIGEST: digest.hexdigest()}
 
 
+def pack(rows: pa.Table) -> bytes:
+    """``rows`` as a zstd-compressed Arrow IPC stream (:func:`unpack` reads it).
+
+    A band shard's rows (~160 kB for 1,000 samples) travel to its Ray task in ~40 kB: under the size Ray
+    sends inside the task's request, instead of a round trip through the object store per task.
+    """
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rows.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
+        w.write_table(rows)
+    return sink.getvalue().to_pybytes()
+
+
+def unpack(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(data).read_all()
+
+
 class BandShardWriter:
-    """The runner's unit function for band shards: ``unit.args`` is ``(relative path, located rows)``."""
+    """The runner's unit function for band shards: ``unit.args`` is ``(relative path, packed located rows)``."""
 
     def __init__(self, raw_dir: str):
         self.raw_dir = raw_dir
 
     def __call__(self, root: str, unit) -> dict:
-        rel, rows = unit.args
+        rel, packed = unit.args
         dest = storage.join(root, rel)
-        n, stamp = write_band_shard(dest, self.raw_dir, rows)
+        n, stamp = write_band_shard(dest, self.raw_dir, unpack(packed))
         # Its stamp as written (integrity.stamp of the file, without reading it back); a store's object is
         # stamped by the runner once it is there (its size).
         files = {rel: stamp} if storage.is_local(dest) else None
