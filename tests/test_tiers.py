@@ -142,6 +142,19 @@ def test_qualities_are_written_as_json_dumps_writes_them():
     assert _json_numbers(pa.array([0.5, None, 3.0], pa.float32())).to_pylist() == ["0.5", "null", "3.0"]
 
 
+def test_strings_are_written_as_json_dumps_writes_them():
+    import random
+
+    from curate.shard.bandshard import _json_strings
+
+    rng = random.Random(0)
+    alphabet = ["a", " ", '"', "\\", "\n", "\x00", "\x1f", "\x7f", "é", "😀", "\u2028", "/"]
+    values = [None if rng.random() < 0.1 else "".join(rng.choices(alphabet, k=rng.randint(0, 8))) for _ in range(5000)]
+    column = pa.array(values, pa.string())
+    for col in (column, column.slice(37, 2000), pa.array(["plain", "x"]), pa.array([None, None])):
+        assert _json_strings(col).to_pylist() == [json.dumps(v, ensure_ascii=False) for v in col.to_pylist()]
+
+
 def make_build(tmp_path, n=230, raw_shards=3, filtered=40):
     """A build dir with raw tars (as img2dataset names members) and a matching sample table."""
     raw = tmp_path / "raw"
