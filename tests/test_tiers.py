@@ -121,6 +121,40 @@ def test_sample_json_member_is_exactly_json_dumps(row):
     assert _sample_meta(row) == json.dumps(row, sort_keys=True, ensure_ascii=False).encode()
 
 
+def test_qualities_are_written_as_json_dumps_writes_them():
+    """Arrow's float text stands in for repr only where the two agree; checked over every magnitude."""
+    import math
+
+    from curate.shard.bandshard import _json_numbers
+
+    rng = np.random.default_rng(1)
+    x = np.concatenate(
+        [
+            rng.random(50_000),
+            rng.random(50_000).astype(np.float32).astype(np.float64),
+            np.ldexp(rng.random(100_000) + 0.5, rng.integers(-1074, 1024, 100_000)) * rng.choice([-1, 1], 100_000),
+            np.round(rng.random(10_000) * 1000) / 8,
+            [0.0, -0.0, 1.0, 1e16, 1e-4, 9.999999999999999e-05, 9999999999999998.0, 1e15, np.nan, np.inf, -np.inf],
+        ]
+    )
+    want = [float.__repr__(v) if math.isfinite(v) else json.dumps(v) for v in x.tolist()]
+    assert _json_numbers(pa.array(x)).to_pylist() == want
+    assert _json_numbers(pa.array([0.5, None, 3.0], pa.float32())).to_pylist() == ["0.5", "null", "3.0"]
+
+
+def test_strings_are_written_as_json_dumps_writes_them():
+    import random
+
+    from curate.shard.bandshard import _json_strings
+
+    rng = random.Random(0)
+    alphabet = ["a", " ", '"', "\\", "\n", "\x00", "\x1f", "\x7f", "é", "😀", "\u2028", "/"]
+    values = [None if rng.random() < 0.1 else "".join(rng.choices(alphabet, k=rng.randint(0, 8))) for _ in range(5000)]
+    column = pa.array(values, pa.string())
+    for col in (column, column.slice(37, 2000), pa.array(["plain", "x"]), pa.array([None, None])):
+        assert _json_strings(col).to_pylist() == [json.dumps(v, ensure_ascii=False) for v in col.to_pylist()]
+
+
 def make_build(tmp_path, n=230, raw_shards=3, filtered=40):
     """A build dir with raw tars (as img2dataset names members) and a matching sample table."""
     raw = tmp_path / "raw"
@@ -153,6 +187,51 @@ def make_build(tmp_path, n=230, raw_shards=3, filtered=40):
     return t.append_column("band", pa.array(bands.tolist(), pa.string()))
 
 
+TRICKY_CAPTIONS = ['quote " back\\slash', "line\nbreak\ttab\r\x00\x1f\x7f", "ünïcödé 😀 \u2028", "", None, "</script>"]
+TRICKY_URLS = [None, "", 'http://x/ü?"q"', "http://x/\\"]
+TRICKY_QUALITY = [1e-300, float("nan"), float("inf"), None, 1e-5, 0.30000000000000004, 2 / 3]
+
+
+def tricky_build(tmp_path):
+    """make_build's samples with captions, urls and qualities that json and tar must write exactly."""
+    samples = make_build(tmp_path)
+    n = samples.num_rows
+    cap = [TRICKY_CAPTIONS[i % 6] if i % 3 == 0 else c for i, c in enumerate(samples.column("caption").to_pylist())]
+    url = [TRICKY_URLS[i % 4] if i % 5 == 0 else u for i, u in enumerate(samples.column("url").to_pylist())]
+    q = [TRICKY_QUALITY[i % 7] if i % 4 == 0 else v for i, v in enumerate(samples.column("quality").to_pylist())]
+    samples = samples.set_column(samples.column_names.index("caption"), "caption", pa.array(cap, pa.string()))
+    samples = samples.set_column(samples.column_names.index("url"), "url", pa.array(url, pa.string()))
+    samples = samples.set_column(samples.column_names.index("quality"), "quality", pa.array(q, pa.float32()))
+    assert samples.num_rows == n
+    return samples
+
+
+def shard_digests(tmp_path) -> str:
+    import xxhash
+
+    lines = sorted(
+        f"{p.relative_to(tmp_path)} {xxhash.xxh3_128(p.read_bytes()).hexdigest()}"
+        for p in (tmp_path / "tiers").rglob("*.tar")
+    )
+    return xxhash.xxh3_128("\n".join(lines).encode()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "shard_size, digest", [(16, "256bb7c3c7ed26eedeaca6d88997d3be"), (1000, "2ab4bdf6878883ac7227a6f0ed5b5a23")]
+)
+def test_band_shards_are_the_bytes_the_first_writer_wrote(tmp_path, shard_size, digest):
+    """Digests of the shards the per-member writer (before commit 07bc62e) wrote for this build: the
+    column-wise writer must give the same bytes, and record the stamps a later check computes."""
+    from curate.core import integrity
+
+    samples = tricky_build(tmp_path)
+    write_tiers(tmp_path, samples, shard_cfg=ShardConfig(shard_size=shard_size, seed=3), progress=False)
+    assert shard_digests(tmp_path) == digest
+    for p in (tmp_path / "tiers" / "bands").rglob("*.tar"):
+        marker = units.read_marker(tmp_path / "tiers", f"{p.parent.name}-{p.stem}")
+        assert marker["files"][f"bands/{p.parent.name}/{p.name}"] == integrity.stamp(p)
+
+
 def test_write_tiers_bands_disjoint_tiers_nested_shards_uniform_and_readable(tmp_path):
     samples = make_build(tmp_path)
     cfg = ShardConfig(shard_size=16, seed=1)
@@ -179,6 +258,24 @@ def test_write_tiers_bands_disjoint_tiers_nested_shards_uniform_and_readable(tmp
     tier = read_tier(tmp_path, "top20")
     assert tier.samples == m.tiers["top20"].samples and all(p.endswith(".tar") for p in tier.shards)
     assert "{000000.." in m.tiers["kept"].brace and "::" in m.tiers["kept"].brace
+
+
+def test_each_band_shard_task_carries_its_own_rows_only(tmp_path):
+    """A unit's rows pickle (for a Ray task) at their own size, not with the whole located table's buffers."""
+    import pickle
+
+    from curate.core import runner
+    from curate.select.bands import band_names
+    from curate.shard import bandshard, writer
+
+    samples = make_build(tmp_path, n=2000, raw_shards=2)
+    bands = band_names(BandConfig()) + ["filtered"]
+    todo, _, _ = writer._plan_units(str(tmp_path / "tiers"), samples, bands, ShardConfig(shard_size=16))
+    located = writer._located(str(tmp_path / "raw"), samples, todo, runner.Executor("local"))
+    assert len(located) > 50
+    for unit in located:
+        rows = bandshard.unpack(unit.args[1])
+        assert rows.num_rows <= 16 and len(pickle.dumps(unit.args)) < 2 * rows.nbytes + 4000
 
 
 def test_bytes_are_copied_not_reencoded_and_rerun_is_identical(tmp_path):

@@ -5,7 +5,9 @@ the stage directory). It is finished when its marker (``<stage>/_done/<name>.jso
 fingerprint and every output exists. :func:`run` hands each unfinished unit to ``fn`` — which writes
 the outputs, under :mod:`curate.core.storage` commit rules, and returns what the marker should say —
 and writes the marker last, in the process that ran ``fn``. ``fn`` may write the marker itself (the
-download stage does, under a lock); the runner then leaves it alone.
+download stage does, under a lock); the runner then leaves it alone. ``fn`` may return its outputs'
+stamps under ``"files"`` (``{output: stamp(output)}``, taken as it wrote them: a writer that digests
+its bytes on the way out spares reading them back); the runner stamps the others itself.
 
 Executors (:class:`Executor`): ``local`` (one after another, in this process), ``threads`` (a pool
 here: for work that releases the GIL), ``tasks`` (one Ray task per unit, a bounded number in flight,
@@ -130,9 +132,10 @@ def execute(root: str, unit: Unit, fn: Callable, opts: dict | None = None) -> di
     if opts is not None and opts != storage.options():
         storage.configure(opts)
     info = dict(fn(root, unit) or {})
+    given = info.pop("files", None) or {}  # stamps fn took as it wrote (the same values, no reading back)
     marker = units.read_marker(root, unit.name)
     if not (marker and marker.get("fingerprint") == unit.fingerprint):
-        files = {o: stamp(storage.join(root, o)) for o in unit.outputs}
+        files = {o: given.get(o) or stamp(storage.join(root, o)) for o in unit.outputs}
         units.mark_done(root, unit.name, {**info, "files": files, "fingerprint": unit.fingerprint})
     return info
 

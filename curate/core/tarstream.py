@@ -9,14 +9,30 @@ write are built from validated uids and a whitelist of extensions.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import re
 import tarfile
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-BLOCK = 512
+from curate.core.tarscan import BLOCK, Members, scan, scan_columns
+
+__all__ = [
+    "BLOCK",
+    "IMAGE_EXTS",
+    "MappedTar",
+    "Members",
+    "TarWriter",
+    "header",
+    "headers",
+    "index_tar",
+    "scan",
+    "scan_columns",
+]
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}\.(jpg|jpeg|png|webp|txt|json|cls)$")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
@@ -80,12 +96,12 @@ def headers(names: list[str], sizes) -> np.ndarray:
     if len(sizes) and (sizes.min() < 0 or sizes.max() >= 8**11):
         i = int(np.flatnonzero((sizes < 0) | (sizes >= 8**11))[0])
         raise ValueError(f"member {names[i]!r} has a size ustar cannot hold ({sizes[i]} bytes)")
-    out = np.tile(_TEMPLATE_ROW, (len(names), 1))
-    raw = b"".join(name.encode("ascii").ljust(100, b"\0") for name in names)
-    out[:, :100] = np.frombuffer(raw, np.uint8).reshape(-1, 100)
+    out = np.empty((len(names), BLOCK), np.uint8)
+    out[:] = _TEMPLATE_ROW
+    out[:, :100] = np.array(names, dtype="S100").view(np.uint8).reshape(-1, 100)  # ASCII, NUL-padded
     out[:, 124:135] = ord("0") + ((sizes[:, None] >> _SIZE_SHIFTS) & 7)
     out[:, 135] = 0
-    chk = out.sum(1, dtype=np.int64)
+    chk = out.sum(1, dtype=np.uint32).astype(np.int64)
     out[:, 148:154] = ord("0") + ((chk[:, None] >> _SUM_SHIFTS) & 7)
     out[:, 154] = 0
     out[:, 155] = ord(" ")
@@ -95,14 +111,17 @@ def headers(names: list[str], sizes) -> np.ndarray:
 class TarWriter:
     """Write ustar members to a file descriptor; :meth:`close` writes the end-of-archive blocks.
 
-    Headers, data and padding are queued as separate buffers and written with ``writev``, so member
-    data goes from the caller's buffer to the kernel without another copy in Python.
+    Headers, data and padding are queued as buffers and written with ``writev``, so member data goes
+    from the caller's buffer to the kernel without another copy in Python (:meth:`add_columns` joins
+    the small ones first). ``digest``, when given, sees every byte written, in order: the file's
+    digest without reading it back.
     """
 
     _MAX_IOV = 1000  # below IOV_MAX (1024 on Linux)
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, digest=None):
         self.fd = fd
+        self.digest = digest  # fed every byte written, in order (an ``xxhash.xxh3_128()``, say), or None
         self.bytes = 0
         self._iov: list[bytes | memoryview] = []
         self._queued = 0
@@ -119,25 +138,48 @@ class TarWriter:
         if self._queued >= 8 << 20 or len(self._iov) >= self._MAX_IOV - 3:
             self._flush()
 
-    def add_many(self, names: list[str], datas: list[bytes | memoryview]) -> None:
-        """Like :meth:`add` for each pair, with every header built in one vectorised pass."""
-        sizes = [len(d) for d in datas]
-        blocks = memoryview(headers(names, sizes).tobytes())
-        pads = [-n % BLOCK for n in sizes]
+    def add_columns(self, names: list[list[str]], datas: list) -> None:
+        """Members in ``n`` rows of ``k`` columns, row by row: row i is ``names[j][i]`` with ``datas[j][i]``
+        for each column j, written exactly as :meth:`add` would write them.
+
+        A data column is a list of buffers (views of mapped files: they go to ``writev`` as they are) or
+        an Arrow binary array (small members: captions, metadata). Headers, paddings and Arrow columns
+        between two list columns are joined column-wise into one buffer per row, so a row costs a
+        ``writev`` entry per list column and one more, however many members it has.
+        """
+        n = len(names[0])
+        if n == 0:
+            return
+        parts: list = []
+        for column, data in zip(names, datas, strict=True):
+            sizes = _lengths(data)
+            parts += [_rows_of(headers(column, sizes)), data, _zero_rows(-sizes % BLOCK)]
+        big = [i for i, p in enumerate(parts) if not isinstance(p, pa.Array)]
+        if not big:
+            iov_cols = [_views(_join(parts))]
+        else:  # row i's stretch before its first list column is written after row i - 1's last one
+            lead = _join(parts[: big[0]])
+            nxt = pa.concat_arrays([lead.slice(1), pa.array([b""], pa.binary())])
+            iov_cols = [parts[big[0]]]
+            for a, b in itertools.pairwise(big):
+                iov_cols += [_views(_join(parts[a + 1 : b])), parts[b]]
+            iov_cols.append(_views(_join([*parts[big[-1] + 1 :], nxt])))
+            self._iov.append(_views(lead)[0])
+            self._queued += len(self._iov[-1])
+            self.bytes += len(self._iov[-1])
+        iov = [x for row in zip(*iov_cols, strict=True) for x in row]
         self._flush()
-        step = (self._MAX_IOV - 3) // 3
-        for start in range(0, len(datas), step):
-            end = min(start + step, len(datas))
-            iov: list[bytes | memoryview] = []
-            for i in range(start, end):
-                iov += (blocks[i * BLOCK : (i + 1) * BLOCK], datas[i], _PADS[pads[i]])
-            self._iov = iov
-            self._queued = (end - start) * BLOCK + sum(sizes[start:end]) + sum(pads[start:end])
+        for start in range(0, len(iov), self._MAX_IOV):
+            self._iov = iov[start : start + self._MAX_IOV]
+            self._queued = sum(map(len, self._iov))
             self.bytes += self._queued
             self._flush()
 
     def _flush(self) -> None:
         iov, want = self._iov, self._queued
+        if self.digest is not None:
+            for b in iov:
+                self.digest.update(b)
         while want:
             done = os.writev(self.fd, iov)
             want -= done
@@ -156,7 +198,39 @@ class TarWriter:
 
 
 _ZEROS = bytes(2 * BLOCK)
-_PADS = [memoryview(_ZEROS)[:k] for k in range(BLOCK)]
+
+
+def _lengths(data) -> np.ndarray:
+    if isinstance(data, pa.Array):
+        return pc.binary_length(data).to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.fromiter(map(len, data), np.int64, len(data))
+
+
+def _offsets_array(lengths: np.ndarray, data: bytes | np.ndarray) -> pa.Array:
+    offsets = np.zeros(len(lengths) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.Array.from_buffers(pa.binary(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _rows_of(blocks: np.ndarray) -> pa.Array:
+    """The rows of a C-contiguous ``(n, 512)`` array as an Arrow binary array."""
+    return _offsets_array(np.full(len(blocks), BLOCK), blocks)
+
+
+def _zero_rows(lengths: np.ndarray) -> pa.Array:
+    return _offsets_array(lengths, bytes(int(lengths.sum())))
+
+
+def _join(arrays: list[pa.Array]) -> pa.Array:
+    """Row i of every array, concatenated (one buffer for all rows)."""
+    return arrays[0] if len(arrays) == 1 else pc.binary_join_element_wise(*arrays, b"")
+
+
+def _views(array: pa.Array) -> list[memoryview]:
+    """Each value of a binary array as a view of its data buffer."""
+    data = memoryview(array.buffers()[2] or b"")
+    ends = np.frombuffer(array.buffers()[1], np.int32, len(array) + 1, array.offset * 4).tolist()
+    return [data[a:b] for a, b in itertools.pairwise(ends)]
 
 
 def index_tar(path: str | os.PathLike) -> dict[str, dict[str, tuple[int, int]]]:
@@ -181,6 +255,7 @@ class MappedTar:
 
     def __init__(self, path: str | os.PathLike, populate: bool = True):
         self.path = str(path)
+        self._members: list[tuple[str, int, int]] | None = None
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size == 0:
                 raise tarfile.ReadError(f"{path}: empty file, not a tar")
@@ -190,10 +265,17 @@ class MappedTar:
             self._map = mmap.mmap(f.fileno(), 0, flags, mmap.PROT_READ)
         self._view = memoryview(self._map)
         try:
-            self.members = scan(self._map, self.path)
+            self.columns = scan_columns(self._map, self.path)
         except BaseException:
             self.close()
             raise
+
+    @property
+    def members(self) -> list[tuple[str, int, int]]:
+        """``(name, data offset, size)`` per regular file, in file order (:func:`scan`)."""
+        if self._members is None:
+            self._members = self.columns.rows()
+        return self._members
 
     def index(self) -> dict[str, dict[str, tuple[int, int]]]:
         out: dict[str, dict[str, tuple[int, int]]] = {}
@@ -225,126 +307,3 @@ class MappedTar:
 
 # Map every page up front, in one pass, instead of taking a page fault per 64 KiB on first touch.
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
-_REGULAR = frozenset(b"0\x007")  # regular file ('7': contiguous file, read as one)
-_NEXT_NAME = frozenset(b"Lx")  # GNU long name, pax extended header: both describe the next member
-_META = frozenset(b"Kg")  # GNU long link name, pax global header: nothing we use
-_SUM_CHUNK = 1 << 16  # headers checked per vectorised pass
-_END = frozenset(b" \0")
-
-
-def scan(buf, where: str = "tar") -> list[tuple[str, int, int]]:
-    """``(name, data offset, size)`` of the regular-file members of an uncompressed tar, in file order.
-
-    ``buf`` is the whole archive as a sliceable bytes-like object (``bytes``, an ``mmap``): only header
-    blocks are read, member data is never touched. Reads ustar (with its name prefix), GNU long names,
-    GNU base-256 sizes and pax ``path`` records; skips directories, links and devices. Every header's
-    checksum is verified (in one vectorised pass at the end) and the archive must end with its
-    end-of-archive block; anything else raises ``tarfile.TarError`` naming ``where`` and the byte.
-    Names are returned as text to compare with expected names, never to be used as paths.
-    """
-    total = len(buf)
-    out: list[tuple[str, int, int]] = []
-    heads: list[int] = []
-    long_name: bytes | None = None
-    pos = 0
-    while True:
-        if pos + BLOCK > total:
-            raise tarfile.ReadError(f"{where}: cut off at byte {pos} (no end-of-archive block)")
-        h = buf[pos : pos + BLOCK]
-        if h == _ZERO_BLOCK:
-            break
-        try:
-            size = int(h[124:135], 8) if h[135] in _END else _octal(h[124:136])  # 11 digits and a NUL, mostly
-        except ValueError:
-            try:
-                size = _octal(h[124:136])
-            except ValueError:
-                raise tarfile.ReadError(f"{where}: corrupt tar header at byte {pos}") from None
-        if size < 0:  # int() takes a sign; a negative size would walk backwards forever
-            raise tarfile.ReadError(f"{where}: corrupt tar header at byte {pos}")
-        heads.append(pos)
-        data = pos + BLOCK
-        if data + size > total:
-            raise tarfile.ReadError(f"{where}: cut off inside the member at byte {pos}")
-        kind = h[156]
-        if kind in _NEXT_NAME:
-            raw = buf[data : data + size]
-            if kind == ord("L"):
-                long_name = raw.rstrip(b"\0")
-            else:
-                paths = [r[5:].rstrip(b"\n") for r in _pax(raw, where, pos) if r.startswith(b"path=")]
-                long_name = paths[-1] if paths else long_name
-        elif kind not in _META:
-            if kind in _REGULAR:
-                name = long_name
-                if name is None:
-                    name = h[:100].split(b"\0", 1)[0]
-                    if h[345] and h[257:262] == b"ustar":
-                        name = h[345:500].split(b"\0", 1)[0] + b"/" + name
-                out.append((name.decode("utf-8", "replace"), data, size))
-            long_name = None
-        pos = data + size + (-size % BLOCK)
-    if heads:
-        _check_sums(buf, heads, where)
-    return out
-
-
-def _octal(field: bytes) -> int:
-    if field and field[0] & 0x80:  # GNU base-256, for sizes past 8 GiB
-        return int.from_bytes(field[1:], "big")
-    return int(field.strip(b" \0") or b"0", 8)
-
-
-def _check_sums(buf, heads: list[int], where: str) -> None:
-    # Header blocks are 512-byte aligned: gather them as rows of 64 machine words and sum each row's
-    # bytes two at a time in 16-bit lanes (at most 64 * 510 per lane, so lanes never carry over).
-    n_blocks = len(buf) // BLOCK
-    rows = np.frombuffer(buf, np.uint64, count=n_blocks * (BLOCK // 8)).reshape(n_blocks, BLOCK // 8)
-    offsets = np.asarray(heads, np.int64)
-    lo = np.uint64(0x00FF00FF00FF00FF)
-    for k in range(0, len(offsets), _SUM_CHUNK):
-        at = offsets[k : k + _SUM_CHUNK]
-        w = rows[at // BLOCK]
-        lanes = ((w & lo) + ((w >> np.uint64(8)) & lo)).sum(1, dtype=np.uint64)
-        total = sum(((lanes >> np.uint64(s)) & np.uint64(0xFFFF)).astype(np.int64) for s in (0, 16, 32, 48))
-        field = w.view(np.uint8).reshape(len(at), BLOCK)[:, 148:156]
-        got = total - field.sum(1, dtype=np.int64) + 8 * 32  # the checksum field itself counts as eight spaces
-        # The stored checksum: octal digits, then NUL or space (leading spaces allowed).
-        digit = (field >= ord("0")) & (field <= ord("7"))
-        stored = np.zeros(len(at), np.int64)
-        for c in range(8):
-            stored = np.where(digit[:, c], stored * 8 + (field[:, c].astype(np.int64) - ord("0")), stored)
-        for i in np.flatnonzero(got != stored):
-            block = buf[at[i] : at[i] + BLOCK]
-            if _stored_sum(block) not in (sum(block[:148]) + sum(block[156:]) + 256, _signed_sum(block)):
-                raise tarfile.ReadError(f"{where}: tar header checksum mismatch at byte {at[i]}")
-
-
-def _stored_sum(block: bytes) -> int | None:
-    try:
-        return _octal(block[148:156])
-    except ValueError:
-        return None
-
-
-def _signed_sum(block: bytes) -> int:
-    """The checksum as some old tars compute it, over signed bytes (``tarfile`` accepts both)."""
-    return sum(b - 256 if b > 127 else b for b in block[:148] + block[156:]) + 256
-
-
-def _pax(data: bytes, where: str, pos: int) -> list[bytes]:
-    """The ``key=value`` records of a pax extended header (``<len> key=value\\n`` each)."""
-    out, i = [], 0
-    while i < len(data):
-        sp = data.find(b" ", i)
-        if sp <= i or not data[i:sp].isdigit():
-            raise tarfile.ReadError(f"{where}: corrupt pax header at byte {pos}")
-        n = int(data[i:sp])
-        if n <= sp - i or i + n > len(data):
-            raise tarfile.ReadError(f"{where}: corrupt pax header at byte {pos}")
-        out.append(data[sp + 1 : i + n])
-        i += n
-    return out
-
-
-_ZERO_BLOCK = bytes(BLOCK)
