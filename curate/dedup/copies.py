@@ -35,6 +35,7 @@ recall falls as the pool gets denser around an image (a copy must rank among its
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -96,9 +97,11 @@ def search_vectors(t: np.ndarray) -> np.ndarray:
     return out
 
 
-def neighbour_pairs(x: np.ndarray, cfg: CopyConfig = CopyConfig()) -> tuple[np.ndarray, np.ndarray]:
+def neighbour_pairs(x, cfg: CopyConfig = CopyConfig()) -> tuple[np.ndarray, np.ndarray]:
     """(i, j), i < j: each row's ``cfg.neighbours`` nearest rows of unit vectors ``x`` by cosine, at or
-    above ``cfg.min_cosine``, searched within inverted-file cells rather than over all pairs."""
+    above ``cfg.min_cosine``, searched within inverted-file cells rather than over all pairs. ``x``: an
+    array, or rows read on demand (:class:`curate.dedup.thumbstore.Spilled`): it is read a block, a
+    fitting sample and a cell at a time, and the pairs found are kept unique as they come."""
     from curate.dedup.semantic import kmeans
 
     n = len(x)
@@ -106,36 +109,43 @@ def neighbour_pairs(x: np.ndarray, cfg: CopyConfig = CopyConfig()) -> tuple[np.n
         return np.empty(0, np.int64), np.empty(0, np.int64)
     cells = max(1, min(n, round(np.sqrt(n) / 2)))
     rng = np.random.default_rng(cfg.seed)
-    fit = x if n <= 50_000 else x[np.sort(rng.choice(n, 50_000, replace=False))]
+    fit = x[:] if n <= 50_000 else x[np.sort(rng.choice(n, 50_000, replace=False))]
     _, centres = kmeans(fit, min(cells, len(fit)), iterations=10, seed=cfg.seed)
+    del fit
     probes = min(cfg.probes, len(centres))
     near = np.concatenate(
         [np.argsort(-(x[s : s + 65_536] @ centres.T), axis=1)[:, :probes] for s in range(0, n, 65_536)]
-    )
-    out_i, out_j = [], []
+    ).astype(np.int32)
+    found, pending = np.zeros(0, np.int64), []
     for c in range(len(centres)):
         rows = np.flatnonzero((near == c).any(axis=1))
         if len(rows) < 2:
             continue
         k = min(cfg.neighbours, len(rows) - 1)
+        xr = x[rows]
         for s in range(0, len(rows), 4096):
-            sims = x[rows[s : s + 4096]] @ x[rows].T
+            sims = xr[s : s + 4096] @ xr.T
             sims[np.arange(sims.shape[0]), np.arange(s, s + sims.shape[0])] = -2.0  # not oneself
             top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
             ok = np.take_along_axis(sims, top, axis=1) >= cfg.min_cosine
             a = np.repeat(rows[s : s + 4096], k).reshape(-1, k)[ok]
-            out_i.append(a)
-            out_j.append(rows[top[ok]])
-    if not out_i:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    return unique_pairs(np.concatenate(out_i), np.concatenate(out_j), n)
+            pending.append(_packed(a, rows[top[ok]], n))
+        if sum(len(p) for p in pending) > 1 << 20:
+            found, pending = np.unique(np.concatenate([found, *pending])), []
+    packed = np.unique(np.concatenate([found, *pending]))
+    return packed // n, packed % n
+
+
+def _packed(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
+    """Unordered pairs as one int64 each (lo * n + hi), self-pairs dropped."""
+    lo, hi = np.minimum(i, j).astype(np.int64), np.maximum(i, j).astype(np.int64)
+    keep = lo != hi
+    return lo[keep] * n + hi[keep]
 
 
 def unique_pairs(i: np.ndarray, j: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Each unordered pair once, i < j, self-pairs dropped."""
-    lo, hi = np.minimum(i, j).astype(np.int64), np.maximum(i, j).astype(np.int64)
-    keep = lo != hi
-    packed = np.unique(lo[keep] * n + hi[keep])
+    packed = np.unique(_packed(i, j, n))
     return packed // n, packed % n
 
 
@@ -276,14 +286,16 @@ def copy_pairs(
     extra: tuple[np.ndarray, np.ndarray] | None = None,
     shape: np.ndarray | None = None,
     side: np.ndarray | None = None,
+    scratch: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(i, j) rows that are near copies, from colour thumbnails ``t`` and grey thumbnails ``grey``
-    (:func:`thumbs`): neighbour candidates plus ``extra`` candidate pairs (e.g. pHash matches), each
-    verified. ``shape`` (log width/height per row, NaN where unknown) drops pairs whose shapes differ
-    more than a crop within ``max_crop`` can make; ``side`` (shorter side in pixels per row) sends pairs
-    with an image under 32 px to the 16 px detail comparison."""
+    (:func:`thumbs`, or :class:`curate.dedup.thumbstore.Spilled` views): neighbour candidates plus
+    ``extra`` candidate pairs (e.g. pHash matches), each verified. ``shape`` (log width/height per row,
+    NaN where unknown) drops pairs whose shapes differ more than a crop within ``max_crop`` can make;
+    ``side`` (shorter side in pixels per row) sends pairs with an image under 32 px to the 16 px detail
+    comparison. With ``scratch`` (a directory) the search vectors are spilled there too."""
     n = len(t)
-    i, j = neighbour_pairs(search_vectors(t), cfg)
+    i, j = neighbour_pairs(search_vectors(t) if scratch is None else _spilled_vectors(t, scratch), cfg)
     if extra is not None and len(extra[0]):
         i, j = unique_pairs(np.concatenate([i, extra[0]]), np.concatenate([j, extra[1]]), n)
     bad = flat(t, cfg)
@@ -295,6 +307,13 @@ def copy_pairs(
     sim, detail = verify_pairs(t, grey, i, j, cfg, coarse)
     ok = (sim >= cfg.min_similarity) & (detail >= cfg.min_detail)
     return i[ok], j[ok]
+
+
+def _spilled_vectors(t, scratch: str):
+    from curate.dedup.thumbstore import write_rows
+
+    blocks = (search_vectors(t[at : at + BLOCK]) for at in range(0, len(t), BLOCK))
+    return write_rows(Path(scratch) / "vectors.f32", blocks, np.float32, ((THUMB_SIDE // 2) ** 2 * 3,))
 
 
 def verify_pairs(
