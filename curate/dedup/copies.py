@@ -43,7 +43,7 @@ from curate.annotate.image import DETAIL_SIDE, THUMB_SIDE
 from curate.dedup.near import aspect_differs
 
 COLOUR_BYTES = THUMB_SIDE * THUMB_SIDE * 3
-PAIR_BLOCK = 4096  # candidate pairs verified at a time
+PAIR_BLOCK = 1024  # candidate pairs verified at a time (each ~60 KB of float32 temporaries)
 SEARCH_BLOCK = 1024  # rows whose neighbours are searched at a time
 
 
@@ -128,12 +128,15 @@ def neighbour_pairs(x, cfg: CopyConfig = CopyConfig()) -> tuple[np.ndarray, np.n
             continue
         k = min(cfg.neighbours, len(rows) - 1)
         xr = x[rows]
-        for s in range(0, len(rows), SEARCH_BLOCK):
-            sims = xr[s : s + SEARCH_BLOCK] @ xr.T  # a block of rows against its cell (cells grow as sqrt(n))
+        # A block of rows against its whole cell: cells grow as sqrt(n) on average and far more where
+        # images crowd, so the block shrinks as the cell grows (at most ~4M similarities at once).
+        step = max(16, min(SEARCH_BLOCK, (1 << 22) // len(rows)))
+        for s in range(0, len(rows), step):
+            sims = xr[s : s + step] @ xr.T
             sims[np.arange(sims.shape[0]), np.arange(s, s + sims.shape[0])] = -2.0  # not oneself
             top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
             ok = np.take_along_axis(sims, top, axis=1) >= cfg.min_cosine
-            a = np.repeat(rows[s : s + SEARCH_BLOCK], k).reshape(-1, k)[ok]
+            a = np.repeat(rows[s : s + step], k).reshape(-1, k)[ok]
             pending.append(_packed(a, rows[top[ok]], n))
         if sum(len(p) for p in pending) > 1 << 20:
             found, pending = np.unique(np.concatenate([found, *pending])), []
