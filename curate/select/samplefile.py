@@ -103,10 +103,11 @@ def holds(path: str, tables: Iterator[pa.Table], rows: int) -> bool:
         return False
     try:
         with storage.local_copy(path) as local:
-            stored = pq.ParquetFile(local, page_checksum_verification=True)
+            # Without pre-buffering and reader threads the reader holds about a batch, not the file.
+            stored = pq.ParquetFile(local, page_checksum_verification=True, pre_buffer=False)
             if stored.metadata.num_rows != rows:
                 return False
-            reader, pending = stored.iter_batches(batch_size=BATCH_ROWS), []
+            reader, pending = stored.iter_batches(batch_size=BATCH_ROWS, use_threads=False), []
             for mine in tables:
                 if not stored.schema_arrow.equals(mine.schema) or not _next(reader, pending, mine.num_rows).equals(
                     mine
