@@ -100,49 +100,92 @@ def load_build_config(path: str | os.PathLike | None) -> BuildConfig:
 
 
 def decide(out: str, cfg: BuildConfig) -> pa.Table:
-    """Filters, quality, dedup and bands over the stored tables -> ``samples.parquet``."""
-    from curate.annotate import read_annotations
+    """Filters, quality, dedup and bands over the stored tables -> ``samples.parquet``.
+
+    Returns the samples' metadata (``uid``, ``url``, ``caption``, ``shard``, ``key`` and the decisions
+    ``status``, ``reason``, ``quality``, ``band``: what the shard stage and the counts read), not the
+    sample table: the annotation columns are read for the decisions that need them (projected) and for
+    ``samples.parquet`` a batch at a time (:mod:`curate.select.samplefile`), so the driver's memory is a
+    few hundred bytes a row plus constant batches.
+    """
+    from curate.annotate import annotation_files, annotation_fix, read_annotations
     from curate.dedup.stage import read_dedup, run_dedup
     from curate.download import read_results
     from curate.filters import apply_filters, build_filters
+    from curate.select import samplefile
     from curate.select.quality import quality
-    from curate.select.samples import assemble, counts
+    from curate.select.samples import check_counts, counts, fates, metadata
 
-    fix = f"run `tiers build URLS --out {out}` again: it rewrites it from the list"
-    inputs = storage.read_parquet(storage.join(out, INPUTS), fix=fix)
-    downloads = read_results(out)
-    ann = read_annotations(out)
-    filt = apply_filters(ann, build_filters(cfg.filters))
+    filters = build_filters(cfg.filters)
+    ann = read_annotations(out, columns=_decision_columns(out, filters))
+    filt = apply_filters(ann, filters)
     if cfg.quality.score == "bootstrap":
         ann = _with_bootstrap_scores(out, ann)
     try:
         q, which = quality(ann, cfg.quality)
     except ValueError as e:
         raise InputError(str(e)) from None
+    ann = ann.select([schema.UID, schema.DECODE_ERROR])  # what the fates read; the rest goes now
     summary = run_dedup(out, cfg.dedup, quality=q, prefer=filt.keep, decontaminate=cfg.decontaminate)
     failpoint("decide:after_dedup")
-    embeddings = None
-    if cfg.bands.balance == "clusters":
-        from curate.annotate.run import load_embeddings
-
-        try:
-            emb_uids, embeddings = load_embeddings(out)
-        except InputError as e:
-            raise InputError(f"[bands] balance = 'clusters' needs CLIP image embeddings ({e})") from None
-        if emb_uids != ann.column(schema.UID).to_pylist():
-            raise InputError("embeddings and annotations disagree on row order; run `tiers annotate` again")
-    samples = assemble(inputs, downloads, ann, filt.table, read_dedup(out), q, cfg.bands, embeddings)
-    if not _stored_equals(storage.join(out, SAMPLES), samples):
+    embeddings = _band_embeddings(out, cfg, ann)
+    # Read after dedup, whose peak they would otherwise add to.
+    fix = f"run `tiers build URLS --out {out}` again: it rewrites it from the list"
+    inputs = storage.read_parquet(storage.join(out, INPUTS), fix=fix)
+    downloads = read_results(out)
+    f = fates(inputs.column(schema.UID), downloads, ann, filt.table, read_dedup(out), q, cfg.bands, embeddings)
+    del ann, filt, q, embeddings
+    meta = metadata(inputs, downloads, f)
+    check_counts(meta, inputs.num_rows)  # before anything is written: fates that do not add up write nothing
+    files = annotation_files(out)
+    stored = samplefile.StoredRows(files, _carried_columns(out), annotation_fix(out))
+    path = storage.join(out, SAMPLES)
+    if not samplefile.holds(path, samplefile.batches(inputs, downloads, f, stored), inputs.num_rows):
         # New decisions: the old manifest no longer describes them, so it goes before anything changes.
         storage.remove(storage.join(out, TIERS, MANIFEST))
-        storage.write_parquet(samples, storage.join(out, SAMPLES))
-    c = counts(samples)
+        samplefile.write(path, samplefile.batches(inputs, downloads, f, stored))
+    c = counts(meta)
     log.info(
-        f"decided {samples.num_rows:,} rows by {which} quality: "
+        f"decided {meta.num_rows:,} rows by {which} quality: "
         + ", ".join(f"{s} {sum(v.values()):,}" for s, v in c.items())
         + f"; {summary.duplicates:,} duplicates"
     )
-    return samples
+    return meta
+
+
+def _decision_columns(out: str, filters) -> list[str]:
+    """The annotation columns the filters and the quality score read (and uid, decode_error), as stored."""
+    from curate.annotate import annotation_columns
+    from curate.select.quality import COLUMNS
+
+    # The size rules read the original size where it was recorded (curate.filters.rules._size).
+    want = {schema.UID, schema.DECODE_ERROR, schema.ORIGINAL_WIDTH, schema.ORIGINAL_HEIGHT, *COLUMNS}
+    for f in filters:
+        want.update(f.columns)
+    return [c for c in annotation_columns(out) if c in want]
+
+
+def _carried_columns(out: str) -> list[str]:
+    """The annotation columns a sample row carries (``samples.parquet``), as stored."""
+    from curate.annotate import annotation_columns
+    from curate.select.samples import carried_columns
+
+    return carried_columns(annotation_columns(out))
+
+
+def _band_embeddings(out: str, cfg: BuildConfig, ann: pa.Table):
+    """CLIP image embeddings aligned with ``ann`` where the bands are balanced by clusters, else None."""
+    if cfg.bands.balance != "clusters":
+        return None
+    from curate.annotate.run import load_embeddings
+
+    try:
+        emb_uids, embeddings = load_embeddings(out)
+    except InputError as e:
+        raise InputError(f"[bands] balance = 'clusters' needs CLIP image embeddings ({e})") from None
+    if emb_uids != ann.column(schema.UID).to_pylist():
+        raise InputError("embeddings and annotations disagree on row order; run `tiers annotate` again")
+    return embeddings
 
 
 def _with_bootstrap_scores(out: str, ann: pa.Table) -> pa.Table:
@@ -157,17 +200,6 @@ def _with_bootstrap_scores(out: str, ann: pa.Table) -> pa.Table:
     idx = pc.index_in(ann.column(schema.UID), value_set=scores.column(schema.UID).combine_chunks())
     col = scores.column(BOOTSTRAP_SCORE).combine_chunks().take(idx)
     return ann.append_column(BOOTSTRAP_SCORE, col)
-
-
-def _stored_equals(path: str, table: pa.Table) -> bool:
-    """Does ``path`` hold ``table``? A missing or damaged file does not (it is derived: it gets rewritten)."""
-    if not storage.exists(path):
-        return False
-    try:
-        return storage.read_parquet(path).equals(table)
-    except DamagedFile as e:
-        log.warning(f"{path}: {e.problem}; computing it again")
-        return False
 
 
 def shard(out: str, cfg: BuildConfig, samples: pa.Table, progress: bool = True) -> Manifest:

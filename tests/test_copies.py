@@ -151,6 +151,8 @@ def test_the_build_stage_verifies_near_copies_with_the_stored_thumbnails(tmp_pat
     t = t.append_column(schema.DECODE_ERROR, pa.nulls(n, pa.string()))
     monkeypatch.setattr(curate.annotate, "annotation_columns", lambda d: t.column_names)
     monkeypatch.setattr(curate.annotate, "read_annotations", lambda d, columns=None: t.select(columns))
+    # The thumbnails are read shard by shard (spilled, never held whole): two shards here.
+    monkeypatch.setattr(curate.annotate, "annotation_tables", lambda d, columns: iter([t.slice(0, 9), t.slice(9)]))
     assert run_dedup(tmp_path, DedupConfig(semantic=False)).duplicates == 16
 
 

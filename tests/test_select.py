@@ -83,3 +83,42 @@ def test_check_counts_catches_duplicated_rows():
     t = assemble(*tables())
     with pytest.raises(RuntimeError):
         check_counts(pa.concat_tables([t, t.slice(0, 1)]), 10)
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_the_sample_file_written_a_batch_at_a_time_is_the_assembled_table(where, tmp_path, monkeypatch):
+    """A build writes samples.parquet from the decisions and the stored annotation shards, a few rows at a
+    time (rows of one batch in several shards, shards out of input order, one shard read per batch): the
+    file must hold exactly the table `assemble` makes in memory, a rerun must recognise it, and a changed
+    decision must not."""
+    import uuid
+
+    from curate.core import schema, storage
+    from curate.select import samplefile
+    from curate.select.samples import carried_columns, fates
+
+    inputs, downloads, annotations, filters, dedup, quality = tables()
+    thumbs = pa.array([bytes([k]) * schema.THUMB_BYTES for k in range(8)], pa.binary(schema.THUMB_BYTES))
+    annotations = annotations.append_column(schema.THUMB, thumbs).append_column(
+        schema.SHA256, pa.array([f"h{k}" for k in range(8)])
+    )
+    order = [5, 6, 7, 0, 1, 2, 3, 4]  # the annotation table's row order is not the inputs'
+    annotations, filters = annotations.take(order), filters.take(order)
+    quality = quality[order]
+    root = str(tmp_path) if where == "local" else f"memory://samples-{uuid.uuid4().hex}"
+    files = []
+    for k, (a, b) in enumerate([(0, 3), (3, 5), (5, 8)]):
+        files.append(storage.join(root, "annotations", f"{k:05d}.parquet"))
+        storage.write_parquet(annotations.slice(a, b - a), files[-1])
+    want = assemble(inputs, downloads, annotations, filters, dedup, quality, BandConfig(edges=(0.5, 1.0)))
+
+    monkeypatch.setattr(samplefile, "BATCH_ROWS", 3)
+    f = fates(inputs.column("uid"), downloads, annotations, filters, dedup, quality, BandConfig(edges=(0.5, 1.0)))
+    stored = samplefile.StoredRows(files, carried_columns(annotations.column_names))
+    path = storage.join(root, "samples.parquet")
+    assert not samplefile.holds(path, samplefile.batches(inputs, downloads, f, stored), inputs.num_rows)
+    samplefile.write(path, samplefile.batches(inputs, downloads, f, stored))
+    assert storage.read_parquet(path).equals(want)
+    assert samplefile.holds(path, samplefile.batches(inputs, downloads, f, stored), inputs.num_rows)
+    other = fates(inputs.column("uid"), downloads, annotations, filters, dedup, quality, BandConfig(edges=(0.2, 1.0)))
+    assert not samplefile.holds(path, samplefile.batches(inputs, downloads, other, stored), inputs.num_rows)

@@ -25,6 +25,7 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -247,13 +248,29 @@ def _done_shards(build_dir: str) -> list[str]:
 
 
 def read_annotations(build_dir: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
-    """The whole annotation table, shards in order; raises if a raw shard is not annotated yet."""
+    """The whole annotation table (``columns`` of it), shards in order; raises if a raw shard is not
+    annotated yet."""
+    parts = list(annotation_tables(build_dir, columns))
+    return pa.concat_tables(parts) if parts else OUTPUT_SCHEMA.empty_table()
+
+
+def annotation_tables(build_dir: str | os.PathLike, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The annotation table's shards (``columns`` of each), in row order, one read at a time."""
+    build_dir = storage.normalise(build_dir)
+    fix = annotation_fix(build_dir)
+    for path in annotation_files(build_dir):
+        yield storage.read_parquet(path, columns, fix)
+
+
+def annotation_files(build_dir: str | os.PathLike) -> list[str]:
+    """The annotation table's files, in its row order; raises if a raw shard is not annotated yet."""
     build_dir = storage.normalise(build_dir)
     out_dir = storage.join(build_dir, manifest.ANNOTATIONS)
-    fix = f"run `tiers annotate {build_dir}`: it annotates damaged shards again"
-    shards = _done_shards(build_dir)
-    parts = [storage.read_parquet(storage.join(out_dir, f"{s}.parquet"), columns, fix) for s in shards]
-    return pa.concat_tables(parts) if parts else OUTPUT_SCHEMA.empty_table()
+    return [storage.join(out_dir, f"{s}.parquet") for s in _done_shards(build_dir)]
+
+
+def annotation_fix(build_dir: str) -> str:
+    return f"run `tiers annotate {build_dir}`: it annotates damaged shards again"
 
 
 def annotation_columns(build_dir: str | os.PathLike) -> list[str]:

@@ -23,9 +23,14 @@ def deduplicate(
     embeddings: np.ndarray | None = None,
     quality: np.ndarray | None = None,
     prefer: np.ndarray | None = None,
+    thumbs=None,
 ) -> pa.Table:
     """uid, dup_of, dup_kind for the rows of ``table``: in memory (:func:`curate.dedup.decide.deduplicate`),
-    or, with ``cfg.partition_rows``, in hash partitions (:func:`deduplicate_partitioned`); the same decisions."""
+    or, with ``cfg.partition_rows``, in hash partitions (:func:`deduplicate_partitioned`); the same decisions.
+    ``thumbs``: the rows' thumbnails spilled (:func:`curate.dedup.thumbstore.spilled_thumbs`), where
+    ``table`` has no ``thumb`` column."""
     if cfg.partition_rows:
-        return deduplicate_partitioned(table, cfg, embeddings=embeddings, quality=quality, prefer=prefer)
-    return decide.deduplicate(table, cfg, embeddings=embeddings, quality=quality, prefer=prefer)
+        return deduplicate_partitioned(
+            table, cfg, embeddings=embeddings, quality=quality, prefer=prefer, thumbs=thumbs
+        )
+    return decide.deduplicate(table, cfg, embeddings=embeddings, quality=quality, prefer=prefer, thumbs=thumbs)

@@ -35,6 +35,7 @@ recall falls as the pool gets denser around an image (a copy must rank among its
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -42,6 +43,8 @@ from curate.annotate.image import DETAIL_SIDE, THUMB_SIDE
 from curate.dedup.near import aspect_differs
 
 COLOUR_BYTES = THUMB_SIDE * THUMB_SIDE * 3
+PAIR_BLOCK = 1024  # candidate pairs verified at a time (each ~60 KB of float32 temporaries)
+SEARCH_BLOCK = 1024  # rows whose neighbours are searched at a time
 
 
 @dataclass(frozen=True)
@@ -58,18 +61,21 @@ class CopyConfig:
 
 
 def thumbs(column, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, colour (len(rows), 16, 16, 3), grey (len(rows), 32, 32)), float32, from a ``thumb``
-    column (fixed-size binary); null rows left out."""
+    """(rows, colour (len(rows), 16, 16, 3), grey (len(rows), 32, 32)), uint8 as stored, from a ``thumb``
+    column (fixed-size binary); null rows left out. Views of the column's buffer when it has no nulls:
+    1,792 bytes a row, where float32 copies would take four times that (every consumer converts a
+    block at a time)."""
     import pyarrow as pa
 
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     valid = np.flatnonzero(arr.is_valid().to_numpy(zero_copy_only=False)) if arr.null_count else np.arange(n)
     size = COLOUR_BYTES + DETAIL_SIDE * DETAIL_SIDE
     buf = np.frombuffer(arr.buffers()[1], np.uint8)[arr.offset * size : (arr.offset + len(arr)) * size]
-    raw = buf.reshape(len(arr), size)[valid]
+    raw = buf.reshape(len(arr), size)
+    raw = raw if len(valid) == len(arr) else raw[valid]
     k = len(valid)  # not -1: numpy cannot infer it for zero rows (a build where nothing decoded)
-    colour = raw[:, :COLOUR_BYTES].reshape(k, THUMB_SIDE, THUMB_SIDE, 3).astype(np.float32)
-    grey = raw[:, COLOUR_BYTES:].reshape(k, DETAIL_SIDE, DETAIL_SIDE).astype(np.float32)
+    colour = raw[:, :COLOUR_BYTES].reshape(k, THUMB_SIDE, THUMB_SIDE, 3)
+    grey = raw[:, COLOUR_BYTES:].reshape(k, DETAIL_SIDE, DETAIL_SIDE)
     return valid, colour, grey
 
 
@@ -78,16 +84,27 @@ def _zn(x: np.ndarray, axes) -> np.ndarray:
     return x / (np.sqrt((x * x).sum(axis=axes, keepdims=True)) + 1e-6)
 
 
+# Rows converted to float32 at a time (a block of 8,192 thumbnails: 56 MB as float32, with temporaries
+# ~150 MB): memory stays one block, not the pool, whatever its size.
+BLOCK = 8192
+
+
 def search_vectors(t: np.ndarray) -> np.ndarray:
     """Mean-removed unit 8x8x3 vectors (2x2 block means of the thumbnails) for the neighbour search."""
     s = THUMB_SIDE // 2
-    v = t.reshape(len(t), s, 2, s, 2, 3).mean(axis=(2, 4)).reshape(len(t), -1)
-    return _zn(v, 1).astype(np.float32)
+    out = np.empty((len(t), s * s * 3), np.float32)
+    for at in range(0, len(t), BLOCK):
+        b = t[at : at + BLOCK].astype(np.float32)
+        v = b.reshape(len(b), s, 2, s, 2, 3).mean(axis=(2, 4)).reshape(len(b), -1)
+        out[at : at + BLOCK] = _zn(v, 1)
+    return out
 
 
-def neighbour_pairs(x: np.ndarray, cfg: CopyConfig = CopyConfig()) -> tuple[np.ndarray, np.ndarray]:
+def neighbour_pairs(x, cfg: CopyConfig = CopyConfig()) -> tuple[np.ndarray, np.ndarray]:
     """(i, j), i < j: each row's ``cfg.neighbours`` nearest rows of unit vectors ``x`` by cosine, at or
-    above ``cfg.min_cosine``, searched within inverted-file cells rather than over all pairs."""
+    above ``cfg.min_cosine``, searched within inverted-file cells rather than over all pairs. ``x``: an
+    array, or rows read on demand (:class:`curate.dedup.thumbstore.Spilled`): it is read a block, a
+    fitting sample and a cell at a time, and the pairs found are kept unique as they come."""
     from curate.dedup.semantic import kmeans
 
     n = len(x)
@@ -95,36 +112,48 @@ def neighbour_pairs(x: np.ndarray, cfg: CopyConfig = CopyConfig()) -> tuple[np.n
         return np.empty(0, np.int64), np.empty(0, np.int64)
     cells = max(1, min(n, round(np.sqrt(n) / 2)))
     rng = np.random.default_rng(cfg.seed)
-    fit = x if n <= 50_000 else x[np.sort(rng.choice(n, 50_000, replace=False))]
+    fit = x[:] if n <= 50_000 else x[np.sort(rng.choice(n, 50_000, replace=False))]
     _, centres = kmeans(fit, min(cells, len(fit)), iterations=10, seed=cfg.seed)
+    del fit
     probes = min(cfg.probes, len(centres))
+    # Rows' cells a small block at a time: a block's full argsort is block x cells int64 (cells grow as
+    # sqrt(n): 117 MB for 65,536 rows of a 200k pool). Each row's sort is its own, whatever the block.
     near = np.concatenate(
-        [np.argsort(-(x[s : s + 65_536] @ centres.T), axis=1)[:, :probes] for s in range(0, n, 65_536)]
-    )
-    out_i, out_j = [], []
+        [np.argsort(-(x[s : s + SEARCH_BLOCK] @ centres.T), axis=1)[:, :probes] for s in range(0, n, SEARCH_BLOCK)]
+    ).astype(np.int32)
+    found, pending = np.zeros(0, np.int64), []
     for c in range(len(centres)):
         rows = np.flatnonzero((near == c).any(axis=1))
         if len(rows) < 2:
             continue
         k = min(cfg.neighbours, len(rows) - 1)
-        for s in range(0, len(rows), 4096):
-            sims = x[rows[s : s + 4096]] @ x[rows].T
+        xr = x[rows]
+        # A block of rows against its whole cell: cells grow as sqrt(n) on average and far more where
+        # images crowd, so the block shrinks as the cell grows (at most ~4M similarities at once).
+        step = max(16, min(SEARCH_BLOCK, (1 << 22) // len(rows)))
+        for s in range(0, len(rows), step):
+            sims = xr[s : s + step] @ xr.T
             sims[np.arange(sims.shape[0]), np.arange(s, s + sims.shape[0])] = -2.0  # not oneself
             top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
             ok = np.take_along_axis(sims, top, axis=1) >= cfg.min_cosine
-            a = np.repeat(rows[s : s + 4096], k).reshape(-1, k)[ok]
-            out_i.append(a)
-            out_j.append(rows[top[ok]])
-    if not out_i:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    return unique_pairs(np.concatenate(out_i), np.concatenate(out_j), n)
+            a = np.repeat(rows[s : s + step], k).reshape(-1, k)[ok]
+            pending.append(_packed(a, rows[top[ok]], n))
+        if sum(len(p) for p in pending) > 1 << 20:
+            found, pending = np.unique(np.concatenate([found, *pending])), []
+    packed = np.unique(np.concatenate([found, *pending]))
+    return packed // n, packed % n
+
+
+def _packed(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
+    """Unordered pairs as one int64 each (lo * n + hi), self-pairs dropped."""
+    lo, hi = np.minimum(i, j).astype(np.int64), np.maximum(i, j).astype(np.int64)
+    keep = lo != hi
+    return lo[keep] * n + hi[keep]
 
 
 def unique_pairs(i: np.ndarray, j: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Each unordered pair once, i < j, self-pairs dropped."""
-    lo, hi = np.minimum(i, j).astype(np.int64), np.maximum(i, j).astype(np.int64)
-    keep = lo != hi
-    packed = np.unique(lo[keep] * n + hi[keep])
+    packed = np.unique(_packed(i, j, n))
     return packed // n, packed % n
 
 
@@ -234,10 +263,10 @@ def verify(
     w16, g = _windows(cfg)
     w32, _ = _windows(cfg, DETAIL_SIDE)
     sims, details = [], []
-    for s in range(0, len(a), 4096):
-        x, y = a[s : s + 4096].astype(np.float32), b[s : s + 4096].astype(np.float32)
-        gx, gy = ga[s : s + 4096].astype(np.float32), gb[s : s + 4096].astype(np.float32)
-        c = coarse[s : s + 4096]
+    for s in range(0, len(a), PAIR_BLOCK):
+        x, y = a[s : s + PAIR_BLOCK].astype(np.float32), b[s : s + PAIR_BLOCK].astype(np.float32)
+        gx, gy = ga[s : s + PAIR_BLOCK].astype(np.float32), gb[s : s + PAIR_BLOCK].astype(np.float32)
+        c = coarse[s : s + PAIR_BLOCK]
         s1, d1 = _one_way(x, y, gx, gy, c, w16, w32, g)
         s2, d2 = _one_way(y, x, gy, gx, c, w16, w32, g)
         pick = s1 >= s2
@@ -250,8 +279,12 @@ def verify(
 
 def flat(t: np.ndarray, cfg: CopyConfig = CopyConfig()) -> np.ndarray:
     """Thumbnails with too little structure to verify (a blank placeholder, a flat sky)."""
-    grey = t @ np.array([0.299, 0.587, 0.114], np.float32)
-    return grey.reshape(len(t), -1).std(axis=1) < cfg.min_std
+    weights = np.array([0.299, 0.587, 0.114], np.float32)
+    out = np.empty(len(t), bool)
+    for at in range(0, len(t), BLOCK):
+        grey = t[at : at + BLOCK].astype(np.float32) @ weights
+        out[at : at + BLOCK] = grey.reshape(len(grey), -1).std(axis=1) < cfg.min_std
+    return out
 
 
 def copy_pairs(
@@ -261,14 +294,16 @@ def copy_pairs(
     extra: tuple[np.ndarray, np.ndarray] | None = None,
     shape: np.ndarray | None = None,
     side: np.ndarray | None = None,
+    scratch: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(i, j) rows that are near copies, from colour thumbnails ``t`` and grey thumbnails ``grey``
-    (:func:`thumbs`): neighbour candidates plus ``extra`` candidate pairs (e.g. pHash matches), each
-    verified. ``shape`` (log width/height per row, NaN where unknown) drops pairs whose shapes differ
-    more than a crop within ``max_crop`` can make; ``side`` (shorter side in pixels per row) sends pairs
-    with an image under 32 px to the 16 px detail comparison."""
+    (:func:`thumbs`, or :class:`curate.dedup.thumbstore.Spilled` views): neighbour candidates plus
+    ``extra`` candidate pairs (e.g. pHash matches), each verified. ``shape`` (log width/height per row,
+    NaN where unknown) drops pairs whose shapes differ more than a crop within ``max_crop`` can make;
+    ``side`` (shorter side in pixels per row) sends pairs with an image under 32 px to the 16 px detail
+    comparison. With ``scratch`` (a directory) the search vectors are spilled there too."""
     n = len(t)
-    i, j = neighbour_pairs(search_vectors(t), cfg)
+    i, j = neighbour_pairs(search_vectors(t) if scratch is None else _spilled_vectors(t, scratch), cfg)
     if extra is not None and len(extra[0]):
         i, j = unique_pairs(np.concatenate([i, extra[0]]), np.concatenate([j, extra[1]]), n)
     bad = flat(t, cfg)
@@ -277,6 +312,28 @@ def copy_pairs(
         keep &= ~aspect_differs(shape[i], shape[j], 1 / (1 - 2 * cfg.max_crop) - 1)
     i, j = i[keep], j[keep]
     coarse = None if side is None else np.minimum(side[i], side[j]) < DETAIL_SIDE
-    sim, detail = verify(t[i], t[j], grey[i], grey[j], cfg, coarse)
+    sim, detail = verify_pairs(t, grey, i, j, cfg, coarse)
     ok = (sim >= cfg.min_similarity) & (detail >= cfg.min_detail)
     return i[ok], j[ok]
+
+
+def _spilled_vectors(t, scratch: str):
+    from curate.dedup.thumbstore import write_rows
+
+    blocks = (search_vectors(t[at : at + BLOCK]) for at in range(0, len(t), BLOCK))
+    return write_rows(Path(scratch) / "vectors.f32", blocks, np.float32, ((THUMB_SIDE // 2) ** 2 * 3,))
+
+
+def verify_pairs(
+    t: np.ndarray, grey: np.ndarray, i: np.ndarray, j: np.ndarray, cfg: CopyConfig, coarse: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`verify` of the pairs (i[k], j[k]) of rows of ``t`` / ``grey``, gathered one block of pairs at a
+    time: gathering them all at once held 14 KB a pair (2.1 GB for a 20,000-image pool's candidates)."""
+    sims, details = [np.empty(0, np.float32)], [np.empty(0, np.float32)]
+    for s in range(0, len(i), PAIR_BLOCK):
+        a, b = i[s : s + PAIR_BLOCK], j[s : s + PAIR_BLOCK]
+        c = None if coarse is None else coarse[s : s + PAIR_BLOCK]
+        sim, detail = verify(t[a], t[b], grey[a], grey[b], cfg, c)
+        sims.append(sim)
+        details.append(detail)
+    return np.concatenate(sims), np.concatenate(details)

@@ -15,9 +15,10 @@ import pyarrow.compute as pc
 
 from curate.core import schema
 from curate.dedup.clusters import Links, resolve
-from curate.dedup.copies import CopyConfig, copy_pairs, thumbs
+from curate.dedup.copies import COLOUR_BYTES, DETAIL_SIDE, THUMB_SIDE, CopyConfig, copy_pairs
 from curate.dedup.near import NearConfig, aspect_differs, distinct, log_aspect, near_pairs
 from curate.dedup.semantic import SemanticConfig, semantic_pairs
+from curate.dedup.thumbstore import spilled_thumbs
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,14 @@ def deduplicate(
     embeddings: np.ndarray | None = None,
     quality: np.ndarray | None = None,
     prefer: np.ndarray | None = None,
+    thumbs=None,
 ) -> pa.Table:
     """Decide duplicates among the rows of ``table`` (uid, sha256, pixel_hash, phash, caption), in memory.
 
     ``embeddings`` (rows aligned with ``table``) enables semantic dedup; ``quality`` and ``prefer``
-    (e.g. "passes the filters") rank keepers. Returns uid, dup_of (keeper uid or null), dup_kind.
+    (e.g. "passes the filters") rank keepers. ``thumbs``: the rows' thumbnails already spilled
+    (:func:`curate.dedup.thumbstore.spilled_thumbs`), instead of a ``thumb`` column in ``table``.
+    Returns uid, dup_of (keeper uid or null), dup_kind.
     """
     n = table.num_rows
     uids = np.asarray(table.column(schema.UID).to_pylist(), dtype=object)
@@ -105,7 +109,7 @@ def deduplicate(
     if cfg.pixels and schema.PIXEL_HASH in names:
         links.add_groups("pixels", _group_ids(table.column(schema.PIXEL_HASH)))
     if cfg.near and schema.PHASH in names:
-        _near_links(table, cfg, links)
+        _near_links(table, cfg, links, thumbs)
     if cfg.semantic and embeddings is not None:
         ok = np.flatnonzero(np.isfinite(embeddings).all(axis=1) & (np.abs(embeddings).sum(axis=1) > 0))
         i, j = semantic_pairs(embeddings[ok], SemanticConfig(eps=cfg.semantic_eps, seed=cfg.seed))
@@ -124,7 +128,7 @@ def deduplicate(
     )
 
 
-def _near_links(table: pa.Table, cfg: DedupConfig, links: Links) -> None:
+def _near_links(table: pa.Table, cfg: DedupConfig, links: Links, thumbs=None) -> None:
     """pHash candidates, plus thumbnail neighbours and verification where annotate stored thumbnails."""
     n, names = table.num_rows, table.column_names
     if n < 2:  # nothing to compare (a build where nothing decoded)
@@ -137,7 +141,7 @@ def _near_links(table: pa.Table, cfg: DedupConfig, links: Links) -> None:
     rep[inverse[::-1]] = valid[::-1]  # a representative row per distinct value
     i, j = rep[vi], rep[vj]
     shape = log_aspect(table) if schema.WIDTH in names and schema.HEIGHT in names else None
-    if not (cfg.verify and schema.THUMB in names):
+    if not (cfg.verify and (schema.THUMB in names or thumbs is not None)):
         # Equal hashes are near duplicates at distance 0; link them as groups, then their values.
         links.add_groups("near", _scatter(valid, inverse, n))
         if cfg.near_shape_tolerance and shape is not None:
@@ -148,16 +152,29 @@ def _near_links(table: pa.Table, cfg: DedupConfig, links: Links) -> None:
     # Rows sharing a pHash value are candidates of their value's representative, not links yet.
     other = rep[inverse] != valid
     i, j = np.concatenate([i, valid[other]]), np.concatenate([j, rep[inverse][other]])
-    verified_links(table, cfg, links, i, j, shape)
+    verified_links(table, cfg, links, i, j, shape, thumbs)
 
 
 def verified_links(
-    table: pa.Table, cfg: DedupConfig, links: Links, i: np.ndarray, j: np.ndarray, shape: np.ndarray | None
+    table: pa.Table,
+    cfg: DedupConfig,
+    links: Links,
+    i: np.ndarray,
+    j: np.ndarray,
+    shape: np.ndarray | None,
+    thumbs=None,
 ) -> None:
-    """Link near copies among the rows of ``table`` (thumb, width, height): thumbnail neighbours plus
-    the pHash candidate pairs (i, j), each verified by aligned thumbnails (:mod:`curate.dedup.copies`)."""
+    """Link near copies among the rows of ``table`` (width, height; thumb unless ``thumbs`` gives them
+    spilled): thumbnail neighbours plus the pHash candidate pairs (i, j), each verified by aligned
+    thumbnails (:mod:`curate.dedup.copies`). The thumbnails are read from a scratch file a block at a
+    time (:mod:`curate.dedup.thumbstore`), never held whole."""
+    if thumbs is None:
+        with spilled_thumbs([table.column(schema.THUMB)]) as spilled:
+            return verified_links(table, cfg, links, i, j, shape, spilled)
     n, names = table.num_rows, table.column_names
-    rows, t, grey = thumbs(table.column(schema.THUMB), n)
+    rows, raw, scratch = thumbs
+    t = raw.view(slice(0, COLOUR_BYTES), (THUMB_SIDE, THUMB_SIDE, 3))
+    grey = raw.view(slice(COLOUR_BYTES, None), (DETAIL_SIDE, DETAIL_SIDE))
     at = np.full(n, -1, np.int64)
     at[rows] = np.arange(len(rows))
     ok = (at[i] >= 0) & (at[j] >= 0)
@@ -166,7 +183,7 @@ def verified_links(
         w, h = (table.column(c).cast(pa.float64()).fill_null(np.nan).to_numpy() for c in (schema.WIDTH, schema.HEIGHT))
         side = np.minimum(w, h)[rows]
     extra = (at[i[ok]], at[j[ok]])
-    a, b = copy_pairs(t, grey, cfg.copy_config(), extra, None if shape is None else shape[rows], side)
+    a, b = copy_pairs(t, grey, cfg.copy_config(), extra, None if shape is None else shape[rows], side, scratch)
     links.add("near", rows[a], rows[b])
 
 

@@ -12,13 +12,14 @@ keepers and kinds that follow from it are the same.
 What stays in memory: one batch or one partition at a time, the duplicate links (two int64 per
 link) and, for the rows that have a link, their uid and rank. The connected components and keepers
 are decided over the linked rows only (:meth:`Links.compact`); the final table is written batch by
-batch. Not yet partitioned: the thumbnail neighbour search and verification
-(:mod:`curate.dedup.copies`) read the ``thumb`` column whole when it is there, and semantic dedup
-takes the embeddings as one array.
+batch. The thumbnail neighbour search and verification (:mod:`curate.dedup.copies`) read the
+thumbnails and search vectors from scratch files a block at a time (:mod:`curate.dedup.thumbstore`);
+what they hold whole is the candidate pairs. Semantic dedup takes the embeddings as one array.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -37,6 +38,7 @@ from curate.dedup.clusters import Links, keepers
 from curate.dedup.decide import DedupConfig, _group_ids, normalise_caption, verified_links
 from curate.dedup.near import _masks, _pairs_in_runs, aspect_differs, log_aspect
 from curate.dedup.semantic import SemanticConfig, semantic_pairs
+from curate.dedup.thumbstore import spilled_thumbs
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +254,7 @@ def _unique_pairs(i: list[np.ndarray], j: list[np.ndarray], n: int) -> tuple[np.
     return packed // n, packed % n
 
 
-def _links(source: Source, cfg: DedupConfig, work: Path, parts: int, embeddings, clock) -> Links:
+def _links(source: Source, cfg: DedupConfig, work: Path, parts: int, embeddings, clock, thumbs=None) -> Links:
     """Every duplicate link of the pool, found one partition at a time; ``clock(phase)`` marks the end
     of each phase."""
     found: dict[str, list] = {"near": [], "candidates": []}
@@ -267,7 +269,7 @@ def _links(source: Source, cfg: DedupConfig, work: Path, parts: int, embeddings,
         links.add(kind, *_concat(found.pop(kind, [])))
     clock("groups")
     if hashes is not None:
-        verify = cfg.verify and schema.THUMB in source.names
+        verify = cfg.verify and (schema.THUMB in source.names or thumbs is not None)
         distinct = _equal_hashes(hashes, verify, work, found)
         clock("equal_hashes")
         tolerance = 0.0 if verify else cfg.near_shape_tolerance
@@ -276,9 +278,11 @@ def _links(source: Source, cfg: DedupConfig, work: Path, parts: int, embeddings,
         if verify:
             ci, cj = zip(*found["candidates"], strict=True) if found["candidates"] else ((), ())
             i, j = np.concatenate([i, *ci]), np.concatenate([j, *cj])
-            table = source.read([schema.THUMB, schema.WIDTH, schema.HEIGHT])
-            has_shape = schema.WIDTH in source.names and schema.HEIGHT in source.names
-            verified_links(table, cfg, links, i, j, log_aspect(table) if has_shape else None)
+            table = source.read([schema.WIDTH, schema.HEIGHT])
+            shape = log_aspect(table) if table.num_columns == 2 else None
+            table = table if table.num_columns else pa.table({"n": pa.nulls(source.num_rows)})
+            with _thumbs(source, thumbs) as spilled:  # read a block at a time, never whole
+                verified_links(table, cfg, links, i, j, shape, spilled)
             clock("verify")
         else:
             links.add("near", *_concat([*found["near"], (i, j)]))
@@ -288,6 +292,12 @@ def _links(source: Source, cfg: DedupConfig, work: Path, parts: int, embeddings,
         links.add("semantic", ok[i], ok[j])
         clock("semantic")
     return links
+
+
+def _thumbs(source: Source, thumbs):
+    """``thumbs`` when given, else the source's ``thumb`` column spilled a batch at a time."""
+    batches = (b.column(0) for _, b in source.batches([schema.THUMB]))
+    return contextlib.nullcontext(thumbs) if thumbs is not None else spilled_thumbs(batches)
 
 
 def _concat(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -315,12 +325,14 @@ def deduplicate_partitioned(
     out: str | None = None,
     workdir: str | None = None,
     stats: dict | None = None,
+    thumbs=None,
 ) -> pa.Table | None:
     """:func:`curate.dedup.deduplicate`'s decisions over ``data`` (a table or parquet files, rows in
     that order) in partitions of about ``cfg.partition_rows`` rows (:func:`partitions`) spilled under
     ``workdir`` (a temporary directory by default). Returns uid, dup_of, dup_kind; or, given ``out``,
     writes them there as parquet a batch at a time and returns None. ``stats``, when given, receives
-    the partition count, link and linked-row counts and seconds per phase."""
+    the partition count, link and linked-row counts and seconds per phase. ``thumbs``: the rows'
+    thumbnails spilled (:func:`curate.dedup.thumbstore.spilled_thumbs`), where ``data`` has none."""
     source = Source(data)
     parts = partitions(source.num_rows, cfg.partition_rows)
     stats = {} if stats is None else stats
@@ -334,7 +346,7 @@ def deduplicate_partitioned(
 
     work = Path(tempfile.mkdtemp(prefix="dedup-", dir=workdir))
     try:
-        links = _links(source, cfg, work, parts, embeddings, clock)
+        links = _links(source, cfg, work, parts, embeddings, clock, thumbs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     nodes, small = links.compact()

@@ -32,7 +32,9 @@ def kmeans(x: np.ndarray, k: int, iterations: int, seed: int) -> tuple[np.ndarra
     centres = x[rng.choice(len(x), size=k, replace=False)].copy()
     labels = np.zeros(len(x), np.int64)
     for _ in range(iterations):
-        labels = np.argmax(x @ centres.T, axis=1)
+        # Each row's nearest centre, 8,192 rows at a time (not rows x k similarities at once).
+        blocks = range(0, max(len(x), 1), 8192)
+        labels = np.concatenate([np.argmax(x[s : s + 8192] @ centres.T, axis=1) for s in blocks])
         for c in range(k):
             members = x[labels == c]
             if len(members):

@@ -10,6 +10,7 @@ seconds; a rerun with the same settings over the same annotations does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate.core import runner, schema, storage
 from curate.core.errors import InputError
 from curate.dedup import DedupConfig, deduplicate
 from curate.dedup.decontaminate import eval_hashes, find_contaminated, set_name
+from curate.dedup.thumbstore import spilled_thumbs
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +101,9 @@ def _decide_unit(build_dir: str, unit: runner.Unit) -> dict:
     key, cfg, quality, prefer, decontaminate = unit.args
     cols = [schema.UID, schema.SHA256, schema.PIXEL_HASH, schema.PHASH, schema.WIDTH, schema.HEIGHT]
     cols += [schema.ORIGINAL_WIDTH, schema.ORIGINAL_HEIGHT]
-    if cfg.near and cfg.verify and schema.THUMB in annotation_columns(build_dir):
-        cols.append(schema.THUMB)  # near copies verified by aligned thumbnails (curate.dedup.copies)
+    # Near copies are verified by aligned thumbnails (curate.dedup.copies), spilled to a scratch file
+    # a shard at a time rather than read into the table (1.8 KB a row).
+    verify = cfg.near and cfg.verify and schema.THUMB in annotation_columns(build_dir)
     table = read_annotations(build_dir, columns=cols + [schema.CAPTION, schema.DECODE_ERROR])
     # An image that did not decode has failed already; its bytes (an HTML page, a bomb) are often
     # shared by many URLs, and must not make those URLs "duplicates" of anything.
@@ -109,7 +113,8 @@ def _decide_unit(build_dir: str, unit: runner.Unit) -> dict:
     quality = None if quality is None else np.asarray(quality)[decoded]
     prefer = None if prefer is None else np.asarray(prefer)[decoded]
     embeddings = _embeddings(build_dir, all_uids, decoded) if cfg.semantic else None
-    out = deduplicate(table, cfg, embeddings=embeddings, quality=quality, prefer=prefer)
+    with _spilled_thumbs(build_dir) if verify else contextlib.nullcontext() as thumbs:
+        out = deduplicate(table, cfg, embeddings=embeddings, quality=quality, prefer=prefer, thumbs=thumbs)
     out, per_set = _decontaminate(out, table, cfg, decontaminate)
 
     kinds = out.column(schema.DUP_KIND).to_pylist()
@@ -124,6 +129,14 @@ def _decide_unit(build_dir: str, unit: runner.Unit) -> dict:
     storage.write_parquet(out, storage.join(build_dir, DEDUP))
     storage.write_json(storage.join(build_dir, SUMMARY), asdict(summary))
     return {"rows": summary.rows, "duplicates": summary.duplicates}
+
+
+def _spilled_thumbs(build_dir: str):
+    """The decoded rows' thumbnails (:func:`curate.dedup.thumbstore.spilled_thumbs`), a shard at a time."""
+    from curate.annotate import annotation_tables
+
+    tables = annotation_tables(build_dir, [schema.THUMB, schema.DECODE_ERROR])
+    return spilled_thumbs(t.filter(pc.is_null(t.column(schema.DECODE_ERROR))).column(schema.THUMB) for t in tables)
 
 
 def _embeddings(build_dir: str, all_uids, decoded: np.ndarray) -> np.ndarray | None:

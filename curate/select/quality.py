@@ -47,6 +47,12 @@ from curate.core import schema
 
 SCORES = ("auto", "clip", "heuristic", "bootstrap")
 BOOTSTRAP_SCORE = "bootstrap_score"  # written by pipelines/bootstrap.py into DIR/bootstrap/scores.parquet
+# Every annotation column a score reads: a build reads these (and the filters' columns), not the whole table.
+COLUMNS = (
+    schema.LANG, schema.LANG_SCORE, schema.CAPTION_WORDS, schema.ALPHA_SHARE, schema.REPEAT_SHARE, schema.HAS_URL,
+    schema.HAS_HTML, schema.BOILERPLATE, schema.WIDTH, schema.HEIGHT, schema.EFFECTIVE_SIDE, schema.CONTRAST,
+    schema.SHARPNESS, schema.BLANK_SHARE, schema.PALETTE_SHARE, schema.BLOCKINESS, schema.ASPECT, schema.CLIP_SCORE,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

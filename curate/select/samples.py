@@ -15,12 +15,14 @@ the input rows, and :func:`check_counts` raises if they do not.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.core import schema
-from curate.select.bands import FILTERED, BandConfig, assign
+from curate.select.bands import FILTERED, BandConfig, assign, band_names
 
 DUPLICATE = "duplicate"
 CONTAMINATED = "contaminated"
@@ -40,6 +42,80 @@ def _take(table: pa.Table, name: str, rows: np.ndarray, typ: pa.DataType) -> pa.
     return col.take(idx)
 
 
+@dataclass(frozen=True)
+class Fates:
+    """What every stage decided for each input row, in input order, as Arrow columns: the decision
+    columns of ``samples.parquet`` (``DECISIONS``) and, per row, its row in the download and annotation
+    tables (``-1``: none), through which the rest of the sample row is gathered."""
+
+    d_rows: np.ndarray
+    a_rows: np.ndarray
+    columns: dict[str, pa.Array]
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.d_rows)
+
+
+DECISIONS = (schema.STATUS, schema.REASON, schema.REASONS, schema.DUP_OF, schema.DUP_KIND, schema.QUALITY, schema.BAND)
+
+
+def fates(
+    uids: pa.Array | pa.ChunkedArray,
+    downloads: pa.Table,
+    annotations: pa.Table,
+    filters: pa.Table,
+    dedup: pa.Table,
+    quality: np.ndarray,
+    band_cfg: BandConfig = BandConfig(),
+    embeddings: np.ndarray | None = None,
+) -> Fates:
+    """The fate of every input row (``uids``: the inputs' uid column, in input order); see :func:`assemble`
+    for the tables. Of ``annotations`` only ``uid`` and ``decode_error`` are read. Column-wise throughout:
+    no Python object per row."""
+    n = len(uids)
+    d_rows = _lookup(uids, downloads)
+    if (d_rows < 0).any():
+        missing = uids[int(np.flatnonzero(d_rows < 0)[0])].as_py()
+        raise RuntimeError(f"download results lack input uid {missing!r}: every input row must have a download row")
+    a_rows = _lookup(uids, annotations)
+    x_rows = _lookup(uids, dedup)
+
+    ok = _mask(pc.equal(_take(downloads, schema.DOWNLOAD_STATUS, d_rows, pa.string()), "success"))
+    if (ok & (a_rows < 0)).any():
+        missing = uids[int(np.flatnonzero(ok & (a_rows < 0))[0])].as_py()
+        raise RuntimeError(f"uid {missing!r} downloaded but has no annotation row: run `tiers annotate` again")
+
+    decode_err = _take(annotations, schema.DECODE_ERROR, a_rows, pa.string())
+    first_fail = _take(filters, schema.REASON, a_rows, pa.string())
+    keep_filter = _mask(_take(filters, "keep", a_rows, pa.bool_()))
+    dup_kind = _take(dedup, schema.DUP_KIND, x_rows, pa.string()).cast(pa.string())
+    q = np.full(n, np.nan, np.float32)
+    q[a_rows >= 0] = np.asarray(quality, np.float32)[a_rows[a_rows >= 0]]
+
+    masks = _fate_masks(ok, decode_err, dup_kind, keep_filter)
+    kept, filtered = masks["kept"], masks["filtered"]
+    band = np.zeros(n, np.int64)  # 0: no band; k > 0: names[k - 1]
+    names = band_names(band_cfg) + [FILTERED]
+    if band_cfg.filtered_band:
+        band[filtered] = len(names)
+    if kept.any():
+        emb = None if embeddings is None else np.asarray(embeddings)[a_rows[kept]]
+        kept_uids = uids.take(pa.array(np.flatnonzero(kept)))
+        got = assign(_sort_keys(kept_uids), q[kept], band_cfg, emb)
+        band[kept] = _codes(got, names)
+    columns = {
+        schema.STATUS: _status(masks),
+        schema.REASON: _reason(downloads, d_rows, masks, decode_err, first_fail),
+        schema.REASONS: _take(filters, schema.REASONS, a_rows, pa.list_(pa.string())).cast(pa.list_(pa.string())),
+        schema.DUP_OF: _take(dedup, schema.DUP_OF, x_rows, pa.string()).cast(pa.string()),
+        schema.DUP_KIND: dup_kind,
+        schema.QUALITY: pa.array(np.where(a_rows >= 0, q, np.nan), pa.float32(), mask=a_rows < 0),
+        schema.BAND: _names(band, names),
+    }
+    return Fates(d_rows, a_rows, columns)
+
+
 def assemble(
     inputs: pa.Table,
     downloads: pa.Table,
@@ -50,74 +126,90 @@ def assemble(
     band_cfg: BandConfig = BandConfig(),
     embeddings: np.ndarray | None = None,
 ) -> pa.Table:
-    """One row per row of ``inputs`` (uid, url, caption, extras), in input order.
+    """One row per row of ``inputs`` (uid, url, caption, extras), in input order, in memory.
 
     ``downloads``: uid + download columns, one row per input uid. ``annotations``: one row per
     downloaded uid. ``filters``: uid, keep, reason, reasons aligned with ``annotations``.
     ``dedup``: uid, dup_of, dup_kind. ``quality`` and ``embeddings`` (CLIP image embeddings, only
-    for balanced bands): aligned with ``annotations``.
+    for balanced bands): aligned with ``annotations``. A build writes the same table batch by batch
+    (:mod:`curate.select.samplefile`) without holding the annotation columns.
     """
-    n = inputs.num_rows
-    uids = inputs.column(schema.UID)
-    d_rows = _lookup(uids, downloads)
-    if (d_rows < 0).any():
-        missing = uids[int(np.flatnonzero(d_rows < 0)[0])].as_py()
-        raise RuntimeError(f"download results lack input uid {missing!r}: every input row must have a download row")
-    a_rows = _lookup(uids, annotations)
-    x_rows = _lookup(uids, dedup)
+    f = fates(inputs.column(schema.UID), downloads, annotations, filters, dedup, quality, band_cfg, embeddings)
+    ann = {
+        name: _take(annotations, name, f.a_rows, annotations.schema.field(name).type)
+        for name in carried_columns(annotations.column_names)
+    }
+    table = sample_table(inputs, downloads, f.d_rows, ann, f.columns)
+    check_counts(table, inputs.num_rows)
+    return table
 
-    ok = (
-        np.asarray(_take(downloads, schema.DOWNLOAD_STATUS, d_rows, pa.string()).to_pylist(), dtype=object)
-        == "success"
-    )
-    if (ok & (a_rows < 0)).any():
-        missing = uids[int(np.flatnonzero(ok & (a_rows < 0))[0])].as_py()
-        raise RuntimeError(f"uid {missing!r} downloaded but has no annotation row: run `tiers annotate` again")
 
-    decode_err = np.asarray(_take(annotations, schema.DECODE_ERROR, a_rows, pa.string()).to_pylist(), dtype=object)
-    keep_filter = np.asarray(_take(filters, "keep", a_rows, pa.bool_()).fill_null(False).to_pylist(), bool)
-    first_fail = np.asarray(_take(filters, schema.REASON, a_rows, pa.string()).to_pylist(), dtype=object)
-    dup_kind = np.asarray(_take(dedup, schema.DUP_KIND, x_rows, pa.string()).to_pylist(), dtype=object)
-    dup_of = _take(dedup, schema.DUP_OF, x_rows, pa.string())
-    q = np.full(n, np.nan, np.float32)
-    q[a_rows >= 0] = np.asarray(quality, np.float32)[a_rows[a_rows >= 0]]
+def carried_columns(names: list[str]) -> list[str]:
+    """Of the annotation columns ``names``, those a sample row carries, in their place (``schema.ANNOTATIONS``
+    order; the caption is the input's)."""
+    return [f.name for f in schema.ANNOTATIONS if f.name in names and f.name != schema.CAPTION]
 
-    masks = _fate_masks(ok, decode_err, dup_kind, keep_filter)
-    status, reason = _status_and_reason(downloads, d_rows, masks, decode_err, first_fail)
-    kept, filtered = masks["kept"], masks["filtered"]
 
-    band = np.full(n, None, dtype=object)
-    if band_cfg.filtered_band:
-        band[filtered] = FILTERED
-    if kept.any():
-        emb = None if embeddings is None else np.asarray(embeddings)[a_rows[kept]]
-        band[kept] = assign(np.asarray(uids.to_pylist(), dtype=object)[kept], q[kept], band_cfg, emb)
+def metadata(inputs: pa.Table, downloads: pa.Table, f: Fates) -> pa.Table:
+    """The sample table's columns the shard stage and the counts read (uid, url, caption, shard, key,
+    status, reason, quality, band), one row per input row: what a build holds instead of the table."""
+    cols = {c: inputs.column(c) for c in (schema.UID, schema.URL, schema.CAPTION) if c in inputs.column_names}
+    for field in schema.DOWNLOAD:
+        if field.name in (schema.SHARD, schema.KEY):
+            cols[field.name] = _take(downloads, field.name, f.d_rows, field.type)
+    cols.update({c: f.columns[c] for c in (schema.STATUS, schema.REASON, schema.QUALITY, schema.BAND)})
+    return pa.table(cols)
 
+
+def sample_table(
+    inputs: pa.Table, downloads: pa.Table, d_rows: np.ndarray, annotations: dict[str, pa.Array], decisions: dict
+) -> pa.Table:
+    """Sample rows from their parts, all aligned with ``inputs``' rows except ``downloads`` (gathered by
+    ``d_rows``): the inputs' columns, the download columns, ``annotations``, then ``decisions``."""
     cols = {name: inputs.column(name) for name in inputs.column_names}
     for field in schema.DOWNLOAD:
         cols[field.name] = _take(downloads, field.name, d_rows, field.type)
-    for field in schema.ANNOTATIONS:
-        if field.name in annotations.column_names and field.name not in (schema.CAPTION,):
-            cols[field.name] = _take(annotations, field.name, a_rows, annotations.schema.field(field.name).type)
-    cols[schema.STATUS] = pa.array(status.tolist(), pa.string())
-    cols[schema.REASON] = pa.array(reason.tolist(), pa.string())
-    reasons = _take(filters, schema.REASONS, a_rows, pa.list_(pa.string()))
-    cols[schema.REASONS] = reasons.cast(pa.list_(pa.string()))
-    cols[schema.DUP_OF] = dup_of.cast(pa.string())
-    cols[schema.DUP_KIND] = pa.array(dup_kind.tolist(), pa.string())
-    cols[schema.QUALITY] = pa.array(np.where(a_rows >= 0, q, np.nan), pa.float32(), mask=a_rows < 0)
-    cols[schema.BAND] = pa.array(band.tolist(), pa.string())
-    table = pa.table(cols)
-    check_counts(table, n)
-    return table
+    cols.update(annotations)
+    cols.update({name: decisions[name] for name in DECISIONS})
+    return pa.table(cols)
+
+
+def _mask(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A boolean column as numpy, null as False."""
+    return np.asarray(values.fill_null(False).to_numpy(zero_copy_only=False), bool)
+
+
+def _sort_keys(uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """uids as a numpy array that sorts as their ``str`` objects do: where all have one length, a view of
+    their UTF-8 bytes as fixed-width byte strings (UTF-8 byte order is code-point order), with no Python
+    object per row; else ``str`` objects."""
+    arr = uids.combine_chunks() if isinstance(uids, pa.ChunkedArray) else uids
+    lo, hi = (v.as_py() for v in pc.min_max(pc.binary_length(arr)).values())
+    if arr.null_count or not lo or lo != hi or not pa.types.is_string(arr.type):
+        return np.asarray(arr.to_pylist(), dtype=object)
+    offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset : arr.offset + len(arr) + 1]
+    return np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0] : offsets[-1]].view(f"S{lo}")
+
+
+def _codes(values: np.ndarray, names: list[str]) -> np.ndarray:
+    """1-based position in ``names`` of each value."""
+    out = np.zeros(len(values), np.int64)
+    for k, name in enumerate(names):
+        out[values == name] = k + 1
+    return out
+
+
+def _names(codes: np.ndarray, names: list[str]) -> pa.Array:
+    """``names[code - 1]``, null where the code is 0, as a string column."""
+    return pa.array([None, *names], pa.string()).take(pa.array(codes))
 
 
 def _fate_masks(ok: np.ndarray, decode_err, dup_kind, keep_filter: np.ndarray) -> dict[str, np.ndarray]:
     """One boolean mask per fate, in the module docstring's order of precedence; they partition the rows."""
-    failed_decode = ok & (decode_err != None)  # noqa: E711 - elementwise on an object array
+    failed_decode = ok & _mask(pc.is_valid(decode_err))
     usable = ok & ~failed_decode
-    contaminated = usable & (dup_kind == "contamination")
-    duplicate = usable & ~contaminated & (dup_kind != None)  # noqa: E711
+    contaminated = usable & _mask(pc.equal(dup_kind, "contamination"))
+    duplicate = usable & ~contaminated & _mask(pc.is_valid(dup_kind))
     passing = usable & ~contaminated & ~duplicate
     return {
         "failed_download": ~ok,
@@ -129,28 +221,46 @@ def _fate_masks(ok: np.ndarray, decode_err, dup_kind, keep_filter: np.ndarray) -
     }
 
 
-def _status_and_reason(downloads: pa.Table, d_rows: np.ndarray, m: dict, decode_err, first_fail):
+def _status(m: dict) -> pa.Array:
+    codes = np.full(len(m["kept"]), 1, np.int64)  # dropped
+    codes[m["failed_download"] | m["failed_decode"]] = 2
+    codes[m["kept"]] = 3
+    return _names(codes, [schema.STATUS_DROPPED, schema.STATUS_FAILED, schema.STATUS_KEPT])
+
+
+def _reason(downloads: pa.Table, d_rows: np.ndarray, m: dict, decode_err, first_fail) -> pa.Array:
+    """The reason column: the first source that applies to each row's fate, null for kept rows."""
     n = len(d_rows)
-    status = np.full(n, schema.STATUS_DROPPED, dtype=object)
-    status[m["failed_download"] | m["failed_decode"]] = schema.STATUS_FAILED
-    status[m["kept"]] = schema.STATUS_KEPT
-    reason = np.full(n, None, dtype=object)
-    download_reason = _take(downloads, schema.DOWNLOAD_REASON, d_rows, pa.string()).to_pylist()
-    reason[m["failed_download"]] = np.asarray(download_reason, dtype=object)[m["failed_download"]]
-    reason[m["failed_decode"]] = decode_err[m["failed_decode"]]
-    reason[m["contaminated"]] = CONTAMINATED
-    reason[m["duplicate"]] = DUPLICATE
-    reason[m["filtered"]] = first_fail[m["filtered"]]
-    return status, reason
+    reason = pa.nulls(n, pa.string())
+    download_reason = _take(downloads, schema.DOWNLOAD_REASON, d_rows, pa.string()).cast(pa.string())
+    for mask, values in (
+        (m["failed_download"], download_reason),
+        (m["failed_decode"], decode_err.cast(pa.string())),
+        (m["contaminated"], pa.scalar(CONTAMINATED)),
+        (m["duplicate"], pa.scalar(DUPLICATE)),
+        (m["filtered"], first_fail.cast(pa.string())),
+    ):
+        reason = pc.if_else(pa.array(mask), values, reason)
+    return reason
 
 
 def counts(samples: pa.Table) -> dict[str, dict[str, int]]:
-    """``{status: {reason: rows}}`` (reason ``"-"`` for kept rows)."""
+    """``{status: {reason: rows}}`` (reason ``"-"`` for kept rows), reasons by count, ties in order of
+    first appearance; grouped in Arrow (one entry per distinct pair, not a Python object per row)."""
+    reason = samples.column(schema.REASON)
+    keyed = pa.table(
+        {
+            "s": samples.column(schema.STATUS),
+            "r": pc.if_else(pc.equal(reason, ""), None, reason),  # "" counts as "-", as a missing reason
+            "at": pa.array(np.arange(samples.num_rows, dtype=np.int64)),
+        }
+    )
+    groups = keyed.group_by(["s", "r"], use_threads=False).aggregate([("at", "count"), ("at", "min")])
+    rows = zip(*(groups.column(c).to_pylist() for c in ("s", "r", "at_count", "at_min")), strict=True)
     out: dict[str, dict[str, int]] = {}
-    for s, r in zip(samples.column(schema.STATUS).to_pylist(), samples.column(schema.REASON).to_pylist(), strict=True):
-        out.setdefault(s, {})
-        out[s][r or "-"] = out[s].get(r or "-", 0) + 1
-    return {s: dict(sorted(v.items(), key=lambda kv: -kv[1])) for s, v in sorted(out.items())}
+    for s, r, n, _ in sorted(rows, key=lambda g: (g[0], -g[2], g[3])):
+        out.setdefault(s, {})[r or "-"] = n
+    return out
 
 
 def check_counts(samples: pa.Table, input_rows: int) -> None:
@@ -159,6 +269,6 @@ def check_counts(samples: pa.Table, input_rows: int) -> None:
     uids = samples.column(schema.UID)
     if total != input_rows or samples.num_rows != input_rows or pc.count_distinct(uids).as_py() != input_rows:
         raise RuntimeError(f"fates do not add up: {total} fates, {samples.num_rows} rows, {input_rows} inputs")
-    bad = set(samples.column(schema.STATUS).to_pylist()) - set(schema.STATUSES)
+    bad = set(pc.unique(samples.column(schema.STATUS)).to_pylist()) - set(schema.STATUSES)
     if bad:
         raise RuntimeError(f"unknown statuses {bad}")

@@ -131,7 +131,7 @@ def locate(raw_dir: str, rows: pa.Table) -> pa.Table:
     Raises :class:`InputError` naming the raw tar and uid of the first row whose image is not there.
     """
     n = rows.num_rows
-    ext = np.empty(n, dtype=object)
+    exts, ats = [], []  # the ext column in pieces, one a shard, and the rows each piece is for
     offset = np.zeros(n, np.int64)
     size = np.zeros(n, np.int64)
     shard_col = rows.column(schema.SHARD).combine_chunks()
@@ -147,11 +147,14 @@ def locate(raw_dir: str, rows: pa.Table) -> pa.Table:
                 f"no image for key {keys[i].as_py()!r} (uid {uid})", path=storage.join(raw_dir, f"{shard}.tar")
             )
         p = pos.to_numpy(zero_copy_only=False)
-        ext[at] = np.asarray(index.column("ext").to_pylist(), dtype=object)[p]
+        exts.append(index.column("ext").combine_chunks().take(pa.array(p)).cast(pa.string()))
+        ats.append(at)
         offset[at] = index.column("offset").to_numpy()[p]
         size[at] = index.column("size").to_numpy()[p]
-    return (
-        rows.append_column("ext", pa.array(ext.tolist(), pa.string()))
-        .append_column("offset", pa.array(offset))
-        .append_column("size", pa.array(size))
-    )
+    # Column-wise, not a Python string per row: the pieces in shard order, put back in row order.
+    order = np.concatenate(ats) if ats else np.zeros(0, np.int64)
+    back = np.empty(n, np.int64)
+    back[order] = np.arange(len(order))
+    ext = pa.concat_arrays(exts).take(pa.array(back)) if exts else pa.nulls(n, pa.string())
+    rows = rows.append_column("ext", ext).append_column("offset", pa.array(offset))
+    return rows.append_column("size", pa.array(size))
