@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,10 +31,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.core.tarstream import TarWriter
-from curate.select.bands import assign
-from curate.shard.writer import ShardConfig, write_tiers
-from synthweb import WebConfig, build
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # bench.procmon, run as a script from anywhere
+from curate.core.tarstream import TarWriter  # noqa: E402
+from curate.select.bands import assign  # noqa: E402
+from curate.shard.writer import ShardConfig, write_tiers  # noqa: E402
+from synthweb import WebConfig, build  # noqa: E402
 
 COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_mini" / "coco_mini_pairs.parquet"
 
