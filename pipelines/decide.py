@@ -137,8 +137,9 @@ def decide(
     out = []
     for c, gap, p_adj, ok, p in zip(comparisons, gaps, adj, decided, ps, strict=True):
         need = None if ok else _need(gap, alpha_next)
-        smallest = stats.critical(alpha_next, stats.POWER) * gap.se_eval  # what more seeds could ever decide
-        text = _text(c, gap, p, p_adj, ok, need, len(comparisons), smallest)
+        # The smallest gap more seeds could ever decide, at the level the open comparisons leave each one.
+        floor = (stats.critical(alpha_next, stats.POWER) * gap.se_eval, open_)
+        text = _text(c, gap, p, p_adj, ok, need, len(comparisons), floor)
         out.append(Verdict(c, gap, float(p_adj), ok, need, len(comparisons), text))
     return out
 
@@ -161,7 +162,7 @@ def _where(c: Comparison) -> str:
 
 
 def _text(
-    c: Comparison, gap: stats.Gap, p: float, p_adj: float, decided: bool, need, family: int, smallest: float = 0.0
+    c: Comparison, gap: stats.Gap, p: float, p_adj: float, decided: bool, need, family: int, floor=(0.0, 1)
 ) -> str:
     if gap.seeds == 0:
         return f"cannot compare {c.a} and {c.b} {_where(c)}: no seed has finished in both"
@@ -185,7 +186,8 @@ def _text(
     if need is None:
         if gap.se_eval > 0 and gap.mean != 0:
             eval_noise = _pts(1.96 * gap.se_eval)
-            across = f" across {family} comparisons" if family > 1 else ""
+            smallest, among = floor
+            across = f" across {among} open comparisons" if among > 1 else ""
             return (
                 f"{head}: {why}; more seeds would not decide it: with the eval set's own noise (±{eval_noise}), "
                 f"which seeds do not average away, no gap under about {_pts(smallest)} points can be "
