@@ -162,7 +162,7 @@ def _where(c: Comparison) -> str:
 
 
 def _text(
-    c: Comparison, gap: stats.Gap, p: float, p_adj: float, decided: bool, need, family: int, floor=(0.0, 1)
+    c: Comparison, gap: stats.Gap, p: float, p_adj: float, decided: bool, need, family: int, floor: tuple[float, int]
 ) -> str:
     if gap.seeds == 0:
         return f"cannot compare {c.a} and {c.b} {_where(c)}: no seed has finished in both"
