@@ -67,6 +67,12 @@ def _hush_ray() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def ray_running() -> bool:
+    """Whether this process has Ray started (without importing it when it has not)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
     """Use the running Ray if this process already started one; otherwise start (and later stop) one."""

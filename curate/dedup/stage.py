@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from curate.core import runner, schema, storage
 from curate.core.errors import InputError
+from curate.core.runtime import ray_running
 from curate.dedup import DedupConfig, deduplicate
 from curate.dedup.decontaminate import eval_hashes, find_contaminated, set_name
 from curate.dedup.thumbstore import spilled_thumbs
@@ -90,9 +91,16 @@ def run_dedup(
     key = _key(build_dir, cfg, quality, prefer, decontaminate)
     fp = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
     unit = runner.Unit("dedup", fp, outputs=(DEDUP, SUMMARY), args=(key, cfg, quality, prefer, decontaminate))
-    report = runner.run(build_dir, [unit], _decide_unit)
+    # With Ray up (a build) the decision runs in a worker: its working set (hash tables, candidate pairs,
+    # links) grows with the pool, and the driver keeps only the metadata columns the other stages need.
+    executor = runner.Executor("tasks" if ray_running() else "local")
+    report = runner.run(build_dir, [unit], _decide_unit, executor)
     report.raise_failures("dedup")
-    return DedupSummary(**storage.read_json(storage.join(build_dir, SUMMARY)))
+    summary = DedupSummary(**storage.read_json(storage.join(build_dir, SUMMARY)))
+    if report.ran:
+        for name, n in summary.contaminated.items():
+            log.info(f"decontamination: {n} pool samples copy images of {name}")
+    return summary
 
 
 def _decide_unit(build_dir: str, unit: runner.Unit) -> dict:
@@ -168,8 +176,6 @@ def _decontaminate(out: pa.Table, table: pa.Table, cfg: DedupConfig, sets: tuple
         per_set[src.rsplit(":", 1)[0]] = per_set.get(src.rsplit(":", 1)[0], 0) + 1
     out = out.set_column(1, schema.DUP_OF, pa.array(dup_of, pa.string()))
     out = out.set_column(2, schema.DUP_KIND, pa.array(kind, pa.string()))
-    for name, n in per_set.items():
-        log.info(f"decontamination: {n} pool samples copy images of {name}")
     return out, per_set
 
 

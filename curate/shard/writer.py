@@ -116,11 +116,10 @@ def _plan_units(out_dir: str, samples: pa.Table, bands: list[str], cfg: ShardCon
 
 def _executor(cfg: ShardConfig) -> runner.Executor:
     """Ray tasks when this process has Ray running (every node writes), else threads here."""
-    import sys
+    from curate.core.runtime import ray_running
 
     if cfg.executor == "auto":
-        ray = sys.modules.get("ray")
-        kind = "tasks" if ray is not None and ray.is_initialized() else "threads"
+        kind = "tasks" if ray_running() else "threads"
     else:
         kind = cfg.executor
     return runner.Executor(kind, workers=cfg.workers if kind == "threads" else 0)
