@@ -101,6 +101,7 @@ def download(
     raw = storage.join(out, manifest.RAW)
     with hold(out, command="tiers download"):
         info = planning.plan(raw, table, cfg, source)
+        del table  # planned: each shard reads its rows from raw/_input/, so the driver holds none of the list
         return _complete(raw, info, cfg, policy, ray_address, num_cpus, progress)
 
 
@@ -227,7 +228,7 @@ def _merge_round(raw: str, r: dict) -> None:
         if keep.num_rows != t.num_rows:
             storage.write_parquet(keep, p)
         marker = units.read_marker(raw, origin) or {}
-        counts = Counter(x for x in keep.column(schema.DOWNLOAD_REASON).to_pylist() if x is not None)
+        counts = _reason_counts(keep.column(schema.DOWNLOAD_REASON))
         marker.update(rows=keep.num_rows, successes=keep.num_rows - sum(counts.values()), failures=dict(counts))
         marker["files"] = file_sizes(raw, origin)
         units.mark_done(raw, origin, marker)
@@ -278,7 +279,13 @@ def _count_fates(raw: str, shards: list[str], input_rows: int) -> Counter:
         raise RuntimeError(
             f"{raw}: accounting broke: {t.num_rows} raw rows, {distinct} distinct uids, {input_rows} input rows"
         )
-    return Counter(x for x in t.column(schema.DOWNLOAD_REASON).to_pylist() if x is not None)
+    return _reason_counts(t.column(schema.DOWNLOAD_REASON))
+
+
+def _reason_counts(reasons: pa.ChunkedArray) -> Counter:
+    """Rows per non-null reason, counted in Arrow (no Python string per row)."""
+    vc = pc.value_counts(reasons.drop_null())
+    return Counter(dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True)))
 
 
 def read_results(out: str | os.PathLike) -> pa.Table:
