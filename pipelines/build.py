@@ -132,7 +132,7 @@ def decide(out: str, cfg: BuildConfig) -> pa.Table:
     # Read after dedup, whose peak they would otherwise add to.
     fix = f"run `tiers build URLS --out {out}` again: it rewrites it from the list"
     inputs = storage.read_parquet(storage.join(out, INPUTS), fix=fix)
-    downloads = read_results(out)
+    downloads = read_results(out).combine_chunks()  # one chunk per column: each batch below takes from it
     f = fates(inputs.column(schema.UID), downloads, ann, filt.table, read_dedup(out), q, cfg.bands, embeddings)
     del ann, filt, q, embeddings
     meta = metadata(inputs, downloads, f)
@@ -243,6 +243,7 @@ def build(
     with hold(out, command="tiers build"):
         _store_inputs(out, inputs)
         log.info(f"[1/5] {inputs.num_rows:,} input rows")
+        del inputs  # stored: each stage reads what it needs of it back (~150 B a row held to the end otherwise)
         with ray_session(ray_address):
             download(storage.join(out, INPUTS), out, cfg.download, allow_private=allow_private, progress=progress)
             log.info(f"[2/5] downloaded ({time.perf_counter() - t0:.0f} s)")
