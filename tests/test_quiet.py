@@ -61,3 +61,27 @@ def test_quiet_errors_are_one_line(tmp_path):
     r = tiers("build", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "b"), "--quiet")
     assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1
     assert r.stderr.startswith("tiers: error:") and "missing.parquet" in r.stderr
+
+
+@pytest.mark.parametrize("chosen", [None, "system"])
+def test_entry_points_allocate_arrow_with_jemalloc_unless_told(chosen):
+    """Every entry point's environment defaults switch Arrow to jemalloc (freed pages go back to the system)
+    here and, through the environment, in the Ray workers it starts; a user's ARROW_DEFAULT_MEMORY_POOL wins."""
+    code = (
+        "import os, pyarrow as pa\n"
+        "from curate.core.runtime import quiet_environment\n"
+        "quiet_environment()\n"
+        "print(pa.default_memory_pool().backend_name, os.environ.get('ARROW_DEFAULT_MEMORY_POOL'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    env["PYTHONPATH"] = str(ROOT)
+    if chosen:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = chosen
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    import pyarrow as pa
+
+    try:
+        pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        pytest.skip("this pyarrow has no jemalloc")
+    assert out.stdout.split() == ([chosen, chosen] if chosen else ["jemalloc", "jemalloc"])
