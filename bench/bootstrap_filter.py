@@ -22,6 +22,7 @@ bench/results/work/bootstrap/ so a rerun trains nothing already trained. Writes
 bench/results/bootstrap_filter.json.
 
     .venv/bin/python bench/bootstrap_filter.py [--pools synthetic,cifar,coco] [--rounds 2] [--samples 20000]
+        [--set lr=3e-3 ...]
 """
 
 from __future__ import annotations
@@ -184,12 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--samples", type=int, default=20_000, help="samples seen by each filter CLIP")
     ap.add_argument("--model", default="ct-vit-micro-32")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="filter CLIPs' TrainConfig")
     ap.add_argument("--synthetic-n", type=int, default=4000)
     ap.add_argument("--cifar-n", type=int, default=6000)
     ap.add_argument("--work", type=Path, default=RESULTS / "work" / "bootstrap")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from pipelines.bootstrap import BootstrapConfig, run_bootstrap
+    from train.config import parse_set
 
     results = {"args": {k: str(v) for k, v in vars(args).items()}}
     for pool in args.pools.split(","):
@@ -209,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             model=args.model,
             samples_seen=args.samples,
             fold_by="photo" if pool == "coco" else "uid",
+            train=parse_set(args.set),
             device="cpu",
         )
         run_bootstrap(args.work / pool, cfg)
