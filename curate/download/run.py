@@ -101,7 +101,7 @@ def download(
     raw = storage.join(out, manifest.RAW)
     with hold(out, command="tiers download"):
         info = planning.plan(raw, table, cfg, source)
-        del table  # planned: each shard reads its rows from raw/_input/, so the driver holds none of the list
+        del table  # planned: each shard reads its rows from raw/_input/ (a list read here is dropped now)
         return _complete(raw, info, cfg, policy, ray_address, num_cpus, progress)
 
 
