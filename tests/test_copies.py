@@ -135,6 +135,7 @@ def test_the_build_stage_verifies_near_copies_with_the_stored_thumbnails(tmp_pat
     """`tiers build` / `tiers dedup` decide from the stored annotations: they must read the thumbnails,
     or every near copy falls back to the pHash-only rule (crops missed)."""
     import curate.annotate
+    import curate.dedup.stage
     from curate.dedup.stage import run_dedup
 
     rng = np.random.default_rng(3)
@@ -153,6 +154,9 @@ def test_the_build_stage_verifies_near_copies_with_the_stored_thumbnails(tmp_pat
     monkeypatch.setattr(curate.annotate, "read_annotations", lambda d, columns=None: t.select(columns))
     # The thumbnails are read shard by shard (spilled, never held whole): two shards here.
     monkeypatch.setattr(curate.annotate, "annotation_tables", lambda d, columns: iter([t.slice(0, 9), t.slice(9)]))
+    # The stand-in readers live in this process: the unit must run here, not as the Ray task a build's dedup
+    # is when the test session has Ray up.
+    monkeypatch.setattr(curate.dedup.stage, "ray_running", lambda: False)
     assert run_dedup(tmp_path, DedupConfig(semantic=False)).duplicates == 16
 
 
