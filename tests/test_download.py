@@ -383,23 +383,3 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["download", "--allow-private-hosts", "10.0.0.0/33", str(bad), "--out", str(tmp_path / "o")])
     assert e.value.code == 2
-
-
-def test_plan_digest_and_reason_counts_need_no_python_row_per_uid():
-    """The plan's uid digest, read a slice at a time from Arrow, is the digest plans have always recorded
-    (each uid and a newline); reasons are counted in Arrow, nulls (successes) left out."""
-    import hashlib
-
-    from curate.download.plan import uid_digest
-    from curate.download.run import _reason_counts
-
-    uids = [f"u{i:06d}" for i in range(70_000)] + ["é-ünïcode"]
-    h = hashlib.blake2b(digest_size=16)
-    for u in uids:
-        h.update(u.encode() + b"\n")
-    assert uid_digest(pa.chunked_array([uids[:5], uids[5:]])) == h.hexdigest() == uid_digest(uids)
-    assert uid_digest(uids[::-1]) != h.hexdigest()
-
-    reasons = pa.chunked_array([["timeout", None, "http_404"], [], [None, "timeout"]], pa.string())
-    assert _reason_counts(reasons) == Counter({"timeout": 2, "http_404": 1})
-    assert _reason_counts(pa.chunked_array([[None, None]], pa.string())) == Counter()
