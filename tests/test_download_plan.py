@@ -8,7 +8,7 @@ from collections import Counter
 import pyarrow as pa
 
 from curate.download.plan import uid_digest
-from curate.download.run import _reason_counts
+from curate.download.reasons import counts as reason_counts
 
 
 def test_plan_digest_and_reason_counts_need_no_python_row_per_uid():
@@ -22,5 +22,5 @@ def test_plan_digest_and_reason_counts_need_no_python_row_per_uid():
     assert uid_digest(uids[::-1]) != h.hexdigest()
 
     reasons = pa.chunked_array([["timeout", None, "http_404"], [], [None, "timeout"]], pa.string())
-    assert _reason_counts(reasons) == Counter({"timeout": 2, "http_404": 1})
-    assert _reason_counts(pa.chunked_array([[None, None]], pa.string())) == Counter()
+    assert reason_counts(reasons) == Counter({"timeout": 2, "http_404": 1})
+    assert reason_counts(pa.chunked_array([[None, None]], pa.string())) == Counter()

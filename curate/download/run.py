@@ -38,6 +38,7 @@ from curate.download import plan as planning
 from curate.download import verify
 from curate.download.config import DownloadConfig, load_config
 from curate.download.progress import DownloadProgress
+from curate.download.reasons import counts as reason_counts
 from curate.download.safety import AddressPolicy, parse_allow
 from curate.download.summary import DownloadSummary
 from curate.download.worker import TMP, ShardDownloader, file_sizes, input_path, shard_name
@@ -228,7 +229,7 @@ def _merge_round(raw: str, r: dict) -> None:
         if keep.num_rows != t.num_rows:
             storage.write_parquet(keep, p)
         marker = units.read_marker(raw, origin) or {}
-        counts = _reason_counts(keep.column(schema.DOWNLOAD_REASON))
+        counts = reason_counts(keep.column(schema.DOWNLOAD_REASON))
         marker.update(rows=keep.num_rows, successes=keep.num_rows - sum(counts.values()), failures=dict(counts))
         marker["files"] = file_sizes(raw, origin)
         units.mark_done(raw, origin, marker)
@@ -279,13 +280,7 @@ def _count_fates(raw: str, shards: list[str], input_rows: int) -> Counter:
         raise RuntimeError(
             f"{raw}: accounting broke: {t.num_rows} raw rows, {distinct} distinct uids, {input_rows} input rows"
         )
-    return _reason_counts(t.column(schema.DOWNLOAD_REASON))
-
-
-def _reason_counts(reasons: pa.ChunkedArray) -> Counter:
-    """Rows per non-null reason, counted in Arrow (no Python string per row)."""
-    vc = pc.value_counts(reasons.drop_null())
-    return Counter(dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True)))
+    return reason_counts(t.column(schema.DOWNLOAD_REASON))
 
 
 def read_results(out: str | os.PathLike) -> pa.Table:

@@ -21,7 +21,6 @@ import os
 import shutil
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -209,7 +208,7 @@ def run_shard(raw_dir: str, shard_id: int, cfg: DownloadConfig, policy: AddressP
         table = complete_parquet(pq.read_table(work / f"{shard}.parquet"), inputs, shard_id, cfg.samples_per_shard)
         with units.atomic_path(work / f"{shard}.final.parquet") as tmp:
             write_parquet(table, tmp)
-        counts = Counter(r for r in table.column(schema.DOWNLOAD_REASON).to_pylist() if r is not None)
+        counts = reasons.counts(table.column(schema.DOWNLOAD_REASON))
         info = {
             "shard": shard,
             "rows": table.num_rows,
