@@ -183,8 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pools", default="synthetic,cifar,coco")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--samples", type=int, default=20_000, help="samples seen by each filter CLIP")
-    ap.add_argument("--model", default="ct-vit-micro-32")
+    ap.add_argument("--samples", type=int, default=0, help="samples seen by each filter CLIP (0: --epochs)")
+    ap.add_argument("--epochs", type=float, default=6.0, help="passes of each filter CLIP over its training pool")
+    ap.add_argument("--model", default="ct-rn-micro-32")
+    ap.add_argument("--folds", type=int, default=5, help="held-out folds: each filter CLIP trains on (k-1)/k")
+    ap.add_argument("--seed", type=int, default=0, help="folds and filter CLIPs' seed (the pools stay the same)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="filter CLIPs' TrainConfig")
     ap.add_argument("--synthetic-n", type=int, default=4000)
     ap.add_argument("--cifar-n", type=int, default=6000)
@@ -209,8 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         build_pool(web, args.work / pool, dedup=pool != "coco")
         cfg = BootstrapConfig(
             rounds=args.rounds,
+            folds=args.folds,
+            seed=args.seed,
             model=args.model,
             samples_seen=args.samples,
+            epochs=args.epochs,
             fold_by="photo" if pool == "coco" else "uid",
             train=parse_set(args.set),
             device="cpu",

@@ -11,7 +11,8 @@ evaluation on photos the pool never held:
 - ``synthetic``: the synthetic web's own held-out ``eval/zeroshot.parquet`` (25 concepts).
 
 Prints zero-shot top-1 per tier and budget, every seed and the mean +- half-range, with each tier's
-misaligned share and repetition; writes bench/results/bootstrap_study_<pool>.json.
+misaligned share and repetition, then the study's own intervals and verdicts (``pipelines.analysis``:
+paired over seeds, Holm over the comparisons); writes bench/results/bootstrap_study_<pool>.json.
 
     .venv/bin/python bench/bootstrap_study.py --pool cifar [--budgets 20000] [--seeds 0,1,2]
 """
@@ -88,11 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--model", default="ct-vit-micro-32")
     ap.add_argument("--eval-n", type=int, default=2000)
+    ap.add_argument("--until-decided", action="store_true", help="add seeds while the comparison is undecided")
+    ap.add_argument("--max-runs", type=int, default=20, help="with --until-decided: runs in all, at most")
     ap.add_argument("--work", type=Path, default=RESULTS / "work" / "bootstrap")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from pipelines.analysis import describe
     from pipelines.build import retier, stored_config
-    from pipelines.study import StudyConfig, run_study
+    from pipelines.study import StudyConfig, run_study, study_analysis
 
     build, web = args.work / args.pool, args.work / f"{args.pool}_web"
     if not (build / "bootstrap" / "scores.parquet").exists():
@@ -120,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         classes=classes,
         name=f"bootstrap-{args.pool}",
     )
-    rows = run_study(study, args.work / f"{args.pool}_study_bootstrap")
+    study_dir = args.work / f"{args.pool}_study_bootstrap"
+    rows = run_study(study, study_dir, until_decided=args.until_decided, max_runs=args.max_runs)
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "misaligned": misaligned_share(build, web, tiers)}
     n_classes = len(json.loads(Path(classes).read_text())["classnames"])
     print(
@@ -145,6 +150,20 @@ def main(argv: list[str] | None = None) -> int:
                 f"(seeds {', '.join(f'{v:.3f}' for v in cell['seeds'].values())}; repetition {cell['repetition']}, "
                 f"misaligned {cell['misaligned']:.3f})"
             )
+    # The study's own verdicts: paired over seeds (and eval samples), the family held at 5% by Holm.
+    analysis = study_analysis(study, study_dir, rows)  # with --until-decided, spent over its looks
+    for line in describe(analysis, chance=1 / n_classes):
+        print(line)
+    result["verdicts"] = [
+        {
+            "comparison": v.comparison.key,
+            "status": v.status,
+            "winner": v.winner,
+            "gap": round(v.gap.mean, 4),
+            "text": v.text,
+        }
+        for v in analysis.verdicts
+    ]
     out = RESULTS / f"bootstrap_study_{args.pool}.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")

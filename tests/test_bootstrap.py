@@ -44,27 +44,27 @@ class Recorder:
         return np.array([int(u[3:]) % 17 if m >= 0 else np.nan for u, m in zip(uids, model_of, strict=True)], float)
 
 
-@pytest.mark.parametrize("rounds", [1, 2])
-def test_no_sample_is_scored_by_a_model_that_trained_on_it(tmp_path, rounds):
+@pytest.mark.parametrize("rounds,folds", [(1, 2), (2, 2), (2, 5)])
+def test_no_sample_is_scored_by_a_model_that_trained_on_it(tmp_path, rounds, folds):
     samples = build_dir(tmp_path)
     rec = Recorder()
-    cfg = BootstrapConfig(rounds=rounds, folds=2, top=0.5)
+    cfg = BootstrapConfig(rounds=rounds, folds=folds, top=0.5)
     scores = run_bootstrap(tmp_path, cfg, trainer=rec.train, scorer=rec.score)
     kept = {r["uid"] for r in samples.to_pylist() if r["status"] == "kept"}
     assert set(scores.column("uid").to_pylist()) == kept  # every kept sample scored, nothing else
     for r in scores.to_pylist():
         assert r["uid"] not in rec.trained[r["bootstrap_model"]], r
-        assert r["bootstrap_round"] == rounds and r["bootstrap_fold"] in (0, 1)
-    # Each model trained on the other fold only, and on all of it in round 1.
+        assert r["bootstrap_round"] == rounds and r["bootstrap_fold"] in range(folds)
+    # Each model trained on the other folds only, and on all of them in round 1.
     models = sorted(rec.trained)
-    assert len(models) == 2 * rounds
+    assert len(models) == folds * rounds
     fold = dict(zip(scores.column("uid").to_pylist(), scores.column("bootstrap_fold").to_pylist(), strict=True))
     for spec, uids in rec.trained.items():
         f = int(spec.split("/f")[-1].split("/")[0])
         assert uids and all(fold[u] != f for u in uids)
         if "/r1/" in spec:
             assert uids == {u for u in kept if fold[u] != f}
-        else:  # later rounds: the previous round's top half of the other fold
+        else:  # later rounds: the previous round's top half of the other folds
             assert len(uids) < 0.6 * sum(fold[u] != f for u in kept)
     again = run_bootstrap(tmp_path, cfg, trainer=rec.train, scorer=rec.score)
     assert again.equals(scores)  # a rerun reads finished rounds back
@@ -74,7 +74,8 @@ def test_more_rounds_later_reuse_the_finished_ones(tmp_path):
     build_dir(tmp_path)
     rec = Recorder()
     one = run_bootstrap(tmp_path, BootstrapConfig(rounds=1), trainer=rec.train, scorer=rec.score)
-    assert len(rec.trained) == 2
+    folds = BootstrapConfig().folds
+    assert len(rec.trained) == folds
     calls = []
     two = run_bootstrap(
         tmp_path,
@@ -82,7 +83,7 @@ def test_more_rounds_later_reuse_the_finished_ones(tmp_path):
         trainer=lambda *a: calls.append(a[2]) or rec.train(*a),
         scorer=rec.score,
     )
-    assert all("/r2/" in str(out) for out in calls) and len(calls) == 2  # round 1 read back, not retrained
+    assert all("/r2/" in str(out) for out in calls) and len(calls) == folds  # round 1 read back, not retrained
     assert two.column("bootstrap_round").to_pylist() == [2] * one.num_rows
 
 
@@ -147,3 +148,35 @@ def test_demo_keeps_the_trusted_data_filter():
     cfg = config_from_toml(tomllib.loads(DEMO_BUILD.format(dfn="/trusted/run")))
     assert cfg.quality.score == "clip"
     assert cfg.annotate.clip_model == "run:/trusted/run"
+
+
+def test_the_command_line_defaults_are_the_config_defaults():
+    """``tiers bootstrap``'s flags spell BootstrapConfig's defaults out (the CLI does not import the
+    pipeline at start-up); they must not drift apart."""
+    from pipelines.cli import build_parser
+    from train.models import register_configs
+
+    args = build_parser().parse_args(["bootstrap", "DIR"])
+    d = BootstrapConfig()
+    for name in (
+        "rounds",
+        "folds",
+        "top",
+        "model",
+        "samples_seen",
+        "epochs",
+        "trusted_tier",
+        "fold_by",
+        "device",
+        "seed",
+    ):
+        assert getattr(args, name) == getattr(d, name), name
+    assert d.model in register_configs()  # one of ours: it builds offline
+
+
+def test_each_filter_clip_trains_for_epochs_of_its_own_pool_unless_a_budget_is_fixed():
+    assert BootstrapConfig().budget(4_800) == 28_800
+    assert BootstrapConfig(epochs=2.5).budget(10) == 25
+    assert BootstrapConfig(samples_seen=1_000).budget(4_800) == 1_000
+    with pytest.raises(InputError, match="epochs"):
+        BootstrapConfig(epochs=0).validate()

@@ -177,6 +177,28 @@ def test_checkpoints_load_as_open_clip_models_and_refuse_pickled_code(tiers, tmp
         load_model(evil)
 
 
+def test_the_conv_filter_model_trains_and_reloads_with_its_batch_norm_statistics(tiers, tmp_path):
+    """``ct-rn-micro-32`` (the bootstrap's filter CLIP): an open_clip ModifiedResNet tower whose
+    BatchNorm running statistics are buffers, not parameters; they must be saved and loaded too."""
+    import open_clip
+
+    from train import load_model
+
+    api.train(
+        cfg(model="ct-rn-micro-32", samples_seen=64, workers=0), tiers, "small", tmp_path / "run", progress=False
+    )
+    model, preprocess, tokenizer = load_model(tmp_path / "run")
+    direct = open_clip.create_model("local-dir:" + str(tmp_path / "run" / "model"))
+    stats = [k for k in direct.state_dict() if k.endswith("running_mean")]
+    assert stats and all(direct.state_dict()[k].abs().sum() > 0 for k in stats)  # trained, not the zero init
+    for k, v in direct.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    assert not model.training  # scoring uses the running statistics, not the batch's
+    with torch.no_grad():
+        fi = model.encode_image(torch.zeros(2, 3, 32, 32), normalize=True)
+    assert fi.shape == (2, 64)
+
+
 def test_cli_train_and_eval(tiers, small_web, tmp_path, capsys):
     ev = small_web / "eval"
     run = tmp_path / "run"

@@ -15,10 +15,13 @@ def register(sub) -> None:
     )
     p.add_argument("out", help="build directory (a finished `tiers build`)")
     p.add_argument("--rounds", type=int, default=1, help="rounds; each after the first trains on the last top share")
-    p.add_argument("--folds", type=int, default=2, help="folds: each is scored by a model trained on the others")
+    p.add_argument("--folds", type=int, default=5, help="folds: each is scored by a model trained on the others")
     p.add_argument("--top", type=float, default=0.5, help="share of the ranking the next round trains on")
-    p.add_argument("--model", default="ct-vit-micro-32", help="filter CLIP architecture (open_clip name or ours)")
-    p.add_argument("--samples-seen", type=int, default=20_000, help="samples seen by each filter CLIP")
+    p.add_argument("--model", default="ct-rn-micro-32", help="filter CLIP architecture (open_clip name or ours)")
+    p.add_argument("--epochs", type=float, default=6.0, help="passes of each filter CLIP over its training pool")
+    p.add_argument(
+        "--samples-seen", type=int, default=0, help="samples seen by each filter CLIP (instead of --epochs)"
+    )
     p.add_argument("--preset", default="baseline", help="training recipe of the filter CLIPs (baseline | improved)")
     p.add_argument("--trusted", help="a tiers dir of trusted data: round 1 trains on it (the DFN path), no folds")
     p.add_argument("--trusted-tier", default="kept", help="the tier of --trusted to train on (default: kept)")
@@ -39,6 +42,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
         top=args.top,
         model=args.model,
         samples_seen=args.samples_seen,
+        epochs=args.epochs,
         train={"preset": args.preset},
         trusted=args.trusted,
         trusted_tier=args.trusted_tier,
