@@ -2,9 +2,9 @@
 pairs from misaligned ones, round by round?
 
 Three pools, each served on 127.0.0.1 and put through ``tiers build`` (download, annotate, dedup,
-filters; no CLIP anywhere), then ``pipelines.bootstrap.run_bootstrap`` (``--rounds`` rounds, two folds,
-each fold scored by a ``--model`` CLIP trained from scratch on the other fold for ``--samples``
-samples seen):
+filters; no CLIP anywhere), then ``pipelines.bootstrap.run_bootstrap`` (``--rounds`` rounds, ``--folds``
+folds, each fold scored by a ``--model`` CLIP trained from scratch on the other folds for ``--epochs``
+passes over them, or ``--samples`` samples seen; the defaults are ``tiers bootstrap``'s):
 
 - ``synthetic``: a synthetic web of ``--synthetic-n`` URLs, half clean, half ``misaligned`` (a caption
   naming another concept): base rate 0.5, truth from ``truth.parquet``;
@@ -21,8 +21,8 @@ the heuristic ranking the build made without a model. Work is kept under
 bench/results/work/bootstrap/ so a rerun trains nothing already trained. Writes
 bench/results/bootstrap_filter.json.
 
-    .venv/bin/python bench/bootstrap_filter.py [--pools synthetic,cifar,coco] [--rounds 2] [--samples 20000]
-        [--set lr=3e-3 ...]
+    .venv/bin/python bench/bootstrap_filter.py [--pools synthetic,cifar,coco] [--rounds 2] [--cifar-n 10000]
+        [--folds 5] [--model ct-rn-micro-32] [--epochs 6 | --samples N] [--seed 0] [--set lr=3e-3 ...]
 """
 
 from __future__ import annotations
@@ -78,6 +78,9 @@ def cifar_web(out: Path, n: int, seed: int = 0) -> Path:
     from synthweb.pairs import write_pairs
 
     if (out / "urls.parquet").exists():
+        have = pq.read_metadata(out / "urls.parquet").num_rows
+        if have != n:
+            raise SystemExit(f"{out} holds a {have:,}-photo pool, not {n:,}: use another --work or that --cifar-n")
         return out
     t = pq.read_table(DATA / "cifar10" / "test.parquet", columns=["image", "label_name"]).to_pydict()
     rng = np.random.default_rng([seed, 11])
@@ -190,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="folds and filter CLIPs' seed (the pools stay the same)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="filter CLIPs' TrainConfig")
     ap.add_argument("--synthetic-n", type=int, default=4000)
-    ap.add_argument("--cifar-n", type=int, default=6000)
+    ap.add_argument(
+        "--cifar-n", type=int, default=8000, help="photos in the pool (of 10,000; the rest: the study's eval set)"
+    )
     ap.add_argument("--work", type=Path, default=RESULTS / "work" / "bootstrap")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -14,7 +14,8 @@ Prints zero-shot top-1 per tier and budget, every seed and the mean +- half-rang
 misaligned share and repetition, then the study's own intervals and verdicts (``pipelines.analysis``:
 paired over seeds, Holm over the comparisons); writes bench/results/bootstrap_study_<pool>.json.
 
-    .venv/bin/python bench/bootstrap_study.py --pool cifar [--budgets 20000] [--seeds 0,1,2]
+    .venv/bin/python bench/bootstrap_study.py --pool cifar [--budgets 20000] [--seeds 0,1,2] [--model M]
+        [--until-decided [--max-runs 20]]
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from pipelines.analysis import describe
     from pipelines.build import retier, stored_config
-    from pipelines.study import StudyConfig, run_study, study_analysis
+    from pipelines.study import StudyConfig, make_variants, run_study, study_analysis
+    from train.plan import EvalSets
 
     build, web = args.work / args.pool, args.work / f"{args.pool}_web"
     if not (build / "bootstrap" / "scores.parquet").exists():
@@ -118,10 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         tiers=tuple(tiers),
         budgets=tuple(int(b) for b in args.budgets.split(",")),
         seeds=tuple(int(s) for s in args.seeds.split(",")),
-        model=args.model,
-        train={"preset": "baseline"},
-        zeroshot=zeroshot,
-        classes=classes,
+        variants=make_variants({"preset": "baseline"}, model=args.model),
+        eval=EvalSets(zeroshot=zeroshot, classes=classes),
         name=f"bootstrap-{args.pool}",
     )
     study_dir = args.work / f"{args.pool}_study_bootstrap"
