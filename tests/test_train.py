@@ -199,6 +199,19 @@ def test_the_conv_filter_model_trains_and_reloads_with_its_batch_norm_statistics
     assert fi.shape == (2, 64)
 
 
+def test_patch_dropout_on_a_resnet_tower_says_it_is_ignored(caplog):
+    from train.models import create, model_config
+
+    name, model_cfg = model_config("ct-rn-micro-32")
+    with caplog.at_level("WARNING", logger="train.models"):
+        create(name, model_cfg, patch_dropout=0.25)
+    assert "patch_dropout 0.25 is ignored" in caplog.text and "ResNet" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="train.models"):
+        create(*model_config("ct-vit-micro-32"), patch_dropout=0.25)
+    assert "ignored" not in caplog.text
+
+
 def test_cli_train_and_eval(tiers, small_web, tmp_path, capsys):
     ev = small_web / "eval"
     run = tmp_path / "run"

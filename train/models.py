@@ -78,6 +78,11 @@ def create(name: str, model_cfg: dict, patch_dropout: float = 0.0, device="cpu")
     import open_clip
 
     kwargs = {k: model_cfg[k] for k in ("init_logit_scale", "init_logit_bias") if k in model_cfg}
+    vision = model_cfg.get("vision_cfg", {})
+    if patch_dropout and isinstance(vision.get("layers"), list | tuple):  # open_clip's ModifiedResNet
+        logging.getLogger(__name__).warning(
+            f"patch_dropout {patch_dropout} is ignored: {name} has a ResNet image tower, which has no patches"
+        )
     # Random initialisation is the point here; open_clip warns about it on the root logger every time,
     # which reads to a user like something went wrong.
     root = logging.getLogger()
