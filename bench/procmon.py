@@ -5,7 +5,8 @@ every ``interval`` seconds: the driver, Ray's raylet and GCS, and every Ray work
 the driver when it starts Ray itself). ``VmHWM`` is the kernel's own high-water mark of a process's
 resident memory, so a sample misses no peak as long as the process is still alive when sampled; CPU
 is the last ``utime + stime`` seen per process (what a process burns after the last sample is missed;
-with 0.2 s sampling that is noise).
+with 0.2 s sampling that is noise; the driver's is read once more after it exits, before it is reaped).
+Not ``wait4``'s rusage of the driver: it includes every descendant the driver reaped.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def _sample(pid: int) -> tuple[str, int, float] | None:
 class TreeStats:
     peak: dict[int, tuple[str, int]] = field(default_factory=dict)  # pid -> (command, peak RSS bytes)
     cpu: dict[int, float] = field(default_factory=dict)  # pid -> CPU seconds
+    # wait4's view of the driver: (largest peak RSS among it and the descendants it reaped, their CPU
+    # seconds together); for cross-checking the samples, not a figure of the driver alone.
+    reaped: tuple[int, float] = (0, 0.0)
 
     def driver_peak(self, root: int) -> int:
         return self.peak.get(root, ("", 0))[1]
@@ -116,7 +120,12 @@ def run_watched(
     for line in proc.stdout:
         if on_line is not None:
             on_line(time.perf_counter() - t0, line.rstrip("\n"))
-    # wait4 gives the driver's own high-water mark, including its last moments between two samples.
+    # Wait for the driver's exit without reaping it: as a zombie its /proc stat still holds its own final
+    # CPU time. wait4's rusage would not do: it adds every descendant the driver reaped (Ray's processes
+    # and, through them, theirs), already counted by the samples, and its ru_maxrss is the largest of
+    # them, not the driver's (a 200,000-URL build's "driver" read 807 MB that way against 636 sampled).
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+    final = _sample(proc.pid)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     rc = os.waitstatus_to_exitcode(status)
@@ -124,6 +133,8 @@ def run_watched(
     stop.set()
     t.join()
     old = stats.peak.get(proc.pid, (" ".join(cmd)[:160], 0))
-    stats.peak[proc.pid] = (old[0], max(old[1], usage.ru_maxrss * 1024))
-    stats.cpu[proc.pid] = max(stats.cpu.get(proc.pid, 0.0), usage.ru_utime + usage.ru_stime)
+    stats.peak[proc.pid] = old  # VmHWM as last sampled: a zombie has no memory figures left
+    if final is not None:
+        stats.cpu[proc.pid] = max(stats.cpu.get(proc.pid, 0.0), final[2])
+    stats.reaped = (usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime)
     return rc, wall, stats, proc.pid

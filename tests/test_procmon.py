@@ -1,0 +1,32 @@
+"""bench/procmon.py, the benches' process-tree watcher: a driver's figures are its own.
+
+wait4's rusage of a child covers the descendants it reaped too (its ru_maxrss is the largest of them,
+its CPU their sum), so a driver that starts and reaps a big child must not be reported at the child's size,
+nor its CPU counted twice.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from bench.procmon import run_watched
+
+# A small driver that runs a child touching 300 MB and burning ~0.5 CPU-s, and reaps it.
+DRIVER = (
+    "import subprocess, sys\n"
+    "child = 'import time\\nb = bytearray(300 * 2**20)\\nb[::4096] = bytes(len(b) // 4096)\\n"
+    "t = time.process_time()\\nwhile time.process_time() - t < 0.5: pass\\ntime.sleep(0.5)'\n"
+    "subprocess.run([sys.executable, '-c', child], check=True)\n"
+)
+
+
+def test_the_driver_is_not_charged_with_the_children_it_reaped():
+    rc, _, stats, pid = run_watched([sys.executable, "-c", DRIVER], interval=0.05)
+    assert rc == 0
+    driver_mb = stats.driver_peak(pid) / 2**20
+    child_mb = max(m for p, (_, m) in stats.peak.items() if p != pid) / 2**20
+    assert driver_mb < 150 and child_mb > 290, (driver_mb, child_mb)
+    assert stats.reaped[0] / 2**20 > 290  # wait4's view: the largest of the driver and what it reaped
+    child_cpu = max(c for p, c in stats.cpu.items() if p != pid)
+    assert child_cpu > 0.45  # the child's half second, seen by sampling it
+    assert stats.cpu[pid] < 0.4  # the driver's own CPU: the child's half second is not counted again
