@@ -183,14 +183,19 @@ def evaluate(build_dir: Path, web: Path, rounds: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.bootstrap import BootstrapConfig, run_bootstrap
+
+    d = BootstrapConfig()  # the bench measures `tiers bootstrap`'s defaults unless told otherwise
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pools", default="synthetic,cifar,coco")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--samples", type=int, default=0, help="samples seen by each filter CLIP (0: --epochs)")
-    ap.add_argument("--epochs", type=float, default=6.0, help="passes of each filter CLIP over its training pool")
-    ap.add_argument("--model", default="ct-rn-micro-32")
-    ap.add_argument("--folds", type=int, default=5, help="held-out folds: each filter CLIP trains on (k-1)/k")
-    ap.add_argument("--seed", type=int, default=0, help="folds and filter CLIPs' seed (the pools stay the same)")
+    ap.add_argument(
+        "--samples", type=int, default=d.samples_seen, help="samples seen by each filter CLIP (0: --epochs)"
+    )
+    ap.add_argument("--epochs", type=float, default=d.epochs, help="passes of each filter CLIP over its training pool")
+    ap.add_argument("--model", default=d.model)
+    ap.add_argument("--folds", type=int, default=d.folds, help="held-out folds: each filter CLIP trains on (k-1)/k")
+    ap.add_argument("--seed", type=int, default=d.seed, help="folds and filter CLIPs' seed (the pools stay the same)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="filter CLIPs' TrainConfig")
     ap.add_argument("--synthetic-n", type=int, default=4000)
     ap.add_argument(
@@ -199,7 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=RESULTS / "work" / "bootstrap")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from pipelines.bootstrap import BootstrapConfig, run_bootstrap
     from train.config import parse_set
 
     results = {"args": {k: str(v) for k, v in vars(args).items()}}
