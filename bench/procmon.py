@@ -42,16 +42,26 @@ def _tree(root: int) -> list[int]:
     return out
 
 
-def peak_rss(pid: int) -> int:
-    """The process's peak RSS so far (VmHWM, bytes); 0 when it is gone."""
+def _status_bytes(pid: int, key: str) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak RSS so far (VmHWM, bytes); 0 when it is gone."""
+    return _status_bytes(pid, "VmHWM:")
+
+
+def rss(pid: int) -> int:
+    """The process's RSS now (VmRSS, bytes): what it still holds, where the peak says what it ever held; 0
+    when it is gone."""
+    return _status_bytes(pid, "VmRSS:")
 
 
 def _sample(pid: int) -> tuple[str, int, float] | None:

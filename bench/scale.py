@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.procmon import peak_rss, run_watched  # noqa: E402
+from bench.procmon import peak_rss, rss, run_watched  # noqa: E402
 
 CONFIG = """
 [download]
@@ -60,6 +60,7 @@ def web_for(work: Path, n: int) -> Path:
 def one_build(urls: Path, out: str, config: Path) -> dict:
     stages: dict[str, float] = {}
     driver_by_stage: dict[str, int] = {}  # the driver's peak RSS (MB) when each stage ends: which stage grew it
+    held_by_stage: dict[str, int] = {}  # its RSS then: what the stages so far left it holding
     last = [0.0]
     tail: list[str] = []
     driver = [0]
@@ -70,6 +71,7 @@ def one_build(urls: Path, out: str, config: Path) -> dict:
         if m and int(m.group(1)) in NAMES:
             stages[NAMES[int(m.group(1))]] = round(t - last[0], 1)
             driver_by_stage[NAMES[int(m.group(1))]] = round(peak_rss(driver[0]) / 2**20)
+            held_by_stage[NAMES[int(m.group(1))]] = round(rss(driver[0]) / 2**20)
             last[0] = t
 
     cmd = [sys.executable, "-m", "pipelines.cli", "build", str(urls), "--out", out, "--config", str(config)]
@@ -89,6 +91,7 @@ def one_build(urls: Path, out: str, config: Path) -> dict:
         "stages_s": stages,
         "driver_peak_mb": round(stats.driver_peak(pid) / 2**20),
         "driver_peak_mb_by_stage_end": driver_by_stage,
+        "driver_rss_mb_at_stage_end": held_by_stage,
         "largest_worker_peak_mb": round(worker_peak / 2**20),
         "largest_worker": worker_cmd.split(" ")[0],
         "processes": len(stats.peak),
