@@ -98,3 +98,25 @@ def test_a_users_jemalloc_options_win():
     env.update(PYTHONPATH=str(ROOT), JE_ARROW_MALLOC_CONF="narenas:1")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "narenas:1"
+
+
+def test_the_cli_chooses_arrows_allocator_before_anything_loads_pyarrow(tmp_path):
+    """jemalloc's options act only when set before pyarrow loads, and parsing --allow-private-hosts loads it:
+    the CLI chooses the allocator before it parses anything."""
+    code = (
+        "import sys\n"
+        "import curate.core.runtime as rt\n"
+        "import pipelines.cli as cli\n"
+        "seen, orig = [], rt.arrow_allocator\n"
+        "def spy():\n"
+        "    seen.append('pyarrow' in sys.modules)\n"
+        "    orig()\n"
+        "rt.arrow_allocator = cli.arrow_allocator = spy\n"
+        f"cli.main(['build', {str(tmp_path / 'missing.parquet')!r}, '--out', {str(tmp_path / 'b')!r},"
+        " '--allow-private-hosts', 'loopback', '-q'])\n"
+        "print(seen[0])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("ARROW_DEFAULT_MEMORY_POOL", "JE_ARROW_MALLOC_CONF")}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["False"]
