@@ -42,12 +42,13 @@ def arrow_allocator() -> None:
     about a second, so a loop that makes and drops a table every ~0.2 s (``samples.parquet`` written a
     batch at a time) holds several batches' pages at once. Decide alone at 200,000 rows with Ray up
     peaked at 623 MB with Arrow's setting, 569 with 100 ms and 495 with 0, for ~1.4 s more over that
-    loop; a whole build's driver, ~25 MB lower at 20,000 and at 200,000 URLs (README, scale table).
-    Both variables are set before pyarrow loads where it has not yet: the option acted only so (set
-    after pyarrow loaded, or with the pool chosen by ``pa.set_memory_pool`` alone, it changed nothing
-    measurable). The option is then taken out of the environment again, so the Ray workers, whose
-    memory is one unit whatever the pool, keep Arrow's defaults and do not pay the time; a user's
-    ``JE_ARROW_MALLOC_CONF`` wins everywhere.
+    loop; a whole build's driver went from 461-485 / 630-661 MB at 20,000 / 200,000 URLs to 408-409 /
+    503-504 MB (README, scale table). The option acts only when it and the pool are in the
+    environment before pyarrow loads (set after, with the pool chosen by ``pa.set_memory_pool``, it
+    changed nothing measurable), so the CLI calls this before it parses anything; where pyarrow has
+    loaded already, only the pool is chosen. The option is then taken out of the environment again,
+    so the Ray workers, whose memory is one unit whatever the pool, keep Arrow's defaults and do not
+    pay the time; a user's ``JE_ARROW_MALLOC_CONF`` wins everywhere.
     """
     if "ARROW_DEFAULT_MEMORY_POOL" in os.environ:  # the user's choice (pyarrow read it at import)
         return
