@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     # First: pyarrow must not have loaded when Arrow's allocator is chosen, and parsing some options loads
     # it (--allow-private-hosts checks its entries with curate.download); chosen after, the driver's
     # jemalloc options did not act and a 200,000-URL build's driver peaked at 630-663 MB, not 490.
-    arrow_allocator()
+    arrow_allocator(driver=True)
     args = build_parser().parse_args(argv)
     console.setup(console.QUIET if args.quiet else console.VERBOSE if args.verbose else console.NORMAL)
     quiet_environment()  # after setup: how loud Ray may be depends on --verbose

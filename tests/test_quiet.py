@@ -85,7 +85,7 @@ def test_entry_points_allocate_arrow_with_jemalloc_unless_told(chosen):
         pa.jemalloc_memory_pool()
     except NotImplementedError:
         pytest.skip("this pyarrow has no jemalloc")
-    # The driver's jemalloc read DECAY when it started; the workers keep Arrow's options (not in their environment).
+    # jemalloc's options stay Arrow's here and in the workers (only the CLI's driver sets DECAY, then unsets it).
     assert out.stdout.split() == ([chosen, chosen, "None"] if chosen else ["jemalloc", "jemalloc", "None"])
 
 
@@ -108,9 +108,9 @@ def test_the_cli_chooses_arrows_allocator_before_anything_loads_pyarrow(tmp_path
         "import curate.core.runtime as rt\n"
         "import pipelines.cli as cli\n"
         "seen, orig = [], rt.arrow_allocator\n"
-        "def spy():\n"
+        "def spy(*args, **kwargs):\n"
         "    seen.append('pyarrow' in sys.modules)\n"
-        "    orig()\n"
+        "    orig(*args, **kwargs)\n"
         "rt.arrow_allocator = cli.arrow_allocator = spy\n"
         f"cli.main(['build', {str(tmp_path / 'missing.parquet')!r}, '--out', {str(tmp_path / 'b')!r},"
         " '--allow-private-hosts', 'loopback', '-q'])\n"

@@ -30,7 +30,7 @@ def quiet_environment() -> None:
 DECAY = "dirty_decay_ms:0,muzzy_decay_ms:0"
 
 
-def arrow_allocator() -> None:
+def arrow_allocator(driver: bool = False) -> None:
     """Arrow allocates with jemalloc where the wheel has it, here and (through the environment) in the
     Ray workers started from here, unless ``ARROW_DEFAULT_MEMORY_POOL`` says otherwise.
 
@@ -38,21 +38,22 @@ def arrow_allocator() -> None:
     tables stage after stage, and at 200,000 rows it stayed ~80 MB larger after reading the decision
     columns than with jemalloc, which hands freed pages back (decide alone: 334 against 254 MB; README).
 
-    Here (the driver) it hands them back at once (:data:`DECAY`): Arrow's jemalloc keeps freed pages
-    about a second, so a loop that makes and drops a table every ~0.2 s (``samples.parquet`` written a
-    batch at a time) holds several batches' pages at once. Decide alone at 200,000 rows with Ray up
-    peaked at 623 MB with Arrow's setting, 569 with 100 ms and 495 with 0, for ~1.4 s more over that
-    loop; a whole build's driver went from 461-485 / 630-661 MB at 20,000 / 200,000 URLs to 408-409 /
-    503-504 MB (README, scale table). The option acts only when it and the pool are in the
-    environment before pyarrow loads (set after, with the pool chosen by ``pa.set_memory_pool``, it
-    changed nothing measurable), so the CLI calls this before it parses anything; where pyarrow has
-    loaded already, only the pool is chosen. The option is then taken out of the environment again,
-    so the Ray workers, whose memory is one unit whatever the pool, keep Arrow's defaults and do not
-    pay the time; a user's ``JE_ARROW_MALLOC_CONF`` wins everywhere.
+    In a ``driver`` (the CLI's process) it hands them back at once (:data:`DECAY`): Arrow's jemalloc
+    keeps freed pages about a second, so a loop that makes and drops a table every ~0.2 s
+    (``samples.parquet`` written a batch at a time) holds several batches' pages at once. Decide alone
+    at 200,000 rows with Ray up peaked at 623 MB with Arrow's setting, 569 with 100 ms and 495 with 0,
+    for ~1.4 s more over that loop; a whole build's driver went from 461-485 / 630-661 MB at 20,000 /
+    200,000 URLs to 408-409 / 503-504 MB (README, scale table). The option acts only when it and the
+    pool are in the environment before pyarrow loads (set after, with the pool chosen by
+    ``pa.set_memory_pool``, it changed nothing measurable), so the CLI calls this before it parses
+    anything; where pyarrow has loaded already, only the pool is chosen. The option is then taken out of
+    the environment again, and the other entry points (the workers' ``quiet_environment()``, on any
+    node) do not set it: Ray workers, whose memory is one unit whatever the pool, keep Arrow's defaults
+    and do not pay the time. A user's ``JE_ARROW_MALLOC_CONF`` wins everywhere.
     """
     if "ARROW_DEFAULT_MEMORY_POOL" in os.environ:  # the user's choice (pyarrow read it at import)
         return
-    ours = "JE_ARROW_MALLOC_CONF" not in os.environ
+    ours = driver and "JE_ARROW_MALLOC_CONF" not in os.environ
     if ours:
         os.environ["JE_ARROW_MALLOC_CONF"] = DECAY
     if "pyarrow" not in sys.modules:
