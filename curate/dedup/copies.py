@@ -45,6 +45,7 @@ from curate.dedup.near import aspect_differs
 COLOUR_BYTES = THUMB_SIDE * THUMB_SIDE * 3
 PAIR_BLOCK = 1024  # candidate pairs verified at a time (each ~60 KB of float32 temporaries)
 SEARCH_BLOCK = 1024  # rows whose neighbours are searched at a time
+CELL_SIMS = 1 << 20  # similarities within a cell computed at a time (~16 MB with their temporaries)
 
 
 @dataclass(frozen=True)
@@ -116,21 +117,30 @@ def neighbour_pairs(x, cfg: CopyConfig = CopyConfig()) -> tuple[np.ndarray, np.n
     _, centres = kmeans(fit, min(cells, len(fit)), iterations=10, seed=cfg.seed)
     del fit
     probes = min(cfg.probes, len(centres))
-    # Rows' cells a small block at a time: a block's full argsort is block x cells int64 (cells grow as
-    # sqrt(n): 117 MB for 65,536 rows of a 200k pool). Each row's sort is its own, whatever the block.
-    near = np.concatenate(
-        [np.argsort(-(x[s : s + SEARCH_BLOCK] @ centres.T), axis=1)[:, :probes] for s in range(0, n, SEARCH_BLOCK)]
-    ).astype(np.int32)
+    # Each row's ``probes`` nearest cells, a small block of rows at a time, copied out of the block's
+    # full argsort (block x cells int64): slices of those kept alive as views held every block's whole
+    # sort, n x sqrt(n) / 2 x 8 bytes (340 MB at 200,000 rows, 11 MB at 20,000).
+    near = np.empty((n, probes), np.int32)
+    for s in range(0, n, SEARCH_BLOCK):
+        near[s : s + SEARCH_BLOCK] = np.argsort(-(x[s : s + SEARCH_BLOCK] @ centres.T), axis=1)[:, :probes]
+    # Rows of each cell, ascending: a row's probes are distinct cells, so a stable sort of the flat cell
+    # numbers groups them without a pass over all rows per cell.
+    cell = near.ravel()
+    order = np.argsort(cell, kind="stable")
+    bounds = np.searchsorted(cell[order], np.arange(len(centres) + 1))
+    members = (order // probes).astype(np.int64)
+    del near, cell, order
     found, pending = np.zeros(0, np.int64), []
     for c in range(len(centres)):
-        rows = np.flatnonzero((near == c).any(axis=1))
+        rows = members[bounds[c] : bounds[c + 1]]
         if len(rows) < 2:
             continue
         k = min(cfg.neighbours, len(rows) - 1)
         xr = x[rows]
         # A block of rows against its whole cell: cells grow as sqrt(n) on average and far more where
-        # images crowd, so the block shrinks as the cell grows (at most ~4M similarities at once).
-        step = max(16, min(SEARCH_BLOCK, (1 << 22) // len(rows)))
+        # images crowd, so the block shrinks as the cell grows: at most CELL_SIMS similarities at once
+        # (with their negation and argpartition's int64 indices, 16 bytes each).
+        step = max(16, min(SEARCH_BLOCK, CELL_SIMS // len(rows)))
         for s in range(0, len(rows), step):
             sims = xr[s : s + step] @ xr.T
             sims[np.arange(sims.shape[0]), np.arange(s, s + sims.shape[0])] = -2.0  # not oneself
