@@ -64,8 +64,8 @@ def rss(pid: int) -> int:
     return _status_bytes(pid, "VmRSS:")
 
 
-def _sample(pid: int) -> tuple[str, int, float] | None:
-    """(name, peak RSS bytes, CPU seconds) of one process, or None when it is gone."""
+def _sample(pid: int) -> tuple[str, int, float, int] | None:
+    """(name, peak RSS bytes, CPU seconds, RSS bytes now) of one process, or None when it is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             status = f.read()
@@ -75,10 +75,10 @@ def _sample(pid: int) -> tuple[str, int, float] | None:
             cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return None
-    hwm = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+    fields_of = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    kib = lambda key: int(fields_of.get(key, "0 kB").split()[0]) * 1024  # noqa: E731
     cpu = (int(fields[11]) + int(fields[12])) / TICK
-    name = next((line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Name:")), "?")
-    return (cmd[:160] or name), hwm, cpu
+    return (cmd[:160] or fields_of.get("Name", "?").strip()), kib("VmHWM"), cpu, kib("VmRSS")
 
 
 @dataclass
@@ -88,14 +88,23 @@ class TreeStats:
     # wait4's view of the driver: (largest peak RSS among it and the descendants it reaped, their CPU
     # seconds together); for cross-checking the samples, not a figure of the driver alone.
     reaped: tuple[int, float] = (0, 0.0)
+    # The largest RSS any Ray worker was sampled at while each phase ran (``phase``, set by the caller as
+    # its job reports progress). A reused worker's VmHWM holds every task it ran; its RSS within a phase
+    # is that phase's (e.g. the dedup task in a build's decide stage), to the sampling interval.
+    phase: str = ""
+    worker_rss_by_phase: dict[str, int] = field(default_factory=dict)
 
     def driver_peak(self, root: int) -> int:
         return self.peak.get(root, ("", 0))[1]
 
     def largest_worker(self, root: int, marker: str = "ray::") -> tuple[str, int]:
         """The Ray worker (by command) with the largest peak RSS."""
-        workers = [(c, m) for p, (c, m) in self.peak.items() if p != root and (marker in c or "default_worker" in c)]
+        workers = [(c, m) for p, (c, m) in self.peak.items() if p != root and _is_worker(c, marker)]
         return max(workers, key=lambda x: x[1], default=("", 0))
+
+
+def _is_worker(cmd: str, marker: str = "ray::") -> bool:
+    return marker in cmd or "default_worker" in cmd
 
     @property
     def cpu_seconds(self) -> float:
@@ -103,11 +112,12 @@ class TreeStats:
 
 
 def run_watched(
-    cmd: list[str], interval: float = 0.2, on_line=None, on_start=None, **popen
+    cmd: list[str], interval: float = 0.2, on_line=None, on_start=None, stats: TreeStats | None = None, **popen
 ) -> tuple[int, float, TreeStats, int]:
     """Run ``cmd``; returns (exit code, wall seconds, stats of its process tree, its pid). ``on_line(t, line)``
-    gets each stdout line with its arrival time (seconds since start); ``on_start(pid)`` the process's pid."""
-    stats = TreeStats()
+    gets each stdout line with its arrival time (seconds since start); ``on_start(pid)`` the process's pid;
+    ``stats`` (default: a new one) is filled as the samples come (``on_line`` may set its ``phase``)."""
+    stats = TreeStats() if stats is None else stats
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
     if on_start is not None:
@@ -117,12 +127,15 @@ def run_watched(
     def watch():
         while not stop.is_set():
             for pid in _tree(proc.pid):
+                phase = stats.phase  # read before the sample: a figure is never filed under a later phase
                 s = _sample(pid)
                 if s is not None:
-                    cmdline, hwm, cpu = s
+                    cmdline, hwm, cpu, now = s
                     old = stats.peak.get(pid, ("", 0))
                     stats.peak[pid] = (cmdline or old[0], max(old[1], hwm))
                     stats.cpu[pid] = max(stats.cpu.get(pid, 0.0), cpu)
+                    if pid != proc.pid and _is_worker(cmdline or old[0]):
+                        stats.worker_rss_by_phase[phase] = max(stats.worker_rss_by_phase.get(phase, 0), now)
             stop.wait(interval)
 
     t = threading.Thread(target=watch, daemon=True)

@@ -2,11 +2,13 @@
 
 For each size (default 20,000 and 200,000 URLs) a synthetic web is generated (cached under --work) and
 served on 127.0.0.1, and `tiers build` runs on it as a user would (a fresh process, which starts its own
-Ray), watched from /proc (:mod:`bench.procmon`): the driver's peak RSS, the largest Ray worker's, and
-CPU seconds of the whole process tree. Stage times come from the build's own progress lines. Memory
-must stay flat in pool size: the ratio of the largest to the smallest size's peak RSS, per process
-kind, is printed (target <= 1.3). With ``--s3`` every size is built again with ``--out s3://...`` on
-moto's S3 server (in this process, on 127.0.0.1), and the wall-time ratio S3 / local is printed.
+Ray), watched from /proc (:mod:`bench.procmon`): the driver's peak RSS, the largest Ray worker's, CPU
+seconds of the whole process tree, and per stage the largest RSS a worker was sampled at (a reused
+worker's peak mixes its tasks; decide's is the dedup task's). Stage times come from the build's own
+progress lines. Memory must stay flat in pool size: the ratio of the largest to the smallest size's
+peak RSS, per process kind, is printed (target <= 1.3). With ``--s3`` every size is built again with
+``--out s3://...`` on moto's S3 server (in this process, on 127.0.0.1), and the wall-time ratio S3 /
+local is printed.
 Writes bench/results/scale.json.
 
     .venv/bin/python bench/scale.py [--sizes 20000,200000] [--s3] [--work /tmp/clip-tiers-scale]
@@ -25,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.procmon import peak_rss, rss, run_watched  # noqa: E402
+from bench.procmon import TreeStats, peak_rss, rss, run_watched  # noqa: E402
 
 CONFIG = """
 [download]
@@ -64,10 +66,13 @@ def one_build(urls: Path, out: str, config: Path) -> dict:
     last = [0.0]
     tail: list[str] = []
     driver = [0]
+    watched = TreeStats(phase="plan")  # the stage running: a stage's line comes when it ends
 
     def on_line(t: float, line: str) -> None:
         tail[:] = (tail + [line])[-20:]
         m = STAGE.search(line)
+        if m:
+            watched.phase = NAMES.get(int(m.group(1)) + 1, "end")
         if m and int(m.group(1)) in NAMES:
             stages[NAMES[int(m.group(1))]] = round(t - last[0], 1)
             driver_by_stage[NAMES[int(m.group(1))]] = round(peak_rss(driver[0]) / 2**20)
@@ -80,7 +85,7 @@ def one_build(urls: Path, out: str, config: Path) -> dict:
     # then queue behind everyone's background jobs. The bench times the build at its driver's priority.
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0"}
     rc, wall, stats, pid = run_watched(
-        cmd, interval=1.0, on_line=on_line, on_start=lambda p: driver.__setitem__(0, p), cwd=ROOT, env=env
+        cmd, 1.0, on_line, lambda p: driver.__setitem__(0, p), stats=watched, cwd=ROOT, env=env
     )
     if rc != 0:
         raise SystemExit(f"tiers build {out} failed with exit {rc}:\n" + "\n".join(tail))
@@ -94,6 +99,9 @@ def one_build(urls: Path, out: str, config: Path) -> dict:
         "driver_rss_mb_at_stage_end": held_by_stage,
         "largest_worker_peak_mb": round(worker_peak / 2**20),
         "largest_worker": worker_cmd.split(" ")[0],
+        # Per stage, the largest RSS a Ray worker was sampled at (every second) while it ran: in decide,
+        # the dedup task's (its worker's peak above mixes in the download tasks it ran before).
+        "worker_rss_mb_by_stage": {k: round(v / 2**20) for k, v in watched.worker_rss_by_phase.items()},
         "processes": len(stats.peak),
         "cpu_s": round(stats.cpu_seconds, 1),
     }
@@ -163,6 +171,8 @@ def report(results: list[dict]) -> dict:
             out[f"{where}_worker_peak_ratio"] = round(
                 big["largest_worker_peak_mb"] / small["largest_worker_peak_mb"], 3
             )
+            a, b = small.get("worker_rss_mb_by_stage", {}), big.get("worker_rss_mb_by_stage", {})
+            out[f"{where}_worker_rss_ratio_by_stage"] = {k: round(b[k] / a[k], 3) for k in a if a[k] and k in b}
     for n in sorted({r["n"] for r in results}):
         pair = {r["where"]: r for r in results if r["n"] == n}
         if "s3" in pair and "local" in pair:
@@ -213,7 +223,8 @@ def main() -> int:
                     print(
                         f"  {n:>9,} {where:<5} {r['wall_s']:>7.1f} s  stages {r['stages_s']}  driver peak "
                         f"{r['driver_peak_mb']} MB  largest worker {r['largest_worker_peak_mb']} MB "
-                        f"({r['largest_worker']})  cpu {r['cpu_s']} s  load {load:.1f}",
+                        f"({r['largest_worker']}; by stage {r['worker_rss_mb_by_stage']})  cpu {r['cpu_s']} s  "
+                        f"load {load:.1f}",
                         flush=True,
                     )
                     if not args.keep and where == "local":

@@ -30,3 +30,29 @@ def test_the_driver_is_not_charged_with_the_children_it_reaped():
     child_cpu = max(c for p, c in stats.cpu.items() if p != pid)
     assert child_cpu > 0.45  # the child's half second, seen by sampling it
     assert stats.cpu[pid] < 0.4  # the driver's own CPU: the child's half second is not counted again
+
+
+# A driver whose one worker (named as Ray names them) holds 200 MB in its first phase and frees it in
+# the second: the worker's VmHWM keeps 200 MB, its RSS per phase does not.
+PHASES = (
+    "import subprocess, sys, time\n"
+    "child = 'import sys, time\\nb = bytearray(200 * 2**20)\\nb[::4096] = bytes(len(b) // 4096)\\n"
+    'print("a", flush=True)\\ntime.sleep(0.4)\\ndel b\\nprint("b", flush=True)\\ntime.sleep(0.4)\'\n'
+    "subprocess.run(['ray::worker', '-c', child], executable=sys.executable, check=True)\n"
+)
+
+
+def test_a_workers_rss_is_told_apart_by_phase():
+    from bench.procmon import TreeStats
+
+    stats = TreeStats(phase="start")
+
+    def on_line(_t: float, line: str) -> None:
+        stats.phase = {"a": "first", "b": "second"}.get(line, stats.phase)
+
+    rc, _, stats, pid = run_watched([sys.executable, "-c", PHASES], interval=0.05, on_line=on_line, stats=stats)
+    assert rc == 0
+    _, worker_peak = stats.largest_worker(pid)
+    by_phase = {k: v / 2**20 for k, v in stats.worker_rss_by_phase.items()}
+    assert worker_peak / 2**20 > 190 and by_phase["first"] > 190, by_phase
+    assert by_phase["second"] < 100, by_phase
