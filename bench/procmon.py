@@ -81,6 +81,10 @@ def _sample(pid: int) -> tuple[str, int, float, int] | None:
     return (cmd[:160] or fields_of.get("Name", "?").strip()), kib("VmHWM"), cpu, kib("VmRSS")
 
 
+def _is_worker(cmd: str, marker: str = "ray::") -> bool:
+    return marker in cmd or "default_worker" in cmd
+
+
 @dataclass
 class TreeStats:
     peak: dict[int, tuple[str, int]] = field(default_factory=dict)  # pid -> (command, peak RSS bytes)
@@ -101,10 +105,6 @@ class TreeStats:
         """The Ray worker (by command) with the largest peak RSS."""
         workers = [(c, m) for p, (c, m) in self.peak.items() if p != root and _is_worker(c, marker)]
         return max(workers, key=lambda x: x[1], default=("", 0))
-
-
-def _is_worker(cmd: str, marker: str = "ray::") -> bool:
-    return marker in cmd or "default_worker" in cmd
 
     @property
     def cpu_seconds(self) -> float:

@@ -30,6 +30,7 @@ def test_the_driver_is_not_charged_with_the_children_it_reaped():
     child_cpu = max(c for p, c in stats.cpu.items() if p != pid)
     assert child_cpu > 0.45  # the child's half second, seen by sampling it
     assert stats.cpu[pid] < 0.4  # the driver's own CPU: the child's half second is not counted again
+    assert stats.cpu_seconds == sum(stats.cpu.values()) >= child_cpu
 
 
 # A driver whose one worker (named as Ray names them) holds 200 MB in its first phase and frees it in
