@@ -43,6 +43,7 @@ image_size = 64
 shard_size = 1000
 """
 STAGE = re.compile(r"\[(\d)/5\] .*?\((\d+) s\)")
+STEP = re.compile(r"\[(\d)/5\] ")  # any of the build's step lines: [1/5] (its inputs read) has no time
 NAMES = {2: "download", 3: "annotate", 4: "decide", 5: "shard"}
 
 
@@ -70,9 +71,10 @@ def one_build(urls: Path, out: str, config: Path) -> dict:
 
     def on_line(t: float, line: str) -> None:
         tail[:] = (tail + [line])[-20:]
+        step = STEP.search(line)
+        if step:
+            watched.phase = NAMES.get(int(step.group(1)) + 1, "end")
         m = STAGE.search(line)
-        if m:
-            watched.phase = NAMES.get(int(m.group(1)) + 1, "end")
         if m and int(m.group(1)) in NAMES:
             stages[NAMES[int(m.group(1))]] = round(t - last[0], 1)
             driver_by_stage[NAMES[int(m.group(1))]] = round(peak_rss(driver[0]) / 2**20)
