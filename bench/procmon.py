@@ -97,6 +97,16 @@ class TreeStats:
     # is that phase's (e.g. the dedup task in a build's decide stage), to the sampling interval.
     phase: str = ""
     worker_rss_by_phase: dict[str, int] = field(default_factory=dict)
+    # (phase, pid) -> [a worker's first RSS sample in the phase, its largest]: what the phase's own tasks
+    # added on top of what the worker held when it began (a reused worker keeps its earlier tasks' pages).
+    worker_span: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+
+    def worker_growth_by_phase(self) -> dict[str, int]:
+        """Per phase, the largest growth of one worker's RSS over its first sample in that phase."""
+        out: dict[str, int] = {}
+        for (phase, _), (first, top) in self.worker_span.items():
+            out[phase] = max(out.get(phase, 0), top - first)
+        return out
 
     def driver_peak(self, root: int) -> int:
         return self.peak.get(root, ("", 0))[1]
@@ -136,6 +146,8 @@ def run_watched(
                     stats.cpu[pid] = max(stats.cpu.get(pid, 0.0), cpu)
                     if pid != proc.pid and _is_worker(cmdline or old[0]):
                         stats.worker_rss_by_phase[phase] = max(stats.worker_rss_by_phase.get(phase, 0), now)
+                        span = stats.worker_span.setdefault((phase, pid), [now, now])
+                        span[1] = max(span[1], now)
             stop.wait(interval)
 
     t = threading.Thread(target=watch, daemon=True)

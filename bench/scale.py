@@ -104,6 +104,8 @@ def one_build(urls: Path, out: str, config: Path) -> dict:
         # Per stage, the largest RSS a Ray worker was sampled at (every second) while it ran: in decide,
         # the dedup task's (its worker's peak above mixes in the download tasks it ran before).
         "worker_rss_mb_by_stage": {k: round(v / 2**20) for k, v in watched.worker_rss_by_phase.items()},
+        # ... and the most one worker's RSS grew within the stage: what the stage's tasks added.
+        "worker_growth_mb_by_stage": {k: round(v / 2**20) for k, v in watched.worker_growth_by_phase().items()},
         "processes": len(stats.peak),
         "cpu_s": round(stats.cpu_seconds, 1),
     }
