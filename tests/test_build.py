@@ -239,3 +239,45 @@ def test_bootstrap_trains_real_filter_clips_on_the_build_and_recuts_by_their_hel
     retier(copy, recut, progress=False)
     quality = {r["uid"]: r["quality"] for r in pq.read_table(copy / "samples.parquet").to_pylist()}
     assert all(quality[r["uid"]] == pytest.approx(r["bootstrap_score"]) for r in scores)
+
+
+def test_dedup_in_partitions_writes_what_the_in_memory_stage_writes(built, tmp_path, monkeypatch):
+    """`[dedup] partition_rows` makes the stage read the annotation files a batch at a time instead of
+    holding the pool's columns: the same dedup.parquet and summary, contamination included."""
+    import tarfile
+
+    import numpy as np
+    import pyarrow as pa
+
+    import curate.annotate
+    import curate.dedup.stage
+    from curate.annotate import read_annotations
+    from curate.dedup import DedupConfig
+    from curate.dedup.stage import read_dedup, run_dedup
+
+    out, _ = built
+    with tarfile.open(out / "raw" / "00000.tar") as tar:  # three pool images as an "evaluation set"
+        images = [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith((".jpg", ".png", ".webp"))]
+    pq.write_table(pa.table({"image": images[:3]}), tmp_path / "eval.parquet")
+    n = read_annotations(out, columns=["uid"]).num_rows
+    rng = np.random.default_rng(0)
+    quality, prefer = rng.random(n).astype(np.float32), rng.random(n) < 0.8
+    got = {}
+    # In this process (not the Ray task a build's dedup is), where the stand-in reader below acts.
+    monkeypatch.setattr(curate.dedup.stage, "ray_running", lambda: False)
+    for rows in (0, 7):  # 0: in memory; 7 rows a partition: the pool spread over many
+        d = tmp_path / f"rows-{rows}"
+        shutil.copytree(out, d)
+        if rows:  # the partitioned stage never reads the annotation table whole
+
+            def whole(*_a, **_k):
+                raise AssertionError("the annotation table was read whole")
+
+            monkeypatch.setattr(curate.annotate, "read_annotations", whole)
+        cfg = DedupConfig(semantic=False, partition_rows=rows)
+        summary = run_dedup(d, cfg, quality, prefer, (str(tmp_path / "eval.parquet"),))
+        got[rows] = (read_dedup(d), summary)
+    (memory, a), (parts, b) = got[0], got[7]
+    assert parts.equals(memory)
+    assert (b.rows, b.duplicates, b.by_kind, b.contaminated) == (a.rows, a.duplicates, a.by_kind, a.contaminated)
+    assert a.duplicates > 0 and a.by_kind.get("contamination", 0) >= 3

@@ -5,7 +5,9 @@ with :func:`curate.dedup.deduplicate`, optionally removes copies of evaluation i
 ``DIR/dedup.parquet`` (uid, dup_of, dup_kind; null for unique samples and keepers; one row per
 decoded image: an undecodable one has failed already and takes no part) with a summary
 in ``DIR/dedup.json``. Nothing is decoded from the pool, so a rerun with other thresholds takes
-seconds; a rerun with the same settings over the same annotations does nothing.
+seconds; a rerun with the same settings over the same annotations does nothing. With ``partition_rows``
+set, no step holds a column of the pool whole: the annotation files are read a batch at a time
+(:func:`_decide_in_partitions`); the decisions and files are the same.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -107,6 +110,8 @@ def _decide_unit(build_dir: str, unit: runner.Unit) -> dict:
     from curate.annotate import annotation_columns, read_annotations
 
     key, cfg, quality, prefer, decontaminate = unit.args
+    if cfg.partition_rows:
+        return _decide_in_partitions(build_dir, unit)
     cols = [schema.UID, schema.SHA256, schema.PIXEL_HASH, schema.PHASH, schema.WIDTH, schema.HEIGHT]
     cols += [schema.ORIGINAL_WIDTH, schema.ORIGINAL_HEIGHT]
     # Near copies are verified by aligned thumbnails (curate.dedup.copies), spilled to a scratch file
@@ -137,6 +142,103 @@ def _decide_unit(build_dir: str, unit: runner.Unit) -> dict:
     storage.write_parquet(out, storage.join(build_dir, DEDUP))
     storage.write_json(storage.join(build_dir, SUMMARY), asdict(summary))
     return {"rows": summary.rows, "duplicates": summary.duplicates}
+
+
+def _decide_in_partitions(build_dir: str, unit: runner.Unit) -> dict:
+    """:func:`_decide_unit`'s decisions and files with ``partition_rows`` set, holding no column of the pool
+    whole: :func:`curate.dedup.partitioned.deduplicate_partitioned` reads the decoded rows' columns from
+    the annotation files a batch at a time and writes its decisions to a scratch file, which is then
+    copied to ``DIR/dedup.parquet`` a batch at a time, with the copies of evaluation images marked and
+    the kinds counted. What it holds per row: the rankings it was given, one bool (decoded) and the
+    width and height the verification reads (plus the embeddings, when semantic dedup is on)."""
+    import pyarrow.parquet as pq
+
+    from curate.annotate import annotation_columns, annotation_files, annotation_fix, annotation_tables
+    from curate.dedup.partitioned import BATCH_ROWS, Source, deduplicate_partitioned
+
+    key, cfg, quality, prefer, decontaminate = unit.args
+    decoded = np.concatenate(
+        [np.zeros(0, bool)]
+        + [
+            t.column(0).is_null().to_numpy(zero_copy_only=False)
+            for t in annotation_tables(build_dir, [schema.DECODE_ERROR])
+        ]
+    )
+    source = Source(annotation_files(build_dir), where_null=schema.DECODE_ERROR, fix=annotation_fix(build_dir))
+    quality = None if quality is None else np.asarray(quality)[decoded]
+    prefer = None if prefer is None else np.asarray(prefer)[decoded]
+    embeddings = None
+    if cfg.semantic:
+        uids = [u for t in annotation_tables(build_dir, [schema.UID]) for u in t.column(0).chunks]
+        embeddings = _embeddings(build_dir, pa.chunked_array(uids, None if uids else pa.string()), decoded)
+    verify = cfg.near and cfg.verify and schema.THUMB in annotation_columns(build_dir)
+    evals = {set_name(p): eval_hashes(p) for p in decontaminate}
+    per_set: dict[str, int] = {}
+    by_kind: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="clip-tiers-dedup-", dir=storage.scratch_dir()) as work:
+        decided = os.path.join(work, DEDUP)
+        with _spilled_thumbs(build_dir) if verify else contextlib.nullcontext() as thumbs:
+            deduplicate_partitioned(
+                source,
+                cfg,
+                embeddings=embeddings,
+                quality=quality,
+                prefer=prefer,
+                out=decided,
+                workdir=work,
+                thumbs=thumbs,
+            )
+        hits = _contaminated_rows(source, cfg, evals)
+        with storage.output(storage.join(build_dir, DEDUP)) as tmp:
+            reader = pq.ParquetFile(decided)
+            writer = pq.ParquetWriter(tmp, reader.schema_arrow, write_page_checksum=True)
+            r0 = 0
+            for b in reader.iter_batches(BATCH_ROWS):
+                b = _mark_contaminated(b, r0, hits, per_set)
+                r0 += b.num_rows
+                for c in pc.value_counts(b.column(schema.DUP_KIND).drop_null()).to_pylist():
+                    by_kind[c["values"]] = by_kind.get(c["values"], 0) + c["counts"]
+                writer.write_batch(b)
+            writer.close()
+    summary = DedupSummary(
+        key=key,
+        rows=source.num_rows,
+        duplicates=sum(n for k, n in by_kind.items() if k != CONTAMINATION),
+        by_kind=dict(sorted(by_kind.items())),
+        contaminated=per_set,
+        semantic=embeddings is not None,
+    )
+    storage.write_json(storage.join(build_dir, SUMMARY), asdict(summary))
+    return {"rows": summary.rows, "duplicates": summary.duplicates}
+
+
+def _contaminated_rows(source, cfg: DedupConfig, evals: dict) -> dict[int, str]:
+    """Row -> ``"<set>:<item>"`` for the source's rows that copy an evaluation image, found a batch at a
+    time (each row is matched against the evaluation sets alone, so batches find what the whole would)."""
+    hits: dict[int, str] = {}
+    if not evals:
+        return hits
+    cols = [schema.SHA256, schema.PIXEL_HASH, schema.PHASH, schema.WIDTH, schema.HEIGHT]
+    cols += [schema.ORIGINAL_WIDTH, schema.ORIGINAL_HEIGHT]
+    for r0, b in source.batches(cols):
+        found = find_contaminated(pa.Table.from_batches([b]), evals, cfg.near_k, cfg.near_shape_tolerance)
+        hits.update({r0 + r: src for r, src in found.items()})
+    return hits
+
+
+def _mark_contaminated(b: pa.RecordBatch, r0: int, hits: dict[int, str], per_set: dict[str, int]) -> pa.RecordBatch:
+    """Batch ``b`` (rows from ``r0``) with its rows in ``hits`` marked ``contamination``, counted per set."""
+    rows = sorted(r for r in hits if r0 <= r < r0 + b.num_rows)
+    if not rows:
+        return b
+    dup_of, kind = b.column(schema.DUP_OF).to_pylist(), b.column(schema.DUP_KIND).to_pylist()
+    for r in rows:
+        src = hits[r]
+        dup_of[r - r0], kind[r - r0] = src, CONTAMINATION
+        per_set[src.rsplit(":", 1)[0]] = per_set.get(src.rsplit(":", 1)[0], 0) + 1
+    return pa.record_batch(
+        [b.column(schema.UID), pa.array(dup_of, pa.string()), pa.array(kind, pa.string())], schema=b.schema
+    )
 
 
 def _spilled_thumbs(build_dir: str):
