@@ -175,7 +175,8 @@ def test_the_build_stage_verifies_near_copies_with_the_stored_thumbnails(tmp_pat
     # The stand-in readers live in this process: the unit must run here, not as the Ray task a build's dedup
     # is when the test session has Ray up.
     monkeypatch.setattr(curate.dedup.stage, "ray_running", lambda: False)
-    assert run_dedup(tmp_path, DedupConfig(semantic=False)).duplicates == 16
+    # In memory: the partitioned stage reads the annotation files themselves (tests/test_build.py).
+    assert run_dedup(tmp_path, DedupConfig(semantic=False, partition_rows=0)).duplicates == 16
 
 
 def test_no_rows_to_compare_is_no_duplicates():

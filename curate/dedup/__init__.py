@@ -4,7 +4,8 @@ Roles: :mod:`~curate.dedup.decide` (the decision, a pure function of the annotat
 :mod:`~curate.dedup.near` (pHash neighbours without all pairs), :mod:`~curate.dedup.semantic`
 (SemDeDup), :mod:`~curate.dedup.clusters` (links to keepers), :mod:`~curate.dedup.decontaminate`
 (copies of evaluation images), :mod:`~curate.dedup.partitioned` (the same decisions in hash
-partitions, for pools larger than memory), :mod:`~curate.dedup.stage` (``DIR/dedup.parquet`` for a build).
+partitions, for pools larger than memory; the default), :mod:`~curate.dedup.source` (the annotation
+rows a batch at a time), :mod:`~curate.dedup.stage` (``DIR/dedup.parquet`` for a build).
 """
 
 import numpy as np

@@ -154,7 +154,8 @@ def _decide_in_partitions(build_dir: str, unit: runner.Unit) -> dict:
     import pyarrow.parquet as pq
 
     from curate.annotate import annotation_columns, annotation_files, annotation_fix, annotation_tables
-    from curate.dedup.partitioned import BATCH_ROWS, Source, deduplicate_partitioned
+    from curate.dedup.partitioned import deduplicate_partitioned
+    from curate.dedup.source import BATCH_ROWS, Source
 
     key, cfg, quality, prefer, decontaminate = unit.args
     decoded = np.concatenate(
