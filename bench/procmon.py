@@ -64,8 +64,9 @@ def rss(pid: int) -> int:
     return _status_bytes(pid, "VmRSS:")
 
 
-def _sample(pid: int) -> tuple[str, int, float, int] | None:
-    """(name, peak RSS bytes, CPU seconds, RSS bytes now) of one process, or None when it is gone."""
+def _sample(pid: int) -> tuple[str, int, float, int, int] | None:
+    """(name, peak RSS bytes, CPU seconds, RSS bytes now, anonymous RSS bytes now) of one process, or None
+    when it is gone. Anonymous RSS leaves out file pages: shared libraries, and files it maps."""
     try:
         with open(f"/proc/{pid}/status") as f:
             status = f.read()
@@ -78,7 +79,7 @@ def _sample(pid: int) -> tuple[str, int, float, int] | None:
     fields_of = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     kib = lambda key: int(fields_of.get(key, "0 kB").split()[0]) * 1024  # noqa: E731
     cpu = (int(fields[11]) + int(fields[12])) / TICK
-    return (cmd[:160] or fields_of.get("Name", "?").strip()), kib("VmHWM"), cpu, kib("VmRSS")
+    return (cmd[:160] or fields_of.get("Name", "?").strip()), kib("VmHWM"), cpu, kib("VmRSS"), kib("RssAnon")
 
 
 def _is_worker(cmd: str, marker: str = "ray::") -> bool:
@@ -97,15 +98,21 @@ class TreeStats:
     # is that phase's (e.g. the dedup task in a build's decide stage), to the sampling interval.
     phase: str = ""
     worker_rss_by_phase: dict[str, int] = field(default_factory=dict)
+    # ... and the largest anonymous RSS (no file pages: a worker that maps raw tars, or loads torch's
+    # libraries, shows those pages in its RSS but they are the page cache's, not its own).
+    worker_anon_by_phase: dict[str, int] = field(default_factory=dict)
     # (phase, pid) -> [a worker's first RSS sample in the phase, its largest]: what the phase's own tasks
     # added on top of what the worker held when it began (a reused worker keeps its earlier tasks' pages).
     worker_span: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    first_phase: dict[int, str] = field(default_factory=dict)  # pid -> the phase it was first seen in
 
     def worker_growth_by_phase(self) -> dict[str, int]:
-        """Per phase, the largest growth of one worker's RSS over its first sample in that phase."""
+        """Per phase, the largest growth of one worker's RSS over its first sample in that phase, among
+        workers already running before it (a worker started within a phase grows by its start-up too)."""
         out: dict[str, int] = {}
-        for (phase, _), (first, top) in self.worker_span.items():
-            out[phase] = max(out.get(phase, 0), top - first)
+        for (phase, pid), (first, top) in self.worker_span.items():
+            if self.first_phase.get(pid) != phase:
+                out[phase] = max(out.get(phase, 0), top - first)
         return out
 
     def driver_peak(self, root: int) -> int:
@@ -140,12 +147,14 @@ def run_watched(
                 phase = stats.phase  # read before the sample: a figure is never filed under a later phase
                 s = _sample(pid)
                 if s is not None:
-                    cmdline, hwm, cpu, now = s
+                    cmdline, hwm, cpu, now, anon = s
                     old = stats.peak.get(pid, ("", 0))
                     stats.peak[pid] = (cmdline or old[0], max(old[1], hwm))
                     stats.cpu[pid] = max(stats.cpu.get(pid, 0.0), cpu)
                     if pid != proc.pid and _is_worker(cmdline or old[0]):
                         stats.worker_rss_by_phase[phase] = max(stats.worker_rss_by_phase.get(phase, 0), now)
+                        stats.worker_anon_by_phase[phase] = max(stats.worker_anon_by_phase.get(phase, 0), anon)
+                        stats.first_phase.setdefault(pid, phase)
                         span = stats.worker_span.setdefault((phase, pid), [now, now])
                         span[1] = max(span[1], now)
             stop.wait(interval)

@@ -104,7 +104,9 @@ def one_build(urls: Path, out: str, config: Path) -> dict:
         # Per stage, the largest RSS a Ray worker was sampled at (every second) while it ran: in decide,
         # the dedup task's (its worker's peak above mixes in the download tasks it ran before).
         "worker_rss_mb_by_stage": {k: round(v / 2**20) for k, v in watched.worker_rss_by_phase.items()},
-        # ... and the most one worker's RSS grew within the stage: what the stage's tasks added.
+        # ... its anonymous part (no file pages: libraries, mapped raw tars), and the most one worker that
+        # ran before the stage grew within it: what the stage's tasks added.
+        "worker_anon_mb_by_stage": {k: round(v / 2**20) for k, v in watched.worker_anon_by_phase.items()},
         "worker_growth_mb_by_stage": {k: round(v / 2**20) for k, v in watched.worker_growth_by_phase().items()},
         "processes": len(stats.peak),
         "cpu_s": round(stats.cpu_seconds, 1),
@@ -175,8 +177,11 @@ def report(results: list[dict]) -> dict:
             out[f"{where}_worker_peak_ratio"] = round(
                 big["largest_worker_peak_mb"] / small["largest_worker_peak_mb"], 3
             )
-            a, b = small.get("worker_rss_mb_by_stage", {}), big.get("worker_rss_mb_by_stage", {})
-            out[f"{where}_worker_rss_ratio_by_stage"] = {k: round(b[k] / a[k], 3) for k in a if a[k] and k in b}
+            for figure in ("rss", "anon"):
+                a, b = small.get(f"worker_{figure}_mb_by_stage", {}), big.get(f"worker_{figure}_mb_by_stage", {})
+                out[f"{where}_worker_{figure}_ratio_by_stage"] = {
+                    k: round(b[k] / a[k], 3) for k in a if a[k] and k in b
+                }
     for n in sorted({r["n"] for r in results}):
         pair = {r["where"]: r for r in results if r["n"] == n}
         if "s3" in pair and "local" in pair:
@@ -227,7 +232,8 @@ def main() -> int:
                     print(
                         f"  {n:>9,} {where:<5} {r['wall_s']:>7.1f} s  stages {r['stages_s']}  driver peak "
                         f"{r['driver_peak_mb']} MB  largest worker {r['largest_worker_peak_mb']} MB "
-                        f"({r['largest_worker']}; by stage {r['worker_rss_mb_by_stage']})  cpu {r['cpu_s']} s  "
+                        f"({r['largest_worker']}; by stage {r['worker_rss_mb_by_stage']}, anonymous "
+                        f"{r['worker_anon_mb_by_stage']})  cpu {r['cpu_s']} s  "
                         f"load {load:.1f}",
                         flush=True,
                     )

@@ -57,5 +57,8 @@ def test_a_workers_rss_is_told_apart_by_phase():
     by_phase = {k: v / 2**20 for k, v in stats.worker_rss_by_phase.items()}
     assert worker_peak / 2**20 > 190 and by_phase["first"] > 190, by_phase
     assert by_phase["second"] < 100, by_phase
+    anon = {k: v / 2**20 for k, v in stats.worker_anon_by_phase.items()}
+    assert anon["first"] > 190 and anon["second"] < 100, anon  # a bytearray is anonymous memory
     growth = {k: v / 2**20 for k, v in stats.worker_growth_by_phase().items()}
     assert growth.get("second", 0) < 20, growth  # the second phase added nothing to what the first left
+    assert "start" not in growth  # the worker started in it: its start-up is no growth of a task
