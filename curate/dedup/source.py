@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -24,7 +25,8 @@ class Source:
     """The rows of the annotation table in a fixed order, read as batches of chosen columns: an
     in-memory table, or parquet files (paths or storage URLs) read a row group at a time, their page
     checksums verified. ``where_null``: only the files' rows where that column is null are the source's
-    rows (e.g. those whose image decoded), numbered in order among themselves."""
+    rows (e.g. those whose image decoded), numbered in order among themselves; ``kept`` then marks them
+    among all the rows read (one bool a row), else it is None."""
 
     def __init__(
         self,
@@ -34,9 +36,11 @@ class Source:
         fix: str | None = None,
     ):
         self.batch_rows, self.where_null, self.fix = batch_rows, where_null, fix
+        self.kept: np.ndarray | None = None
         if isinstance(data, pa.Table):
             if where_null is not None:
-                data = data.filter(pc.is_null(data.column(where_null)))
+                self.kept = _is_null(data.column(where_null))
+                data = data.filter(pa.array(self.kept))
             self.table, self.paths = data, []
             self.schema, self.num_rows = data.schema, data.num_rows
         else:
@@ -46,9 +50,11 @@ class Source:
             if where_null is None:
                 self.num_rows = sum(f.metadata.num_rows for f in files)
             else:
-                self.num_rows = sum(
-                    self._read(p, f, [where_null]).column(0).null_count for p, f in zip(self.paths, files, strict=True)
-                )
+                masks = [
+                    _is_null(self._read(p, f, [where_null]).column(0)) for p, f in zip(self.paths, files, strict=True)
+                ]
+                self.kept = np.concatenate([np.zeros(0, bool), *masks])
+                self.num_rows = int(self.kept.sum())
 
     @property
     def names(self) -> list[str]:
@@ -106,3 +112,7 @@ class Source:
         cols = [c for c in columns if c in self.names]
         schema = pa.schema([self.schema.field(c) for c in cols])
         return pa.Table.from_batches([b for _, b in self.batches(cols)], schema=schema)
+
+
+def _is_null(col) -> np.ndarray:
+    return pc.is_null(col).to_numpy(zero_copy_only=False)

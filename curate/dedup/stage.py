@@ -158,14 +158,8 @@ def _decide_in_partitions(build_dir: str, unit: runner.Unit) -> dict:
     from curate.dedup.source import BATCH_ROWS, Source
 
     key, cfg, quality, prefer, decontaminate = unit.args
-    decoded = np.concatenate(
-        [np.zeros(0, bool)]
-        + [
-            t.column(0).is_null().to_numpy(zero_copy_only=False)
-            for t in annotation_tables(build_dir, [schema.DECODE_ERROR])
-        ]
-    )
     source = Source(annotation_files(build_dir), where_null=schema.DECODE_ERROR, fix=annotation_fix(build_dir))
+    decoded = source.kept
     quality = None if quality is None else np.asarray(quality)[decoded]
     prefer = None if prefer is None else np.asarray(prefer)[decoded]
     embeddings = None
