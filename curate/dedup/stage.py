@@ -266,14 +266,10 @@ def _decontaminate(out: pa.Table, table: pa.Table, cfg: DedupConfig, sets: tuple
         return out, per_set
     evals = {set_name(p): eval_hashes(p) for p in sets}
     hits = find_contaminated(table, evals, cfg.near_k, cfg.near_shape_tolerance)
-    dup_of = out.column(schema.DUP_OF).to_pylist()
-    kind = out.column(schema.DUP_KIND).to_pylist()
-    for r, src in hits.items():
-        dup_of[r], kind[r] = src, CONTAMINATION
-        per_set[src.rsplit(":", 1)[0]] = per_set.get(src.rsplit(":", 1)[0], 0) + 1
-    out = out.set_column(1, schema.DUP_OF, pa.array(dup_of, pa.string()))
-    out = out.set_column(2, schema.DUP_KIND, pa.array(kind, pa.string()))
-    return out, per_set
+    if not out.num_rows:
+        return out, per_set
+    batch = out.combine_chunks().to_batches()[0]  # one chunk: one batch
+    return pa.Table.from_batches([_mark_contaminated(batch, 0, hits, per_set)]), per_set
 
 
 def read_dedup(build_dir: str | os.PathLike) -> pa.Table:
