@@ -93,27 +93,35 @@ class TreeStats:
     # wait4's view of the driver: (largest peak RSS among it and the descendants it reaped, their CPU
     # seconds together); for cross-checking the samples, not a figure of the driver alone.
     reaped: tuple[int, float] = (0, 0.0)
-    # The largest RSS any Ray worker was sampled at while each phase ran (``phase``, set by the caller as
-    # its job reports progress). A reused worker's VmHWM holds every task it ran; its RSS within a phase
-    # is that phase's (e.g. the dedup task in a build's decide stage), to the sampling interval.
+    # Per Ray worker and phase (``phase``, set by the caller as its job reports progress): (phase, pid) ->
+    # [its first RSS sample in the phase, its largest RSS, its largest anonymous RSS]. A reused worker's
+    # VmHWM holds every task it ran; its RSS within a phase is that phase's (e.g. the dedup task in a
+    # build's decide stage), to the sampling interval. Anonymous RSS leaves out file pages (a worker that
+    # maps raw tars, or loads torch's libraries, shows those pages, but they are the page cache's).
     phase: str = ""
-    worker_rss_by_phase: dict[str, int] = field(default_factory=dict)
-    # ... and the largest anonymous RSS (no file pages: a worker that maps raw tars, or loads torch's
-    # libraries, shows those pages in its RSS but they are the page cache's, not its own).
-    worker_anon_by_phase: dict[str, int] = field(default_factory=dict)
-    # (phase, pid) -> [a worker's first RSS sample in the phase, its largest]: what the phase's own tasks
-    # added on top of what the worker held when it began (a reused worker keeps its earlier tasks' pages).
     worker_span: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     first_phase: dict[int, str] = field(default_factory=dict)  # pid -> the phase it was first seen in
+
+    def _per_phase(self, value) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (phase, pid), span in self.worker_span.items():
+            v = value(pid, phase, span)
+            if v is not None:
+                out[phase] = max(out.get(phase, 0), v)
+        return out
+
+    def worker_rss_by_phase(self) -> dict[str, int]:
+        """Per phase, the largest RSS any worker was sampled at."""
+        return self._per_phase(lambda pid, phase, span: span[1])
+
+    def worker_anon_by_phase(self) -> dict[str, int]:
+        """Per phase, the largest anonymous RSS any worker was sampled at."""
+        return self._per_phase(lambda pid, phase, span: span[2])
 
     def worker_growth_by_phase(self) -> dict[str, int]:
         """Per phase, the largest growth of one worker's RSS over its first sample in that phase, among
         workers already running before it (a worker started within a phase grows by its start-up too)."""
-        out: dict[str, int] = {}
-        for (phase, pid), (first, top) in self.worker_span.items():
-            if self.first_phase.get(pid) != phase:
-                out[phase] = max(out.get(phase, 0), top - first)
-        return out
+        return self._per_phase(lambda pid, phase, span: span[1] - span[0] if self.first_phase[pid] != phase else None)
 
     def driver_peak(self, root: int) -> int:
         return self.peak.get(root, ("", 0))[1]
@@ -152,11 +160,9 @@ def run_watched(
                     stats.peak[pid] = (cmdline or old[0], max(old[1], hwm))
                     stats.cpu[pid] = max(stats.cpu.get(pid, 0.0), cpu)
                     if pid != proc.pid and _is_worker(cmdline or old[0]):
-                        stats.worker_rss_by_phase[phase] = max(stats.worker_rss_by_phase.get(phase, 0), now)
-                        stats.worker_anon_by_phase[phase] = max(stats.worker_anon_by_phase.get(phase, 0), anon)
                         stats.first_phase.setdefault(pid, phase)
-                        span = stats.worker_span.setdefault((phase, pid), [now, now])
-                        span[1] = max(span[1], now)
+                        span = stats.worker_span.setdefault((phase, pid), [now, now, anon])
+                        span[1], span[2] = max(span[1], now), max(span[2], anon)
             stop.wait(interval)
 
     t = threading.Thread(target=watch, daemon=True)

@@ -103,10 +103,10 @@ def one_build(urls: Path, out: str, config: Path) -> dict:
         "largest_worker": worker_cmd.split(" ")[0],
         # Per stage, the largest RSS a Ray worker was sampled at (every second) while it ran: in decide,
         # the dedup task's (its worker's peak above mixes in the download tasks it ran before).
-        "worker_rss_mb_by_stage": {k: round(v / 2**20) for k, v in watched.worker_rss_by_phase.items()},
+        "worker_rss_mb_by_stage": {k: round(v / 2**20) for k, v in watched.worker_rss_by_phase().items()},
         # ... its anonymous part (no file pages: libraries, mapped raw tars), and the most one worker that
         # ran before the stage grew within it: what the stage's tasks added.
-        "worker_anon_mb_by_stage": {k: round(v / 2**20) for k, v in watched.worker_anon_by_phase.items()},
+        "worker_anon_mb_by_stage": {k: round(v / 2**20) for k, v in watched.worker_anon_by_phase().items()},
         "worker_growth_mb_by_stage": {k: round(v / 2**20) for k, v in watched.worker_growth_by_phase().items()},
         "processes": len(stats.peak),
         "cpu_s": round(stats.cpu_seconds, 1),

@@ -54,10 +54,10 @@ def test_a_workers_rss_is_told_apart_by_phase():
     rc, _, stats, pid = run_watched([sys.executable, "-c", PHASES], interval=0.05, on_line=on_line, stats=stats)
     assert rc == 0
     _, worker_peak = stats.largest_worker(pid)
-    by_phase = {k: v / 2**20 for k, v in stats.worker_rss_by_phase.items()}
+    by_phase = {k: v / 2**20 for k, v in stats.worker_rss_by_phase().items()}
     assert worker_peak / 2**20 > 190 and by_phase["first"] > 190, by_phase
     assert by_phase["second"] < 100, by_phase
-    anon = {k: v / 2**20 for k, v in stats.worker_anon_by_phase.items()}
+    anon = {k: v / 2**20 for k, v in stats.worker_anon_by_phase().items()}
     assert anon["first"] > 190 and anon["second"] < 100, anon  # a bytearray is anonymous memory
     growth = {k: v / 2**20 for k, v in stats.worker_growth_by_phase().items()}
     assert growth.get("second", 0) < 20, growth  # the second phase added nothing to what the first left
