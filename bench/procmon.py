@@ -123,6 +123,18 @@ class TreeStats:
         workers already running before it (a worker started within a phase grows by its start-up too)."""
         return self._per_phase(lambda pid, phase, span: span[1] - span[0] if self.first_phase[pid] != phase else None)
 
+    def largest_worker_history(self) -> dict[str, list[str]]:
+        """Per phase, the earlier phases in which the worker with that phase's largest RSS ran: a reused
+        worker carries what those phases' tasks left, unless they handed it back."""
+        seen: dict[int, list[str]] = {}  # pid -> its phases, in the order first sampled
+        for phase, pid in self.worker_span:
+            seen.setdefault(pid, []).append(phase)
+        out = {}
+        for phase in dict.fromkeys(ph for ph, _ in self.worker_span):
+            pid = max((p for ph, p in self.worker_span if ph == phase), key=lambda p: self.worker_span[(phase, p)][1])
+            out[phase] = seen[pid][: seen[pid].index(phase)]
+        return out
+
     def driver_peak(self, root: int) -> int:
         return self.peak.get(root, ("", 0))[1]
 

@@ -108,6 +108,8 @@ def one_build(urls: Path, out: str, config: Path) -> dict:
         # ran before the stage grew within it: what the stage's tasks added.
         "worker_anon_mb_by_stage": {k: round(v / 2**20) for k, v in watched.worker_anon_by_phase().items()},
         "worker_growth_mb_by_stage": {k: round(v / 2**20) for k, v in watched.worker_growth_by_phase().items()},
+        # ... and the stages the worker with each stage's largest RSS had run tasks in before it.
+        "largest_worker_earlier_stages": watched.largest_worker_history(),
         "processes": len(stats.peak),
         "cpu_s": round(stats.cpu_seconds, 1),
     }

@@ -62,3 +62,5 @@ def test_a_workers_rss_is_told_apart_by_phase():
     growth = {k: v / 2**20 for k, v in stats.worker_growth_by_phase().items()}
     assert growth.get("second", 0) < 20, growth  # the second phase added nothing to what the first left
     assert "start" not in growth  # the worker started in it: its start-up is no growth of a task
+    history = stats.largest_worker_history()
+    assert history["second"][-1] == "first" and history["first"] in ([], ["start"]), history
