@@ -113,6 +113,40 @@ def test_runner_retries_then_names_the_unit_and_never_retries_bad_input(tmp_path
         rep.raise_failures("stage")
 
 
+# A unit that frees 200 MB of small heap blocks below one it keeps: glibc cannot hand them back alone.
+FRAGMENTING_UNIT = """
+import sys
+from curate.core import raypool, runner
+PIN = []
+def fn(root, unit):
+    blocks = [bytearray(4096) for _ in range(50_000)]  # below glibc's mmap threshold: in the heap
+    PIN.append(bytearray(4096))
+    del blocks
+    return {}
+def anon_mb():
+    return int(next(ln for ln in open("/proc/self/status") if ln.startswith("RssAnon:")).split()[1]) // 1024
+before = anon_mb()
+if sys.argv[2] == "worker":
+    raypool.run_unit(runner.execute, sys.argv[1], runner.Unit("u", "f"), fn, None)
+else:
+    runner.execute(sys.argv[1], runner.Unit("u", "f"), fn, None)
+print(anon_mb() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssAnon from /proc")
+def test_a_ray_worker_hands_back_what_its_unit_freed(tmp_path):
+    """The next unit a Ray worker runs may be another stage's: it must not carry this one's freed heap."""
+
+    def kept_mb(how: str) -> int:
+        cmd = [sys.executable, "-c", FRAGMENTING_UNIT, str(tmp_path / how), how]
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+        return int(out.stdout.split()[-1])
+
+    assert kept_mb("plain") > 150  # the allocator keeps them: the check below can fail
+    assert kept_mb("worker") < 30
+
+
 @pytest.mark.parametrize("kind", ["tasks", "actors"])
 def test_runner_on_the_ray_cluster_writes_from_every_node(kind, ray_local, bucket):
     import ray

@@ -27,7 +27,18 @@ class UnitActor:
         self.execute = execute
 
     def run(self, root: str, unit, opts: dict):
-        return self.execute(root, unit, self.instance, opts)
+        return run_unit(self.execute, root, unit, self.instance, opts)
+
+
+def run_unit(execute, root: str, unit, fn, opts: dict):
+    """One unit in a Ray worker, whose freed memory then goes back to the system: the worker's next unit
+    may belong to another stage, which should not carry this one's heap (:func:`release_memory`)."""
+    from curate.core.runtime import release_memory
+
+    try:
+        return execute(root, unit, fn, opts)
+    finally:
+        release_memory()
 
 
 def _cpus() -> int:
@@ -48,14 +59,14 @@ def run_ray(root, todo, fn, executor, retries, done, report, poll, execute, sett
 
 def _run_tasks(ray, root, todo, fn, executor, retries, done, report, poll, execute, settle) -> None:
     opts = storage.options()
-    task = ray.remote(num_cpus=executor.num_cpus, num_gpus=executor.num_gpus, max_retries=0)(execute)
+    task = ray.remote(num_cpus=executor.num_cpus, num_gpus=executor.num_gpus, max_retries=0)(run_unit)
     fn_ref = ray.put(fn)
     slots = executor.workers or max(2, 2 * _cpus())
     queue, inflight, attempts = deque(todo), {}, {}
     while queue or inflight:
         while queue and len(inflight) < slots:
             unit = queue.popleft()
-            inflight[task.remote(root, unit, fn_ref, opts)] = unit
+            inflight[task.remote(execute, root, unit, fn_ref, opts)] = unit
         ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
         for ref in ready:
             unit = inflight.pop(ref)

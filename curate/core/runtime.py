@@ -73,6 +73,43 @@ def arrow_allocator(driver: bool = False) -> None:
     pa.set_memory_pool(pool)
 
 
+_LIBC: list = []
+
+
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    if not _LIBC:
+        import ctypes
+
+        try:
+            _LIBC.append(getattr(ctypes.CDLL(None), "malloc_trim", None))
+        except OSError:
+            _LIBC.append(None)
+    return _LIBC[0]
+
+
+def release_memory() -> None:
+    """Hand back to the system what a finished unit freed but the allocators kept.
+
+    A Ray worker runs one unit after another, of any stage, and glibc keeps the pages a unit freed
+    wherever a live allocation sits above them in the heap; Arrow's jemalloc keeps its freed pages a
+    while. So a worker reused after another stage's task carries that task's freed heap into the next
+    stage (``bench/scale.py`` saw the shard stage's workers grow with the pool while the shard tasks
+    alone did not). Called after every unit a Ray task or actor runs: a cycle collection, Arrow's pool purged,
+    and ``malloc_trim(0)``, which since glibc 2.8 also returns free pages inside the heap. It takes
+    milliseconds; the pages come back zeroed when the next unit needs them.
+    """
+    import gc
+
+    gc.collect()
+    pa = sys.modules.get("pyarrow")
+    if pa is not None:
+        pa.default_memory_pool().release_unused()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 RAY_VERBOSE = "CLIP_TIERS_RAY_VERBOSE"
 
 
