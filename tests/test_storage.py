@@ -271,3 +271,46 @@ def test_band_shards_read_neighbouring_images_of_a_remote_tar_in_one_range():
         assert start <= o and o + n <= start + length
     blocks, _ = coalesce(np.array([0, 10, 20]), np.array([10, 10, 10]), max_gap=50, max_block=15)
     assert blocks == [(0, 10), (10, 10), (20, 10)]
+
+
+BAND_SHARD_MEMORY = """
+import os, sys
+import pyarrow as pa
+from curate.core import schema
+from curate.shard.bandshard import write_band_shard
+
+raw, tars, per, stride, size = sys.argv[1], 8, 64, 256 << 10, 4096
+rows = []
+for t in range(tars):
+    with open(os.path.join(raw, f"{t:05d}.tar"), "wb") as f:  # written just now: in the page cache
+        f.write(os.urandom(per * stride))
+    rows += [(f"{t:05d}", k * stride) for k in range(per)]
+n = len(rows)
+table = pa.table({schema.UID: [f"u{i}" for i in range(n)], schema.URL: [f"http://x/{i}" for i in range(n)],
+    schema.CAPTION: ["c"] * n, schema.QUALITY: [0.5] * n, schema.BAND: ["top"] * n,
+    schema.SHARD: [s for s, _ in rows], schema.KEY: [f"{i:09d}" for i in range(n)], "ext": ["jpg"] * n,
+    "offset": pa.array([o for _, o in rows], pa.int64()), "size": pa.array([size] * n, pa.int64())})
+
+def peak():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) >> 10
+
+before = peak()
+write_band_shard(os.path.join(raw, "out.tar"), raw, table)
+print(peak() - before)
+"""
+
+
+def test_a_band_shard_holds_its_samples_bytes_not_the_raw_tars_they_lie_in(tmp_path):
+    """A band shard's 512 samples of 4 kB, one every 256 kB of 8 raw tars (128 MB, in the page cache):
+    its writer's peak must grow by about their bytes (2 MB), not by the raw tars'. Mapping the tars did
+    the latter: a touched byte maps its page-cache folio, so the peak grew with the tars drawn from."""
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("reads VmHWM from /proc")
+    out = subprocess.run(
+        [sys.executable, "-c", BAND_SHARD_MEMORY, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    grew = int(out.stdout.split()[-1])
+    assert grew < 32, f"the writer's peak grew by {grew} MB for 2 MB of samples"

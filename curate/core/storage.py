@@ -5,7 +5,7 @@ path (:func:`filesystem`), and the few things every stage does are one call each
 read whole or in ranges, write, and the two ways a unit commits an output:
 
 - on local disk, under a temporary sibling name renamed into place (:func:`atomic_path`): readers never
-  see half a file, and the fast paths stay (``mmap`` + ``writev`` in the shard writer, ``pread`` in the trainer);
+  see half a file, and the fast paths stay (``pread`` + ``writev`` in the shard writer, ``pread`` in the trainer);
 - on an object store one PUT (or a completed multipart upload) is atomic, and a unit writes its outputs
   first and its marker last (:mod:`curate.core.runner`): an object without its marker is not finished.
 

@@ -1,12 +1,12 @@
 """Pass 2 of band sharding: one band shard, written from its samples' located image bytes (a runner unit).
 
 The unit's rows say, per sample in write order, which raw tar holds its image and where (``ext``,
-``offset``, ``size``, from :mod:`curate.shard.rawindex`). Local raw tars are mapped without reading
-ahead and each image goes to ``writev`` as a view of the mapping, so the kernel copies it once, page
-cache to page cache; raw tars in object storage are read with concurrent ranged GETs of this shard's
-samples' bytes (neighbours less than ``MAX_GAP`` apart in one GET). Memory is bounded by one band shard
-(and one raw tar's reads). The output is built on local disk — beside its final name, renamed into
-place, or in scratch and uploaded in one piece — and its bytes depend only on the rows: the same
+``offset``, ``size``, from :mod:`curate.shard.rawindex`). Each raw tar the shard draws from is read by
+ranges, only this shard's samples' bytes: ``pread`` on local disk, concurrent ranged GETs on object
+stores (neighbours less than ``MAX_GAP`` apart in one GET), and the images go to ``writev`` as views of
+what was read. Memory is bounded by one band shard (and one raw tar's reads), whatever the pool. The
+output is built on local disk — beside its final name, renamed into place, or in scratch and uploaded
+in one piece — and its bytes depend only on the rows: the same
 samples in the same order give the same tar, wherever it is written.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import mmap
 import os
 from json.encoder import encode_basestring
 
@@ -99,30 +98,14 @@ def _json_number(q) -> str:
     return float.__repr__(q) if type(q) is float and math.isfinite(q) else json.dumps(q)
 
 
-def _local_images(raw_dir: str, rows: pa.Table, maps: dict) -> list[memoryview]:
-    """Views of each row's image in the mapped local raw tars (``maps``: shard -> mmap, filled here)."""
-    out = []
-    shards = rows.column(schema.SHARD).to_pylist()
-    offsets = rows.column("offset").to_numpy()
-    sizes = rows.column("size").to_numpy()
-    views: dict[str, memoryview] = {}
-    for s, o, n in zip(shards, offsets.tolist(), sizes.tolist(), strict=True):
-        view = views.get(s)
-        if view is None:
-            with open(storage.local_path(storage.join(raw_dir, f"{s}.tar")), "rb") as f:
-                maps[s] = mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED, mmap.PROT_READ)
-            view = views[s] = memoryview(maps[s])
-        if o + n > len(view):
-            raise OSError(f"{s}.tar is shorter than its index says; index it again")
-        out.append(view[o : o + n])
-    return out
-
-
 # Ranges of one raw tar closer than this are read as one GET: about what a request's latency costs in
 # bandwidth on S3 (~20 ms at ~50 MB/s). Where a band shard's samples lie densely in a tar (small pools,
 # small images) this turns a GET per sample into a few; where they are sparse it changes nothing.
 MAX_GAP = 1 << 20
 MAX_BLOCK = 64 << 20
+# On local disk a read costs a system call, not a round trip: only images whose tar neighbours (their
+# caption and metadata members, a few kB) lie between them share one ``pread``.
+LOCAL_GAP = 16 << 10
 
 
 def coalesce(offsets: np.ndarray, sizes: np.ndarray, max_gap: int = MAX_GAP, max_block: int = MAX_BLOCK):
@@ -146,54 +129,50 @@ def coalesce(offsets: np.ndarray, sizes: np.ndarray, max_gap: int = MAX_GAP, max
     return [(a, b - a) for a, b in blocks], block_of
 
 
-def _remote_images(raw_dir: str, rows: pa.Table) -> list[bytes]:
-    """Each row's image by concurrent ranged reads of each raw tar (neighbouring images in one read);
-    one raw tar's reads are held at a time."""
+def _images(raw_dir: str, rows: pa.Table) -> list[bytes | memoryview]:
+    """Each row's image, read by ranges of each raw tar (:func:`curate.core.storage.read_ranges`:
+    ``pread`` locally, concurrent ranged GETs on object stores), neighbours in one read.
+
+    Locally the images are views of blocks that hold little else (``LOCAL_GAP``), so memory is the band
+    shard's image bytes. (The raw tars used to be mapped: a touched byte maps its whole page-cache folio,
+    so a worker's RSS grew with the number of raw tars a shard draws from, i.e. with the pool.) Remote
+    blocks may span a megabyte of other samples: each image is copied out and the blocks of one tar freed
+    before the next tar is read."""
+    local = storage.is_local(raw_dir)
     shards = np.asarray(rows.column(schema.SHARD).to_pylist(), dtype=object)
     offsets, sizes = rows.column("offset").to_numpy(), rows.column("size").to_numpy()
-    out: list[bytes] = [b""] * rows.num_rows
+    out: list[bytes | memoryview] = [b""] * rows.num_rows
     for s in sorted(set(shards.tolist())):
         at = np.flatnonzero(shards == s)
-        blocks, block_of = coalesce(offsets[at], sizes[at])
+        blocks, block_of = coalesce(offsets[at], sizes[at], LOCAL_GAP if local else MAX_GAP)
         got = storage.read_ranges(storage.join(raw_dir, f"{s}.tar"), blocks)
+        views = [memoryview(g) for g in got]
         for i, b, o, n in zip(at.tolist(), block_of.tolist(), offsets[at].tolist(), sizes[at].tolist(), strict=True):
-            data = got[b][o - blocks[b][0] : o - blocks[b][0] + n]
+            data = views[b][o - blocks[b][0] : o - blocks[b][0] + n]
             if len(data) != n:
                 raise OSError(f"{s}.tar is shorter than its index says; index it again")
-            out[i] = data
-        del got
+            out[i] = data if local else bytes(data)
+        del got, views
     return out
 
 
 def write_band_shard(dest: str, raw_dir: str, rows: pa.Table) -> tuple[int, dict]:
     """Write the band shard ``dest`` from ``rows`` (``COLUMNS`` + ext, offset, size, in write order);
     returns (samples, what :func:`curate.core.integrity.stamp` says of the bytes written: size, digest)."""
-    maps: dict[str, mmap.mmap] = {}
-    try:
-        if storage.is_local(raw_dir):
-            images = _local_images(raw_dir, rows, maps)
-        else:
-            images = _remote_images(raw_dir, rows)
-        uids, exts = rows.column(schema.UID).to_pylist(), rows.column("ext").to_pylist()
-        names = [[f"{u}.{e}" for u, e in zip(uids, exts, strict=True)], [f"{u}.txt" for u in uids]]
-        names.append([f"{u}.json" for u in uids])
-        captions = rows.column(schema.CAPTION).combine_chunks().fill_null("").cast(pa.binary())
-        digest = xxhash.xxh3_128()
-        with storage.output(dest) as tmp:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                w = TarWriter(fd, digest)
-                w.add_columns(names, [images, captions, metas(rows).cast(pa.binary())])
-                w.close()
-            finally:
-                os.close(fd)
-        del images
-    finally:
-        for m in maps.values():
-            try:
-                m.close()
-            except BufferError:  # a view still held by a traceback: unmapped when it goes
-                pass
+    images = _images(raw_dir, rows)
+    uids, exts = rows.column(schema.UID).to_pylist(), rows.column("ext").to_pylist()
+    names = [[f"{u}.{e}" for u, e in zip(uids, exts, strict=True)], [f"{u}.txt" for u in uids]]
+    names.append([f"{u}.json" for u in uids])
+    captions = rows.column(schema.CAPTION).combine_chunks().fill_null("").cast(pa.binary())
+    digest = xxhash.xxh3_128()
+    with storage.output(dest) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            w = TarWriter(fd, digest)
+            w.add_columns(names, [images, captions, metas(rows).cast(pa.binary())])
+            w.close()
+        finally:
+            os.close(fd)
     return rows.num_rows, {"size": w.bytes, DIGEST: digest.hexdigest()}
 
 

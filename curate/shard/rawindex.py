@@ -8,8 +8,8 @@ tar again, and a re-downloaded tar is indexed anew. Header checksums are verifie
 be read is an :class:`~curate.core.errors.InputError` naming it, raised before any band shard changes.
 
 With the index joined to the sample table, each band shard (pass 2) reads exactly its samples' bytes
-— an ``mmap`` view locally, ranged GETs on object stores — so memory is bounded by one band shard
-however large the pool, and no process maps every raw tar.
+— ``pread`` locally, ranged GETs on object stores — so memory is bounded by one band shard however
+large the pool, and no process maps a raw tar.
 """
 
 from __future__ import annotations
