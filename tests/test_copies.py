@@ -137,26 +137,6 @@ def test_neighbour_search_holds_a_block_of_cells_not_every_rows_ranking():
     assert peak < 50 * 2**20, f"{peak / 2**20:.0f} MB traced"
 
 
-def test_pairs_verified_on_threads_score_as_on_one(monkeypatch):
-    """Verification runs a block of pairs per thread; the scores must not depend on how many threads."""
-    from curate.core import runtime
-    from curate.dedup.copies import PAIR_BLOCK, verify_pairs
-
-    rng = np.random.default_rng(0)
-    t = rng.integers(0, 256, size=(400, 16, 16, 3), dtype=np.uint8)
-    grey = rng.integers(0, 256, size=(400, 32, 32), dtype=np.uint8)
-    i, j = rng.integers(0, 400, size=(2, 2 * PAIR_BLOCK + 300))
-    coarse = rng.random(len(i)) < 0.2
-    threads = []
-    monkeypatch.setattr(runtime, "cpus_here", lambda: 1)
-    one = verify_pairs(t, grey, i, j, CopyConfig(), coarse)
-    monkeypatch.setattr(runtime, "cpus_here", lambda: threads.append(1) or 3)
-    many = verify_pairs(t, grey, i, j, CopyConfig(), coarse)
-    assert threads and len(one[0]) == len(i)
-    np.testing.assert_array_equal(one[0], many[0])
-    np.testing.assert_array_equal(one[1], many[1])
-
-
 def test_search_vectors_are_unit_and_mean_free():
     t = np.random.default_rng(1).integers(0, 256, (5, 16, 16, 3)).astype(np.float32)
     v = search_vectors(t)

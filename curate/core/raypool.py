@@ -47,13 +47,6 @@ def _cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def largest_node_cpus() -> int:
-    """The most CPUs one live node of the cluster has: the most a single task can be given."""
-    import ray
-
-    return max([1] + [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]])
-
-
 def run_ray(root, todo, fn, executor, retries, done, report, poll, execute, settle) -> None:
     import ray
 

@@ -110,17 +110,6 @@ def release_memory() -> None:
         trim(0)
 
 
-def cpus_here() -> int:
-    """The CPUs this process may keep busy: in a Ray task or actor, those Ray assigned it; elsewhere,
-    those the OS lets it run on."""
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ctx = ray.get_runtime_context()
-        if ctx.worker.mode == ray.WORKER_MODE:
-            return max(1, int(ctx.get_assigned_resources().get("CPU", 1)))
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 RAY_VERBOSE = "CLIP_TIERS_RAY_VERBOSE"
 
 

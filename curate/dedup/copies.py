@@ -45,7 +45,6 @@ from curate.dedup.near import aspect_differs
 COLOUR_BYTES = THUMB_SIDE * THUMB_SIDE * 3
 PAIR_BLOCK = 1024  # candidate pairs verified at a time (each ~60 KB of float32 temporaries)
 SEARCH_BLOCK = 1024  # rows whose neighbours are searched at a time
-VERIFY_THREADS = 8  # threads verifying blocks of pairs at once, at most (each holds ~60 MB)
 CELL_SIMS = 1 << 20  # similarities within a cell computed at a time (~16 MB with their temporaries)
 
 
@@ -339,27 +338,12 @@ def verify_pairs(
     t: np.ndarray, grey: np.ndarray, i: np.ndarray, j: np.ndarray, cfg: CopyConfig, coarse: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`verify` of the pairs (i[k], j[k]) of rows of ``t`` / ``grey``, gathered one block of pairs at a
-    time: gathering them all at once held 14 KB a pair (2.1 GB for a 20,000-image pool's candidates).
-
-    Blocks are independent, and numpy lets go of the GIL inside each operation, so they are verified on
-    as many threads as this process has CPUs (:func:`curate.core.runtime.cpus_here`, at most
-    :data:`VERIFY_THREADS`), each holding one block's temporaries; the scores are the same as one
-    thread's, block for block."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from curate.core.runtime import cpus_here
-
-    def block(s: int) -> tuple[np.ndarray, np.ndarray]:
+    time: gathering them all at once held 14 KB a pair (2.1 GB for a 20,000-image pool's candidates)."""
+    sims, details = [np.empty(0, np.float32)], [np.empty(0, np.float32)]
+    for s in range(0, len(i), PAIR_BLOCK):
         a, b = i[s : s + PAIR_BLOCK], j[s : s + PAIR_BLOCK]
         c = None if coarse is None else coarse[s : s + PAIR_BLOCK]
-        return verify(t[a], t[b], grey[a], grey[b], cfg, c)
-
-    starts = range(0, len(i), PAIR_BLOCK)
-    threads = min(VERIFY_THREADS, cpus_here(), len(starts))
-    if threads > 1:
-        with ThreadPoolExecutor(threads, thread_name_prefix="verify") as pool:
-            parts = list(pool.map(block, starts))
-    else:
-        parts = [block(s) for s in starts]
-    empty = np.empty(0, np.float32)
-    return np.concatenate([empty] + [p[0] for p in parts]), np.concatenate([empty] + [p[1] for p in parts])
+        sim, detail = verify(t[a], t[b], grey[a], grey[b], cfg, c)
+        sims.append(sim)
+        details.append(detail)
+    return np.concatenate(sims), np.concatenate(details)

@@ -27,10 +27,8 @@ import pyarrow.compute as pc
 
 from curate.core import runner, schema, storage
 from curate.core.errors import InputError
-from curate.core.raypool import largest_node_cpus
 from curate.core.runtime import ray_running
 from curate.dedup import DedupConfig, deduplicate
-from curate.dedup.copies import VERIFY_THREADS
 from curate.dedup.decontaminate import eval_hashes, find_contaminated, set_name
 from curate.dedup.thumbstore import spilled_thumbs
 
@@ -98,11 +96,7 @@ def run_dedup(
     unit = runner.Unit("dedup", fp, outputs=(DEDUP, SUMMARY), args=(key, cfg, quality, prefer, decontaminate))
     # With Ray up (a build) the decision runs in a worker: its working set (hash tables, candidate pairs,
     # links) grows with the pool, and the driver keeps only the metadata columns the other stages need.
-    # It holds the CPUs of one node (up to VERIFY_THREADS): near-copy verification, most of its time,
-    # runs a thread per CPU it holds, and no other stage runs meanwhile.
-    executor = runner.Executor("local")
-    if ray_running():
-        executor = runner.Executor("tasks", num_cpus=min(VERIFY_THREADS, largest_node_cpus()))
+    executor = runner.Executor("tasks" if ray_running() else "local")
     report = runner.run(build_dir, [unit], _decide_unit, executor)
     report.raise_failures("dedup")
     summary = DedupSummary(**storage.read_json(storage.join(build_dir, SUMMARY)))
