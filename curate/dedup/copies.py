@@ -45,6 +45,7 @@ from curate.dedup.near import aspect_differs
 COLOUR_BYTES = THUMB_SIDE * THUMB_SIDE * 3
 PAIR_BLOCK = 1024  # candidate pairs verified at a time (each ~60 KB of float32 temporaries)
 SEARCH_BLOCK = 1024  # rows whose neighbours are searched at a time
+VERIFY_CHUNK = 1 << 16  # candidate pairs unpacked, filtered and verified at a time (~4 MB of indices)
 CELL_SIMS = 1 << 20  # similarities within a cell computed at a time (~16 MB with their temporaries)
 
 
@@ -106,11 +107,17 @@ def neighbour_pairs(x, cfg: CopyConfig = CopyConfig()) -> tuple[np.ndarray, np.n
     above ``cfg.min_cosine``, searched within inverted-file cells rather than over all pairs. ``x``: an
     array, or rows read on demand (:class:`curate.dedup.thumbstore.Spilled`): it is read a block, a
     fitting sample and a cell at a time, and the pairs found are kept unique as they come."""
+    packed = _neighbours_packed(x, cfg)
+    return packed // len(x), packed % len(x)
+
+
+def _neighbours_packed(x, cfg: CopyConfig) -> np.ndarray:
+    """:func:`neighbour_pairs` as one sorted int64 a pair (:func:`_packed`)."""
     from curate.dedup.semantic import kmeans
 
     n = len(x)
     if n < 2:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.empty(0, np.int64)
     cells = max(1, min(n, round(np.sqrt(n) / 2)))
     rng = np.random.default_rng(cfg.seed)
     fit = x[:] if n <= 50_000 else x[np.sort(rng.choice(n, 50_000, replace=False))]
@@ -150,8 +157,7 @@ def neighbour_pairs(x, cfg: CopyConfig = CopyConfig()) -> tuple[np.ndarray, np.n
             pending.append(_packed(a, rows[top[ok]], n))
         if sum(len(p) for p in pending) > 1 << 20:
             found, pending = np.unique(np.concatenate([found, *pending])), []
-    packed = np.unique(np.concatenate([found, *pending]))
-    return packed // n, packed % n
+    return np.unique(np.concatenate([found, *pending]))
 
 
 def _packed(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
@@ -159,12 +165,6 @@ def _packed(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
     lo, hi = np.minimum(i, j).astype(np.int64), np.maximum(i, j).astype(np.int64)
     keep = lo != hi
     return lo[keep] * n + hi[keep]
-
-
-def unique_pairs(i: np.ndarray, j: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each unordered pair once, i < j, self-pairs dropped."""
-    packed = np.unique(_packed(i, j, n))
-    return packed // n, packed % n
 
 
 def _interp(side: int, start: float, size: float) -> np.ndarray:
@@ -311,20 +311,29 @@ def copy_pairs(
     ``extra`` candidate pairs (e.g. pHash matches), each verified. ``shape`` (log width/height per row,
     NaN where unknown) drops pairs whose shapes differ more than a crop within ``max_crop`` can make;
     ``side`` (shorter side in pixels per row) sends pairs with an image under 32 px to the 16 px detail
-    comparison. With ``scratch`` (a directory) the search vectors are spilled there too."""
+    comparison. With ``scratch`` (a directory) the search vectors are spilled there too.
+
+    The candidates are held as one int64 a pair (sorted, unique) and unpacked, filtered and verified
+    ``VERIFY_CHUNK`` at a time; only the verified pairs are kept (the candidates as index arrays, their
+    masks and scores held whole came to ~60 bytes a candidate, ~7 candidates an image)."""
     n = len(t)
-    i, j = neighbour_pairs(search_vectors(t) if scratch is None else _spilled_vectors(t, scratch), cfg)
+    packed = _neighbours_packed(search_vectors(t) if scratch is None else _spilled_vectors(t, scratch), cfg)
     if extra is not None and len(extra[0]):
-        i, j = unique_pairs(np.concatenate([i, extra[0]]), np.concatenate([j, extra[1]]), n)
+        packed = np.unique(np.concatenate([packed, _packed(extra[0], extra[1], n)]))
     bad = flat(t, cfg)
-    keep = ~(bad[i] | bad[j])
-    if shape is not None:
-        keep &= ~aspect_differs(shape[i], shape[j], 1 / (1 - 2 * cfg.max_crop) - 1)
-    i, j = i[keep], j[keep]
-    coarse = None if side is None else np.minimum(side[i], side[j]) < DETAIL_SIDE
-    sim, detail = verify_pairs(t, grey, i, j, cfg, coarse)
-    ok = (sim >= cfg.min_similarity) & (detail >= cfg.min_detail)
-    return i[ok], j[ok]
+    found_i, found_j = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    for s in range(0, len(packed), VERIFY_CHUNK):
+        i, j = packed[s : s + VERIFY_CHUNK] // n, packed[s : s + VERIFY_CHUNK] % n
+        keep = ~(bad[i] | bad[j])
+        if shape is not None:
+            keep &= ~aspect_differs(shape[i], shape[j], 1 / (1 - 2 * cfg.max_crop) - 1)
+        i, j = i[keep], j[keep]
+        coarse = None if side is None else np.minimum(side[i], side[j]) < DETAIL_SIDE
+        sim, detail = verify_pairs(t, grey, i, j, cfg, coarse)
+        ok = (sim >= cfg.min_similarity) & (detail >= cfg.min_detail)
+        found_i.append(i[ok])
+        found_j.append(j[ok])
+    return np.concatenate(found_i), np.concatenate(found_j)
 
 
 def _spilled_vectors(t, scratch: str):
