@@ -64,9 +64,10 @@ def rss(pid: int) -> int:
     return _status_bytes(pid, "VmRSS:")
 
 
-def _sample(pid: int) -> tuple[str, int, float, int, int] | None:
-    """(name, peak RSS bytes, CPU seconds, RSS bytes now, anonymous RSS bytes now) of one process, or None
-    when it is gone. Anonymous RSS leaves out file pages: shared libraries, and files it maps."""
+def _sample(pid: int) -> tuple[str, int, float, int, int, int, int] | None:
+    """(name, peak RSS bytes, CPU seconds, and RSS bytes now: all, anonymous, file, shared memory) of one
+    process, or None when it is gone. Anonymous RSS leaves out file pages (shared libraries, files it
+    maps) and shared memory (for a Ray worker, the object store's pages it touched)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             status = f.read()
@@ -79,7 +80,8 @@ def _sample(pid: int) -> tuple[str, int, float, int, int] | None:
     fields_of = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     kib = lambda key: int(fields_of.get(key, "0 kB").split()[0]) * 1024  # noqa: E731
     cpu = (int(fields[11]) + int(fields[12])) / TICK
-    return (cmd[:160] or fields_of.get("Name", "?").strip()), kib("VmHWM"), cpu, kib("VmRSS"), kib("RssAnon")
+    name = cmd[:160] or fields_of.get("Name", "?").strip()
+    return name, kib("VmHWM"), cpu, kib("VmRSS"), kib("RssAnon"), kib("RssFile"), kib("RssShmem")
 
 
 def _is_worker(cmd: str, marker: str = "ray::") -> bool:
@@ -94,7 +96,8 @@ class TreeStats:
     # seconds together); for cross-checking the samples, not a figure of the driver alone.
     reaped: tuple[int, float] = (0, 0.0)
     # Per Ray worker and phase (``phase``, set by the caller as its job reports progress): (phase, pid) ->
-    # [its first RSS sample in the phase, its largest RSS, its largest anonymous RSS]. A reused worker's
+    # [its first RSS sample in the phase, its largest RSS, and its largest anonymous, file and shared-memory
+    # RSS]. A reused worker's
     # VmHWM holds every task it ran; its RSS within a phase is that phase's (e.g. the dedup task in a
     # build's decide stage), to the sampling interval. Anonymous RSS leaves out file pages (a worker that
     # maps raw tars, or loads torch's libraries, shows those pages, but they are the page cache's).
@@ -117,6 +120,14 @@ class TreeStats:
     def worker_anon_by_phase(self) -> dict[str, int]:
         """Per phase, the largest anonymous RSS any worker was sampled at."""
         return self._per_phase(lambda pid, phase, span: span[2])
+
+    def worker_file_by_phase(self) -> dict[str, int]:
+        """Per phase, the largest file-page RSS any worker was sampled at (libraries, mapped files)."""
+        return self._per_phase(lambda pid, phase, span: span[3])
+
+    def worker_shmem_by_phase(self) -> dict[str, int]:
+        """Per phase, the largest shared-memory RSS any worker was sampled at (Ray's object store)."""
+        return self._per_phase(lambda pid, phase, span: span[4])
 
     def worker_growth_by_phase(self) -> dict[str, int]:
         """Per phase, the largest growth of one worker's RSS over its first sample in that phase, among
@@ -167,14 +178,15 @@ def run_watched(
                 phase = stats.phase  # read before the sample: a figure is never filed under a later phase
                 s = _sample(pid)
                 if s is not None:
-                    cmdline, hwm, cpu, now, anon = s
+                    cmdline, hwm, cpu, now, anon, file, shmem = s
                     old = stats.peak.get(pid, ("", 0))
                     stats.peak[pid] = (cmdline or old[0], max(old[1], hwm))
                     stats.cpu[pid] = max(stats.cpu.get(pid, 0.0), cpu)
                     if pid != proc.pid and _is_worker(cmdline or old[0]):
                         stats.first_phase.setdefault(pid, phase)
-                        span = stats.worker_span.setdefault((phase, pid), [now, now, anon])
-                        span[1], span[2] = max(span[1], now), max(span[2], anon)
+                        span = stats.worker_span.setdefault((phase, pid), [now, now, anon, file, shmem])
+                        for k, v in enumerate((now, anon, file, shmem), start=1):
+                            span[k] = max(span[k], v)
             stop.wait(interval)
 
     t = threading.Thread(target=watch, daemon=True)

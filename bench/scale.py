@@ -107,6 +107,9 @@ def one_build(urls: Path, out: str, config: Path) -> dict:
         # ... its anonymous part (no file pages: libraries, mapped raw tars), and the most one worker that
         # ran before the stage grew within it: what the stage's tasks added.
         "worker_anon_mb_by_stage": {k: round(v / 2**20) for k, v in watched.worker_anon_by_phase().items()},
+        # ... its file pages (libraries, mapped files) and shared memory (Ray's object store) apart,
+        "worker_file_mb_by_stage": {k: round(v / 2**20) for k, v in watched.worker_file_by_phase().items()},
+        "worker_shmem_mb_by_stage": {k: round(v / 2**20) for k, v in watched.worker_shmem_by_phase().items()},
         "worker_growth_mb_by_stage": {k: round(v / 2**20) for k, v in watched.worker_growth_by_phase().items()},
         # ... and the stages the worker with each stage's largest RSS had run tasks in before it.
         "largest_worker_earlier_stages": watched.largest_worker_history(),
