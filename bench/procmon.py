@@ -42,46 +42,45 @@ def _tree(root: int) -> list[int]:
     return out
 
 
-def _status_bytes(pid: int, key: str) -> int:
+def _status(pid: int) -> dict[str, int]:
+    """The process's /proc status sizes in bytes (VmHWM, VmRSS, RssAnon, ...); empty when it is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
+            lines = f.read().splitlines()
     except OSError:
-        pass
-    return 0
+        return {}
+    fields = (line.split(":", 1) for line in lines if line.endswith(" kB"))
+    return {key: int(value.split()[0]) * 1024 for key, value in fields}
 
 
 def peak_rss(pid: int) -> int:
     """The process's peak RSS so far (VmHWM, bytes); 0 when it is gone."""
-    return _status_bytes(pid, "VmHWM:")
+    return _status(pid).get("VmHWM", 0)
 
 
 def rss(pid: int) -> int:
     """The process's RSS now (VmRSS, bytes): what it still holds, where the peak says what it ever held; 0
     when it is gone."""
-    return _status_bytes(pid, "VmRSS:")
+    return _status(pid).get("VmRSS", 0)
 
 
 def _sample(pid: int) -> tuple[str, int, float, int, int, int, int] | None:
     """(name, peak RSS bytes, CPU seconds, and RSS bytes now: all, anonymous, file, shared memory) of one
     process, or None when it is gone. Anonymous RSS leaves out file pages (shared libraries, files it
     maps) and shared memory (for a Ray worker, the object store's pages it touched)."""
+    size = _status(pid)
     try:
-        with open(f"/proc/{pid}/status") as f:
-            status = f.read()
         with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
+            stat = f.read()
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return None
-    fields_of = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    kib = lambda key: int(fields_of.get(key, "0 kB").split()[0]) * 1024  # noqa: E731
+    name = cmd[:160] or stat.split(b"(", 1)[1].rsplit(b")", 1)[0].decode(errors="replace")
+    fields = stat.rsplit(b")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / TICK
-    name = cmd[:160] or fields_of.get("Name", "?").strip()
-    return name, kib("VmHWM"), cpu, kib("VmRSS"), kib("RssAnon"), kib("RssFile"), kib("RssShmem")
+    peak, now, anon, file, shmem = (size.get(k, 0) for k in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"))
+    return name, peak, cpu, now, anon, file, shmem
 
 
 def _is_worker(cmd: str, marker: str = "ray::") -> bool:
