@@ -6,8 +6,8 @@ ranges, only this shard's samples' bytes: ``pread`` on local disk, concurrent ra
 stores (neighbours less than ``MAX_GAP`` apart in one GET), and the images go to ``writev`` as views of
 what was read. Memory is bounded by one band shard (and one raw tar's reads), whatever the pool. The
 output is built on local disk — beside its final name, renamed into place, or in scratch and uploaded
-in one piece — and its bytes depend only on the rows: the same
-samples in the same order give the same tar, wherever it is written.
+in one piece — and its bytes depend only on the rows: the same samples in the same order give the same
+tar, wherever it is written.
 """
 
 from __future__ import annotations
