@@ -113,6 +113,30 @@ def test_runner_retries_then_names_the_unit_and_never_retries_bad_input(tmp_path
         rep.raise_failures("stage")
 
 
+@pytest.mark.parametrize("kind", ["tasks", "actors"])
+def test_a_ray_worker_that_dies_costs_its_unit_an_attempt_not_the_run(tmp_path, ray_local, kind):
+    """A Ray worker whose process dies mid-unit (a segfault, the OOM killer): the unit runs again on
+    another (an actor is replaced first), the other units are untouched, and nothing is reported failed."""
+
+    class DiesOnce:  # defined here, so Ray ships it by value
+        def __init__(self, *init):
+            pass
+
+        def __call__(self, root: str, unit: runner.Unit) -> dict:
+            mark = Path(root) / f"died-{unit.name}"
+            if unit.name == "u1" and not mark.exists():
+                mark.write_text("once")
+                os._exit(1)
+            storage.write_text(storage.join(root, unit.outputs[0]), unit.name)
+            return {"pid": os.getpid()}
+
+    fn = DiesOnce if kind == "actors" else DiesOnce()
+    # One slot: a dead actor not replaced would leave no slot at all, which the runner raises on.
+    rep = runner.run(str(tmp_path), _units(3), fn, runner.Executor(kind, workers=1), retries=1, progress=False)
+    assert sorted(rep.ran) == ["u0", "u1", "u2"] and not rep.failed
+    assert (tmp_path / "died-u1").exists() and all(units.is_done(tmp_path, f"u{i}") for i in range(3))
+
+
 # A unit that frees 200 MB of small heap blocks below one it keeps: glibc cannot hand them back alone.
 FRAGMENTING_UNIT = """
 import sys

@@ -1,17 +1,17 @@
 """The runner's Ray executors: one task per unit, or a fixed pool of actors (see :mod:`curate.core.runner`).
 
-Both keep a bounded window of units in flight (a pool of a million units never holds a million
-futures), start units in order, and put a unit whose attempt failed back at the front of the queue.
-An actor that dies is replaced before its unit runs again.
+Each is a set of slots that :func:`curate.core.runner.drain`, the runner's one loop, starts units on
+and collects them from: a bounded window in flight, units started in order, a failed attempt's unit put
+back at the front of the queue. An actor that dies is replaced before its unit runs again.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from contextlib import contextmanager
 
 from curate.core import storage
 
-# ``execute`` and ``settle`` come from curate.core.runner, which calls in here: passed, not imported.
+# ``execute`` comes from curate.core.runner, which calls in here: passed, not imported.
 
 
 class UnitActor:
@@ -47,70 +47,90 @@ def _cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def run_ray(root, todo, fn, executor, retries, done, report, poll, execute, settle) -> None:
+@contextmanager
+def ray_slots(root: str, units: int, fn, executor, execute):
+    """Slots for :func:`curate.core.runner.drain` on Ray (started here unless it is up): one task per
+    unit, or a pool of actors (at most one per unit), killed when the units are done."""
     import ray
 
     from curate.core.runtime import ray_session
 
     with ray_session():
-        run = _run_tasks if executor.kind == "tasks" else _run_actors
-        run(ray, root, todo, fn, executor, retries, done, report, poll, execute, settle)
+        if executor.kind == "tasks":
+            slots: _RaySlots = _Tasks(ray, root, fn, executor, execute)
+        else:
+            slots = _Actors(ray, root, fn, executor, execute, units)
+        try:
+            yield slots
+        finally:
+            slots.close()
 
 
-def _run_tasks(ray, root, todo, fn, executor, retries, done, report, poll, execute, settle) -> None:
-    opts = storage.options()
-    task = ray.remote(num_cpus=executor.num_cpus, num_gpus=executor.num_gpus, max_retries=0)(run_unit)
-    fn_ref = ray.put(fn)
-    slots = executor.workers or max(2, 2 * _cpus())
-    queue, inflight, attempts = deque(todo), {}, {}
-    while queue or inflight:
-        while queue and len(inflight) < slots:
-            unit = queue.popleft()
-            inflight[task.remote(execute, root, unit, fn_ref, opts)] = unit
-        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
-        for ref in ready:
-            unit = inflight.pop(ref)
-            try:
-                info = ray.get(ref)
-            except Exception as e:  # noqa: BLE001 - a task error or a dead worker: the unit runs again
-                if settle(unit, e, attempts, retries, report):
-                    queue.appendleft(unit)
-                continue
-            done(unit, info)
-        if poll is not None:
-            poll()
+class _RaySlots:
+    """What Ray's two executors share: waiting for a unit's object ref, and its result."""
+
+    ray = None
+
+    def finished(self, refs: list) -> list:
+        return self.ray.wait(refs, num_returns=1, timeout=0.5)[0]
+
+    def result(self, ref) -> dict:
+        return self.ray.get(ref)  # a task's error or a dead worker raises: drain runs the unit again
+
+    def close(self) -> None:
+        pass
 
 
-def _run_actors(ray, root, todo, fn, executor, retries, done, report, poll, execute, settle) -> None:
-    opts = storage.options()
-    actor_cls = ray.remote(num_cpus=executor.num_cpus, num_gpus=executor.num_gpus, max_restarts=0)(UnitActor)
-    size = max(1, min(len(todo), executor.workers or max(1, int(_cpus() // max(executor.num_cpus, 1e-9)))))
-    idle = [actor_cls.remote(fn, executor.init, opts, execute) for _ in range(size)]
-    queue, inflight, attempts = deque(todo), {}, {}
-    try:
-        while queue or inflight:
-            while queue and idle:
-                unit, actor = queue.popleft(), idle.pop()
-                inflight[actor.run.remote(root, unit, opts)] = (unit, actor)
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
-            for ref in ready:
-                unit, actor = inflight.pop(ref)
-                try:
-                    info = ray.get(ref)
-                except ray.exceptions.RayActorError as e:
-                    idle.append(actor_cls.remote(fn, executor.init, opts, execute))  # the dead actor's replacement
-                    if settle(unit, e, attempts, retries, report):
-                        queue.appendleft(unit)
-                    continue
-                except Exception as e:  # noqa: BLE001 - the unit failed, the actor lives on
-                    idle.append(actor)
-                    if settle(unit, e, attempts, retries, report):
-                        queue.appendleft(unit)
-                    continue
-                idle.append(actor)
-                done(unit, info)
-            if poll is not None:
-                poll()
-    finally:
-        for actor in idle + [a for _, a in inflight.values()]:
-            ray.kill(actor)
+class _Tasks(_RaySlots):
+    """One Ray task per unit, at most ``executor.workers`` in flight (0: twice the cluster's CPUs)."""
+
+    def __init__(self, ray, root: str, fn, executor, execute):
+        self.ray, self.root, self.execute, self.opts = ray, root, execute, storage.options()
+        self.task = ray.remote(num_cpus=executor.num_cpus, num_gpus=executor.num_gpus, max_retries=0)(run_unit)
+        self.fn_ref = ray.put(fn)
+        self.width = executor.workers or max(2, 2 * _cpus())
+
+    def free(self, inflight: int) -> bool:
+        return inflight < self.width
+
+    def start(self, unit):
+        return self.task.remote(self.execute, self.root, unit, self.fn_ref, self.opts)
+
+
+class _Actors(_RaySlots):
+    """A fixed pool of :class:`UnitActor`: a unit starts on an idle actor; one that dies is replaced
+    before its unit runs again."""
+
+    def __init__(self, ray, root: str, fn, executor, execute, units: int):
+        self.ray, self.root, self.opts = ray, root, storage.options()
+        actor_cls = ray.remote(num_cpus=executor.num_cpus, num_gpus=executor.num_gpus, max_restarts=0)(UnitActor)
+        self.make = lambda: actor_cls.remote(fn, executor.init, self.opts, execute)  # noqa: E731
+        size = max(1, min(units, executor.workers or max(1, int(_cpus() // max(executor.num_cpus, 1e-9)))))
+        self.idle = [self.make() for _ in range(size)]
+        self.busy: dict = {}  # ref -> the actor running it
+
+    def free(self, inflight: int) -> bool:
+        return bool(self.idle)
+
+    def start(self, unit):
+        actor = self.idle.pop()
+        ref = actor.run.remote(self.root, unit, self.opts)
+        self.busy[ref] = actor
+        return ref
+
+    def result(self, ref) -> dict:
+        actor = self.busy.pop(ref)
+        try:
+            info = self.ray.get(ref)
+        except self.ray.exceptions.RayActorError:
+            self.idle.append(self.make())  # the dead actor's replacement
+            raise
+        except Exception:  # the unit failed, the actor lives on
+            self.idle.append(actor)
+            raise
+        self.idle.append(actor)
+        return info
+
+    def close(self) -> None:
+        for actor in self.idle + list(self.busy.values()):
+            self.ray.kill(actor)

@@ -13,14 +13,16 @@ Executors (:class:`Executor`): ``local`` (one after another, in this process), `
 here: for work that releases the GIL), ``tasks`` (one Ray task per unit, a bounded number in flight,
 so a pool of any size holds only a window of futures) and ``actors`` (a fixed pool of Ray actors;
 ``fn`` is then a class, built once per actor — a model loads once — and called per unit; actors may
-hold GPUs). A unit whose attempt raises is tried again up to ``retries`` times (a dead worker or
-actor included), except for :class:`~curate.core.errors.InputError`, which is the user's to fix and
-fails the unit at once; :class:`Report` names every unit that failed with its last error, one line.
-Storage options travel with each unit, so a worker on another node reads and writes the same URLs.
+hold GPUs). All four are driven by one loop (:func:`drain`) over the executor's slots. A unit whose
+attempt raises is tried again up to ``retries`` times (a dead worker or actor included), except for
+:class:`~curate.core.errors.InputError`, which is the user's to fix and fails the unit at once;
+:class:`Report` names every unit that failed with its last error, one line. Storage options travel
+with each unit, so a worker on another node reads and writes the same URLs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -177,14 +179,8 @@ def run(
             on_done(unit, info)
 
     try:
-        if executor.kind == "local":
-            _run_local(root, todo_now, fn, retries, done, report)
-        elif executor.kind == "threads":
-            _run_threads(root, todo_now, fn, executor, retries, done, report, poll)
-        else:
-            from curate.core.raypool import run_ray
-
-            run_ray(root, todo_now, fn, executor, retries, done, report, poll, execute, settle)
+        with _slots(root, todo_now, fn, executor) as slots:
+            drain(todo_now, slots, retries, done, report, None if executor.kind == "local" else poll)
     finally:
         bar.close()
     return report
@@ -209,42 +205,102 @@ def settle(unit: Unit, error: BaseException, attempts: dict[str, int], retries: 
     return False
 
 
-def _run_local(root, todo, fn, retries, done, report) -> None:
+def drain(todo: list[Unit], slots, retries: int, done, report: Report, poll=None) -> None:
+    """The one loop every executor runs: start units in order while ``slots`` has room, take each finished
+    one's result, and put a unit whose attempt failed back at the front of the queue (:func:`settle`).
+
+    ``slots`` (:class:`_Here`, :class:`_Threads`, :mod:`curate.core.raypool`'s) says whether another unit
+    may start (``free(in_flight)``), starts one (``start(unit)``: a handle), waits a moment for some to
+    finish (``finished(handles)``) and gives a finished one's result or raises its error (``result``).
+    Only a bounded window of units is ever in flight, so a pool of a million units never holds a million
+    futures."""
     attempts: dict[str, int] = {}
-    queue = deque(todo)
-    while queue:
-        unit = queue.popleft()
+    queue: deque[Unit] = deque(todo)
+    inflight: dict = {}
+    while queue or inflight:
+        while queue and slots.free(len(inflight)):
+            unit = queue.popleft()
+            inflight[slots.start(unit)] = unit
+        if not inflight:  # units wait and none can start: the executor lost its slots (an actor not replaced)
+            raise RuntimeError(f"the runner has {len(queue)} units to run and no slot to run them on")
+        for handle in slots.finished(list(inflight)):
+            unit = inflight.pop(handle)
+            try:
+                info = slots.result(handle)
+            except Exception as e:  # noqa: BLE001 - any failure of a unit is the unit's; it runs again or is named
+                if settle(unit, e, attempts, retries, report):
+                    queue.appendleft(unit)
+                continue
+            done(unit, info)
+        if poll is not None:
+            poll()
+
+
+class _Outcome:
+    """A unit run at once, here: its result or its error (a handle of :class:`_Here`)."""
+
+    def __init__(self, run: Callable[[], dict]):
+        self.info, self.error = None, None
         try:
-            info = execute(root, unit, fn)
-        except Exception as e:  # noqa: BLE001 - any failure of a unit is the unit's; it runs again or is named
-            if settle(unit, e, attempts, retries, report):
-                queue.appendleft(unit)
-            continue
-        done(unit, info)
+            self.info = run()
+        except Exception as e:  # noqa: BLE001 - raised again by result(), where drain settles it
+            self.error = e
 
 
-def _run_threads(root, todo, fn, executor, retries, done, report, poll) -> None:
-    attempts: dict[str, int] = {}
-    queue = deque(todo)
-    width = max(1, executor.workers or 4)
-    with ThreadPoolExecutor(width) as pool:
-        inflight: dict = {}
-        while queue or inflight:
-            while queue and len(inflight) < 2 * width:
-                unit = queue.popleft()
-                inflight[pool.submit(execute, root, unit, fn)] = unit
-            ready, _ = wait(list(inflight), timeout=0.5, return_when=FIRST_COMPLETED)
-            for f in ready:
-                unit = inflight.pop(f)
-                try:
-                    info = f.result()
-                except Exception as e:  # noqa: BLE001 - as in _run_local
-                    if settle(unit, e, attempts, retries, report):
-                        queue.appendleft(unit)
-                    continue
-                done(unit, info)
-            if poll is not None:
-                poll()
+class _Here:
+    """Units one after another in this process, each run as it starts."""
+
+    def __init__(self, root: str, fn: Callable):
+        self.root, self.fn = root, fn
+
+    def free(self, inflight: int) -> bool:
+        return inflight == 0
+
+    def start(self, unit: Unit) -> _Outcome:
+        return _Outcome(lambda: execute(self.root, unit, self.fn))
+
+    def finished(self, handles: list) -> list:
+        return handles
+
+    def result(self, outcome: _Outcome) -> dict:
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.info
+
+
+class _Threads:
+    """Units on a thread pool here, twice as many queued as it has threads."""
+
+    def __init__(self, pool: ThreadPoolExecutor, width: int, root: str, fn: Callable):
+        self.pool, self.width, self.root, self.fn = pool, width, root, fn
+
+    def free(self, inflight: int) -> bool:
+        return inflight < 2 * self.width
+
+    def start(self, unit: Unit):
+        return self.pool.submit(execute, self.root, unit, self.fn)
+
+    def finished(self, handles: list) -> set:
+        return wait(handles, timeout=0.5, return_when=FIRST_COMPLETED)[0]
+
+    def result(self, future) -> dict:
+        return future.result()
+
+
+@contextlib.contextmanager
+def _slots(root: str, todo: list[Unit], fn: Callable, executor: Executor):
+    """The slots :func:`drain` runs ``executor``'s units on, for as long as it runs them."""
+    if executor.kind == "local":
+        yield _Here(root, fn)
+    elif executor.kind == "threads":
+        width = max(1, executor.workers or 4)
+        with ThreadPoolExecutor(width) as pool:
+            yield _Threads(pool, width, root, fn)
+    else:
+        from curate.core.raypool import ray_slots
+
+        with ray_slots(root, len(todo), fn, executor, execute) as slots:
+            yield slots
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
