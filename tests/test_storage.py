@@ -324,17 +324,12 @@ print(peak() - before)
 """
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
 def test_a_band_shard_holds_its_samples_bytes_not_the_raw_tars_they_lie_in(tmp_path):
     """A band shard's 512 samples of 4 kB, one every 256 kB of 8 raw tars (128 MB, in the page cache):
     its writer's peak must grow by about their bytes (2 MB), not by the raw tars'. Mapping the tars did
     the latter: a touched byte maps its page-cache folio, so the peak grew with the tars drawn from."""
-    import subprocess
-    import sys
-
-    if not Path("/proc/self/status").exists():
-        pytest.skip("reads VmHWM from /proc")
-    out = subprocess.run(
-        [sys.executable, "-c", BAND_SHARD_MEMORY, str(tmp_path)], capture_output=True, text=True, check=True
-    )
+    cmd = [sys.executable, "-c", BAND_SHARD_MEMORY, str(tmp_path)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
     grew = int(out.stdout.split()[-1])
     assert grew < 32, f"the writer's peak grew by {grew} MB for 2 MB of samples"
