@@ -139,11 +139,15 @@ def _images(raw_dir: str, rows: pa.Table) -> list[bytes | memoryview]:
     blocks may span a megabyte of other samples: each image is copied out and the blocks of one tar freed
     before the next tar is read."""
     local = storage.is_local(raw_dir)
-    shards = np.asarray(rows.column(schema.SHARD).to_pylist(), dtype=object)
+    # Rows grouped by raw tar in one sort (tars in name order, rows in order within each): a scan of all
+    # rows per tar cost rows x tars, and a shard of a large pool draws from up to one tar a sample.
+    names, tar_of = np.unique(np.asarray(rows.column(schema.SHARD).to_pylist(), dtype=object), return_inverse=True)
+    order = np.argsort(tar_of, kind="stable")
+    bounds = np.searchsorted(tar_of[order], np.arange(len(names) + 1))
     offsets, sizes = rows.column("offset").to_numpy(), rows.column("size").to_numpy()
     out: list[bytes | memoryview] = [b""] * rows.num_rows
-    for s in sorted(set(shards.tolist())):
-        at = np.flatnonzero(shards == s)
+    for k, s in enumerate(names.tolist()):
+        at = order[bounds[k] : bounds[k + 1]]
         blocks, block_of = coalesce(offsets[at], sizes[at], LOCAL_GAP if local else MAX_GAP)
         got = storage.read_ranges(storage.join(raw_dir, f"{s}.tar"), blocks)
         views = [memoryview(g) for g in got]
