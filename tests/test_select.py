@@ -122,3 +122,67 @@ def test_the_sample_file_written_a_batch_at_a_time_is_the_assembled_table(where,
     assert samplefile.holds(path, samplefile.batches(inputs, downloads, f, stored), inputs.num_rows)
     other = fates(inputs.column("uid"), downloads, annotations, filters, dedup, quality, BandConfig(edges=(0.2, 1.0)))
     assert not samplefile.holds(path, samplefile.batches(inputs, downloads, other, stored), inputs.num_rows)
+
+
+def _stored_rows(tmp_path, files=4, rows=4000, thumb=1000):
+    """StoredRows over ``files`` parquet files of ``rows`` rows each: a uid and a ``thumb``-byte binary."""
+    from curate.core import storage
+    from curate.select import samplefile
+
+    paths, n = [], 0
+    for k in range(files):
+        thumbs = [(n + i).to_bytes(4, "little") * (thumb // 4) for i in range(rows)]
+        t = pa.table({"uid": [f"u{n + i:07d}" for i in range(rows)], "thumb": pa.array(thumbs, pa.binary(thumb))})
+        paths.append(str(tmp_path / f"{k:05d}.parquet"))
+        storage.write_parquet(t, paths[-1])
+        n += rows
+    whole = pa.concat_tables([storage.read_parquet(p) for p in paths]).combine_chunks()
+    return samplefile.StoredRows(paths, ["uid", "thumb"]), whole
+
+
+@pytest.mark.parametrize(
+    "pick",
+    [
+        lambda n: np.arange(2000, 14000),  # in order, across files
+        lambda n: np.where(np.arange(n) % 7 == 0, -1, np.arange(n)),  # in order, nulls inside and first
+        lambda n: np.r_[-1, -1, np.arange(5, 9000, 3), -1],  # leading and trailing nulls
+        lambda n: np.r_[np.arange(100)[::-1], np.arange(4000, 4100)[::-1], 7, -1],  # files in order, rows not
+        lambda n: np.random.default_rng(0).permutation(n)[:5000],  # any order
+        lambda n: np.r_[12000, 5, -1, 3, 8000],  # files out of order
+        lambda n: np.full(5, -1),
+        lambda n: np.zeros(0, np.int64),
+    ],
+)
+def test_stored_rows_take_gives_the_rows_asked_for(pick, tmp_path):
+    stored, whole = _stored_rows(tmp_path)
+    rows = pick(whole.num_rows)
+    got = stored.take(rows)
+    want = whole.take(pa.array(np.where(rows >= 0, rows, 0), pa.int64(), mask=rows < 0))
+    for name in ("uid", "thumb"):
+        assert got[name].equals(want.column(name)), name
+
+
+def test_stored_rows_take_copies_each_value_once(tmp_path):
+    """A batch of ``samples.parquet`` takes its annotation columns from the stored shards: rows in the
+    shards' order (a build's) are taken straight into place, so the batch costs about its own size
+    plus one shard's columns, not several copies of itself (the driver's peak in `decide`)."""
+    import gc
+
+    stored, whole = _stored_rows(tmp_path)
+    rows = np.arange(2000, 14000)  # a batch across three of the files, a failed download every 7th row
+    rows[::7] = -1
+    del whole
+    pool = pa.proxy_memory_pool(pa.default_memory_pool())  # counts what take allocates, and its peak
+    before = pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    try:
+        got = stored.take(rows)
+        size = sum(col.nbytes for col in got.values())
+        del got, stored  # what came from ``pool`` goes before it does
+        gc.collect()
+    finally:
+        pa.set_memory_pool(before)
+    assert pool.bytes_allocated() == 0
+    # The batch, plus a file's columns (a third of it) as it is read and taken from: 1.5x; 3.8x with the
+    # pieces joined, then put in order.
+    assert pool.max_memory() < 2 * size, (pool.max_memory(), size)

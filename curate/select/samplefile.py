@@ -41,27 +41,56 @@ class StoredRows:
     def _read(self, k: int) -> pa.Table:
         if self._cached is None or self._cached[0] != k:
             self._cached = None  # the previous file goes before the next is read
-            self._cached = (k, storage.read_parquet(self.files[k], self.columns, self.fix))
+            # One chunk a column (a no-op for a file of one row group): a take from several chunks would
+            # first join the file's whole column.
+            self._cached = (k, storage.read_parquet(self.files[k], self.columns, self.fix).combine_chunks())
         return self._cached[1]
 
-    def take(self, rows: np.ndarray) -> dict[str, pa.Array]:
-        """``columns`` at ``rows`` (row numbers of the whole table; -1: a null row), each file read once."""
-        valid = np.flatnonzero(rows >= 0)
-        file_of = np.searchsorted(self.offsets, rows[valid], side="right") - 1
-        order = np.argsort(file_of, kind="stable")
-        pos, file_of = valid[order], file_of[order]
-        pieces = []
-        for k, start, stop in _runs(file_of):
-            local = rows[pos[start:stop]] - self.offsets[k]
-            pieces.append(self._read(int(k)).take(pa.array(local, pa.int64())))
+    def take(self, rows: np.ndarray) -> dict[str, pa.ChunkedArray]:
+        """``columns`` at ``rows`` (row numbers of the whole table; -1: a null row), each file read once.
+
+        Rows that run through the files in order (a build's annotation rows follow its input rows, but for
+        a failed download's null) are taken from each file straight into place, one chunk a file: each
+        value is copied once, and the writer joins the chunks. Rows in another order are gathered a file at
+        a time, then put in order."""
+        rows = np.asarray(rows, np.int64)
+        file_of = np.where(rows >= 0, np.searchsorted(self.offsets, rows, side="right") - 1, -1)
+        listed = file_of[file_of >= 0]
+        if not len(listed):
+            return {name: pa.chunked_array([pa.nulls(len(rows), self.types[name])]) for name in self.columns}
+        if (listed[1:] >= listed[:-1]).all():
+            return self._in_order(rows, file_of, int(listed[0]))
+        return self._gathered(rows, file_of)
+
+    def _in_order(self, rows: np.ndarray, file_of: np.ndarray, first: int) -> dict[str, pa.ChunkedArray]:
+        # A null row goes with the file of the last row before it (the first file for leading nulls).
+        last = np.maximum.accumulate(np.where(file_of >= 0, np.arange(len(rows)), -1))
+        piece = np.where(last >= 0, file_of[np.maximum(last, 0)], first)
+        chunks: dict[str, list] = {name: [] for name in self.columns}
+        for k, start, stop in _runs(piece):
+            part = self._read(k).take(_indices(rows[start:stop], self.offsets[k]))
+            for name in self.columns:
+                chunks[name] += part.column(name).chunks
+        return {name: pa.chunked_array(chunks[name], self.types[name]) for name in self.columns}
+
+    def _gathered(self, rows: np.ndarray, file_of: np.ndarray) -> dict[str, pa.ChunkedArray]:
+        valid = np.flatnonzero(file_of >= 0)
+        order = np.argsort(file_of[valid], kind="stable")
+        pos, files = valid[order], file_of[valid][order]
+        parts = [self._read(k).take(_indices(rows[pos[a:b]], self.offsets[k])) for k, a, b in _runs(files)]
         at = np.full(len(rows), -1, np.int64)
         at[pos] = np.arange(len(pos))
         index = pa.array(at, pa.int64(), mask=at < 0)
         out = {}
         for name in self.columns:
-            parts = [p.column(name).combine_chunks() for p in pieces] or [pa.array([], self.types[name])]
-            out[name] = pa.concat_arrays(parts).take(index)
+            joined = pa.concat_arrays([c for p in parts for c in p.column(name).chunks])
+            out[name] = pa.chunked_array([joined.take(index)])
         return out
+
+
+def _indices(rows: np.ndarray, offset: int) -> pa.Array:
+    """Row numbers of one file from the whole table's (``offset``: the file's first row); -1 stays null."""
+    return pa.array(np.where(rows >= 0, rows - offset, 0), pa.int64(), mask=rows < 0)
 
 
 def _runs(values: np.ndarray) -> Iterator[tuple[int, int, int]]:
