@@ -34,6 +34,7 @@ recall falls as the pool gets denser around an image (a copy must rank among its
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ import numpy as np
 
 from curate.annotate.image import DETAIL_SIDE, THUMB_SIDE
 from curate.dedup.near import aspect_differs
+from curate.dedup.thumbstore import take
 
 COLOUR_BYTES = THUMB_SIDE * THUMB_SIDE * 3
 PAIR_BLOCK = 1024  # candidate pairs verified at a time (each ~60 KB of float32 temporaries)
@@ -179,10 +181,27 @@ def _interp(side: int, start: float, size: float) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=8)
 def _windows(cfg: CopyConfig, side: int = THUMB_SIDE) -> tuple[np.ndarray, int]:
-    """Interpolation matrices of every window (lo, hi crop on the grid), index lo * g + hi; and g."""
+    """Interpolation matrices of every window (lo, hi crop on the grid), index lo * g + hi; and g. Made
+    once per config and side (read-only: every verified block shares them)."""
     grid = np.arange(0.0, cfg.max_crop + 1e-9, cfg.step)
-    return np.stack([_interp(side, lo, 1 - lo - hi) for lo in grid for hi in grid]), len(grid)
+    windows = np.stack([_interp(side, lo, 1 - lo - hi) for lo in grid for hi in grid])
+    windows.setflags(write=False)
+    return windows, len(grid)
+
+
+@functools.lru_cache(maxsize=8)
+def _taps(cfg: CopyConfig, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each window's interpolation as gathers, (W, S) each: the first source pixel of every output pixel,
+    its weight, and the second source pixel (each row has at most two non-zero weights)."""
+    windows, _ = _windows(cfg, side)
+    lo_at = (windows > 0).argmax(axis=2)
+    w_lo = np.take_along_axis(windows, lo_at[..., None], axis=2)[..., 0]
+    hi_at = np.minimum(lo_at + 1, side - 1)
+    for a in (lo_at, w_lo, hi_at):
+        a.setflags(write=False)
+    return lo_at, w_lo, hi_at
 
 
 def _profile_scores(res: np.ndarray, bn: np.ndarray) -> np.ndarray:
@@ -193,10 +212,11 @@ def _profile_scores(res: np.ndarray, bn: np.ndarray) -> np.ndarray:
     return num / np.sqrt(np.maximum((res * res).sum(axis=-2) - sm * sm / m, 1e-12))
 
 
-def _best_window(a: np.ndarray, b: np.ndarray, windows: np.ndarray, g: int) -> np.ndarray:
+def _best_window(a: np.ndarray, b: np.ndarray, cfg: CopyConfig) -> np.ndarray:
     """Per pair, the window of profile ``a`` (P, S, C) that correlates best with profile ``b``: every
     second grid step first, then the eight neighbours of the best of those."""
     p, s, c = a.shape
+    windows, g = _windows(cfg, s)
     m = s * c
     bn = _zn(b, (1, 2)).reshape(p, m).T
     coarse = np.array([lo * g + hi for lo in range(0, g, 2) for hi in range(0, g, 2)])
@@ -208,9 +228,7 @@ def _best_window(a: np.ndarray, b: np.ndarray, windows: np.ndarray, g: int) -> n
         [np.clip(lo + dl, 0, g - 1) * g + np.clip(hi + dh, 0, g - 1) for dl in (-1, 0, 1) for dh in (-1, 0, 1)]
     )  # (9, P)
     # Each interpolation row has at most two non-zero weights: gather them instead of multiplying.
-    lo_at = (windows > 0).argmax(axis=2)  # (W, S): the first source pixel of each output pixel
-    w_lo = np.take_along_axis(windows, lo_at[..., None], axis=2)[..., 0]
-    hi_at = np.minimum(lo_at + 1, s - 1)
+    lo_at, w_lo, hi_at = _taps(cfg, s)
     idx, wt = lo_at[near], w_lo[near]  # (9, P, S)
     src = np.arange(p)[None, :, None]
     res = a[src, idx] * wt[..., None] + a[src, hi_at[near]] * (1 - wt[..., None])  # (9, P, S, C)
@@ -218,31 +236,40 @@ def _best_window(a: np.ndarray, b: np.ndarray, windows: np.ndarray, g: int) -> n
     return near[_profile_scores(res, bn).argmax(axis=0), np.arange(p)]
 
 
-def _box(x: np.ndarray, k: int) -> np.ndarray:
-    s, r = x.shape[1], k // 2
-    pad = np.pad(x, ((0, 0), (r, r), (r, r)), mode="edge")
-    c = pad.cumsum(axis=1).cumsum(axis=2)
-    c = np.pad(c, ((0, 0), (1, 0), (1, 0)))
-    return (c[:, k:, k:] - c[:, :-k, k:] - c[:, k:, :-k] + c[:, :-k, :-k])[:, :s, :s] / (k * k)
+def _box3(x: np.ndarray) -> np.ndarray:
+    """3x3 box blur of images (P, S, S), edges replicated: three shifted rows summed, then three columns.
+    (Summed-area tables took 5x as long, and in float32 their differences lost ~1e-3 of a grey level.)"""
+    s = x.shape[1]
+    p = np.empty((len(x), s + 2, s + 2), x.dtype)
+    p[:, 1:-1, 1:-1] = x
+    p[:, 0, 1:-1], p[:, -1, 1:-1] = x[:, 0], x[:, -1]
+    p[:, :, 0], p[:, :, -1] = p[:, :, 1], p[:, :, -2]
+    rows = p[:, :-2] + p[:, 1:-1]
+    rows += p[:, 2:]
+    out = rows[:, :, :-2] + rows[:, :, 1:-1]
+    out += rows[:, :, 2:]
+    out *= np.float32(1 / 9)
+    return out
 
 
 def _high_pass(x: np.ndarray) -> np.ndarray:
     """Grey images (P, S, S) minus their 3x3 box blur (edges replicated). A coarser band (5x5, 7x7)
     keeps more crops of 256 px photos but links more distinct synthetic-web images of one concept."""
-    return x - _box(x, 3)
+    return x - _box3(x)
 
 
-def _one_way(a, b, ga, gb, coarse, w16, w32, g) -> tuple[np.ndarray, np.ndarray]:
+def _one_way(a, b, ga, gb, coarse, cfg: CopyConfig) -> tuple[np.ndarray, np.ndarray]:
     """Align colour thumbnails ``a`` onto ``b``; (colour correlation, grey high-pass correlation, on the
     16 px grid where ``coarse``)."""
     p, s, _, c = a.shape
     # Column profiles (mean over rows) give the horizontal window, row profiles the vertical one. Each
     # profile of ``ga`` averages rows (columns) the other image may have cropped away, so each axis is
     # fitted again on ``ga`` cut to the other axis's window.
+    w16, w32 = _windows(cfg, s)[0], _windows(cfg, ga.shape[1])[0]
     col_b, row_b = gb.mean(axis=1)[..., None], gb.mean(axis=2)[..., None]
-    ky = _best_window(ga.mean(axis=2)[..., None], row_b, w32, g)
-    kx = _best_window(np.matmul(w32[ky], ga).mean(axis=1)[..., None], col_b, w32, g)
-    ky = _best_window(np.matmul(ga, w32[kx].transpose(0, 2, 1)).mean(axis=2)[..., None], row_b, w32, g)
+    ky = _best_window(ga.mean(axis=2)[..., None], row_b, cfg)
+    kx = _best_window(np.matmul(w32[ky], ga).mean(axis=1)[..., None], col_b, cfg)
+    ky = _best_window(np.matmul(ga, w32[kx].transpose(0, 2, 1)).mean(axis=2)[..., None], row_b, cfg)
     win = np.matmul(w16[ky], a.reshape(p, s, s * c)).reshape(p, s, s, c)
     win = np.matmul(w16[kx][:, None], win)
     sim = (_zn(win, (1, 2, 3)) * _zn(b, (1, 2, 3))).sum(axis=(1, 2, 3))
@@ -270,15 +297,13 @@ def verify(
     a crop of the other). ``coarse`` marks pairs whose detail is compared at 16 px (an image under
     32 px a side); default: none."""
     coarse = np.zeros(len(a), bool) if coarse is None else np.asarray(coarse, bool)
-    w16, g = _windows(cfg)
-    w32, _ = _windows(cfg, DETAIL_SIDE)
     sims, details = [], []
     for s in range(0, len(a), PAIR_BLOCK):
         x, y = a[s : s + PAIR_BLOCK].astype(np.float32), b[s : s + PAIR_BLOCK].astype(np.float32)
         gx, gy = ga[s : s + PAIR_BLOCK].astype(np.float32), gb[s : s + PAIR_BLOCK].astype(np.float32)
         c = coarse[s : s + PAIR_BLOCK]
-        s1, d1 = _one_way(x, y, gx, gy, c, w16, w32, g)
-        s2, d2 = _one_way(y, x, gy, gx, c, w16, w32, g)
+        s1, d1 = _one_way(x, y, gx, gy, c, cfg)
+        s2, d2 = _one_way(y, x, gy, gx, c, cfg)
         pick = s1 >= s2
         sims.append(np.where(pick, s1, s2))
         details.append(np.where(pick, d1, d2))
@@ -352,7 +377,8 @@ def verify_pairs(
     for s in range(0, len(i), PAIR_BLOCK):
         a, b = i[s : s + PAIR_BLOCK], j[s : s + PAIR_BLOCK]
         c = None if coarse is None else coarse[s : s + PAIR_BLOCK]
-        sim, detail = verify(t[a], t[b], grey[a], grey[b], cfg, c)
+        (ta, ga), (tb, gb) = take((t, grey), a), take((t, grey), b)
+        sim, detail = verify(ta, tb, ga, gb, cfg, c)
         sims.append(sim)
         details.append(detail)
     return np.concatenate(sims), np.concatenate(details)

@@ -37,6 +37,10 @@ class Spilled:
         """Rows by slice or row numbers, read with ``pread`` (runs of consecutive rows in one call). Not
         through a memory map: a fault maps the pages around it too, and a block of scattered rows then
         held most of the file as resident memory (300 MB of 330 at 200,000 thumbnails)."""
+        return self._shaped(*self._read(key))
+
+    def _read(self, key) -> tuple[np.ndarray, np.ndarray]:
+        """(the distinct stored rows ``key`` names, whole, as bytes; each wanted row's place among them)."""
         width = self.dtype.itemsize * int(np.prod(self.full_shape))
         if isinstance(key, slice):
             start, stop, _ = key.indices(self.rows)
@@ -53,11 +57,24 @@ class Spilled:
                 for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
                     data = os.pread(fd, (b - a) * width, int(rows[a]) * width)
                     buf[a:b] = np.frombuffer(data, np.uint8).reshape(b - a, width)
-        out = buf.view(self.dtype).reshape(len(rows), width // self.dtype.itemsize)[inverse.reshape(-1)][:, self.part]
-        return np.ascontiguousarray(out).reshape(len(wanted), *self.row_shape)
+        return buf, inverse.reshape(-1)
+
+    def _shaped(self, buf: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+        flat = buf.view(self.dtype).reshape(len(buf), int(np.prod(self.full_shape)))
+        return flat[inverse, self.part].reshape(len(inverse), *self.row_shape)
 
     def view(self, part: slice, row_shape: tuple[int, ...]) -> Spilled:
         return Spilled(self.path, self.dtype, row_shape, self.rows, part, self.full_shape)
+
+
+def take(views: tuple, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``view[rows]`` for each of ``views``; views of one spilled file (a thumbnail's colour and grey
+    parts) read each row once for all of them."""
+    first = views[0]
+    if all(isinstance(v, Spilled) and v.path == first.path and v.full_shape == first.full_shape for v in views):
+        buf, inverse = first._read(rows)
+        return tuple(v._shaped(buf, inverse) for v in views)
+    return tuple(v[rows] for v in views)
 
 
 def write_rows(path: Path, blocks: Iterable[np.ndarray], dtype, row_shape: tuple[int, ...]) -> Spilled:
