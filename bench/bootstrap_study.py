@@ -10,9 +10,9 @@ evaluation on photos the pool never held:
   pool's caption phrasings as prompts;
 - ``synthetic``: the synthetic web's own held-out ``eval/zeroshot.parquet`` (25 concepts).
 
-Prints zero-shot top-1 per tier and budget, every seed and the mean +- half-range, with each tier's
-misaligned share and repetition, then the study's own intervals and verdicts (``pipelines.analysis``:
-paired over seeds, Holm over the comparisons); writes bench/results/bootstrap_study_<pool>.json.
+Prints each tier's misaligned share, then the study's own cells (mean and 95% interval, seeds,
+repetition) and verdicts (``pipelines.analysis``: paired over seeds, Holm over the comparisons), the
+one summary of the runs; writes them with every seed's accuracy to bench/results/bootstrap_study_<pool>.json.
 
     .venv/bin/python bench/bootstrap_study.py --pool cifar [--budgets 20000] [--seeds 0,1,2] [--model M]
         [--until-decided [--max-runs 20]]
@@ -128,32 +128,26 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_study(study, study_dir, until_decided=args.until_decided, max_runs=args.max_runs)
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "misaligned": misaligned_share(build, web, tiers)}
     n_classes = len(json.loads(Path(classes).read_text())["classnames"])
-    print(
-        f"{args.pool}: zero-shot top-1 on held-out photos (chance {1 / n_classes:.3f}); tiers cut by bootstrap scores"
-    )
-    for budget in study.budgets:
-        for tier in tiers:
-            runs = sorted(
-                (r for r in rows if r["tier"] == tier and r["samples_seen"] == budget), key=lambda r: r["seed"]
-            )
-            accs = [r["zeroshot_top1"] for r in runs]
-            cell = {
-                "seeds": {str(r["seed"]): round(r["zeroshot_top1"], 4) for r in runs},
-                "mean": round(float(np.mean(accs)), 4),
-                "half_range": round((max(accs) - min(accs)) / 2, 4),
-                "repetition": round(runs[0]["repetition"], 2),
-                "misaligned": result["misaligned"][tier],
-            }
-            result[f"{tier}@{budget}"] = cell
-            print(
-                f"  {budget:>7,} samples  {tier:<6} {cell['mean']:.3f} +- {cell['half_range']:.3f}  "
-                f"(seeds {', '.join(f'{v:.3f}' for v in cell['seeds'].values())}; repetition {cell['repetition']}, "
-                f"misaligned {cell['misaligned']:.3f})"
-            )
-    # The study's own verdicts: paired over seeds (and eval samples), the family held at 5% by Holm.
-    analysis = study_analysis(study, study_dir, rows)  # with --until-decided, spent over its looks
+    print(f"{args.pool}: tiers cut by bootstrap scores; zero-shot top-1 on held-out photos")
+    for tier in tiers:
+        print(f"  {tier:<6} misaligned share {result['misaligned'][tier]:.3f}")
+    # Cells and verdicts from the study's own analysis: intervals over seeds (or eval samples, one seed),
+    # comparisons paired over seeds, the family held at 5% by Holm (with --until-decided, spent over its looks).
+    analysis = study_analysis(study, study_dir, rows)
     for line in describe(analysis, chance=1 / n_classes):
         print(line)
+    for c in analysis.cells:
+        runs = sorted(
+            (r for r in rows if r["tier"] == c.tier and r["samples_seen"] == c.budget), key=lambda r: r["seed"]
+        )
+        result[f"{c.tier}@{c.budget}"] = {
+            "seeds": {str(r["seed"]): round(r["zeroshot_top1"], 4) for r in runs},
+            "mean": round(c.accuracy.mean, 4),
+            "interval": [round(c.accuracy.lo, 4), round(c.accuracy.hi, 4)],
+            "interval_covers": c.accuracy.label(),
+            "repetition": round(c.repetition, 2),
+            "misaligned": result["misaligned"][c.tier],
+        }
     result["verdicts"] = [
         {
             "comparison": v.comparison.key,
