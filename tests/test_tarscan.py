@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import io
 import random
+import subprocess
+import sys
 import tarfile
 import tempfile
+from pathlib import Path
 
 import pytest
 
 from curate.core import tarscan
 from curate.core.tarstream import TarWriter
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def outcome(buf):
@@ -25,6 +30,15 @@ def outcome(buf):
 def scanned(buf):
     try:
         return tarscan.scan(buf, "t")
+    except tarfile.TarError as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def scanned_file(buf, path):
+    """What :func:`tarscan.scan_file` reads of ``buf`` written to ``path``: members, or the error."""
+    path.write_bytes(buf)
+    try:
+        return tarscan.scan_file(path, "t").rows()
     except tarfile.TarError as e:
         return f"{type(e).__name__}: {e}"
 
@@ -102,13 +116,14 @@ def damaged(rng: random.Random, buf: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_column_wise_scan_equals_the_walk(seed):
+def test_column_wise_scan_equals_the_walk(seed, tmp_path):
     rng = random.Random(seed)
     bufs = [ours(rng, rng.randint(0, 40))]
     bufs += [theirs(rng, rng.randint(1, 30), fmt) for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT)]
     bufs.append(theirs(rng, rng.randint(1, 30), tarfile.PAX_FORMAT))
-    for buf in bufs + [damaged(rng, b) for b in bufs for _ in range(5)]:
+    for buf in bufs + [damaged(rng, b) for b in bufs for _ in range(5)] + [b""]:
         assert scanned(buf) == outcome(buf)
+        assert scanned_file(buf, tmp_path / "t.tar") == outcome(buf)  # headers read, not mapped
         cols = None
         try:
             cols = tarscan.scan_columns(buf, "t")
@@ -123,3 +138,35 @@ def test_tars_we_and_img2dataset_write_take_the_column_wise_path():
     buf = ours(rng, 200)
     assert tarscan._scan_plain(buf, "t") is not None
     assert tarscan._scan_plain(theirs(rng, 5, tarfile.USTAR_FORMAT)[:-512], "t") is None  # cut: the walk says where
+
+
+HEADER_SCAN_MEMORY = """
+import os, sys
+from curate.core.tarscan import scan_file
+from curate.core.tarstream import TarWriter
+
+path = os.path.join(sys.argv[1], "raw.tar")
+with open(path, "wb") as f:  # 256 members of 256 kB, written just now: in the page cache
+    w = TarWriter(f.fileno())
+    for i in range(256):
+        w.add(f"{i:09d}.jpg", os.urandom(256 << 10))
+        w.add(f"{i:09d}.txt", b"a caption")
+    w.close()
+
+def peak():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) >> 10
+
+before = peak()
+assert len(scan_file(path).sizes) == 512
+print(peak() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_scanning_a_tars_headers_holds_the_headers_not_the_tar(tmp_path):
+    """Indexing a raw tar reads its header blocks only: the reader's peak must not grow by the tar's
+    64 MB. Scanning them through a map did (each touched header maps the page-cache folio around it)."""
+    cmd = [sys.executable, "-c", HEADER_SCAN_MEMORY, str(tmp_path)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    grew = int(out.stdout.split()[-1])
+    assert grew < 16, f"the scan's peak grew by {grew} MB for a 64 MB tar's 512 headers"

@@ -12,6 +12,7 @@ which reads every format listed in :func:`scan` and names the byte where a bad t
 
 from __future__ import annotations
 
+import os
 import tarfile
 from typing import NamedTuple
 
@@ -19,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 BLOCK = 512
+_WINDOW = 8192  # bytes read at a header: it and, after small members, the next few headers
 
 _REGULAR = frozenset(b"0\x007")  # regular file ('7': contiguous file, read as one)
 _NEXT_NAME = frozenset(b"Lx")  # GNU long name, pax extended header: both describe the next member
@@ -91,15 +93,51 @@ def _scan_plain(buf, where: str) -> Members | None:
     if end + BLOCK > len(buf) or buf[end : end + BLOCK] != _ZERO_BLOCK:  # cut off, or a header to walk
         return None
     offsets = np.asarray(heads, np.int64)
-    h = np.frombuffer(buf, np.uint8, count=n * BLOCK).reshape(n, BLOCK)[offsets // BLOCK]
+    return _plain(np.frombuffer(buf, np.uint8, count=n * BLOCK).reshape(n, BLOCK)[offsets // BLOCK], offsets, where)
+
+
+def _plain(h: np.ndarray, offsets: np.ndarray, where: str) -> Members | None:
+    """The members whose header blocks ``h`` lie at ``offsets``, if every one is a plain header (else None)."""
     if not ((h[:, 135] == 0) | (h[:, 135] == 32)).all() or not np.isin(h[:, 156], _REGULAR_KINDS).all():
         return None
     if ((h[:, 257:262] == _USTAR).all(1) & (h[:, 345] != 0)).any():  # a name prefix
         return None
     sizes = (h[:, 124:135].astype(np.int64) - 48) @ _OCTAL
     for k in range(0, len(h), _SUM_CHUNK):
-        _check_sums(buf, h[k : k + _SUM_CHUNK], offsets[k : k + _SUM_CHUNK], where)
+        _check_sums(h[k : k + _SUM_CHUNK], offsets[k : k + _SUM_CHUNK], where)
     return Members(_names(h[:, :100]), offsets + BLOCK, sizes)
+
+
+def scan_file(path: str | os.PathLike, where: str | None = None) -> Members:
+    """:func:`scan_columns` of the tar file at ``path``, its header blocks read with ``pread`` (a few KB
+    at a time), the file never mapped: a mapped file's pages count as the reader's memory, and on this
+    kernel reading one header maps the page-cache folio around it, so scanning a 251 MB tar's headers
+    through a map held all 251 MB. Tars with anything but plain headers, and damaged ones, are read
+    whole and walked (or rejected) as :func:`scan_columns` does."""
+    where = str(path) if where is None else where
+    with open(path, "rb", buffering=0) as f:
+        fd = f.fileno()
+        heads, blocks, win, at, pos = [], [], b"", 0, 0
+        while True:
+            if not at <= pos <= at + len(win) - BLOCK:
+                win, at = os.pread(fd, _WINDOW, pos), pos
+            block = win[pos - at : pos - at + BLOCK]
+            field = block[124:135]
+            if not field.isdigit():  # no sign, no space, as :func:`_chain`
+                break
+            try:
+                size = int(field, 8)
+            except ValueError:
+                break
+            heads.append(pos)
+            blocks.append(block)
+            pos += BLOCK + size + (-size % BLOCK)
+        if block == _ZERO_BLOCK:
+            offsets = np.asarray(heads, np.int64)
+            fast = _plain(np.frombuffer(b"".join(blocks), np.uint8).reshape(-1, BLOCK), offsets, where)
+            if fast is not None:
+                return fast
+        return scan_columns(f.readall(), where)  # the rare tar: read whole, as the walk reads it
 
 
 def _names(fields: np.ndarray) -> pa.Array:
@@ -166,7 +204,7 @@ def _walk(buf, where: str) -> list[tuple[str, int, int]]:
         offsets = np.asarray(heads, np.int64)
         for k in range(0, len(offsets), _SUM_CHUNK):
             at = offsets[k : k + _SUM_CHUNK]
-            _check_sums(buf, rows[at // BLOCK], at, where)
+            _check_sums(rows[at // BLOCK], at, where)
     return out
 
 
@@ -176,7 +214,7 @@ def _octal(field: bytes) -> int:
     return int(field.strip(b" \0") or b"0", 8)
 
 
-def _check_sums(buf, h: np.ndarray, at: np.ndarray, where: str) -> None:
+def _check_sums(h: np.ndarray, at: np.ndarray, where: str) -> None:
     """Verify the checksums of the header blocks ``h`` (rows of 512 bytes) found at byte offsets ``at``."""
     field = h[:, 148:156]
     got = h.sum(1, dtype=np.uint32).astype(np.int64) - field.sum(1, dtype=np.int64) + 8 * 32  # the field as spaces
@@ -186,7 +224,7 @@ def _check_sums(buf, h: np.ndarray, at: np.ndarray, where: str) -> None:
     for c in range(8):
         stored = np.where(digit[:, c], stored * 8 + (field[:, c].astype(np.int64) - ord("0")), stored)
     for i in np.flatnonzero(got != stored):
-        block = buf[at[i] : at[i] + BLOCK]
+        block = h[i].tobytes()
         if _stored_sum(block) not in (sum(block[:148]) + sum(block[156:]) + 256, _signed_sum(block)):
             raise tarfile.ReadError(f"{where}: tar header checksum mismatch at byte {at[i]}")
 

@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 
 from curate.core import runner, schema, storage
 from curate.core.errors import InputError
-from curate.core.tarstream import IMAGE_EXTS, MappedTar, Members
+from curate.core.tarscan import scan_file
+from curate.core.tarstream import IMAGE_EXTS, Members
 
 INDEX = "_index"
 INDEX_SCHEMA = pa.schema([("key", pa.string()), ("ext", pa.string()), ("offset", pa.int64()), ("size", pa.int64())])
@@ -87,10 +88,9 @@ def index_one(raw_dir: str, unit: runner.Unit) -> dict:
     """Index ``raw/<unit.name>.tar`` (a runner unit function)."""
     url = storage.join(raw_dir, f"{unit.name}.tar")
     try:
-        # Not populated: the scan reads header blocks only (a page in four of a tar of 256 px images,
-        # fewer for larger ones); mapping every page cost more than the faults it saved (~25%).
-        with storage.local_copy(url) as local, MappedTar(local, populate=False) as tar:
-            table = _entries(tar.columns)
+        # Header blocks only, read, not mapped: a map of the tar held all of it as this worker's memory.
+        with storage.local_copy(url) as local:
+            table = _entries(scan_file(local, where=url))
     except (OSError, tarfile.TarError) as e:
         raise InputError(f"raw shard unreadable: {e}", path=url) from None
     storage.write_parquet(table, storage.join(index_dir(raw_dir), f"{unit.name}.parquet"))
