@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from curate.core import schema, storage
 from curate.core.errors import InputError
 from curate.core.integrity import DamagedFile
-from curate.core.tarstream import MappedTar
+from curate.core.tarscan import scan_file
 
 IMAGE = "image"  # the encoded bytes, in the sample batches handed to the annotator
 IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"})
@@ -103,9 +103,8 @@ def iter_samples(
     index = {k: i for i, k in enumerate(ok.column(schema.KEY).to_pylist())}
     seen: set[str] = set()
     order: list[int] = []
-    images: list[bytes | None] = []
 
-    def batch(idx: list[int], data: list[bytes | None]) -> pa.Table:
+    def batch(idx: list[int], data: list) -> pa.Table:
         t = ok.take(pa.array(idx, pa.int64()))
         t = t.append_column(schema.SHARD, pa.array([shard] * len(idx), pa.string()))
         return t.append_column(IMAGE, pa.array(data, pa.binary())).select(SAMPLE_SCHEMA.names)
@@ -116,25 +115,68 @@ def iter_samples(
 
     path = storage.join(raw_dir, f"{shard}.tar")
     if ok.num_rows:
+        tar = str(tar_path or path)
         try:
-            with MappedTar(tar_path or path) as tar:
-                for name, offset, size in tar.members:
-                    if not want(name):
-                        continue
+            # The header blocks first, then a batch of images at a time: mapping the tar held all of it
+            # (every image of the unit) as this worker's memory, for the whole unit.
+            picked: list[tuple[int, int]] = []
+            for name, offset, size in scan_file(tar, where=str(path)).rows():
+                if want(name):
                     stem = name.rsplit("/", 1)[-1].rpartition(".")[0]
-                    images.append(tar.read(offset, size))
+                    picked.append((offset, size))
                     order.append(index[stem])
                     seen.add(stem)
-                    if len(order) >= batch_size:
-                        yield batch(order, images)
-                        order, images = [], []
+            with open(tar, "rb", buffering=0) as f:
+                reader = _Reader(f.fileno())
+                for k in range(0, len(picked), batch_size):
+                    images = reader.read(picked[k : k + batch_size])
+                    if len(images) < batch_size:  # the last few go out with the missing ones
+                        order, rest = order[k:], images
+                        break
+                    yield batch(order[k : k + batch_size], images)
+                else:
+                    order, rest = [], []
         except (OSError, tarfile.TarError) as e:
             raise InputError(f"raw shard tar unreadable: {e}", path=str(path)) from None
+    else:
+        rest = []
     missing = [i for k, i in index.items() if k not in seen]
     order += missing
-    images += [None] * len(missing)
+    rest += [None] * len(missing)
     for k in range(0, len(order), batch_size):
-        yield batch(order[k : k + batch_size], images[k : k + batch_size])
+        yield batch(order[k : k + batch_size], rest[k : k + batch_size])
+
+
+GAP = 1 << 16  # members this close to the previous one's end are read with it (a sample's .txt and .json)
+
+
+class _Reader:
+    """The bytes of a batch of members, read into one buffer reused batch after batch (a fresh buffer each
+    batch took a page fault per 4 kB of it: reading 256 px images ran at half the mapped tar's speed)."""
+
+    def __init__(self, fd: int):
+        self.fd, self.buf = fd, bytearray()
+
+    def read(self, members: list[tuple[int, int]]) -> list[memoryview]:
+        """``members`` ((offset, size), in file order), neighbours within ``GAP`` read together: views
+        into the buffer, valid until the next call."""
+        groups, start = [], 0
+        for k in range(1, len(members) + 1):
+            if k == len(members) or members[k][0] - (members[k - 1][0] + members[k - 1][1]) > GAP:
+                groups.append((start, k))
+                start = k
+        spans = [(members[a][0], members[b - 1][0] + members[b - 1][1]) for a, b in groups]
+        need = sum(hi - lo for lo, hi in spans)
+        if len(self.buf) < need:
+            self.buf = bytearray(need)
+        view, at, out = memoryview(self.buf), 0, []
+        for (a, b), (lo, hi) in zip(groups, spans, strict=True):
+            got = os.preadv(self.fd, [view[at : at + hi - lo]], lo)
+            if got < hi - lo:
+                raise tarfile.ReadError(f"cut off at byte {lo + got} (a member ends at {hi})")
+            out += [view[at + o - lo : at + o - lo + n] for o, n in members[a:b]]
+            at += hi - lo
+        return out
 
 
 def download_plain(
