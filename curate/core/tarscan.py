@@ -117,7 +117,7 @@ def scan_file(path: str | os.PathLike, where: str | None = None) -> Members:
     where = str(path) if where is None else where
     with open(path, "rb", buffering=0) as f:
         fd = f.fileno()
-        heads, blocks, win, at, pos = [], [], b"", 0, 0
+        heads, blocks, win, at, pos = [], bytearray(), b"", 0, 0  # blocks: the headers, end to end
         while True:
             if not at <= pos <= at + len(win) - BLOCK:
                 win, at = os.pread(fd, _WINDOW, pos), pos
@@ -130,11 +130,11 @@ def scan_file(path: str | os.PathLike, where: str | None = None) -> Members:
             except ValueError:
                 break
             heads.append(pos)
-            blocks.append(block)
+            blocks += block
             pos += BLOCK + size + (-size % BLOCK)
         if block == _ZERO_BLOCK:
             offsets = np.asarray(heads, np.int64)
-            fast = _plain(np.frombuffer(b"".join(blocks), np.uint8).reshape(-1, BLOCK), offsets, where)
+            fast = _plain(np.frombuffer(blocks, np.uint8).reshape(-1, BLOCK), offsets, where)
             if fast is not None:
                 return fast
         return scan_columns(f.readall(), where)  # the rare tar: read whole, as the walk reads it
