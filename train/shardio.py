@@ -19,18 +19,9 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from curate.core import storage
-from curate.core.tarstream import index_tar, scan
+from curate.core.tarstream import index_members, index_tar, scan
 
 Index = dict[str, dict[str, tuple[int, int]]]
-
-
-def _index_of(members: list[tuple[str, int, int]]) -> Index:
-    out: Index = {}
-    for name, offset, size in members:
-        stem, dot, ext = name.rpartition("/")[2].rpartition(".")
-        if dot:
-            out.setdefault(stem, {})[ext.lower()] = (offset, size)
-    return out
 
 
 def fetch(url: str, part: int = 8 << 20) -> bytes:
@@ -81,7 +72,7 @@ class ShardReader:
         """``{stem: {ext: (offset, size)}}``; raises OSError or TarError when the shard is unreadable."""
         if not self.remote[s]:
             return index_tar(self.shards[s])
-        return _index_of(scan(self._blob(s), self.shards[s]))
+        return index_members(scan(self._blob(s), self.shards[s]))
 
     def read(self, s: int, offset: int, size: int) -> bytes:
         if self.remote[s]:

@@ -10,25 +10,23 @@ write are built from validated uids and a whitelist of extensions.
 from __future__ import annotations
 
 import itertools
-import mmap
 import os
 import re
-import tarfile
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.core.tarscan import BLOCK, Members, scan, scan_columns
+from curate.core.tarscan import BLOCK, Members, scan, scan_columns, scan_file
 
 __all__ = [
     "BLOCK",
     "IMAGE_EXTS",
-    "MappedTar",
     "Members",
     "TarWriter",
     "header",
     "headers",
+    "index_members",
     "index_tar",
     "scan",
     "scan_columns",
@@ -142,7 +140,7 @@ class TarWriter:
         """Members in ``n`` rows of ``k`` columns, row by row: row i is ``names[j][i]`` with ``datas[j][i]``
         for each column j, written exactly as :meth:`add` would write them.
 
-        A data column is a list of buffers (views of mapped files: they go to ``writev`` as they are) or
+        A data column is a list of buffers (views of what was read: they go to ``writev`` as they are) or
         an Arrow binary array (small members: captions, metadata). Headers, paddings and Arrow columns
         between two list columns are joined column-wise into one buffer per row, so a row costs a
         ``writev`` entry per list column and one more, however many members it has.
@@ -236,74 +234,18 @@ def _views(array: pa.Array) -> list[memoryview]:
 def index_tar(path: str | os.PathLike) -> dict[str, dict[str, tuple[int, int]]]:
     """``{stem: {ext: (offset, size)}}`` for the regular-file members of an uncompressed tar.
 
-    Maps the file and reads its header blocks only (:func:`scan`); a later member of the same name
-    wins, as on extraction. A truncated or corrupt tar raises ``tarfile.TarError`` naming the file.
+    Reads its header blocks only (:func:`~curate.core.tarscan.scan_file`: read, never mapped); a later
+    member of the same name wins, as on extraction. A truncated or corrupt tar raises
+    ``tarfile.TarError`` naming the file.
     """
-    with MappedTar(path) as tar:
-        return tar.index()
+    return index_members(scan_file(path).rows())
 
 
-class MappedTar:
-    """A tar file mapped read-only: its members (:func:`scan`), and zero-copy views of their bytes.
-
-    Views (:meth:`view`) point into the page cache, so ``os.writev`` copies member data straight from
-    one file's cache to another's, once. Close only after every view has been dropped. The file must
-    not shrink while it is mapped (reading past its new end would kill the process with SIGBUS): we
-    only map raw shards, which are written once (under a temporary name, then renamed) and never
-    truncated in place.
-    """
-
-    def __init__(self, path: str | os.PathLike, populate: bool = True):
-        self.path = str(path)
-        self._members: list[tuple[str, int, int]] | None = None
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size == 0:
-                raise tarfile.ReadError(f"{path}: empty file, not a tar")
-            # Populating maps every page at once (fast when the whole file is read); a reader of a few
-            # members, or of a file larger than memory, lets pages come as they are touched.
-            flags = mmap.MAP_SHARED | (_POPULATE if populate else 0)
-            self._map = mmap.mmap(f.fileno(), 0, flags, mmap.PROT_READ)
-        self._view = memoryview(self._map)
-        try:
-            self.columns = scan_columns(self._map, self.path)
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def members(self) -> list[tuple[str, int, int]]:
-        """``(name, data offset, size)`` per regular file, in file order (:func:`scan`)."""
-        if self._members is None:
-            self._members = self.columns.rows()
-        return self._members
-
-    def index(self) -> dict[str, dict[str, tuple[int, int]]]:
-        out: dict[str, dict[str, tuple[int, int]]] = {}
-        for name, offset, size in self.members:
-            stem, dot, ext = name.rpartition("/")[2].rpartition(".")
-            if dot:
-                out.setdefault(stem, {})[ext.lower()] = (offset, size)
-        return out
-
-    def view(self, offset: int, size: int) -> memoryview:
-        return self._view[offset : offset + size]
-
-    def read(self, offset: int, size: int) -> bytes:
-        return self._map[offset : offset + size]
-
-    def close(self) -> None:
-        self._view.release()
-        try:
-            self._map.close()
-        except BufferError:  # views still alive (an error's traceback holds some): unmapped when they go
-            pass
-
-    def __enter__(self) -> MappedTar:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-# Map every page up front, in one pass, instead of taking a page fault per 64 KiB on first touch.
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+def index_members(members: list[tuple[str, int, int]]) -> dict[str, dict[str, tuple[int, int]]]:
+    """``{stem: {ext: (offset, size)}}`` of ``(name, offset, size)`` members (:func:`scan`), later ones winning."""
+    out: dict[str, dict[str, tuple[int, int]]] = {}
+    for name, offset, size in members:
+        stem, dot, ext = name.rpartition("/")[2].rpartition(".")
+        if dot:
+            out.setdefault(stem, {})[ext.lower()] = (offset, size)
+    return out

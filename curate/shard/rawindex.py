@@ -9,7 +9,7 @@ be read is an :class:`~curate.core.errors.InputError` naming it, raised before a
 
 With the index joined to the sample table, each band shard (pass 2) reads exactly its samples' bytes
 — ``pread`` locally, ranged GETs on object stores — so memory is bounded by one band shard however
-large the pool; only the index pass maps a raw tar, one at a time.
+large the pool, and no process maps a raw tar (the index pass reads header blocks only).
 """
 
 from __future__ import annotations
