@@ -285,7 +285,7 @@ def test_band_shards_read_neighbouring_images_of_a_remote_tar_in_one_range():
     to the block that holds it."""
     import numpy as np
 
-    from curate.shard.bandshard import coalesce
+    from curate.core.tarstream import coalesce
 
     offsets, sizes = np.array([100, 0, 5000, 10, 9000]), np.array([10, 5, 10, 90, 3000])
     blocks, block_of = coalesce(offsets, sizes, max_gap=50, max_block=1000)

@@ -18,6 +18,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -25,6 +26,7 @@ from curate.core import schema, storage
 from curate.core.errors import InputError
 from curate.core.integrity import DamagedFile
 from curate.core.tarscan import scan_file
+from curate.core.tarstream import coalesce
 
 IMAGE = "image"  # the encoded bytes, in the sample batches handed to the annotator
 IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"})
@@ -148,6 +150,7 @@ def iter_samples(
 
 
 GAP = 1 << 16  # members this close to the previous one's end are read with it (a sample's .txt and .json)
+MAX_READ = 64 << 20  # bytes one read takes at most (a larger member alone)
 
 
 class _Reader:
@@ -158,25 +161,22 @@ class _Reader:
         self.fd, self.buf = fd, bytearray()
 
     def read(self, members: list[tuple[int, int]]) -> list[memoryview]:
-        """``members`` ((offset, size), in file order), neighbours within ``GAP`` read together: views
-        into the buffer, valid until the next call."""
-        groups, start = [], 0
-        for k in range(1, len(members) + 1):
-            if k == len(members) or members[k][0] - (members[k - 1][0] + members[k - 1][1]) > GAP:
-                groups.append((start, k))
-                start = k
-        spans = [(members[a][0], members[b - 1][0] + members[b - 1][1]) for a, b in groups]
-        need = sum(hi - lo for lo, hi in spans)
-        if len(self.buf) < need:
-            self.buf = bytearray(need)
-        view, at, out = memoryview(self.buf), 0, []
-        for (a, b), (lo, hi) in zip(groups, spans, strict=True):
-            got = os.preadv(self.fd, [view[at : at + hi - lo]], lo)
-            if got < hi - lo:
-                raise tarfile.ReadError(f"cut off at byte {lo + got} (a member ends at {hi})")
-            out += [view[at + o - lo : at + o - lo + n] for o, n in members[a:b]]
-            at += hi - lo
-        return out
+        """``members`` ((offset, size)), neighbours read together (:func:`coalesce`): views into the
+        buffer, valid until the next call."""
+        offsets, sizes = (np.array([m[k] for m in members], np.int64) for k in (0, 1))
+        blocks, block_of = coalesce(offsets, sizes, GAP, MAX_READ)
+        at = np.cumsum([0] + [n for _, n in blocks]).tolist()  # each block's place in the buffer
+        if len(self.buf) < at[-1]:
+            self.buf = bytearray(at[-1])
+        view = memoryview(self.buf)
+        for (lo, n), a in zip(blocks, at[:-1], strict=True):
+            got = os.preadv(self.fd, [view[a : a + n]], lo)
+            if got < n:
+                raise tarfile.ReadError(f"cut off at byte {lo + got} (a member ends at {lo + n})")
+        return [
+            view[at[b] + o - blocks[b][0] : at[b] + o - blocks[b][0] + n]
+            for (o, n), b in zip(members, block_of.tolist(), strict=True)
+        ]
 
 
 def download_plain(

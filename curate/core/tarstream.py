@@ -24,6 +24,7 @@ __all__ = [
     "IMAGE_EXTS",
     "Members",
     "TarWriter",
+    "coalesce",
     "header",
     "headers",
     "index_members",
@@ -229,6 +230,27 @@ def _views(array: pa.Array) -> list[memoryview]:
     data = memoryview(array.buffers()[2] or b"")
     ends = np.frombuffer(array.buffers()[1], np.int32, len(array) + 1, array.offset * 4).tolist()
     return [data[a:b] for a, b in itertools.pairwise(ends)]
+
+
+def coalesce(offsets: np.ndarray, sizes: np.ndarray, max_gap: int, max_block: int):
+    """``(blocks, block_of)``: byte ranges ``(start, size)`` covering every ``(offset, size)``, merging
+    neighbours less than ``max_gap`` apart into blocks of at most ``max_block`` (a larger item alone),
+    and the block each item lies in: which members' bytes to read together."""
+    order = np.argsort(offsets, kind="stable")
+    blocks: list[list[int]] = []
+    block_of = np.zeros(len(offsets), np.int64)
+    for i in order.tolist():
+        o, n = int(offsets[i]), int(sizes[i])
+        if blocks:
+            b = blocks[-1]
+            end = max(b[1], o + n)
+            if o - b[1] < max_gap and end - b[0] <= max_block:
+                b[1] = end
+                block_of[i] = len(blocks) - 1
+                continue
+        blocks.append([o, o + n])
+        block_of[i] = len(blocks) - 1
+    return [(a, b - a) for a, b in blocks], block_of
 
 
 def index_tar(path: str | os.PathLike) -> dict[str, dict[str, tuple[int, int]]]:

@@ -25,7 +25,7 @@ import xxhash
 from curate.core import schema, storage
 from curate.core.failpoints import failpoint
 from curate.core.integrity import DIGEST
-from curate.core.tarstream import TarWriter
+from curate.core.tarstream import TarWriter, coalesce
 
 META_KEYS = (schema.BAND, schema.CAPTION, schema.UID, schema.URL, schema.QUALITY)
 COLUMNS = [schema.UID, schema.URL, schema.CAPTION, schema.QUALITY, schema.BAND, schema.SHARD, schema.KEY]
@@ -108,27 +108,6 @@ MAX_BLOCK = 64 << 20
 LOCAL_GAP = 16 << 10
 
 
-def coalesce(offsets: np.ndarray, sizes: np.ndarray, max_gap: int = MAX_GAP, max_block: int = MAX_BLOCK):
-    """``(blocks, block_of)``: byte ranges ``(start, size)`` covering every ``(offset, size)``, merging
-    neighbours less than ``max_gap`` apart into blocks of at most ``max_block`` (a larger item alone),
-    and the block each item lies in."""
-    order = np.argsort(offsets, kind="stable")
-    blocks: list[list[int]] = []
-    block_of = np.zeros(len(offsets), np.int64)
-    for i in order.tolist():
-        o, n = int(offsets[i]), int(sizes[i])
-        if blocks:
-            b = blocks[-1]
-            end = max(b[1], o + n)
-            if o - b[1] < max_gap and end - b[0] <= max_block:
-                b[1] = end
-                block_of[i] = len(blocks) - 1
-                continue
-        blocks.append([o, o + n])
-        block_of[i] = len(blocks) - 1
-    return [(a, b - a) for a, b in blocks], block_of
-
-
 def _images(raw_dir: str, rows: pa.Table) -> list[bytes | memoryview]:
     """Each row's image, read by ranges of each raw tar (:func:`curate.core.storage.read_ranges`:
     ``pread`` locally, concurrent ranged GETs on object stores), neighbours in one read.
@@ -148,7 +127,7 @@ def _images(raw_dir: str, rows: pa.Table) -> list[bytes | memoryview]:
     out: list[bytes | memoryview] = [b""] * rows.num_rows
     for k, s in enumerate(names.tolist()):
         at = order[bounds[k] : bounds[k + 1]]
-        blocks, block_of = coalesce(offsets[at], sizes[at], LOCAL_GAP if local else MAX_GAP)
+        blocks, block_of = coalesce(offsets[at], sizes[at], LOCAL_GAP if local else MAX_GAP, MAX_BLOCK)
         got = storage.read_ranges(storage.join(raw_dir, f"{s}.tar"), blocks)
         views = [memoryview(g) for g in got]
         for i, b, o, n in zip(at.tolist(), block_of.tolist(), offsets[at].tolist(), sizes[at].tolist(), strict=True):
