@@ -3,10 +3,7 @@ test_annotate_signals.py)."""
 
 import io
 import json
-import subprocess
-import sys
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -19,9 +16,8 @@ from curate.annotate.run import ShardAnnotator, _is_current, _unit
 from curate.core import schema, units
 from curate.core.errors import InputError
 from synthweb.bodies import HTML_BODY, bomb_png
+from tests.memory import needs_proc, peak_growth_mb
 from tests.test_annotate_signals import encode, hamming, scene
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # --- a hand-made raw shard: units, hostile members, CLIP -------------------------------------
 
@@ -282,7 +278,7 @@ def test_annotate_without_raw_shards_is_an_input_error(tmp_path):
         annotate(tmp_path)
 
 
-READER_MEMORY = """
+READER_MEMORY_SETUP = """
 import os, sys
 import pyarrow as pa
 from curate.annotate.raw import iter_samples
@@ -300,22 +296,15 @@ with open(os.path.join(raw, "00000.tar"), "wb") as f:  # 128 MB, written just no
 n = len(keys)
 storage.write_parquet(pa.table({"uid": [f"u{k}" for k in keys], "url": [f"http://x/{k}" for k in keys],
     "caption": ["c"] * n, "key": keys, "status": ["success"] * n}), os.path.join(raw, "00000.parquet"))
-
-def peak():
-    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) >> 10
-
-before = peak()
-assert sum(len(b) for b in iter_samples(raw, "00000", batch_size=16)) == n
-print(peak() - before)
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+@needs_proc
 def test_the_annotate_reader_holds_a_batch_of_images_not_the_tar(tmp_path):
     """An annotate unit reads its raw tar a batch at a time: batches of 16 images of 256 kB from a
     128 MB tar must grow the reader's peak by a few batches and Arrow's pool (~30 MB), not by the tar.
     Mapping the tar did (~150 MB)."""
-    cmd = [sys.executable, "-c", READER_MEMORY, str(tmp_path)]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
-    grew = int(out.stdout.split()[-1])
+    grew = peak_growth_mb(
+        READER_MEMORY_SETUP, 'assert sum(len(b) for b in iter_samples(raw, "00000", batch_size=16)) == n', tmp_path
+    )
     assert grew < 64, f"the reader's peak grew by {grew} MB reading a 128 MB tar 16 images at a time"

@@ -14,6 +14,7 @@ import pytest
 
 from curate.core import runner, storage, units
 from curate.core.errors import InputError
+from tests.memory import needs_proc, peak_growth_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -297,7 +298,7 @@ def test_band_shards_read_neighbouring_images_of_a_remote_tar_in_one_range():
     assert blocks == [(0, 10), (10, 10), (20, 10)]
 
 
-BAND_SHARD_MEMORY = """
+BAND_SHARD_MEMORY_SETUP = """
 import os, sys
 import pyarrow as pa
 from curate.core import schema
@@ -314,22 +315,15 @@ table = pa.table({schema.UID: [f"u{i}" for i in range(n)], schema.URL: [f"http:/
     schema.CAPTION: ["c"] * n, schema.QUALITY: [0.5] * n, schema.BAND: ["top"] * n,
     schema.SHARD: [s for s, _ in rows], schema.KEY: [f"{i:09d}" for i in range(n)], "ext": ["jpg"] * n,
     "offset": pa.array([o for _, o in rows], pa.int64()), "size": pa.array([size] * n, pa.int64())})
-
-def peak():
-    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) >> 10
-
-before = peak()
-write_band_shard(os.path.join(raw, "out.tar"), raw, table)
-print(peak() - before)
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+@needs_proc
 def test_a_band_shard_holds_its_samples_bytes_not_the_raw_tars_they_lie_in(tmp_path):
     """A band shard's 512 samples of 4 kB, one every 256 kB of 8 raw tars (128 MB, in the page cache):
     its writer's peak must grow by about their bytes (2 MB), not by the raw tars'. Mapping the tars did
     the latter: a touched byte maps its page-cache folio, so the peak grew with the tars drawn from."""
-    cmd = [sys.executable, "-c", BAND_SHARD_MEMORY, str(tmp_path)]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
-    grew = int(out.stdout.split()[-1])
+    grew = peak_growth_mb(
+        BAND_SHARD_MEMORY_SETUP, 'write_band_shard(os.path.join(raw, "out.tar"), raw, table)', tmp_path
+    )
     assert grew < 32, f"the writer's peak grew by {grew} MB for 2 MB of samples"

@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import io
 import random
-import subprocess
-import sys
 import tarfile
 import tempfile
-from pathlib import Path
 
 import pytest
 
 from curate.core import tarscan
 from curate.core.tarstream import TarWriter
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.memory import needs_proc, peak_growth_mb
 
 
 def outcome(buf):
@@ -140,7 +136,7 @@ def test_tars_we_and_img2dataset_write_take_the_column_wise_path():
     assert tarscan._scan_plain(theirs(rng, 5, tarfile.USTAR_FORMAT)[:-512], "t") is None  # cut: the walk says where
 
 
-HEADER_SCAN_MEMORY = """
+HEADER_SCAN_MEMORY_SETUP = """
 import os, sys
 from curate.core.tarscan import scan_file
 from curate.core.tarstream import TarWriter
@@ -152,21 +148,12 @@ with open(path, "wb") as f:  # 256 members of 256 kB, written just now: in the p
         w.add(f"{i:09d}.jpg", os.urandom(256 << 10))
         w.add(f"{i:09d}.txt", b"a caption")
     w.close()
-
-def peak():
-    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) >> 10
-
-before = peak()
-assert len(scan_file(path).sizes) == 512
-print(peak() - before)
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+@needs_proc
 def test_scanning_a_tars_headers_holds_the_headers_not_the_tar(tmp_path):
     """Indexing a raw tar reads its header blocks only: the reader's peak must not grow by the tar's
     64 MB. Scanning them through a map did (each touched header maps the page-cache folio around it)."""
-    cmd = [sys.executable, "-c", HEADER_SCAN_MEMORY, str(tmp_path)]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
-    grew = int(out.stdout.split()[-1])
+    grew = peak_growth_mb(HEADER_SCAN_MEMORY_SETUP, "assert len(scan_file(path).sizes) == 512", tmp_path)
     assert grew < 16, f"the scan's peak grew by {grew} MB for a 64 MB tar's 512 headers"
