@@ -109,7 +109,7 @@ def _slow_shard(server, cfg, work: Path) -> dict:
     from curate.download.run import shard_fingerprint
     from curate.download.safety import parse_allow
     from curate.download.worker import run_shard
-    from curate.urllist.readers import read_url_list
+    from curate.urllist import read_url_list
 
     paths = ["/ok.jpeg", "/slow-headers", "/slow-status", "/ok.png", "/slow-headers?2"]
     src = work / "slow-shard.parquet"

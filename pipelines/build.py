@@ -28,13 +28,14 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from curate.annotate import AnnotateConfig
-from curate.core import config, schema, storage
+from curate.core import batches, config, schema, storage
 from curate.core.dirlock import hold
 from curate.core.errors import InputError
 from curate.core.failpoints import failpoint
@@ -231,7 +232,7 @@ def build(
     from curate.annotate import annotate
     from curate.core.runtime import ray_session
     from curate.download import download
-    from curate.urllist.readers import ReadConfig, read_url_list
+    from curate.urllist import ReadConfig, staged_url_list
 
     cfg = cfg or BuildConfig()
     if cfg.storage:
@@ -239,11 +240,10 @@ def build(
     out = storage.normalise(out)
     storage.check_access(out)  # before any work: nothing written to a store that cannot take it
     t0 = time.perf_counter()
-    inputs = read_url_list(urls, read_cfg or ReadConfig())  # an unreadable list leaves --out untouched
-    with hold(out, command="tiers build"):
-        _store_inputs(out, inputs)
-        log.info(f"[1/5] {inputs.num_rows:,} input rows")
-        del inputs  # stored: each stage reads what it needs of it back (~150 B a row held to the end otherwise)
+    # Read a batch at a time into a local file (an unreadable list leaves --out untouched), then stored.
+    with staged_url_list(urls, read_cfg or ReadConfig()) as staged, hold(out, command="tiers build"):
+        _store_inputs(out, staged.path)
+        log.info(f"[1/5] {staged.rows:,} input rows")
         with ray_session(ray_address):
             download(storage.join(out, INPUTS), out, cfg.download, allow_private=allow_private, progress=progress)
             log.info(f"[2/5] downloaded ({time.perf_counter() - t0:.0f} s)")
@@ -261,18 +261,29 @@ def build(
     return manifest
 
 
-def _store_inputs(out: str, inputs: pa.Table) -> None:
-    """Keep the URL list as read (retier's source); refuse a directory built from another list. A damaged
-    copy is derived data: it is written again from the list."""
+def _store_inputs(out: str, staged: str) -> None:
+    """Keep the URL list as read (``staged``: :func:`curate.urllist.stage_url_list`'s file; retier's
+    source); refuse a directory built from another list. A damaged copy is derived data: it is written
+    again from the list. Compared and copied a batch at a time."""
     path = storage.join(out, INPUTS)
     if storage.exists(path):
         try:
-            if storage.read_parquet(path).equals(inputs):
+            if _same_rows(path, staged):
                 return
             raise InputError(f"{out} was built from another URL list; use a new --out or remove it")
         except DamagedFile as e:
             log.warning(f"{path}: {e.problem}; writing it again from the URL list")
-    storage.write_parquet(inputs, path)
+    with storage.output(path) as tmp:
+        shutil.copyfile(staged, tmp)
+
+
+def _same_rows(a: str, b: str) -> bool:
+    """Whether two parquet files hold the same columns and rows, read a batch at a time."""
+    fa, fb = batches.open_parquet(a), batches.open_parquet(b)
+    if fa.metadata.num_rows != fb.metadata.num_rows or not fa.schema_arrow.equals(fb.schema_arrow):
+        return False
+    rows = (batches.exact(batches.iter_parquet(p), 1 << 16) for p in (a, b))
+    return all(x.equals(y) for x, y in zip(*rows, strict=True))
 
 
 def retier(out: str | os.PathLike, cfg: BuildConfig, progress: bool = True) -> Manifest:

@@ -345,7 +345,7 @@ def test_kill_minus_9_then_rerun_gives_each_uid_exactly_once(fault_web, fault_se
 
 def test_a_shard_that_keeps_failing_is_retried_then_named(fault_server, ray_local, tmp_path, capsys):
     from curate.download import plan
-    from curate.urllist.readers import read_url_list
+    from curate.urllist import read_url_list
     from pipelines.cli import main
 
     out = tmp_path / "o"

@@ -63,7 +63,7 @@ def test_a_shard_with_slow_headers_finishes_within_the_deadline(hostile, tmp_pat
     from curate.download import plan
     from curate.download.run import shard_fingerprint
     from curate.download.worker import run_shard
-    from curate.urllist.readers import read_url_list
+    from curate.urllist import read_url_list
 
     urls = [hostile.url(p) for p in ("/ok.jpeg", "/slow-headers", "/ok.png", "/slow-status", "/ok.webp")]
     src = tmp_path / "urls.parquet"

@@ -7,7 +7,7 @@ import pytest
 
 from curate.core import schema
 from curate.core.errors import InputError
-from curate.urllist.readers import ReadConfig, read_url_list
+from curate.urllist import ReadConfig, read_url_list
 from pipelines.cli import main
 
 ROWS = [

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from curate.core import runner, storage, units
@@ -226,6 +227,13 @@ def test_tiers_check_reads_url_lists_from_a_bucket(bucket, tmp_path):
     assert main(["check", f"{bucket}/lists"]) == 0
     assert main(["check", f"{bucket}/lists/*.csv"]) == 0
     assert main(["check", f"{bucket}/lists/none.csv"]) == 2
+    # A parquet list in a bucket is read by ranged reads, a row group at a time: the rows a local copy gives.
+    from curate.urllist import read_url_list
+
+    t = pa.table({"url": [f"http://x/{i}.jpg" for i in range(300)], "caption": [f"c{i}" for i in range(300)]})
+    pq.write_table(t, tmp_path / "c.parquet", row_group_size=64)
+    storage.write_bytes(f"{bucket}/more/c.parquet", (tmp_path / "c.parquet").read_bytes())
+    assert read_url_list(f"{bucket}/more/c.parquet").equals(read_url_list(tmp_path / "c.parquet"))
 
 
 def test_one_run_per_build_directory_in_a_bucket(bucket):
@@ -301,6 +309,7 @@ def test_band_shards_read_neighbouring_images_of_a_remote_tar_in_one_range():
 BAND_SHARD_MEMORY_SETUP = """
 import os, sys
 import pyarrow as pa
+import pyarrow.parquet as pq
 from curate.core import schema
 from curate.shard.bandshard import write_band_shard
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curate.urllist.readers import read_url_list
+from curate.urllist import read_url_list
 from pipelines.cli import main
 from synthweb import KINDS, WebConfig, build, parse_mix, write_url_list
 

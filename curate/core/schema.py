@@ -180,7 +180,7 @@ def require(table: pa.Table | pa.Schema, schema: pa.Schema, where: str) -> None:
         raise SchemaError(f"{where}: " + "; ".join(problems))
 
 
-def _uid_hash(url: str, caption: str | None, occurrence: int) -> str:
+def uid_hash(url: str, caption: str | None, occurrence: int) -> str:
     h = hashlib.blake2b(digest_size=12)
     h.update(url.encode("utf-8"))
     h.update(b"\x00")
@@ -207,5 +207,5 @@ def make_uids(urls: Iterable[str], captions: Iterable[str | None]) -> list[str]:
         key = (url, caption)
         n = seen.get(key, 0)
         seen[key] = n + 1
-        out.append(_uid_hash(url, caption, n))
+        out.append(uid_hash(url, caption, n))
     return out

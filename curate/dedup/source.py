@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.core import storage
+from curate.core.batches import iter_parquet, open_parquet
 from curate.core.integrity import DamagedFile
 
 BATCH_ROWS = 1 << 18
@@ -63,13 +63,7 @@ class Source:
     def _open(self, path: str) -> pq.ParquetFile:
         # Without pre-buffering and reader threads a read holds about one batch, not a row group's
         # column chunks several times over (measured: 150 MB less at 256k rows of hashes).
-        try:
-            if storage.is_local(path):
-                return pq.ParquetFile(storage.local_path(path), pre_buffer=False, page_checksum_verification=True)
-            fs, inside = storage.filesystem(path)  # ranged reads of the footer and each row group's columns
-            return pq.ParquetFile(fs.open(inside, "rb"), pre_buffer=False, page_checksum_verification=True)
-        except (OSError, pa.ArrowException) as e:
-            raise DamagedFile(path, f"unreadable: {e}", self.fix) from None
+        return open_parquet(path, self.fix)
 
     def _read(self, path: str, f: pq.ParquetFile, columns: list[str]) -> pa.Table:
         try:
@@ -93,15 +87,7 @@ class Source:
         where = self.where_null
         read = cols if where is None or where in cols else [*cols, where]
         for path in self.paths:
-            f = self._open(path)
-            it = f.iter_batches(self.batch_rows, columns=read, use_threads=False)
-            while True:
-                try:
-                    b = next(it)
-                except StopIteration:
-                    break
-                except (OSError, pa.ArrowException) as e:
-                    raise DamagedFile(path, f"unreadable: {e}", self.fix) from None
+            for b in iter_parquet(path, self.batch_rows, read, self.fix):
                 if where is not None:
                     b = b.filter(pc.is_null(b.column(where))).select(cols)
                 if b.num_rows:

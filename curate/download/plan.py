@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 
 import pyarrow as pa
 
 from curate import code_version
-from curate.core import schema, storage, units
+from curate.core import batches, schema, storage, units
 from curate.core.errors import InputError
 from curate.download.config import DownloadConfig, config_from_dict
 from curate.download.worker import INPUT, input_path, shard_name
@@ -33,14 +34,17 @@ IMG2DATASET_OWN = frozenset(
 _PLAIN = (pa.types.is_string, pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
 
 
-def uid_digest(uids: pa.ChunkedArray | pa.Array | list[str]) -> str:
+def uid_digest(uids: pa.ChunkedArray | pa.Array | list[str] | Iterable[pa.Array]) -> str:
     """A digest of the uids in order (each followed by a newline), read a slice at a time: a list of
-    every uid as Python strings would cost the driver ~100 B a row just to hash them."""
+    every uid as Python strings would cost the driver ~100 B a row just to hash them. ``uids``: a
+    column, a list, or the column's arrays in order (a file read a batch at a time)."""
     h = hashlib.blake2b(digest_size=16)
-    col = uids if isinstance(uids, pa.ChunkedArray | pa.Array) else pa.array(uids, pa.string())
-    for at in range(0, len(col), 65_536):
-        part = col.slice(at, 65_536).to_pylist()
-        h.update("".join(f"{u}\n" for u in part).encode())
+    if isinstance(uids, list):
+        uids = pa.array(uids, pa.string())
+    for col in [uids] if isinstance(uids, pa.ChunkedArray | pa.Array) else uids:
+        for at in range(0, len(col), 65_536):
+            part = col.slice(at, 65_536).to_pylist()
+            h.update("".join(f"{u}\n" for u in part).encode())
     return h.hexdigest()
 
 
@@ -97,32 +101,41 @@ def check_config(plan: dict, cfg: DownloadConfig, raw: str) -> None:
         )
 
 
-def plan(raw: str, table: pa.Table, cfg: DownloadConfig, source: str | None = None) -> dict:
-    """Write the input shards and the plan, or check that an existing plan is for this input."""
-    digest = uid_digest(table.column(schema.UID))
+def plan(raw: str, data: pa.Table | str, cfg: DownloadConfig, source: str | None = None) -> dict:
+    """Write the input shards and the plan, or check that an existing plan is for this input. ``data``:
+    the canonical URL table, or a local parquet file holding it (:func:`curate.urllist.stage_url_list`),
+    read a batch at a time: the driver holds one shard's rows, whatever the list's size."""
+    if isinstance(data, pa.Table):
+        rows, digest = data.num_rows, uid_digest(data.column(schema.UID))
+        shards = batches.exact(data.to_batches(), cfg.samples_per_shard)
+        empty = data.schema.empty_table()
+    else:
+        f = batches.open_parquet(data)
+        rows, empty = f.metadata.num_rows, f.schema_arrow.empty_table()
+        digest = uid_digest(b.column(0) for b in batches.iter_parquet(data, columns=[schema.UID]))
+        shards = batches.exact(batches.iter_parquet(data), cfg.samples_per_shard)
     existing = read_plan(raw)
     if existing is not None:
-        if existing["rows"] != table.num_rows or existing["uid_digest"] != digest:
+        if existing["rows"] != rows or existing["uid_digest"] != digest:
             raise InputError(
                 f"this directory holds the download of another URL list ({existing['rows']} rows from "
-                f"{existing.get('source')}); this list has {table.num_rows} rows. Use a new --out",
+                f"{existing.get('source')}); this list has {rows} rows. Use a new --out",
                 path=str(raw),
             )
         check_config(existing, cfg, raw)
         return existing
-    table = img2dataset_safe(table)
-    n = cfg.samples_per_shard
-    ids = list(range((table.num_rows + n - 1) // n))
-    for i in ids:
-        storage.write_parquet(table.slice(i * n, n), input_path(raw, shard_name(i)))
+    ids = []
+    for i, part in enumerate(shards):
+        storage.write_parquet(img2dataset_safe(part), input_path(raw, shard_name(i)))
+        ids.append(i)
     info = {
         "format": FORMAT,
         "code_version": code_version(),
         "source": source,
-        "rows": table.num_rows,
+        "rows": rows,
         "uid_digest": digest,
         "shards": ids,
-        "columns": table.column_names,
+        "columns": img2dataset_safe(empty).column_names,
         "fingerprint": cfg.fingerprint(),
         "config": cfg.to_dict(),
     }

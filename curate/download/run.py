@@ -93,16 +93,17 @@ def download(
     policy = as_policy(allow_private)
     storage.check_access(out)
     if isinstance(urls, pa.Table):
-        table, source = urls, None
+        staged, source = contextlib.nullcontext(urls), None
     else:
-        from curate.urllist.readers import ReadConfig, read_url_list
+        from curate.urllist import ReadConfig, staged_url_list
 
-        table = read_url_list(urls, read_config or ReadConfig())
+        # Read a batch at a time into one local file (an unreadable list raises before the lock is taken);
+        # the plan writes the input shards from it a shard at a time: the list is never held whole.
+        staged = staged_url_list(urls, read_config or ReadConfig())
         source = ", ".join(map(os.fspath, urls)) if isinstance(urls, list | tuple) else os.fspath(urls)
     raw = storage.join(out, manifest.RAW)
-    with hold(out, command="tiers download"):
-        info = planning.plan(raw, table, cfg, source)
-        del table  # planned: each shard reads its rows from raw/_input/ (a list read here is dropped now)
+    with staged as data, hold(out, command="tiers download"):
+        info = planning.plan(raw, data if isinstance(data, pa.Table) else data.path, cfg, source)
         return _complete(raw, info, cfg, policy, ray_address, num_cpus, progress)
 
 

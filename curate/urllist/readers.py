@@ -19,6 +19,7 @@ import io
 import os
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,6 +232,33 @@ def read_file(path: str, cfg: ReadConfig = ReadConfig()) -> pa.Table:
     return _normalise_strings(table)
 
 
+def file_batches(path: str, cfg: ReadConfig = ReadConfig(), rows: int = 1 << 16) -> Iterator[pa.Table]:
+    """One list file as tables of at most ``rows`` rows, in order, string types normalised; a file with
+    no rows gives one empty table with its columns. Parquet is read a batch at a time (one in a store
+    by ranged reads, a gzipped one from its bytes); the text formats a file at a time."""
+    if _format_of(path, cfg.format) != "parquet":
+        table = read_file(path, cfg)
+        yield from (table.slice(at, rows) for at in range(0, max(1, table.num_rows), rows))
+        return
+    try:
+        if path.endswith(".gz"):
+            f = pq.ParquetFile(io.BytesIO(_read_bytes(path)))
+        elif storage.is_local(path):
+            f = pq.ParquetFile(path, pre_buffer=False)
+        else:  # ranged reads of the footer and each row group
+            fs, inside = storage.filesystem(path)
+            f = pq.ParquetFile(fs.open(inside, "rb"), pre_buffer=False)
+        it = f.iter_batches(rows, use_threads=False)
+        empty = True
+        for b in it:
+            empty = False
+            yield _normalise_strings(pa.Table.from_batches([b]))
+        if empty:
+            yield _normalise_strings(f.schema_arrow.empty_table())
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"corrupt or unreadable parquet: {str(e).strip().splitlines()[0]}", path=path) from None
+
+
 def _normalise_strings(table: pa.Table) -> pa.Table:
     cols = []
     for col in table.columns:
@@ -252,9 +280,9 @@ def _first_index(mask: pa.ChunkedArray | pa.Array) -> int | None:
     return int(idx[0]) if len(idx) else None
 
 
-def _check_utf8(path: str, name: str, col: pa.ChunkedArray) -> None:
+def _check_utf8(path: str, name: str, col: pa.ChunkedArray, row0: int = 0) -> None:
     # Parquet does not validate string bytes on read; Arrow's full validation does.
-    offset = 0
+    offset = row0
     for chunk in col.chunks:
         try:
             chunk.validate(full=True)
@@ -268,22 +296,23 @@ def _check_utf8(path: str, name: str, col: pa.ChunkedArray) -> None:
         offset += len(chunk)
 
 
-def _canonical(path: str, raw: pa.Table, cfg: ReadConfig) -> tuple[pa.Table, bool]:
-    """Rename to uid/url/caption, validate, and keep the rest. Returns (table, had_uid)."""
+def _canonical(path: str, raw: pa.Table, cfg: ReadConfig, row0: int = 0) -> tuple[pa.Table, bool]:
+    """Rename to uid/url/caption, validate, and keep the rest. Returns (table, had_uid). ``raw``: rows of
+    the file from its ``row0``-th (0-based), which messages count in."""
     if cfg.url_col not in raw.column_names:
         cols = ", ".join(raw.column_names) or "none"
         raise InputError(f"no {cfg.url_col!r} column (columns: {cols}); name it with --url-col", path=path)
     url = raw.column(cfg.url_col)
     if pa.types.is_null(url.type) and len(url):
-        raise InputError(f"column {cfg.url_col!r} holds no URLs", path=path, row=1)
+        raise InputError(f"column {cfg.url_col!r} holds no URLs", path=path, row=row0 + 1)
     if not (pa.types.is_string(url.type) or pa.types.is_null(url.type)):
         raise InputError(f"column {cfg.url_col!r} has type {url.type}; URLs must be strings", path=path)
     url = url.cast(pa.string())
-    _check_utf8(path, cfg.url_col, url)
+    _check_utf8(path, cfg.url_col, url, row0)
     # Kleene logic: null OR anything is true here, so a null URL is found, not skipped as "unknown".
     bad = _first_index(pc.or_kleene(pc.is_null(url), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(url)), 0)))
     if bad is not None:
-        raise InputError("empty URL", path=path, row=bad + 1)
+        raise InputError("empty URL", path=path, row=row0 + bad + 1)
 
     if cfg.caption_col in raw.column_names:
         cap = raw.column(cfg.caption_col)
@@ -291,14 +320,14 @@ def _canonical(path: str, raw: pa.Table, cfg: ReadConfig) -> tuple[pa.Table, boo
             cap = cap.cast(pa.string())
         if not pa.types.is_string(cap.type):
             raise InputError(f"column {cfg.caption_col!r} has type {cap.type}; captions must be strings", path=path)
-        _check_utf8(path, cfg.caption_col, cap)
+        _check_utf8(path, cfg.caption_col, cap, row0)
     else:
         cap = pa.nulls(len(raw), pa.string())
 
     had_uid = cfg.uid_col in raw.column_names
     cols = {schema.URL: url, schema.CAPTION: cap}
     if had_uid:
-        cols[schema.UID] = _checked_uids(path, raw.column(cfg.uid_col), cfg.uid_col)
+        cols[schema.UID] = _checked_uids(path, raw.column(cfg.uid_col), cfg.uid_col, row0)
     taken = {cfg.url_col, cfg.caption_col, cfg.uid_col}
     rest = [n for n in raw.column_names if n not in taken]
     for name, out in zip(rest, prefixed_names(rest), strict=True):
@@ -323,78 +352,19 @@ def prefixed_names(names: list[str], owned=schema.RESERVED) -> list[str]:
     return out
 
 
-def _checked_uids(path: str, col: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
+def _checked_uids(path: str, col: pa.ChunkedArray, name: str, row0: int = 0) -> pa.ChunkedArray:
     if pa.types.is_integer(col.type):
         col = col.cast(pa.string())
     if not pa.types.is_string(col.type):
         raise InputError(f"column {name!r} has type {col.type}; uids must be strings or integers", path=path)
-    _check_utf8(path, name, col)
-    for i, v in enumerate(col.to_pylist()):
-        if v is None or not schema.UID_PATTERN.match(v):
-            raise InputError(
-                f"uid {v!r} is not a plain token (letters, digits, '_', '.', '-'; at most 128; no leading dot)",
-                path=path,
-                row=i + 1,
-            )
-    return col
-
-
-def read_url_list(spec: str | os.PathLike | list, cfg: ReadConfig = ReadConfig()) -> pa.Table:
-    """Read a URL list (file, directory, glob, or a list of them) into the canonical table.
-
-    Raises :class:`InputError` on anything the job cannot go on with; nothing is silently skipped
-    except blank lines of a txt list.
-    """
-    files = list_files(spec)
-    parts, had_uid, sizes = [], [], []
-    for path in files:
-        table, has = _canonical(path, read_file(path, cfg), cfg)
-        parts.append(table)
-        had_uid.append(has)
-        sizes.append(len(table))
-    if sum(sizes) == 0:
-        raise InputError("empty URL list: no rows", path=files[0] if len(files) == 1 else ", ".join(files))
-    if any(had_uid) and not all(had_uid):
-        lacking = [f for f, h in zip(files, had_uid, strict=True) if not h]
-        raise InputError(f"some files have a {cfg.uid_col!r} column and these do not: {', '.join(lacking)}")
-
-    try:
-        table = pa.concat_tables(parts, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise InputError(f"the files' columns do not agree: {e}", path=", ".join(files)) from None
-
-    if all(had_uid):
-        _reject_duplicate_uids(table.column(schema.UID), files, sizes)
-        uids = table.column(schema.UID)
-    else:
-        uids = pa.array(
-            schema.make_uids(table.column(schema.URL).to_pylist(), table.column(schema.CAPTION).to_pylist()),
-            pa.string(),
+    _check_utf8(path, name, col, row0)
+    # RE2's ``$`` is the end of the text (Python's ``re`` also lets a trailing newline through).
+    bad = _first_index(pc.invert(pc.match_substring_regex(col, schema.UID_PATTERN.pattern)))
+    if bad is not None:
+        raise InputError(
+            f"uid {col[bad].as_py()!r} is not a plain token (letters, digits, '_', '.', '-'; at most 128; "
+            "no leading dot)",
+            path=path,
+            row=row0 + bad + 1,
         )
-    rest = [n for n in table.column_names if n not in (schema.UID, schema.URL, schema.CAPTION)]
-    return pa.table(
-        [uids, table.column(schema.URL), table.column(schema.CAPTION)] + [table.column(n) for n in rest],
-        names=[schema.UID, schema.URL, schema.CAPTION] + rest,
-    )
-
-
-def _locate(index: int, files: list[str], sizes: list[int]) -> tuple[str, int]:
-    ends = np.cumsum(sizes)
-    f = int(np.searchsorted(ends, index, side="right"))
-    start = int(ends[f - 1]) if f else 0
-    return files[f], index - start + 1
-
-
-def _reject_duplicate_uids(uids: pa.ChunkedArray, files: list[str], sizes: list[int]) -> None:
-    counts = pc.value_counts(uids)
-    dup_mask = pc.greater(counts.field("counts"), 1)
-    if not pc.any(dup_mask).as_py():
-        return
-    dups = pc.filter(counts.field("values"), dup_mask)
-    first = dups[0].as_py()
-    where = np.flatnonzero(pc.equal(uids, first).to_numpy(zero_copy_only=False))[:2]
-    (f1, r1), (f2, r2) = (_locate(int(i), files, sizes) for i in where)
-    raise InputError(
-        f"duplicate uid {first!r} at {f1} row {r1} and {f2} row {r2} ({len(dups)} duplicated uid(s) in all); "
-        "uids must be unique"
-    )
+    return col

@@ -18,12 +18,10 @@ def register(sub) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from curate.urllist import read_url_list
+    from curate.urllist import staged_url_list
 
-    table = read_url_list(args.urls, read_config(args))
-    extras = [c for c in table.column_names if c not in ("uid", "url", "caption")]
-    captions = table.column("caption").null_count
-    log.info(
-        f"{len(table)} rows; {len(table) - captions} with a caption; extra columns: {', '.join(extras) or 'none'}"
-    )
+    with staged_url_list(args.urls, read_config(args)) as staged:  # a batch at a time, whatever its size
+        extras = [c for c in staged.columns if c not in ("uid", "url", "caption")]
+        extra = ", ".join(extras) or "none"
+        log.info(f"{staged.rows} rows; {staged.captioned} with a caption; extra columns: {extra}")
     return 0

@@ -1,0 +1,274 @@
+"""A URL list of any size read into one canonical parquet file, a batch at a time.
+
+:func:`stage_url_list` reads the list's files in order, each a batch at a time (parquet by row batch,
+the text formats a file at a time), checks and canonicalises every batch as
+:mod:`curate.urllist.readers` does, and writes it to a scratch file per input file. What it keeps per
+row is one 64-bit hash of the row's uid (its own, or the one made from url + caption), 8 bytes, where
+reading the list whole held ~420 B a row (a 1M-row list grew the process by 420 MB with uids, 681 MB
+without). Rows whose hashes are equal, a few, are then read back and compared as strings: duplicate
+uids are refused, and a repeated (url, caption) pair gets its occurrence number in its uid, as
+:func:`curate.core.schema.make_uids` numbers them. A second pass writes the scratch files, their
+columns unified as ``pa.concat_tables(..., promote_options="permissive")`` unifies them, to one parquet
+file: the same table :func:`read_url_list` returns, never held whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate.core import schema, storage
+from curate.core.errors import InputError
+from curate.urllist.readers import ReadConfig, _canonical, file_batches, list_files
+
+BATCH_ROWS = 1 << 16
+
+
+@dataclass(frozen=True)
+class StagedList:
+    """A URL list read into the canonical parquet file at ``path`` (uid, url, caption, then the rest)."""
+
+    path: str
+    rows: int
+    captioned: int  # rows with a caption
+    columns: tuple[str, ...]
+    files: tuple[str, ...]
+
+
+@dataclass
+class _Part:
+    file: str  # the input file
+    path: Path  # its canonical rows, an Arrow IPC file
+    schema: pa.Schema
+    rows: int
+    had_uid: bool
+
+
+def read_url_list(spec: str | os.PathLike | list, cfg: ReadConfig = ReadConfig()) -> pa.Table:
+    """Read a URL list (file, directory, glob, or a list of them) into the canonical table.
+
+    Raises :class:`InputError` on anything the job cannot go on with; nothing is silently skipped
+    except blank lines of a txt list. For lists larger than memory, :func:`staged_url_list`.
+    """
+    with staged_url_list(spec, cfg) as staged:
+        return pq.read_table(staged.path)
+
+
+@contextlib.contextmanager
+def staged_url_list(spec: str | os.PathLike | list, cfg: ReadConfig = ReadConfig()) -> Iterator[StagedList]:
+    """:func:`stage_url_list` into a scratch directory, removed when the block ends."""
+    with tempfile.TemporaryDirectory(prefix="clip-tiers-list-", dir=storage.scratch_dir()) as d:
+        yield stage_url_list(spec, cfg, os.path.join(d, "urls.parquet"))
+
+
+def stage_url_list(spec: str | os.PathLike | list, cfg: ReadConfig, dest: str) -> StagedList:
+    """Read a URL list into the canonical parquet file ``dest`` (a local path), a batch at a time."""
+    files = list_files(spec)
+    with (
+        tempfile.TemporaryDirectory(prefix="clip-tiers-parts-", dir=storage.scratch_dir()) as work,
+        contextlib.closing(_Keys(Path(work))) as keys,
+    ):
+        parts = [_stage_file(f, cfg, Path(work) / f"{k:05d}.arrow", keys) for k, f in enumerate(files)]
+        sizes = [p.rows for p in parts]
+        if sum(sizes) == 0:
+            raise InputError("empty URL list: no rows", path=files[0] if len(files) == 1 else ", ".join(files))
+        had_uid = [p.had_uid for p in parts]
+        if any(had_uid) and not all(had_uid):
+            lacking = [f for f, h in zip(files, had_uid, strict=True) if not h]
+            raise InputError(f"some files have a {cfg.uid_col!r} column and these do not: {', '.join(lacking)}")
+        try:
+            unified = pa.unify_schemas([p.schema for p in parts], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise InputError(f"the files' columns do not agree: {e}", path=", ".join(files)) from None
+        rows = keys.repeated_rows()
+        if all(had_uid):
+            _reject_duplicate_uids(parts, rows)
+            renamed: dict[int, str] = {}
+        else:
+            renamed = _repeat_uids(parts, rows)
+        return _write(parts, unified, renamed, dest, tuple(files))
+
+
+def _stage_file(path: str, cfg: ReadConfig, out: Path, keys: _Keys) -> _Part:
+    """One input file's rows, checked and canonical, into ``out``; each row's uid hash into ``keys``."""
+    writer, kept, rows, had = None, None, 0, False
+    try:
+        for raw in file_batches(path, cfg, BATCH_ROWS):
+            table, had = _canonical(path, raw, cfg, rows)
+            uid = table.column(schema.UID) if had else _base_uids(table)
+            rest = [n for n in table.column_names if n not in (schema.UID, schema.URL, schema.CAPTION)]
+            table = pa.table(
+                [uid, table.column(schema.URL), table.column(schema.CAPTION)] + [table.column(n) for n in rest],
+                names=[schema.UID, schema.URL, schema.CAPTION] + rest,
+            )
+            if writer is None:
+                kept = table.schema
+                writer = pa.ipc.new_file(str(out), kept)
+            writer.write_table(table.cast(kept))
+            keys.add(_hash(table.column(schema.UID)))
+            rows += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    assert kept is not None  # file_batches gives at least one table
+    return _Part(path, out, kept, rows, had)
+
+
+def _base_uids(table: pa.Table) -> pa.Array:
+    """Each row's uid as if its (url, caption) pair were the list's only one (occurrence 0)."""
+    urls, caps = table.column(schema.URL).to_pylist(), table.column(schema.CAPTION).to_pylist()
+    return pa.array([schema.uid_hash(u, c, 0) for u, c in zip(urls, caps, strict=True)], pa.string())
+
+
+def _hash(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    # polars hashes strings in native code; the hashes need only agree within this run.
+    return pl.Series(col).hash(seed=0).to_numpy()
+
+
+class _Keys:
+    """Each row's 64-bit key and row number, appended to one of ``BUCKETS`` files by the key's top bits,
+    so that finding the rows whose key repeats holds one bucket, not every row's key."""
+
+    BUCKETS = 64
+    RECORD = np.dtype([("key", "<u8"), ("row", "<i8")])
+
+    def __init__(self, directory: Path):
+        self.directory, self.files, self.rows = directory, {}, 0
+
+    def add(self, keys: np.ndarray) -> None:
+        rec = np.empty(len(keys), self.RECORD)
+        rec["key"], rec["row"] = keys, np.arange(self.rows, self.rows + len(keys))
+        self.rows += len(keys)
+        bucket = (keys >> np.uint64(58)).astype(np.int64)  # the hash's top 6 bits: 64 buckets
+        rec = rec[np.argsort(bucket, kind="stable")]
+        counts = np.bincount(bucket, minlength=self.BUCKETS)
+        starts = np.cumsum(counts) - counts
+        for b in np.flatnonzero(counts).tolist():
+            if b not in self.files:
+                self.files[b] = open(self.directory / f"keys-{b:02d}.bin", "wb")  # noqa: SIM115 (closed below)
+            rec[starts[b] : starts[b] + counts[b]].tofile(self.files[b])
+
+    def repeated_rows(self) -> np.ndarray:
+        """The rows, ascending, whose key another row shares; a bucket at a time."""
+        found = [np.zeros(0, np.int64)]
+        for _, f in sorted(self.files.items()):
+            f.close()
+            rec = np.fromfile(f.name, self.RECORD)
+            s = np.sort(rec["key"])
+            repeated = s[1:][s[1:] == s[:-1]]
+            found.append(rec["row"][np.isin(rec["key"], repeated)])
+        return np.sort(np.concatenate(found))
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+def _gather(parts: list[_Part], rows: np.ndarray, columns: list[str]) -> pa.Table:
+    """``columns`` at the ascending global ``rows``, read back from the parts a batch at a time."""
+    got, r0 = [], 0
+    for p in parts:
+        lo, hi = np.searchsorted(rows, [r0, r0 + p.rows])
+        if hi > lo:
+            with pa.OSFile(str(p.path)) as src:  # read, not mapped: mapped pages stay resident
+                reader = pa.ipc.open_file(src)
+                at = 0
+                for k in range(reader.num_record_batches):
+                    b = reader.get_batch(k)
+                    mine = rows[lo:hi] - r0 - at
+                    mine = mine[(mine >= 0) & (mine < b.num_rows)]
+                    if len(mine):
+                        got.append(pa.Table.from_batches([b.select(columns).take(pa.array(mine))]))
+                    at += b.num_rows
+        r0 += p.rows
+    names = {c: pa.string() for c in columns}
+    return (
+        pa.concat_tables([t.cast(pa.schema(names)) for t in got])
+        if got
+        else pa.table({c: pa.array([], t) for c, t in names.items()})
+    )
+
+
+def _reject_duplicate_uids(parts: list[_Part], rows: np.ndarray) -> None:
+    """Raise naming the first duplicated uid (in order of first appearance) and its first two rows."""
+    if not len(rows):
+        return
+    uids = _gather(parts, rows, [schema.UID]).column(0).to_pylist()
+    first_rows: dict[str, list[int]] = {}
+    for r, u in zip(rows.tolist(), uids, strict=True):
+        first_rows.setdefault(u, []).append(r)
+    dups = {u: rs for u, rs in first_rows.items() if len(rs) > 1}
+    if not dups:
+        return  # equal hashes of different uids
+    first = min(dups, key=lambda u: dups[u][0])
+    (f1, r1), (f2, r2) = (_locate(r, parts) for r in dups[first][:2])
+    raise InputError(
+        f"duplicate uid {first!r} at {f1} row {r1} and {f2} row {r2} ({len(dups)} duplicated uid(s) in all); "
+        "uids must be unique"
+    )
+
+
+def _repeat_uids(parts: list[_Part], rows: np.ndarray) -> dict[int, str]:
+    """Row -> uid of the second and later occurrences of a repeated (url, caption) pair."""
+    if not len(rows):
+        return {}
+    t = _gather(parts, rows, [schema.UID, schema.URL, schema.CAPTION])
+    seen: dict[str, int] = {}
+    out = {}
+    for r, base, url, cap in zip(rows.tolist(), *(t.column(k).to_pylist() for k in range(3)), strict=True):
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        if n:
+            out[r] = schema.uid_hash(url, cap, n)
+    return out
+
+
+def _locate(row: int, parts: list[_Part]) -> tuple[str, int]:
+    for p in parts:
+        if row < p.rows:
+            return p.file, row + 1
+        row -= p.rows
+    raise IndexError(row)
+
+
+def _write(parts: list[_Part], unified: pa.Schema, renamed: dict[int, str], dest: str, files) -> StagedList:
+    """Every part's batches, cast to the unified columns, uids of repeats replaced, into ``dest``."""
+    first = [schema.UID, schema.URL, schema.CAPTION]
+    names = first + [n for n in unified.names if n not in first]
+    out_schema = pa.schema([unified.field(n) for n in names])
+    fixed = np.array(sorted(renamed), np.int64)
+    r0, captioned = 0, 0
+    with pq.ParquetWriter(dest, out_schema, write_page_checksum=True) as writer:
+        for p in parts:
+            with pa.OSFile(str(p.path)) as src:  # read, not mapped: mapped pages stay resident
+                reader = pa.ipc.open_file(src)
+                for k in range(reader.num_record_batches):
+                    b = reader.get_batch(k)
+                    cols = [_column(b, f) for f in out_schema]
+                    lo, hi = np.searchsorted(fixed, [r0, r0 + b.num_rows])
+                    if hi > lo:
+                        uids = cols[0].to_pylist()
+                        for r in fixed[lo:hi].tolist():
+                            uids[r - r0] = renamed[r]
+                        cols[0] = pa.array(uids, pa.string())
+                    writer.write_batch(pa.record_batch(cols, schema=out_schema))
+                    captioned += b.num_rows - b.column(schema.CAPTION).null_count
+                    r0 += b.num_rows
+    return StagedList(dest, r0, captioned, tuple(names), files)
+
+
+def _column(b: pa.RecordBatch, field: pa.Field) -> pa.Array:
+    if field.name not in b.schema.names:
+        return pa.nulls(b.num_rows, field.type)
+    col = b.column(field.name)
+    return col if col.type == field.type else pc.cast(col, field.type)
