@@ -137,6 +137,40 @@ def test_neighbour_search_holds_a_block_of_cells_not_every_rows_ranking():
     assert peak < 50 * 2**20, f"{peak / 2**20:.0f} MB traced"
 
 
+def test_the_neighbour_search_spills_what_grows_with_the_pool(tmp_path, monkeypatch):
+    """Cells, pairs and flushes cut small: the candidates read back a range at a time are the pairs the
+    search finds in one range, and what it holds barely grows from 20,000 to 80,000 rows (the search that
+    held every row's cells and every pair found, merged in memory: 10 -> 30 MB traced here)."""
+    import tracemalloc
+
+    from curate.dedup import neighbours
+
+    def unit(n):
+        x = np.random.default_rng(0).normal(size=(n, 8)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def search(x, name):
+        tracemalloc.start()
+        try:
+            found = [b for b in neighbours.candidates(x, CopyConfig(), tmp_path / name)]
+            return found, tracemalloc.get_traced_memory()[1] / 2**20
+        finally:
+            tracemalloc.stop()
+
+    for name in ("whole", "cut", "big"):
+        (tmp_path / name).mkdir()
+    whole, _ = search(unit(20_000), "whole")
+    monkeypatch.setattr(neighbours, "PAIRS", 4096)
+    monkeypatch.setattr(neighbours, "MEMBERSHIPS", 1 << 14)
+    monkeypatch.setattr(neighbours, "FLUSH", 1 << 14)
+    monkeypatch.setattr(neighbours, "CELL_SIMS", 1 << 16)
+    cut, small = search(unit(20_000), "cut")
+    assert len(whole) == 1 and len(cut) == 5 and np.array_equal(whole[0], np.concatenate(cut))
+    assert all((np.diff(b) > 0).all() for b in cut) and not list((tmp_path / "cut").iterdir())
+    _, large = search(unit(80_000), "big")
+    assert large < 12 and large - small < 8, f"{small:.1f} MB at 20,000 rows, {large:.1f} MB at 80,000"
+
+
 def test_search_vectors_are_unit_and_mean_free():
     t = np.random.default_rng(1).integers(0, 256, (5, 16, 16, 3)).astype(np.float32)
     v = search_vectors(t)

@@ -34,21 +34,25 @@ recall falls as the pool gets denser around an image (a copy must rank among its
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from curate.annotate.image import DETAIL_SIDE, THUMB_SIDE
+from curate.core import storage
 from curate.dedup.near import aspect_differs
+from curate.dedup.neighbours import candidates, neighbour_pairs, packed
 from curate.dedup.thumbstore import take
+
+__all__ = ["CopyConfig", "copy_pairs", "flat", "neighbour_pairs", "search_vectors", "thumbs", "verify"]
 
 COLOUR_BYTES = THUMB_SIDE * THUMB_SIDE * 3
 PAIR_BLOCK = 1024  # candidate pairs verified at a time (each ~60 KB of float32 temporaries)
-SEARCH_BLOCK = 1024  # rows whose neighbours are searched at a time
 VERIFY_CHUNK = 1 << 16  # candidate pairs unpacked, filtered and verified at a time (~4 MB of indices)
-CELL_SIMS = 1 << 20  # similarities within a cell computed at a time (~16 MB with their temporaries)
 
 
 @dataclass(frozen=True)
@@ -102,71 +106,6 @@ def search_vectors(t: np.ndarray) -> np.ndarray:
         v = b.reshape(len(b), s, 2, s, 2, 3).mean(axis=(2, 4)).reshape(len(b), -1)
         out[at : at + BLOCK] = _zn(v, 1)
     return out
-
-
-def neighbour_pairs(x, cfg: CopyConfig = CopyConfig()) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j), i < j: each row's ``cfg.neighbours`` nearest rows of unit vectors ``x`` by cosine, at or
-    above ``cfg.min_cosine``, searched within inverted-file cells rather than over all pairs. ``x``: an
-    array, or rows read on demand (:class:`curate.dedup.thumbstore.Spilled`): it is read a block, a
-    fitting sample and a cell at a time, and the pairs found are kept unique as they come."""
-    packed = _neighbours_packed(x, cfg)
-    return packed // len(x), packed % len(x)
-
-
-def _neighbours_packed(x, cfg: CopyConfig) -> np.ndarray:
-    """:func:`neighbour_pairs` as one sorted int64 a pair (:func:`_packed`)."""
-    from curate.dedup.semantic import kmeans
-
-    n = len(x)
-    if n < 2:
-        return np.empty(0, np.int64)
-    cells = max(1, min(n, round(np.sqrt(n) / 2)))
-    rng = np.random.default_rng(cfg.seed)
-    fit = x[:] if n <= 50_000 else x[np.sort(rng.choice(n, 50_000, replace=False))]
-    _, centres = kmeans(fit, min(cells, len(fit)), iterations=10, seed=cfg.seed)
-    del fit
-    probes = min(cfg.probes, len(centres))
-    # Each row's ``probes`` nearest cells, a small block of rows at a time, copied out of the block's
-    # full argsort (block x cells int64): slices of those kept alive as views held every block's whole
-    # sort, n x sqrt(n) / 2 x 8 bytes (340 MB at 200,000 rows, 11 MB at 20,000).
-    near = np.empty((n, probes), np.int32)
-    for s in range(0, n, SEARCH_BLOCK):
-        near[s : s + SEARCH_BLOCK] = np.argsort(-(x[s : s + SEARCH_BLOCK] @ centres.T), axis=1)[:, :probes]
-    # Rows of each cell, ascending: a row's probes are distinct cells, so a stable sort of the flat cell
-    # numbers groups them without a pass over all rows per cell.
-    cell = near.ravel()
-    order = np.argsort(cell, kind="stable")
-    bounds = np.searchsorted(cell[order], np.arange(len(centres) + 1))
-    members = (order // probes).astype(np.int64)
-    del near, cell, order
-    found, pending = np.zeros(0, np.int64), []
-    for c in range(len(centres)):
-        rows = members[bounds[c] : bounds[c + 1]]
-        if len(rows) < 2:
-            continue
-        k = min(cfg.neighbours, len(rows) - 1)
-        xr = x[rows]
-        # A block of rows against its whole cell: cells grow as sqrt(n) on average and far more where
-        # images crowd, so the block shrinks as the cell grows: at most CELL_SIMS similarities at once
-        # (with their negation and argpartition's int64 indices, 16 bytes each).
-        step = max(16, min(SEARCH_BLOCK, CELL_SIMS // len(rows)))
-        for s in range(0, len(rows), step):
-            sims = xr[s : s + step] @ xr.T
-            sims[np.arange(sims.shape[0]), np.arange(s, s + sims.shape[0])] = -2.0  # not oneself
-            top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-            ok = np.take_along_axis(sims, top, axis=1) >= cfg.min_cosine
-            a = np.repeat(rows[s : s + step], k).reshape(-1, k)[ok]
-            pending.append(_packed(a, rows[top[ok]], n))
-        if sum(len(p) for p in pending) > 1 << 20:
-            found, pending = np.unique(np.concatenate([found, *pending])), []
-    return np.unique(np.concatenate([found, *pending]))
-
-
-def _packed(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
-    """Unordered pairs as one int64 each (lo * n + hi), self-pairs dropped."""
-    lo, hi = np.minimum(i, j).astype(np.int64), np.maximum(i, j).astype(np.int64)
-    keep = lo != hi
-    return lo[keep] * n + hi[keep]
 
 
 def _interp(side: int, start: float, size: float) -> np.ndarray:
@@ -336,29 +275,37 @@ def copy_pairs(
     ``extra`` candidate pairs (e.g. pHash matches), each verified. ``shape`` (log width/height per row,
     NaN where unknown) drops pairs whose shapes differ more than a crop within ``max_crop`` can make;
     ``side`` (shorter side in pixels per row) sends pairs with an image under 32 px to the 16 px detail
-    comparison. With ``scratch`` (a directory) the search vectors are spilled there too.
+    comparison. With ``scratch`` (a directory) the search vectors and the search's spill files go there.
 
-    The candidates are held as one int64 a pair (sorted, unique) and unpacked, filtered and verified
-    ``VERIFY_CHUNK`` at a time; only the verified pairs are kept (the candidates as index arrays, their
-    masks and scores held whole came to ~60 bytes a candidate, ~7 candidates an image)."""
+    The candidates come from :func:`curate.dedup.neighbours.candidates` as one int64 a pair, a range of
+    rows at a time (spilled under ``scratch``, or a temporary directory), and are unpacked, filtered and
+    verified ``VERIFY_CHUNK`` at a time; only the verified pairs are kept."""
     n = len(t)
-    packed = _neighbours_packed(search_vectors(t) if scratch is None else _spilled_vectors(t, scratch), cfg)
-    if extra is not None and len(extra[0]):
-        packed = np.unique(np.concatenate([packed, _packed(extra[0], extra[1], n)]))
+    extra_packed = None if extra is None or not len(extra[0]) else packed(extra[0], extra[1], n)
     bad = flat(t, cfg)
     found_i, found_j = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
-    for s in range(0, len(packed), VERIFY_CHUNK):
-        i, j = packed[s : s + VERIFY_CHUNK] // n, packed[s : s + VERIFY_CHUNK] % n
-        keep = ~(bad[i] | bad[j])
-        if shape is not None:
-            keep &= ~aspect_differs(shape[i], shape[j], 1 / (1 - 2 * cfg.max_crop) - 1)
-        i, j = i[keep], j[keep]
-        coarse = None if side is None else np.minimum(side[i], side[j]) < DETAIL_SIDE
-        sim, detail = verify_pairs(t, grey, i, j, cfg, coarse)
-        ok = (sim >= cfg.min_similarity) & (detail >= cfg.min_detail)
-        found_i.append(i[ok])
-        found_j.append(j[ok])
+    with _workdir(scratch) as work:
+        vectors = search_vectors(t) if scratch is None else _spilled_vectors(t, scratch)
+        for block in candidates(vectors, cfg, work, extra_packed):
+            for s in range(0, len(block), VERIFY_CHUNK):
+                i, j = block[s : s + VERIFY_CHUNK] // n, block[s : s + VERIFY_CHUNK] % n
+                keep = ~(bad[i] | bad[j])
+                if shape is not None:
+                    keep &= ~aspect_differs(shape[i], shape[j], 1 / (1 - 2 * cfg.max_crop) - 1)
+                i, j = i[keep], j[keep]
+                coarse = None if side is None else np.minimum(side[i], side[j]) < DETAIL_SIDE
+                sim, detail = verify_pairs(t, grey, i, j, cfg, coarse)
+                ok = (sim >= cfg.min_similarity) & (detail >= cfg.min_detail)
+                found_i.append(i[ok])
+                found_j.append(j[ok])
     return np.concatenate(found_i), np.concatenate(found_j)
+
+
+def _workdir(scratch: str | None):
+    """``scratch`` (a directory for the search's spill files), or a temporary one."""
+    if scratch is not None:
+        return contextlib.nullcontext(Path(scratch))
+    return tempfile.TemporaryDirectory(prefix="clip-tiers-pairs-", dir=storage.scratch_dir())
 
 
 def _spilled_vectors(t, scratch: str):

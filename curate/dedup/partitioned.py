@@ -14,7 +14,8 @@ link) and, for the rows that have a link, their uid and rank. The connected comp
 are decided over the linked rows only (:meth:`Links.compact`); the final table is written batch by
 batch. The thumbnail neighbour search and verification (:mod:`curate.dedup.copies`) read the
 thumbnails and search vectors from scratch files a block at a time (:mod:`curate.dedup.thumbstore`);
-what they hold whole is the candidate pairs. Semantic dedup takes the embeddings as one array.
+the candidate pairs are spilled as they are found and read back a range of rows at a time
+(:mod:`curate.dedup.neighbours`). Semantic dedup takes the embeddings as one array.
 """
 
 from __future__ import annotations

@@ -39,15 +39,19 @@ class Spilled:
         held most of the file as resident memory (300 MB of 330 at 200,000 thumbnails)."""
         return self._shaped(*self._read(key))
 
-    def _read(self, key) -> tuple[np.ndarray, np.ndarray]:
-        """(the distinct stored rows ``key`` names, whole, as bytes; each wanted row's place among them)."""
+    def _read(self, key) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the distinct stored rows ``key`` names, whole, as bytes; each wanted row's place among them, or
+        None where ``key`` names each row once, in order)."""
         width = self.dtype.itemsize * int(np.prod(self.full_shape))
         if isinstance(key, slice):
             start, stop, _ = key.indices(self.rows)
             wanted = np.arange(start, max(start, stop))
         else:
             wanted = np.asarray(key, np.int64)
-        rows, inverse = np.unique(wanted, return_inverse=True)
+        if len(wanted) < 2 or (np.diff(wanted) > 0).all():  # ascending and distinct already (a cell, a block)
+            rows, inverse = wanted, None
+        else:
+            rows, inverse = np.unique(wanted, return_inverse=True)
         buf = np.empty((len(rows), width), np.uint8)
         if len(rows):
             starts = np.flatnonzero(np.r_[True, np.diff(rows) != 1])
@@ -57,14 +61,48 @@ class Spilled:
                 for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
                     data = os.pread(fd, (b - a) * width, int(rows[a]) * width)
                     buf[a:b] = np.frombuffer(data, np.uint8).reshape(b - a, width)
-        return buf, inverse.reshape(-1)
+        return buf, None if inverse is None else inverse.reshape(-1)
 
-    def _shaped(self, buf: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    def _shaped(self, buf: np.ndarray, inverse: np.ndarray | None) -> np.ndarray:
         flat = buf.view(self.dtype).reshape(len(buf), int(np.prod(self.full_shape)))
+        if inverse is None:  # every row once, in order
+            part = flat if self.part == slice(None) else flat[:, self.part]
+            return part.reshape(len(buf), *self.row_shape)
         return flat[inverse, self.part].reshape(len(inverse), *self.row_shape)
 
     def view(self, part: slice, row_shape: tuple[int, ...]) -> Spilled:
         return Spilled(self.path, self.dtype, row_shape, self.rows, part, self.full_shape)
+
+
+class Buckets:
+    """Records appended to one of ``buckets`` files each, read back a bucket at a time, in bucket order
+    (each bucket's records in the order they came), each file removed once read. An empty bucket is
+    skipped."""
+
+    def __init__(self, directory: Path, name: str, buckets: int, dtype):
+        self.paths = [Path(directory) / f"{name}-{b:05d}.bin" for b in range(buckets)]
+        self.dtype = np.dtype(dtype)
+        for p in self.paths:  # records are appended: none may be left from a search that stopped half-way
+            p.unlink(missing_ok=True)
+
+    def add(self, records: np.ndarray, bucket: np.ndarray) -> None:
+        if len(self.paths) == 1:
+            with open(self.paths[0], "ab") as f:
+                records.tofile(f)
+            return
+        counts = np.bincount(bucket, minlength=len(self.paths))
+        starts = np.cumsum(counts) - counts
+        records = records[np.argsort(bucket, kind="stable")]
+        for b in np.flatnonzero(counts).tolist():
+            with open(self.paths[b], "ab") as f:
+                records[starts[b] : starts[b] + counts[b]].tofile(f)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for p in self.paths:
+            if p.exists():
+                records = np.fromfile(p, self.dtype)
+                p.unlink()
+                yield records
 
 
 def take(views: tuple, rows: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -1,0 +1,131 @@
+"""Near-copy candidates: each image's nearest thumbnails, found in inverted-file cells, spilled as found.
+
+:func:`candidates` gives the candidate pairs of :mod:`curate.dedup.copies` (each row's
+``neighbours`` nearest rows by the cosine of their search vectors, at or above ``min_cosine``, plus
+pairs given from elsewhere, e.g. pHash matches) as one int64 a pair (``lo * n + hi``), ascending and
+unique, a range of ``lo`` rows at a time. Nothing in it is held for the whole pool:
+
+- the cells are fitted on a sample of at most 50,000 rows;
+- each row's ``probes`` nearest cells are computed a block of rows at a time and spilled, as (cell,
+  row) records, to files by range of cells; a range is read back, sorted by cell, and each of its cells
+  searched (its rows read from the spilled vectors);
+- the pairs found are spilled, as found, to files by range of ``lo``; a range is read back and made
+  unique when the caller asks for it.
+
+Held at once: the sample, a block, one range of cells' records and one cell's vectors, one range of
+pairs. (The in-memory search this replaced held every row's cells and every pair found, several times
+over while merging them: ~300 MB more at 465,000 thumbnails than at none.)
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from curate.core import storage
+from curate.dedup.thumbstore import Buckets
+
+SEARCH_BLOCK = 1024  # rows whose nearest cells, or neighbours within a cell, are computed at a time
+CELL_SIMS = 1 << 20  # similarities within a cell computed at a time (~16 MB with their temporaries)
+FIT_ROWS = 50_000  # rows the cells are fitted on
+MEMBERSHIPS = 1 << 18  # (cell, row) records per range of cells, about
+PAIRS = 1 << 16  # rows per range of ``lo`` (~20 pairs a row, as found, before they are made unique)
+FLUSH = 1 << 18  # pairs found before they are spilled (sorting them to their files takes ~40 B a pair)
+
+
+def packed(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
+    """Unordered pairs as one int64 each (lo * n + hi), self-pairs dropped."""
+    lo, hi = np.minimum(i, j).astype(np.int64), np.maximum(i, j).astype(np.int64)
+    keep = lo != hi
+    return lo[keep] * n + hi[keep]
+
+
+def neighbour_pairs(x, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j), i < j: each row's ``cfg.neighbours`` nearest rows of unit vectors ``x`` by cosine, at or
+    above ``cfg.min_cosine`` (``x``: an array, or rows read on demand, e.g. spilled)."""
+    with tempfile.TemporaryDirectory(prefix="clip-tiers-pairs-", dir=storage.scratch_dir()) as work:
+        found = np.concatenate([np.zeros(0, np.int64), *candidates(x, cfg, Path(work))])
+    return found // max(len(x), 1), found % max(len(x), 1)
+
+
+def candidates(x, cfg, work: Path, extra: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """The candidate pairs (packed, ascending, unique) of rows of ``x`` with ``extra`` (packed) among
+    them, a range of ``lo`` rows at a time; scratch files under ``work``, removed as they are read."""
+    n = len(x)
+    ranges = max(1, -(-n // PAIRS))
+    pairs = Buckets(work, "pairs", ranges, np.int64)
+
+    def add(p: np.ndarray) -> None:
+        pairs.add(p, p // n * ranges // n)  # the range of the pair's lo row
+
+    if n >= 2:
+        _search(x, cfg, work, add)
+    if extra is not None and len(extra):
+        add(np.asarray(extra, np.int64))
+    for block in pairs:
+        yield np.unique(block)
+
+
+def _search(x, cfg, work: Path, add) -> None:
+    """Each row's nearest rows within the cells it probes, handed to ``add`` (packed) as they are found."""
+    from curate.dedup.semantic import kmeans
+
+    n = len(x)
+    cells = max(1, min(n, round(np.sqrt(n) / 2)))
+    rng = np.random.default_rng(cfg.seed)
+    fit = x[:] if n <= FIT_ROWS else x[np.sort(rng.choice(n, FIT_ROWS, replace=False))]
+    _, centres = kmeans(fit, min(cells, len(fit)), iterations=10, seed=cfg.seed)
+    del fit
+    probes = min(cfg.probes, len(centres))
+    ranges = max(1, min(len(centres), -(-n * probes // MEMBERSHIPS)))
+    member = np.dtype([("cell", "<i4"), ("row", "<i8")])
+    members = Buckets(work, "cells", ranges, member)
+    chunk = max(1, MEMBERSHIPS // probes // SEARCH_BLOCK) * SEARCH_BLOCK  # whole blocks of rows
+    for s in range(0, n, chunk):
+        rows = np.arange(s, min(n, s + chunk))
+        # Each block's probes copied out of its full ranking of the cells (a slice kept as a view would
+        # hold every block's ranking: rows x cells x 8 bytes).
+        near = np.concatenate(
+            [
+                np.argsort(-(x[b : min(b + SEARCH_BLOCK, n)] @ centres.T), axis=1)[:, :probes].astype(np.int32)
+                for b in range(s, s + len(rows), SEARCH_BLOCK)
+            ]
+        )
+        rec = np.empty(near.size, member)
+        rec["cell"], rec["row"] = near.ravel(), np.repeat(rows, probes)
+        members.add(rec, rec["cell"].astype(np.int64) * ranges // len(centres))
+    pending: list[np.ndarray] = []
+    for rec in members:
+        # Rows of each cell, ascending: records came in row order, and the sort by cell is stable.
+        rec = rec[np.argsort(rec["cell"], kind="stable")]
+        bounds = np.flatnonzero(np.r_[True, rec["cell"][1:] != rec["cell"][:-1], True])
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            if b - a >= 2:
+                pending += _cell_pairs(x, rec["row"][a:b], cfg, n)
+            if sum(len(p) for p in pending) > FLUSH:
+                add(np.concatenate(pending))
+                pending = []
+    if pending:
+        add(np.concatenate(pending))
+
+
+def _cell_pairs(x, rows: np.ndarray, cfg, n: int) -> list[np.ndarray]:
+    """Each of ``rows``' ``cfg.neighbours`` nearest rows among ``rows`` (one cell), above ``min_cosine``."""
+    k = min(cfg.neighbours, len(rows) - 1)
+    xr = x[rows]
+    # A block of rows against its whole cell: cells grow as sqrt(n) on average and far more where
+    # images crowd, so the block shrinks as the cell grows: at most CELL_SIMS similarities at once
+    # (with their negation and argpartition's int64 indices, 16 bytes each).
+    step = max(16, min(SEARCH_BLOCK, CELL_SIMS // len(rows)))
+    out = []
+    for s in range(0, len(rows), step):
+        sims = xr[s : s + step] @ xr.T
+        sims[np.arange(sims.shape[0]), np.arange(s, s + sims.shape[0])] = -2.0  # not oneself
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        ok = np.take_along_axis(sims, top, axis=1) >= cfg.min_cosine
+        a = np.repeat(rows[s : s + step], k).reshape(-1, k)[ok]
+        out.append(packed(a, rows[top[ok]], n))
+    return out
