@@ -184,7 +184,7 @@ def _band_pairs(distinct: Spill, cfg: DedupConfig, work: Path, parts: int, toler
     (first rows i, j). Several masks share one pass over the distinct values."""
     masks = _masks(cfg.near_config())
     per_pass = max(1, OPEN_FILES // parts)
-    found_i, found_j = [], []
+    found = _PackedPairs(n)
     for start in range(0, len(masks), per_pass):
         group = masks[start : start + per_pass]
         bands = [Spill(work, f"band{start + m}", parts) for m in range(len(group))]
@@ -197,28 +197,38 @@ def _band_pairs(distinct: Spill, cfg: DedupConfig, work: Path, parts: int, toler
                 h = t.column("phash").to_numpy()
                 keys = h & mask
                 order = np.argsort(keys)  # run membership, not order within a run, makes the pairs
-                i, j = _pairs_in_runs(order, keys[order])
-                ok = np.bitwise_count(h[i] ^ h[j]) <= cfg.near_k
-                i, j = i[ok], j[ok]
-                if tolerance:
-                    shape = t.column("shape").to_numpy()
-                    keep = ~aspect_differs(shape[i], shape[j], tolerance)
-                    i, j = i[keep], j[keep]
+                keep = _shapes_agree(t.column("shape").to_numpy(), tolerance) if tolerance else None
+                i, j = _pairs_in_runs(order, keys[order], h, cfg.near_k, keep)
                 rows = t.column("row").to_numpy()
-                found_i.append(rows[i])
-                found_j.append(rows[j])
-        i, j = _unique_pairs(found_i, found_j, n)
-        found_i, found_j = [i], [j]
-    return _unique_pairs(found_i, found_j, n)
+                found.add(rows[i], rows[j])
+    return found.pairs()
 
 
-def _unique_pairs(i: list[np.ndarray], j: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each unordered pair once (a pair close in several bands is found several times)."""
-    if not i:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    a, b = np.concatenate(i), np.concatenate(j)
-    packed = np.unique(np.minimum(a, b) * n + np.maximum(a, b))
-    return packed // n, packed % n
+def _shapes_agree(shape: np.ndarray, tolerance: float):
+    """A mask of pairs (i, j) whose log aspect ratios ``shape`` differ by at most ``tolerance``."""
+    return lambda i, j: ~aspect_differs(shape[i], shape[j], tolerance)
+
+
+class _PackedPairs:
+    """Unordered pairs of rows, each once (a pair close in several bands is found several times), kept as
+    one int64 each (lo * n + hi) and made unique as they pile up: what is held is the distinct pairs and
+    at most ``PENDING`` more, where pairs kept as two int64 and made unique once held each mask's pairs
+    twice over (220 MB traced for 465,000 synthetic-web images, 1.3M distinct pairs)."""
+
+    PENDING = 1 << 20
+
+    def __init__(self, n: int):
+        self.n, self.parts, self.pending = n, [np.empty(0, np.int64)], 0
+
+    def add(self, i: np.ndarray, j: np.ndarray) -> None:
+        self.parts.append(np.minimum(i, j).astype(np.int64) * self.n + np.maximum(i, j))
+        self.pending += len(i)
+        if self.pending > self.PENDING:
+            self.parts, self.pending = [np.unique(np.concatenate(self.parts))], 0
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        packed = np.unique(np.concatenate(self.parts))
+        return packed // max(self.n, 1), packed % max(self.n, 1)
 
 
 def _links(source: Source, cfg: DedupConfig, work: Path, parts: int, embeddings, clock, thumbs=None) -> Links:
