@@ -127,3 +127,20 @@ def test_band_pairs_are_made_unique_as_they_pile_up():
         tracemalloc.stop()
     assert np.array_equal(got_i * n + got_j, want) and (got_i <= got_j).all()
     assert peak < 50, f"{peak:.0f} MB traced for 4M pairs found, {len(want):,} distinct"
+
+
+def test_pairs_filtered_as_they_are_made_are_the_pairs_filtered_at_the_end(monkeypatch):
+    """Clustered hashes (long runs of equal band keys): filtering every few pairs made, or all at once,
+    keeps the same pairs in the same order; and ``unique_ints`` is ``np.unique`` by a sort."""
+    from curate.dedup import near
+
+    rng = np.random.default_rng(1)
+    centres = rng.integers(0, 2**63, 40, dtype=np.int64).astype(np.uint64)
+    flips = np.uint64(1) << rng.integers(0, 64, (6000, 3)).astype(np.uint64)
+    hashes = np.unique(centres[rng.integers(0, 40, 6000)] ^ flips[:, 0] ^ flips[:, 1] ^ flips[:, 2])
+    whole = near.near_pairs(hashes)
+    monkeypatch.setattr(near, "RAW_PAIRS", 7)
+    cut = near.near_pairs(hashes)
+    assert len(whole[0]) > 1000 and all(np.array_equal(a, b) for a, b in zip(whole, cut, strict=True))
+    for a in (np.zeros(0, np.int64), rng.integers(-50, 50, 1000), rng.integers(0, 2**40, 10_000)):
+        assert np.array_equal(near.unique_ints(a), np.unique(a))

@@ -16,6 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from curate.dedup.near import unique_ints
+
 KINDS = ("exact", "pixels", "near", "semantic", "caption")
 
 
@@ -52,7 +54,7 @@ class Links:
         """(nodes, links between positions in ``nodes``): the rows that have a link, sorted, and the same
         links over them. Unlinked rows are singletons, so the components of the rest are unchanged."""
         ends = [a for i, j in self.by_kind.values() for a in (i, j)]
-        nodes = np.unique(np.concatenate(ends)) if ends else np.empty(0, np.int64)
+        nodes = unique_ints(np.concatenate(ends)) if ends else np.empty(0, np.int64)
         small = Links(len(nodes))
         for kind, (i, j) in self.by_kind.items():
             small.by_kind[kind] = (np.searchsorted(nodes, i), np.searchsorted(nodes, j))

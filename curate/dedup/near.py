@@ -46,34 +46,57 @@ def _masks(cfg: NearConfig) -> list[np.uint64]:
     return masks
 
 
+def unique_ints(a: np.ndarray) -> np.ndarray:
+    """``np.unique`` of an integer array (sorted, distinct), by one sort: numpy 2.4's hash-based unique
+    took 6 s for 4M int64 values on this machine, where the sort takes 0.06 s."""
+    s = np.sort(a)
+    return s[np.r_[True, s[1:] != s[:-1]]] if len(s) else s
+
+
+RAW_PAIRS = 1 << 20  # pairs made in runs before they are filtered (16 bytes each)
+
+
 def _pairs_in_runs(
     order: np.ndarray, keys_sorted: np.ndarray, h: np.ndarray, k: int, keep=None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The (i, j) pairs of original indices whose keys are equal (from a stable sort) and whose hashes
     ``h`` are within ``k`` bits, and that ``keep(i, j)`` (a mask) keeps when given. Filtered as they are
-    made, an offset at a time: the unfiltered pairs grow as the square of a run's length, and hashes of
-    similar images crowd into long runs (22M pairs in one pass over 465,000 synthetic-web images, of
-    which 1.3M are kept)."""
+    made, ``RAW_PAIRS`` at a time: the unfiltered pairs grow as the square of a run's length, and hashes
+    of similar images crowd into long runs (85M pairs made in one pass over 930,000 synthetic-web images,
+    of which 4.8M are kept)."""
     same = keys_sorted[1:] == keys_sorted[:-1]
     if not same.any():
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    left, right = [], []
-    # Offset o pairs position p with p + o when the whole stretch p..p+o has one key. Only positions
-    # still inside a run survive to the next offset, so the loop ends at the longest run's length.
-    alive = np.flatnonzero(same)
-    o = 1
-    while alive.size:
-        i, j = order[alive], order[alive + o]
+    left, right, raw = [], [], [[], []]
+
+    def close(held: list[list[np.ndarray]]) -> None:  # filter the pairs made so far, in one go
+        if not held[0]:
+            return
+        i, j = np.concatenate(held[0]), np.concatenate(held[1])
         ok = np.bitwise_count(h[i] ^ h[j]) <= k
         if keep is not None:
             ok &= keep(i, j)
         left.append(i[ok])
         right.append(j[ok])
+        held[0], held[1] = [], []
+
+    # Offset o pairs position p with p + o when the whole stretch p..p+o has one key. Only positions
+    # still inside a run survive to the next offset, so the loop ends at the longest run's length.
+    alive = np.flatnonzero(same)
+    o, made = 1, 0
+    while alive.size:
+        raw[0].append(order[alive])
+        raw[1].append(order[alive + o])
+        made += alive.size
+        if made >= RAW_PAIRS:
+            close(raw)
+            made = 0
         nxt = alive + o
         inside = nxt < same.size
         alive = alive[inside]
         alive = alive[same[nxt[inside]]]
         o += 1
+    close(raw)
     return np.concatenate(left), np.concatenate(right)
 
 
@@ -96,7 +119,7 @@ def near_pairs(hashes: np.ndarray, cfg: NearConfig = NearConfig()) -> tuple[np.n
     i = np.concatenate(found_i)
     j = np.concatenate(found_j)
     lo, hi = np.minimum(i, j), np.maximum(i, j)
-    packed = np.unique(lo.astype(np.int64) * len(h) + hi)
+    packed = unique_ints(lo.astype(np.int64) * len(h) + hi)
     lo, hi = packed // len(h), packed % len(h)
     return lo, hi, np.bitwise_count(h[lo] ^ h[hi]).astype(np.uint8)
 

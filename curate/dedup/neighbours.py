@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from curate.core import storage
+from curate.dedup.near import unique_ints
 from curate.dedup.thumbstore import Buckets
 
 SEARCH_BLOCK = 1024  # rows whose nearest cells, or neighbours within a cell, are computed at a time
@@ -66,7 +67,7 @@ def candidates(x, cfg, work: Path, extra: np.ndarray | None = None) -> Iterator[
     if extra is not None and len(extra):
         add(np.asarray(extra, np.int64))
     for block in pairs:
-        yield np.unique(block)
+        yield unique_ints(block)
 
 
 def _search(x, cfg, work: Path, add) -> None:
