@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from curate.core import storage
+from curate.core.buckets import Buckets
 from curate.dedup.near import unique_ints
-from curate.dedup.thumbstore import Buckets
 
 SEARCH_BLOCK = 1024  # rows whose nearest cells, or neighbours within a cell, are computed at a time
 CELL_SIMS = 1 << 20  # similarities within a cell computed at a time (~16 MB with their temporaries)

@@ -74,37 +74,6 @@ class Spilled:
         return Spilled(self.path, self.dtype, row_shape, self.rows, part, self.full_shape)
 
 
-class Buckets:
-    """Records appended to one of ``buckets`` files each, read back a bucket at a time, in bucket order
-    (each bucket's records in the order they came), each file removed once read. An empty bucket is
-    skipped."""
-
-    def __init__(self, directory: Path, name: str, buckets: int, dtype):
-        self.paths = [Path(directory) / f"{name}-{b:05d}.bin" for b in range(buckets)]
-        self.dtype = np.dtype(dtype)
-        for p in self.paths:  # records are appended: none may be left from a search that stopped half-way
-            p.unlink(missing_ok=True)
-
-    def add(self, records: np.ndarray, bucket: np.ndarray) -> None:
-        if len(self.paths) == 1:
-            with open(self.paths[0], "ab") as f:
-                records.tofile(f)
-            return
-        counts = np.bincount(bucket, minlength=len(self.paths))
-        starts = np.cumsum(counts) - counts
-        records = records[np.argsort(bucket, kind="stable")]
-        for b in np.flatnonzero(counts).tolist():
-            with open(self.paths[b], "ab") as f:
-                records[starts[b] : starts[b] + counts[b]].tofile(f)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        for p in self.paths:
-            if p.exists():
-                records = np.fromfile(p, self.dtype)
-                p.unlink()
-                yield records
-
-
 def take(views: tuple, rows: np.ndarray) -> tuple[np.ndarray, ...]:
     """``view[rows]`` for each of ``views``; views of one spilled file (a thumbnail's colour and grey
     parts) read each row once for all of them."""

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.core import schema, storage
+from curate.core.buckets import Buckets
 from curate.core.errors import InputError
 from curate.urllist.readers import ReadConfig, _canonical, file_batches, list_files
 
@@ -74,10 +75,8 @@ def staged_url_list(spec: str | os.PathLike | list, cfg: ReadConfig = ReadConfig
 def stage_url_list(spec: str | os.PathLike | list, cfg: ReadConfig, dest: str) -> StagedList:
     """Read a URL list into the canonical parquet file ``dest`` (a local path), a batch at a time."""
     files = list_files(spec)
-    with (
-        tempfile.TemporaryDirectory(prefix="clip-tiers-parts-", dir=storage.scratch_dir()) as work,
-        contextlib.closing(_Keys(Path(work))) as keys,
-    ):
+    with tempfile.TemporaryDirectory(prefix="clip-tiers-parts-", dir=storage.scratch_dir()) as work:
+        keys = _Keys(Path(work))
         parts = [_stage_file(f, cfg, Path(work) / f"{k:05d}.arrow", keys) for k, f in enumerate(files)]
         sizes = [p.rows for p in parts]
         if sum(sizes) == 0:
@@ -136,42 +135,28 @@ def _hash(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 class _Keys:
-    """Each row's 64-bit key and row number, appended to one of ``BUCKETS`` files by the key's top bits,
-    so that finding the rows whose key repeats holds one bucket, not every row's key."""
+    """Each row's 64-bit key and row number, spilled to one of 64 bucket files by the key's top bits, so
+    that finding the rows whose key repeats holds one bucket, not every row's key."""
 
-    BUCKETS = 64
     RECORD = np.dtype([("key", "<u8"), ("row", "<i8")])
 
     def __init__(self, directory: Path):
-        self.directory, self.files, self.rows = directory, {}, 0
+        self.buckets, self.rows = Buckets(directory, "keys", 64, self.RECORD), 0
 
     def add(self, keys: np.ndarray) -> None:
         rec = np.empty(len(keys), self.RECORD)
         rec["key"], rec["row"] = keys, np.arange(self.rows, self.rows + len(keys))
         self.rows += len(keys)
-        bucket = (keys >> np.uint64(58)).astype(np.int64)  # the hash's top 6 bits: 64 buckets
-        rec = rec[np.argsort(bucket, kind="stable")]
-        counts = np.bincount(bucket, minlength=self.BUCKETS)
-        starts = np.cumsum(counts) - counts
-        for b in np.flatnonzero(counts).tolist():
-            if b not in self.files:
-                self.files[b] = open(self.directory / f"keys-{b:02d}.bin", "wb")  # noqa: SIM115 (closed below)
-            rec[starts[b] : starts[b] + counts[b]].tofile(self.files[b])
+        self.buckets.add(rec, (keys >> np.uint64(58)).astype(np.int64))  # the hash's top 6 bits
 
     def repeated_rows(self) -> np.ndarray:
         """The rows, ascending, whose key another row shares; a bucket at a time."""
         found = [np.zeros(0, np.int64)]
-        for _, f in sorted(self.files.items()):
-            f.close()
-            rec = np.fromfile(f.name, self.RECORD)
+        for rec in self.buckets:
             s = np.sort(rec["key"])
             repeated = s[1:][s[1:] == s[:-1]]
             found.append(rec["row"][np.isin(rec["key"], repeated)])
         return np.sort(np.concatenate(found))
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
 
 
 def _gather(parts: list[_Part], rows: np.ndarray, columns: list[str]) -> pa.Table:
