@@ -45,10 +45,8 @@ import numpy as np
 from curate.annotate.image import DETAIL_SIDE, THUMB_SIDE
 from curate.core import storage
 from curate.dedup.near import aspect_differs
-from curate.dedup.neighbours import candidates, neighbour_pairs, packed
+from curate.dedup.neighbours import candidates, packed
 from curate.dedup.thumbstore import take
-
-__all__ = ["CopyConfig", "copy_pairs", "flat", "neighbour_pairs", "search_vectors", "thumbs", "verify"]
 
 COLOUR_BYTES = THUMB_SIDE * THUMB_SIDE * 3
 PAIR_BLOCK = 1024  # candidate pairs verified at a time (each ~60 KB of float32 temporaries)

@@ -207,37 +207,24 @@ def _read_txt(path: str, cfg: ReadConfig) -> pa.Table:
     return pa.table({cfg.url_col: pa.array([u for u in urls if u], pa.string())})
 
 
-def _read_parquet(path: str) -> pa.Table:
-    try:
-        if path.endswith(".gz") or not storage.is_local(path):
-            return pq.read_table(io.BytesIO(_read_bytes(path)))
-        return pq.read_table(path)
-    except (pa.ArrowException, OSError) as e:
-        raise InputError(f"corrupt or unreadable parquet: {str(e).strip().splitlines()[0]}", path=path) from None
-
-
-def read_file(path: str, cfg: ReadConfig = ReadConfig()) -> pa.Table:
-    """Read one list file as it is (its own column names), with string types normalised."""
-    fmt = _format_of(path, cfg.format)
-    if fmt == "parquet":
-        table = _read_parquet(path)
-    elif fmt == "csv":
-        table = _read_delimited(path, ",", cfg)
-    elif fmt == "tsv":
-        table = _read_delimited(path, "\t", cfg)
-    elif fmt == "jsonl":
-        table = _read_jsonl(path)
-    else:
-        table = _read_txt(path, cfg)
-    return _normalise_strings(table)
+def _read_text(path: str, fmt: str, cfg: ReadConfig) -> pa.Table:
+    """One csv, tsv, jsonl or txt list file, whole, as it is (its own column names)."""
+    if fmt == "csv":
+        return _read_delimited(path, ",", cfg)
+    if fmt == "tsv":
+        return _read_delimited(path, "\t", cfg)
+    if fmt == "jsonl":
+        return _read_jsonl(path)
+    return _read_txt(path, cfg)
 
 
 def file_batches(path: str, cfg: ReadConfig = ReadConfig(), rows: int = 1 << 16) -> Iterator[pa.Table]:
     """One list file as tables of at most ``rows`` rows, in order, string types normalised; a file with
     no rows gives one empty table with its columns. Parquet is read a batch at a time (one in a store
     by ranged reads, a gzipped one from its bytes); the text formats a file at a time."""
-    if _format_of(path, cfg.format) != "parquet":
-        table = read_file(path, cfg)
+    fmt = _format_of(path, cfg.format)
+    if fmt != "parquet":
+        table = _normalise_strings(_read_text(path, fmt, cfg))
         yield from (table.slice(at, rows) for at in range(0, max(1, table.num_rows), rows))
         return
     try:

@@ -43,7 +43,6 @@ class StagedList:
     rows: int
     captioned: int  # rows with a caption
     columns: tuple[str, ...]
-    files: tuple[str, ...]
 
 
 @dataclass
@@ -95,7 +94,7 @@ def stage_url_list(spec: str | os.PathLike | list, cfg: ReadConfig, dest: str) -
             renamed: dict[int, str] = {}
         else:
             renamed = _repeat_uids(parts, rows)
-        return _write(parts, unified, renamed, dest, tuple(files))
+        return _write(parts, unified, renamed, dest)
 
 
 def _stage_file(path: str, cfg: ReadConfig, out: Path, keys: _Keys) -> _Part:
@@ -226,7 +225,7 @@ def _locate(row: int, parts: list[_Part]) -> tuple[str, int]:
     raise IndexError(row)
 
 
-def _write(parts: list[_Part], unified: pa.Schema, renamed: dict[int, str], dest: str, files) -> StagedList:
+def _write(parts: list[_Part], unified: pa.Schema, renamed: dict[int, str], dest: str) -> StagedList:
     """Every part's batches, cast to the unified columns, uids of repeats replaced, into ``dest``."""
     first = [schema.UID, schema.URL, schema.CAPTION]
     names = first + [n for n in unified.names if n not in first]
@@ -249,7 +248,7 @@ def _write(parts: list[_Part], unified: pa.Schema, renamed: dict[int, str], dest
                     writer.write_batch(pa.record_batch(cols, schema=out_schema))
                     captioned += b.num_rows - b.column(schema.CAPTION).null_count
                     r0 += b.num_rows
-    return StagedList(dest, r0, captioned, tuple(names), files)
+    return StagedList(dest, r0, captioned, tuple(names))
 
 
 def _column(b: pa.RecordBatch, field: pa.Field) -> pa.Array:
