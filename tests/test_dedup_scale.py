@@ -67,7 +67,9 @@ def test_parquet_files_in_decisions_out_the_same_bytes(tmp_path):
     assert list(work.iterdir()) == []  # the spill is gone
 
 
-def test_verified_near_copies_and_semantic_links_are_decided_alike():
+def test_verified_near_copies_and_semantic_links_are_decided_alike(monkeypatch):
+    from curate.dedup import neighbours
+
     rng = np.random.default_rng(32)
     blobs = []
     for s in range(10):
@@ -80,6 +82,9 @@ def test_verified_near_copies_and_semantic_links_are_decided_alike():
         want = deduplicate(table, cfg, embeddings=e)
         assert want.column("dup_of").null_count < table.num_rows - 40  # copies were found
         assert deduplicate(table, replace(cfg, partition_rows=7), embeddings=e).equals(want)
+        with monkeypatch.context() as m:  # candidates spilled and read back 8 rows' worth at a time
+            m.setattr(neighbours, "PAIRS", 8)
+            assert deduplicate(table, replace(cfg, partition_rows=7), embeddings=e).equals(want)
 
 
 def test_empty_and_hashless_pools():
@@ -109,13 +114,13 @@ def test_band_pairs_are_made_unique_as_they_pile_up():
     distinct pairs and at most ``PENDING`` more (38 MB here, the test's own arrays included)."""
     import tracemalloc
 
-    from curate.dedup.partitioned import _PackedPairs
+    from curate.dedup.neighbours import PackedPairs
 
     rng = np.random.default_rng(0)
     n = 1_000_000
     i, j = rng.integers(0, n, 200_000), rng.integers(0, n, 200_000)
     want = np.unique(np.minimum(i, j) * n + np.maximum(i, j))
-    found = _PackedPairs(n)
+    found = PackedPairs(n)
     tracemalloc.start()
     try:
         for _ in range(20):  # the same pairs found again and again, either way round, in any order
@@ -127,6 +132,42 @@ def test_band_pairs_are_made_unique_as_they_pile_up():
         tracemalloc.stop()
     assert np.array_equal(got_i * n + got_j, want) and (got_i <= got_j).all()
     assert peak < 50, f"{peak:.0f} MB traced for 4M pairs found, {len(want):,} distinct"
+
+
+def test_candidates_to_verify_are_spilled_as_found_and_read_back_a_range_at_a_time(tmp_path, monkeypatch):
+    """The pHash bands' candidates, when they are to be verified, are never held whole: 2M distinct pairs
+    found twice each, 80,000 at a time, come back once each, ascending, a range of rows at a time, with
+    what is traced bounded by one add: 4 MB (held packed, as ``PackedPairs`` holds them, then handed out a
+    range at a time: 103 MB)."""
+    import tracemalloc
+
+    from curate.dedup import neighbours
+
+    monkeypatch.setattr(neighbours, "PAIRS", 1 << 14)
+    rng = np.random.default_rng(1)
+    n = 1_000_000
+    i, j = rng.integers(0, n, 2_000_000), rng.integers(0, n, 2_000_000)
+    i, j = i[i != j], j[i != j]
+    want = np.unique(np.minimum(i, j) * n + np.maximum(i, j))
+    found = neighbours.SpilledPairs(n, tmp_path)
+    orders = [rng.permutation(len(i)) for _ in range(2)]
+    tracemalloc.start()
+    try:
+        for order in orders:  # each pair found again, the other way round, in another order
+            for s in range(0, len(i), 80_000):
+                found.add(j[order[s : s + 80_000]], i[order[s : s + 80_000]])
+                i, j = j, i
+        at, ranges, k = 0, 0, -(-n // neighbours.PAIRS)
+        for got_i, got_j in found:
+            got = got_i * n + got_j
+            assert np.array_equal(got, want[at : at + len(got)]) and (got_i < got_j).all()
+            assert len(np.unique(got_i * k // n)) == 1  # one range of lo rows
+            at, ranges = at + len(got), ranges + 1
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    assert at == len(want) and ranges == k and list(tmp_path.iterdir()) == []
+    assert peak < 10, f"{peak:.0f} MB traced for {len(want):,} distinct pairs"
 
 
 def test_pairs_filtered_as_they_are_made_are_the_pairs_filtered_at_the_end(monkeypatch):

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -263,15 +264,16 @@ def copy_pairs(
     t: np.ndarray,
     grey: np.ndarray,
     cfg: CopyConfig = CopyConfig(),
-    extra: tuple[np.ndarray, np.ndarray] | None = None,
+    extra: Iterable[tuple[np.ndarray, np.ndarray]] = (),
     shape: np.ndarray | None = None,
     side: np.ndarray | None = None,
     scratch: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(i, j) rows that are near copies, from colour thumbnails ``t`` and grey thumbnails ``grey``
     (:func:`thumbs`, or :class:`curate.dedup.thumbstore.Spilled` views): neighbour candidates plus
-    ``extra`` candidate pairs (e.g. pHash matches), each verified. ``shape`` (log width/height per row,
-    NaN where unknown) drops pairs whose shapes differ more than a crop within ``max_crop`` can make;
+    ``extra`` candidate pairs (e.g. pHash matches; (i, j) chunks, spilled one at a time), each verified.
+    ``shape`` (log width/height per row, NaN where unknown) drops pairs whose shapes differ more than a
+    crop within ``max_crop`` can make;
     ``side`` (shorter side in pixels per row) sends pairs with an image under 32 px to the 16 px detail
     comparison. With ``scratch`` (a directory) the search vectors and the search's spill files go there.
 
@@ -279,7 +281,7 @@ def copy_pairs(
     rows at a time (spilled under ``scratch``, or a temporary directory), and are unpacked, filtered and
     verified ``VERIFY_CHUNK`` at a time; only the verified pairs are kept."""
     n = len(t)
-    extra_packed = None if extra is None or not len(extra[0]) else packed(extra[0], extra[1], n)
+    extra_packed = (packed(i, j, n) for i, j in extra)
     bad = flat(t, cfg)
     found_i, found_j = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
     with _workdir(scratch) as work:

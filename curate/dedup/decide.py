@@ -7,6 +7,7 @@ be rerun with other thresholds in seconds without decoding a single image.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,39 +155,46 @@ def _near_links(table: pa.Table, cfg: DedupConfig, links: Links, thumbs=None) ->
     # Rows sharing a pHash value are candidates of their value's representative, not links yet.
     other = rep[inverse] != valid
     i, j = np.concatenate([i, valid[other]]), np.concatenate([j, rep[inverse][other]])
-    verified_links(table, cfg, links, i, j, shape, thumbs)
+    verified_links(table, cfg, links, [(i, j)], shape, thumbs)
 
 
 def verified_links(
     table: pa.Table,
     cfg: DedupConfig,
     links: Links,
-    i: np.ndarray,
-    j: np.ndarray,
+    pairs: Iterable[tuple[np.ndarray, np.ndarray]],
     shape: np.ndarray | None,
     thumbs=None,
 ) -> None:
     """Link near copies among the rows of ``table`` (width, height; thumb unless ``thumbs`` gives them
-    spilled): thumbnail neighbours plus the pHash candidate pairs (i, j), each verified by aligned
+    spilled): thumbnail neighbours plus the pHash candidate ``pairs`` ((i, j) chunks of rows, taken one
+    at a time, e.g. from :class:`curate.dedup.neighbours.SpilledPairs`), each verified by aligned
     thumbnails (:mod:`curate.dedup.copies`). The thumbnails are read from a scratch file a block at a
     time (:mod:`curate.dedup.thumbstore`), never held whole."""
     if thumbs is None:
         with spilled_thumbs([table.column(schema.THUMB)]) as spilled:
-            return verified_links(table, cfg, links, i, j, shape, spilled)
+            return verified_links(table, cfg, links, pairs, shape, spilled)
     n, names = table.num_rows, table.column_names
     rows, raw, scratch = thumbs
     t = raw.view(slice(0, COLOUR_BYTES), (THUMB_SIDE, THUMB_SIDE, 3))
     grey = raw.view(slice(COLOUR_BYTES, None), (DETAIL_SIDE, DETAIL_SIDE))
     at = np.full(n, -1, np.int64)
     at[rows] = np.arange(len(rows))
-    ok = (at[i] >= 0) & (at[j] >= 0)
     side = None
     if schema.WIDTH in names and schema.HEIGHT in names:
         w, h = (table.column(c).cast(pa.float64()).fill_null(np.nan).to_numpy() for c in (schema.WIDTH, schema.HEIGHT))
         side = np.minimum(w, h)[rows]
-    extra = (at[i[ok]], at[j[ok]])
+    extra = _thumb_rows(at, pairs)
     a, b = copy_pairs(t, grey, cfg.copy_config(), extra, None if shape is None else shape[rows], side, scratch)
     links.add("near", rows[a], rows[b])
+
+
+def _thumb_rows(at: np.ndarray, pairs: Iterable[tuple[np.ndarray, np.ndarray]]):
+    """The candidate pairs whose rows both have a thumbnail, as thumbnail rows (``at``: each row's, -1 where
+    it has none), a chunk at a time."""
+    for i, j in pairs:
+        ok = (at[i] >= 0) & (at[j] >= 0)
+        yield at[i[ok]], at[j[ok]]
 
 
 def _scatter(valid: np.ndarray, inverse: np.ndarray, n: int) -> np.ndarray:

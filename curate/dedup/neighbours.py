@@ -14,13 +14,15 @@ unique, a range of ``lo`` rows at a time. Nothing in it is held for the whole po
 
 Held at once: the sample, a block, one range of cells' records and one cell's vectors, one range of
 pairs. (The in-memory search this replaced held every row's cells and every pair found, several times
-over while merging them: ~300 MB more at 465,000 thumbnails than at none.)
+over while merging them: ~300 MB more at 465,000 thumbnails than at none.) :class:`SpilledPairs` keeps
+pairs found elsewhere (the pHash bands' candidates) the same way; :class:`PackedPairs` holds them
+packed, where they are not to be verified.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,49 @@ def packed(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
     return lo[keep] * n + hi[keep]
 
 
+class PackedPairs:
+    """Unordered pairs of rows, each once (a pair close in several bands is found several times), kept as
+    one int64 each (lo * n + hi) and made unique as they pile up: what is held is the distinct pairs and
+    at most as many more (or ``PENDING``, when more), where pairs kept as two int64 and made unique once
+    held every mask's pairs twice over (792 MB traced for 930,000 synthetic-web images, 4.8M distinct
+    pairs). Merging only once as many have piled up as are held keeps the sorts' total linear-ish."""
+
+    PENDING = 1 << 20
+
+    def __init__(self, n: int):
+        self.n, self.parts, self.held, self.pending = n, [np.empty(0, np.int64)], 0, 0
+
+    def add(self, i: np.ndarray, j: np.ndarray) -> None:
+        self.parts.append(np.minimum(i, j).astype(np.int64) * self.n + np.maximum(i, j))
+        self.pending += len(i)
+        if self.pending > max(self.PENDING, self.held):
+            self.parts = [unique_ints(np.concatenate(self.parts))]
+            self.held, self.pending = len(self.parts[0]), 0
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        packed = unique_ints(np.concatenate(self.parts))
+        return packed // max(self.n, 1), packed % max(self.n, 1)
+
+
+class SpilledPairs:
+    """Unordered pairs of rows spilled as they are found, by range of their ``lo`` row, and read back a
+    range at a time, each range's pairs once: ``for i, j in pairs``. For candidates that go on to be
+    verified (:func:`candidates` takes them the same way), so none of the pool's pairs is held whole."""
+
+    def __init__(self, n: int, work: Path):
+        self.n, self.ranges = n, max(1, -(-n // PAIRS))
+        self.buckets = Buckets(work, "found-pairs", self.ranges, np.int64)
+
+    def add(self, i: np.ndarray, j: np.ndarray) -> None:
+        p = packed(i, j, self.n)
+        self.buckets.add(p, p // self.n * self.ranges // self.n)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for block in self.buckets:
+            block = unique_ints(block)
+            yield block // self.n, block % self.n
+
+
 def neighbour_pairs(x, cfg) -> tuple[np.ndarray, np.ndarray]:
     """(i, j), i < j: each row's ``cfg.neighbours`` nearest rows of unit vectors ``x`` by cosine, at or
     above ``cfg.min_cosine`` (``x``: an array, or rows read on demand, e.g. spilled)."""
@@ -52,9 +97,10 @@ def neighbour_pairs(x, cfg) -> tuple[np.ndarray, np.ndarray]:
     return found // max(len(x), 1), found % max(len(x), 1)
 
 
-def candidates(x, cfg, work: Path, extra: np.ndarray | None = None) -> Iterator[np.ndarray]:
-    """The candidate pairs (packed, ascending, unique) of rows of ``x`` with ``extra`` (packed) among
-    them, a range of ``lo`` rows at a time; scratch files under ``work``, removed as they are read."""
+def candidates(x, cfg, work: Path, extra: Iterable[np.ndarray] = ()) -> Iterator[np.ndarray]:
+    """The candidate pairs (packed, ascending, unique) of rows of ``x`` with ``extra`` among them (packed
+    pairs, a chunk at a time, spilled as they come), a range of ``lo`` rows at a time; scratch files
+    under ``work``, removed as they are read."""
     n = len(x)
     ranges = max(1, -(-n // PAIRS))
     pairs = Buckets(work, "pairs", ranges, np.int64)
@@ -64,8 +110,9 @@ def candidates(x, cfg, work: Path, extra: np.ndarray | None = None) -> Iterator[
 
     if n >= 2:
         _search(x, cfg, work, add)
-    if extra is not None and len(extra):
-        add(np.asarray(extra, np.int64))
+    for chunk in extra:
+        if len(chunk):
+            add(np.asarray(chunk, np.int64))
     for block in pairs:
         yield unique_ints(block)
 

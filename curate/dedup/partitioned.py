@@ -37,7 +37,8 @@ import pyarrow.parquet as pq
 from curate.core import schema
 from curate.dedup.clusters import Links, keepers
 from curate.dedup.decide import DedupConfig, _group_ids, normalise_caption, verified_links
-from curate.dedup.near import _masks, _pairs_in_runs, aspect_differs, log_aspect, unique_ints
+from curate.dedup.near import _masks, _pairs_in_runs, aspect_differs, log_aspect
+from curate.dedup.neighbours import PackedPairs, SpilledPairs
 from curate.dedup.semantic import SemanticConfig, semantic_pairs
 from curate.dedup.source import BATCH_ROWS, Source
 from curate.dedup.thumbstore import spilled_thumbs
@@ -179,12 +180,12 @@ def _equal_hashes(hashes: Spill, verify: bool, work: Path, links: dict[str, list
     return distinct
 
 
-def _band_pairs(distinct: Spill, cfg: DedupConfig, work: Path, parts: int, tolerance: float, n: int):
-    """pHash pairs within ``near_k`` found by the band masks, each mask's keys partitioned on their own:
-    (first rows i, j). Several masks share one pass over the distinct values."""
+def _band_pairs(distinct: Spill, cfg: DedupConfig, work: Path, parts: int, tolerance: float, found) -> None:
+    """pHash pairs within ``near_k`` found by the band masks, each mask's keys partitioned on their own,
+    handed to ``found.add(i, j)`` (first rows) as found. Several masks share one pass over the distinct
+    values."""
     masks = _masks(cfg.near_config())
     per_pass = max(1, OPEN_FILES // parts)
-    found = _PackedPairs(n)
     for start in range(0, len(masks), per_pass):
         group = masks[start : start + per_pass]
         bands = [Spill(work, f"band{start + m}", parts) for m in range(len(group))]
@@ -201,36 +202,11 @@ def _band_pairs(distinct: Spill, cfg: DedupConfig, work: Path, parts: int, toler
                 i, j = _pairs_in_runs(order, keys[order], h, cfg.near_k, keep)
                 rows = t.column("row").to_numpy()
                 found.add(rows[i], rows[j])
-    return found.pairs()
 
 
 def _shapes_agree(shape: np.ndarray, tolerance: float):
     """A mask of pairs (i, j) whose log aspect ratios ``shape`` differ by at most ``tolerance``."""
     return lambda i, j: ~aspect_differs(shape[i], shape[j], tolerance)
-
-
-class _PackedPairs:
-    """Unordered pairs of rows, each once (a pair close in several bands is found several times), kept as
-    one int64 each (lo * n + hi) and made unique as they pile up: what is held is the distinct pairs and
-    at most as many more (or ``PENDING``, when more), where pairs kept as two int64 and made unique once
-    held every mask's pairs twice over (792 MB traced for 930,000 synthetic-web images, 4.8M distinct
-    pairs). Merging only once as many have piled up as are held keeps the sorts' total linear-ish."""
-
-    PENDING = 1 << 20
-
-    def __init__(self, n: int):
-        self.n, self.parts, self.held, self.pending = n, [np.empty(0, np.int64)], 0, 0
-
-    def add(self, i: np.ndarray, j: np.ndarray) -> None:
-        self.parts.append(np.minimum(i, j).astype(np.int64) * self.n + np.maximum(i, j))
-        self.pending += len(i)
-        if self.pending > max(self.PENDING, self.held):
-            self.parts = [unique_ints(np.concatenate(self.parts))]
-            self.held, self.pending = len(self.parts[0]), 0
-
-    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
-        packed = unique_ints(np.concatenate(self.parts))
-        return packed // max(self.n, 1), packed % max(self.n, 1)
 
 
 def _links(source: Source, cfg: DedupConfig, work: Path, parts: int, embeddings, clock, thumbs=None) -> Links:
@@ -252,19 +228,22 @@ def _links(source: Source, cfg: DedupConfig, work: Path, parts: int, embeddings,
         distinct = _equal_hashes(hashes, verify, work, found)
         clock("equal_hashes")
         tolerance = 0.0 if verify else cfg.near_shape_tolerance
-        i, j = _band_pairs(distinct, cfg, work, parts, tolerance, source.num_rows)
+        # To be verified, the candidates go to scratch files as found and are read back a range of rows
+        # at a time (at 930,000 images: 4.8M distinct pairs, held whole ~250 MB with their copies).
+        pairs = SpilledPairs(source.num_rows, work) if verify else PackedPairs(source.num_rows)
+        _band_pairs(distinct, cfg, work, parts, tolerance, pairs)
         clock("bands")
         if verify:
-            ci, cj = zip(*found["candidates"], strict=True) if found["candidates"] else ((), ())
-            i, j = np.concatenate([i, *ci]), np.concatenate([j, *cj])
+            for i, j in found.pop("candidates"):
+                pairs.add(i, j)
             table = source.read([schema.WIDTH, schema.HEIGHT])
             shape = log_aspect(table) if table.num_columns == 2 else None
             table = table if table.num_columns else pa.table({"n": pa.nulls(source.num_rows)})
             with _thumbs(source, thumbs) as spilled:  # read a block at a time, never whole
-                verified_links(table, cfg, links, i, j, shape, spilled)
+                verified_links(table, cfg, links, pairs, shape, spilled)
             clock("verify")
         else:
-            links.add("near", *_concat([*found["near"], (i, j)]))
+            links.add("near", *_concat([*found["near"], pairs.pairs()]))
     if cfg.semantic and embeddings is not None:
         ok = np.flatnonzero(np.isfinite(embeddings).all(axis=1) & (np.abs(embeddings).sum(axis=1) > 0))
         i, j = semantic_pairs(embeddings[ok], SemanticConfig(eps=cfg.semantic_eps, seed=cfg.seed))
