@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -171,6 +172,34 @@ def test_a_ray_worker_hands_back_what_its_unit_freed(tmp_path):
 
     assert kept_mb("plain") > 150  # the allocator keeps them: the check below can fail
     assert kept_mb("worker") < 30
+
+
+def test_a_task_with_max_calls_1_has_a_worker_of_its_own_that_exits(tmp_path, ray_local):
+    """The dedup task's heap grows with the pool: its worker must not live on to run a later stage's units."""
+
+    class Pid:
+        def __call__(self, root: str, unit: runner.Unit) -> dict:
+            storage.write_text(storage.join(root, unit.outputs[0]), unit.name)
+            return {"pid": os.getpid()}
+
+    # One at a time, on three nodes of one CPU: four units in reused workers would share a process.
+    rep = runner.run(str(tmp_path), _units(4), Pid(), runner.Executor("tasks", 1, max_calls=1), progress=False)
+    pids = {info["pid"] for info in rep.ran.values()}
+    assert len(pids) == 4 and os.getpid() not in pids
+
+    def alive() -> set[int]:
+        def ray_worker(pid: int) -> bool:
+            try:
+                return "ray::" in Path(f"/proc/{pid}/cmdline").read_text()
+            except OSError:  # gone
+                return False
+
+        return {p for p in pids if ray_worker(p)}
+
+    deadline = time.monotonic() + 30
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive()
 
 
 @pytest.mark.parametrize("kind", ["tasks", "actors"])

@@ -86,7 +86,9 @@ class _Tasks(_RaySlots):
 
     def __init__(self, ray, root: str, fn, executor, execute):
         self.ray, self.root, self.execute, self.opts = ray, root, execute, storage.options()
-        self.task = ray.remote(num_cpus=executor.num_cpus, num_gpus=executor.num_gpus, max_retries=0)(run_unit)
+        self.task = ray.remote(
+            num_cpus=executor.num_cpus, num_gpus=executor.num_gpus, max_retries=0, max_calls=executor.max_calls
+        )(run_unit)
         self.fn_ref = ray.put(fn)
         self.width = executor.workers or max(2, 2 * _cpus())
 

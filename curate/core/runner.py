@@ -52,6 +52,9 @@ class Executor:
     num_cpus: float = 1.0  # per Ray task or actor
     num_gpus: float = 0.0
     init: tuple = ()  # actors: arguments of ``fn``'s constructor
+    # tasks: units a Ray worker process runs before it exits (0: no limit). 1 gives a unit whose heap
+    # grows with the pool (the dedup task) a process of its own, so no later stage's unit runs in it.
+    max_calls: int = 0
 
     def __post_init__(self):
         if self.kind not in ("local", "threads", "tasks", "actors"):

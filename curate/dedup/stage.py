@@ -96,7 +96,9 @@ def run_dedup(
     unit = runner.Unit("dedup", fp, outputs=(DEDUP, SUMMARY), args=(key, cfg, quality, prefer, decontaminate))
     # With Ray up (a build) the decision runs in a worker: its working set (hash tables, candidate pairs,
     # links) grows with the pool, and the driver keeps only the metadata columns the other stages need.
-    executor = runner.Executor("tasks" if ray_running() else "local")
+    # Its worker exits after it: glibc and pymalloc keep part of a freed heap, and band-shard tasks
+    # scheduled into that worker next would carry it (measured in bench/scale.py's shard stage).
+    executor = runner.Executor("tasks", max_calls=1) if ray_running() else runner.Executor("local")
     report = runner.run(build_dir, [unit], _decide_unit, executor)
     report.raise_failures("dedup")
     summary = DedupSummary(**storage.read_json(storage.join(build_dir, SUMMARY)))
