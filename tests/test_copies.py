@@ -252,3 +252,46 @@ def test_the_detail_band_is_each_grey_image_minus_its_3x3_mean():
     pad = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1)), mode="edge")
     want = x - sum(pad[:, dy : dy + 32, dx : dx + 32] for dy in range(3) for dx in range(3)) / 9
     assert np.abs(_high_pass(x) - want).max() < 1e-4
+
+
+def test_a_dedup_task_verifies_on_ray_tasks_of_its_node_and_finds_the_same_pairs(ray_local):
+    """In a build the dedup task (a Ray task holding one CPU) hands its chunks of candidates to Ray tasks on
+    its own node, which read the spilled thumbnails there: the pairs are those found in one process, in
+    the same order, and the chunks run in other processes (the task gives its CPU back while it waits: on
+    these one-CPU nodes they could not run otherwise)."""
+    import os
+
+    import ray
+
+    from curate.core import raypool
+    from curate.dedup import copies
+    from curate.dedup.thumbstore import spilled_thumbs
+
+    rng = np.random.default_rng(5)
+    blobs = []
+    for s in range(12):
+        im = photo(200 + s, (64, 48))
+        blobs += [encode(im)] + [near_copy(im, f, rng) for f in FAMILIES]
+    table = annotation_table(blobs)
+
+    @ray.remote(num_cpus=1)
+    def dedup_task(colour, grey, scratch: str):
+        copies.VERIFY_CHUNK = 16  # several chunks, so several tasks
+        ran = []
+
+        def traced(fn, jobs):
+            for out in raypool.on_this_node(lambda *job: (fn(*job), os.getpid()), jobs):
+                ran.append(out[1])
+                yield out[0]
+
+        with copies.verifying_with(traced):
+            return copy_pairs(colour, grey, scratch=scratch), os.getpid(), ran
+
+    with spilled_thumbs([table.column(schema.THUMB)]) as (_, store, scratch):
+        colour = store.view(slice(0, copies.COLOUR_BYTES), (copies.THUMB_SIDE, copies.THUMB_SIDE, 3))
+        grey = store.view(slice(copies.COLOUR_BYTES, None), (copies.DETAIL_SIDE, copies.DETAIL_SIDE))
+        want = copy_pairs(colour, grey, scratch=scratch)
+        (got, pid, ran) = ray.get(dedup_task.remote(colour, grey, scratch), timeout=180)
+    assert len(want[0]) >= 12 * len(FAMILIES) // 2  # copies were found
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert len(ran) > 3 and pid not in ran

@@ -41,6 +41,40 @@ def run_unit(execute, root: str, unit, fn, opts: dict):
         release_memory()
 
 
+def on_this_node(fn, jobs, num_cpus: float = 1.0):
+    """``fn(*job)`` for each of ``jobs`` as Ray tasks on this process's node (they may read its local
+    scratch files), as many in flight as the node has CPUs and one more; results in order. Called from a
+    Ray task, which gives back its own CPU while it waits on them, so on a node of k CPUs k of them run.
+    A task's worker hands back what the task freed (:func:`run_unit`'s reason)."""
+    from collections import deque
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    cpus = next((n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == node), 1)
+    place = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+    task = ray.remote(num_cpus=num_cpus, max_retries=1, scheduling_strategy=place)(_call_released)
+    width = max(1, int(cpus // max(num_cpus, 1e-9))) + 1
+    inflight: deque = deque()
+    fn_ref = ray.put(fn)
+    for job in jobs:
+        inflight.append(task.remote(fn_ref, *job))
+        if len(inflight) >= width:
+            yield ray.get(inflight.popleft())
+    while inflight:
+        yield ray.get(inflight.popleft())
+
+
+def _call_released(fn, *args):
+    from curate.core.runtime import release_memory
+
+    try:
+        return fn(*args)
+    finally:
+        release_memory()
+
+
 def _cpus() -> int:
     import ray
 

@@ -35,6 +35,7 @@ recall falls as the pool gets denser around an image (a copy must rank among its
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import tempfile
 from collections.abc import Iterable
@@ -47,7 +48,7 @@ from curate.annotate.image import DETAIL_SIDE, THUMB_SIDE
 from curate.core import storage
 from curate.dedup.near import aspect_differs
 from curate.dedup.neighbours import candidates, packed
-from curate.dedup.thumbstore import take
+from curate.dedup.thumbstore import Spilled, take
 
 COLOUR_BYTES = THUMB_SIDE * THUMB_SIDE * 3
 PAIR_BLOCK = 1024  # candidate pairs verified at a time (each ~60 KB of float32 temporaries)
@@ -260,6 +261,10 @@ def flat(t: np.ndarray, cfg: CopyConfig = CopyConfig()) -> np.ndarray:
     return out
 
 
+# How copy_pairs verifies its chunks of candidates (set by :func:`verifying_with`; None: here, in order).
+_VERIFY_MAP: contextvars.ContextVar = contextvars.ContextVar("verify_map", default=None)
+
+
 def copy_pairs(
     t: np.ndarray,
     grey: np.ndarray,
@@ -284,21 +289,56 @@ def copy_pairs(
     extra_packed = (packed(i, j, n) for i, j in extra)
     bad = flat(t, cfg)
     found_i, found_j = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    # Another process can read spilled thumbnails (from this node's scratch file), not arrays held here.
+    map_fn = (_VERIFY_MAP.get() if isinstance(t, Spilled) else None) or _in_order
     with _workdir(scratch) as work:
         vectors = search_vectors(t) if scratch is None else _spilled_vectors(t, scratch)
-        for block in candidates(vectors, cfg, work, extra_packed):
-            for s in range(0, len(block), VERIFY_CHUNK):
-                i, j = block[s : s + VERIFY_CHUNK] // n, block[s : s + VERIFY_CHUNK] % n
-                keep = ~(bad[i] | bad[j])
-                if shape is not None:
-                    keep &= ~aspect_differs(shape[i], shape[j], 1 / (1 - 2 * cfg.max_crop) - 1)
-                i, j = i[keep], j[keep]
-                coarse = None if side is None else np.minimum(side[i], side[j]) < DETAIL_SIDE
-                sim, detail = verify_pairs(t, grey, i, j, cfg, coarse)
-                ok = (sim >= cfg.min_similarity) & (detail >= cfg.min_detail)
-                found_i.append(i[ok])
-                found_j.append(j[ok])
+        jobs = _chunks(candidates(vectors, cfg, work, extra_packed), t, grey, cfg, bad, shape, side)
+        for a, b in map_fn(verified_pairs, jobs):
+            found_i.append(a)
+            found_j.append(b)
     return np.concatenate(found_i), np.concatenate(found_j)
+
+
+def _chunks(blocks, t, grey, cfg: CopyConfig, bad: np.ndarray, shape, side):
+    """The verification jobs: ``VERIFY_CHUNK`` candidates of each block at a time, unpacked, without the
+    pairs a flat thumbnail or a shape no crop can make rules out."""
+    n = len(t)
+    for block in blocks:
+        for s in range(0, len(block), VERIFY_CHUNK):
+            i, j = block[s : s + VERIFY_CHUNK] // n, block[s : s + VERIFY_CHUNK] % n
+            keep = ~(bad[i] | bad[j])
+            if shape is not None:
+                keep &= ~aspect_differs(shape[i], shape[j], 1 / (1 - 2 * cfg.max_crop) - 1)
+            i, j = i[keep], j[keep]
+            coarse = None if side is None else np.minimum(side[i], side[j]) < DETAIL_SIDE
+            yield t, grey, i, j, cfg, coarse
+
+
+def verified_pairs(
+    t: np.ndarray, grey: np.ndarray, i: np.ndarray, j: np.ndarray, cfg: CopyConfig, coarse: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs (i[k], j[k]) that :func:`verify_pairs` finds near copies."""
+    sim, detail = verify_pairs(t, grey, i, j, cfg, coarse)
+    ok = (sim >= cfg.min_similarity) & (detail >= cfg.min_detail)
+    return i[ok], j[ok]
+
+
+@contextlib.contextmanager
+def verifying_with(map_fn):
+    """Within the block, :func:`copy_pairs` over spilled thumbnails hands its chunks of candidates to
+    ``map_fn(fn, jobs)`` (``fn(*job)`` for each job, results in order: e.g. Ray tasks on this node,
+    :func:`curate.core.raypool.on_this_node`) instead of verifying them here one after another.
+    ``None``: here. The chunks, and so the pairs found, are the same either way."""
+    token = _VERIFY_MAP.set(map_fn)
+    try:
+        yield
+    finally:
+        _VERIFY_MAP.reset(token)
+
+
+def _in_order(fn, jobs):
+    return (fn(*job) for job in jobs)
 
 
 def _workdir(scratch: str | None):

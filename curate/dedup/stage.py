@@ -109,11 +109,21 @@ def run_dedup(
 
 
 def _decide_unit(build_dir: str, unit: runner.Unit) -> dict:
+    # In a Ray worker (a build) the near-copy verification, nearly all of the task's time, runs as Ray
+    # tasks on this node, one chunk of candidates each; the task itself waits on them.
+    from curate.core import raypool
+    from curate.dedup.copies import verifying_with
+
+    with verifying_with(raypool.on_this_node if ray_running() else None):
+        if unit.args[1].partition_rows:
+            return _decide_in_partitions(build_dir, unit)
+        return _decide_whole(build_dir, unit)
+
+
+def _decide_whole(build_dir: str, unit: runner.Unit) -> dict:
     from curate.annotate import annotation_columns, read_annotations
 
     key, cfg, quality, prefer, decontaminate = unit.args
-    if cfg.partition_rows:
-        return _decide_in_partitions(build_dir, unit)
     cols = [schema.UID, schema.SHA256, schema.PIXEL_HASH, schema.PHASH, schema.WIDTH, schema.HEIGHT]
     cols += [schema.ORIGINAL_WIDTH, schema.ORIGINAL_HEIGHT]
     # Near copies are verified by aligned thumbnails (curate.dedup.copies), spilled to a scratch file

@@ -1,0 +1,92 @@
+"""Benchmark: the dedup task's near-copy verification in its own process against fanned out to Ray tasks.
+
+A build's dedup task is a Ray task; it hands each chunk of candidates to a Ray task on its node
+(:func:`curate.core.raypool.on_this_node` via :func:`curate.dedup.copies.verifying_with`). This runs the
+task as a build does — a Ray task of one CPU, in a Ray of all cores — on the first ``--rows`` images of
+``bench/near_scale.py``'s pool (64 px synthetic web, built and cached under --work if missing), once
+verifying in the task itself and once fanned out, alternated ``--repeats`` times. Reported: wall time,
+the machine's busy CPU-seconds over the run (from /proc/stat: run it on an idle machine) and whether
+the decisions are the same. Writes bench/results/verify_ray.json.
+
+    .venv/bin/python bench/verify_ray.py [--urls 500000] [--rows 100000] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def busy_cpu_s() -> float:
+    """CPU-seconds every core has spent busy since boot (all but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def decide(table_path: str, thumb_path: str, rows: int, fan_out: bool) -> str:
+    """The dedup task's decisions over the first ``rows`` images (run as a Ray task); their digest."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from curate.core import raypool, schema
+    from curate.dedup import DedupConfig
+    from curate.dedup.copies import verifying_with
+    from curate.dedup.partitioned import deduplicate_partitioned
+    from curate.dedup.thumbstore import Spilled
+
+    table = pq.read_table(table_path).slice(0, rows)
+    store = Spilled(Path(thumb_path), np.uint8, (schema.THUMB_BYTES,), rows)
+    with tempfile.TemporaryDirectory(prefix="clip-tiers-verify-ray-") as work:
+        with verifying_with(raypool.on_this_node if fan_out else None):
+            out = deduplicate_partitioned(table, DedupConfig(), workdir=work, thumbs=(np.arange(rows), store, work))
+    decided = out.select(["dup_of", "dup_kind"]).to_pydict()
+    return hashlib.sha256(json.dumps(decided).encode()).hexdigest()[:16]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--urls", type=int, default=500_000, help="the near_scale pool to take rows from")
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--work", default="/tmp/clip-tiers-near")
+    args = ap.parse_args()
+
+    from bench.near_scale import pool_for
+    from curate.core.runtime import ray_session
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    table_path, thumb_path = pool_for(work, args.urls)
+    import ray
+
+    results = []
+    with ray_session(num_cpus=os.cpu_count()):
+        task = ray.remote(num_cpus=1)(decide)
+        for _ in range(args.repeats):
+            for fan_out in (False, True):
+                c0, t0 = busy_cpu_s(), time.perf_counter()
+                digest = ray.get(task.remote(str(table_path), str(thumb_path), args.rows, fan_out))
+                r = {"fan_out": fan_out, "wall_s": round(time.perf_counter() - t0, 1)}
+                r.update(busy_cpu_s=round(busy_cpu_s() - c0, 1), digest=digest, load_after=os.getloadavg()[0])
+                results.append(r)
+                print(json.dumps(r), flush=True)
+    digests = {r["digest"] for r in results}
+    print(f"decisions identical: {len(digests) == 1}")
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "verify_ray.json").write_text(json.dumps({"rows": args.rows, "cores": os.cpu_count(), "runs": results}))
+
+
+if __name__ == "__main__":
+    main()
