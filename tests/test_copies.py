@@ -274,7 +274,7 @@ def test_a_dedup_task_verifies_on_ray_tasks_of_its_node_and_finds_the_same_pairs
         blobs += [encode(im)] + [near_copy(im, f, rng) for f in FAMILIES]
     table = annotation_table(blobs)
 
-    @ray.remote(num_cpus=1)
+    @ray.remote(num_cpus=1, max_calls=1)  # its worker exits after it: no later task sees the chunk size
     def dedup_task(colour, grey, scratch: str):
         copies.VERIFY_CHUNK = 16  # several chunks, so several tasks
         ran = []
