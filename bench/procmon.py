@@ -104,6 +104,21 @@ class TreeStats:
     worker_span: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     first_phase: dict[int, str] = field(default_factory=dict)  # pid -> the phase it was first seen in
 
+    def record(self, pid: int, sample: tuple, phase: str, worker: bool = True) -> None:
+        """File one :func:`_sample` of ``pid`` under ``phase`` (``worker``: it may be a Ray worker). A process
+        once seen as a Ray worker stays one: exited and not yet reaped, its command line reads empty and
+        its name falls back to the executable's (a loaded machine samples it in that state often)."""
+        cmdline, hwm, cpu, now, anon, file, shmem = sample
+        old = self.peak.get(pid, ("", 0))
+        name = old[0] if _is_worker(old[0]) else cmdline or old[0]
+        self.peak[pid] = (name, max(old[1], hwm))
+        self.cpu[pid] = max(self.cpu.get(pid, 0.0), cpu)
+        if worker and _is_worker(name):
+            self.first_phase.setdefault(pid, phase)
+            span = self.worker_span.setdefault((phase, pid), [now, now, anon, file, shmem])
+            for k, v in enumerate((now, anon, file, shmem), start=1):
+                span[k] = max(span[k], v)
+
     def _per_phase(self, value) -> dict[str, int]:
         out: dict[str, int] = {}
         for (phase, pid), span in self.worker_span.items():
@@ -177,15 +192,7 @@ def run_watched(
                 phase = stats.phase  # read before the sample: a figure is never filed under a later phase
                 s = _sample(pid)
                 if s is not None:
-                    cmdline, hwm, cpu, now, anon, file, shmem = s
-                    old = stats.peak.get(pid, ("", 0))
-                    stats.peak[pid] = (cmdline or old[0], max(old[1], hwm))
-                    stats.cpu[pid] = max(stats.cpu.get(pid, 0.0), cpu)
-                    if pid != proc.pid and _is_worker(cmdline or old[0]):
-                        stats.first_phase.setdefault(pid, phase)
-                        span = stats.worker_span.setdefault((phase, pid), [now, now, anon, file, shmem])
-                        for k, v in enumerate((now, anon, file, shmem), start=1):
-                            span[k] = max(span[k], v)
+                    stats.record(pid, s, phase, worker=pid != proc.pid)
             stop.wait(interval)
 
     t = threading.Thread(target=watch, daemon=True)

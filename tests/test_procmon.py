@@ -64,3 +64,16 @@ def test_a_workers_rss_is_told_apart_by_phase():
     assert "start" not in growth  # the worker started in it: its start-up is no growth of a task
     history = stats.largest_worker_history()
     assert history["second"][-1] == "first" and history["first"] in ([], ["start"]), history
+
+
+def test_a_worker_sampled_after_it_exited_is_still_a_worker():
+    """Exited but not yet reaped, a process's command line reads empty and its name falls back to the
+    executable's: the worker must keep its name (CI on a loaded machine saw its peak filed as no worker's)."""
+    from bench.procmon import TreeStats
+
+    stats = TreeStats(phase="first")
+    mb = 2**20
+    stats.record(7, ("ray::worker -c ...", 210 * mb, 0.1, 205 * mb, 200 * mb, 5 * mb, 0), "first")
+    stats.record(7, ("python3", 210 * mb, 0.2, 0, 0, 0, 0), "second")  # a zombie's sample
+    assert stats.largest_worker(1) == ("ray::worker -c ...", 210 * mb)
+    assert stats.worker_rss_by_phase() == {"first": 205 * mb, "second": 0}
