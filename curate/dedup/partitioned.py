@@ -229,7 +229,8 @@ def _links(source: Source, cfg: DedupConfig, work: Path, parts: int, embeddings,
         clock("equal_hashes")
         tolerance = 0.0 if verify else cfg.near_shape_tolerance
         # To be verified, the candidates go to scratch files as found and are read back a range of rows
-        # at a time (at 930,000 images: 4.8M distinct pairs, held whole ~250 MB with their copies).
+        # at a time: held whole, with their copies on the way to the search, they grew the dedup task by
+        # ~250 MB at 930,000 images (4.8M distinct pairs; bench/near_scale.py).
         pairs = SpilledPairs(source.num_rows, work) if verify else PackedPairs(source.num_rows)
         _band_pairs(distinct, cfg, work, parts, tolerance, pairs)
         clock("bands")
