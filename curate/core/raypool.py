@@ -33,19 +33,14 @@ class UnitActor:
 def run_unit(execute, root: str, unit, fn, opts: dict):
     """One unit in a Ray worker, whose freed memory then goes back to the system: the worker's next unit
     may belong to another stage, which should not carry this one's heap (:func:`release_memory`)."""
-    from curate.core.runtime import release_memory
-
-    try:
-        return execute(root, unit, fn, opts)
-    finally:
-        release_memory()
+    return released_call(execute, root, unit, fn, opts)
 
 
 def on_this_node(fn, jobs, num_cpus: float = 1.0):
     """``fn(*job)`` for each of ``jobs`` as Ray tasks on this process's node (they may read its local
     scratch files), as many in flight as the node has CPUs and one more; results in order. Called from a
     Ray task, which gives back its own CPU while it waits on them, so on a node of k CPUs k of them run.
-    A task's worker hands back what the task freed (:func:`run_unit`'s reason)."""
+    A task's worker hands back what the task freed (:func:`released_call`)."""
     from collections import deque
 
     import ray
@@ -54,7 +49,7 @@ def on_this_node(fn, jobs, num_cpus: float = 1.0):
     node = ray.get_runtime_context().get_node_id()
     cpus = next((n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == node), 1)
     place = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
-    task = ray.remote(num_cpus=num_cpus, max_retries=1, scheduling_strategy=place)(_call_released)
+    task = ray.remote(num_cpus=num_cpus, max_retries=1, scheduling_strategy=place)(released_call)
     width = max(1, int(cpus // max(num_cpus, 1e-9))) + 1
     inflight: deque = deque()
     fn_ref = ray.put(fn)
@@ -66,7 +61,8 @@ def on_this_node(fn, jobs, num_cpus: float = 1.0):
         yield ray.get(inflight.popleft())
 
 
-def _call_released(fn, *args):
+def released_call(fn, *args):
+    """``fn(*args)``, then what it freed handed back to the system (:func:`run_unit`'s reason)."""
     from curate.core.runtime import release_memory
 
     try:

@@ -72,20 +72,26 @@ class PackedPairs:
 
 class SpilledPairs:
     """Unordered pairs of rows spilled as they are found, by range of their ``lo`` row, and read back a
-    range at a time, each range's pairs once: ``for i, j in pairs``. For candidates that go on to be
-    verified (:func:`candidates` takes them the same way), so none of the pool's pairs is held whole."""
+    range at a time, each range's pairs once: ``for i, j in pairs``, or packed and ascending,
+    :meth:`ranges`. For candidates that go on to be verified (:func:`candidates` spills its own this way), so
+    none of the pool's pairs is held whole."""
 
-    def __init__(self, n: int, work: Path):
-        self.n, self.ranges = n, max(1, -(-n // PAIRS))
-        self.buckets = Buckets(work, "found-pairs", self.ranges, np.int64)
+    def __init__(self, n: int, work: Path, name: str = "found-pairs"):
+        self.n, self.count = n, max(1, -(-n // PAIRS))
+        self.buckets = Buckets(work, name, self.count, np.int64)
 
     def add(self, i: np.ndarray, j: np.ndarray) -> None:
-        p = packed(i, j, self.n)
-        self.buckets.add(p, p // self.n * self.ranges // self.n)
+        self.add_packed(packed(i, j, self.n))
+
+    def add_packed(self, p: np.ndarray) -> None:
+        self.buckets.add(p, p // self.n * self.count // self.n)  # the range of the pair's lo row
+
+    def ranges(self) -> Iterator[np.ndarray]:
+        for block in self.buckets:
+            yield unique_ints(block)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for block in self.buckets:
-            block = unique_ints(block)
+        for block in self.ranges():
             yield block // self.n, block % self.n
 
 
@@ -102,19 +108,13 @@ def candidates(x, cfg, work: Path, extra: Iterable[np.ndarray] = ()) -> Iterator
     pairs, a chunk at a time, spilled as they come), a range of ``lo`` rows at a time; scratch files
     under ``work``, removed as they are read."""
     n = len(x)
-    ranges = max(1, -(-n // PAIRS))
-    pairs = Buckets(work, "pairs", ranges, np.int64)
-
-    def add(p: np.ndarray) -> None:
-        pairs.add(p, p // n * ranges // n)  # the range of the pair's lo row
-
+    pairs = SpilledPairs(n, work, "pairs")
     if n >= 2:
-        _search(x, cfg, work, add)
+        _search(x, cfg, work, pairs.add_packed)
     for chunk in extra:
         if len(chunk):
-            add(np.asarray(chunk, np.int64))
-    for block in pairs:
-        yield unique_ints(block)
+            pairs.add_packed(np.asarray(chunk, np.int64))
+    yield from pairs.ranges()
 
 
 def _search(x, cfg, work: Path, add) -> None:
