@@ -245,7 +245,9 @@ def build(
         _store_inputs(out, staged.path)
         log.info(f"[1/5] {staged.rows:,} input rows")
         with ray_session(ray_address):
-            download(storage.join(out, INPUTS), out, cfg.download, allow_private=allow_private, progress=progress)
+            # The list as staged above (the same rows as inputs.parquet): not read and staged a second time.
+            source = storage.join(out, INPUTS)
+            download(staged, out, cfg.download, allow_private=allow_private, progress=progress, source=source)
             log.info(f"[2/5] downloaded ({time.perf_counter() - t0:.0f} s)")
             failpoint("build:after_download")
             annotate(out, cfg.annotate, progress=progress)

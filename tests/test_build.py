@@ -65,12 +65,26 @@ def web(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def built(web, ray_local, tmp_path_factory):
+    import curate.urllist.stream as stream
     from pipelines.build import build, load_build_config
 
     root, urls = web
     out = tmp_path_factory.mktemp("build")
-    manifest = build(urls, out, load_build_config(root / "build.toml"), allow_private="loopback", progress=False)
+    stage = stream.stage_url_list
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stream, "stage_url_list", lambda *a, **k: (STAGED.append(a[0]), stage(*a, **k))[1])
+        manifest = build(urls, out, load_build_config(root / "build.toml"), allow_private="loopback", progress=False)
     return out, manifest
+
+
+STAGED: list = []  # what the build fixture's build staged (read into a local parquet file)
+
+
+def test_the_build_reads_its_url_list_once(web, built):
+    # Staging reads every row, checks uids and writes a local copy: the download reuses the build's copy.
+    assert STAGED == [web[1]]
+    out, _ = built
+    assert json.loads((out / "raw" / "_input" / "plan.json").read_text())["source"] == str(out / "inputs.parquet")
 
 
 def test_every_input_row_has_one_fate_matching_the_truth(web, built):

@@ -86,17 +86,21 @@ def download(
     ray_address: str | None = None,
     num_cpus: int | None = None,
     progress: bool = True,
+    source: str | None = None,
 ) -> DownloadSummary:
-    """Download a URL list (a path, glob or list of them, or the table from ``read_url_list``) into
-    ``out/raw/``; returns the raw manifest. Bad input raises :class:`InputError`."""
+    """Download a URL list (a path, glob or list of them, the table from ``read_url_list`` or a list
+    ``stage_url_list`` staged already) into ``out/raw/``; returns the raw manifest. Bad input raises
+    :class:`InputError`. ``source``: what the plan records as the list's origin, for a table or a
+    staged list (a path or glob names itself)."""
+    from curate.urllist import ReadConfig, StagedList, staged_url_list
+
     cfg = cfg or DownloadConfig()
     policy = as_policy(allow_private)
     storage.check_access(out)
-    if isinstance(urls, pa.Table):
-        staged, source = contextlib.nullcontext(urls), None
+    if isinstance(urls, pa.Table | StagedList):
+        # Read already (``tiers build`` stages its list once, for inputs.parquet and for this).
+        staged = contextlib.nullcontext(urls)
     else:
-        from curate.urllist import ReadConfig, staged_url_list
-
         # Read a batch at a time into one local file (an unreadable list raises before the lock is taken);
         # the plan writes the input shards from it a shard at a time: the list is never held whole.
         staged = staged_url_list(urls, read_config or ReadConfig())
