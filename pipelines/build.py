@@ -104,10 +104,12 @@ def decide(out: str, cfg: BuildConfig) -> pa.Table:
     """Filters, quality, dedup and bands over the stored tables -> ``samples.parquet``.
 
     Returns the samples' metadata (``uid``, ``url``, ``caption``, ``shard``, ``key`` and the decisions
-    ``status``, ``reason``, ``quality``, ``band``: what the shard stage and the counts read), not the
-    sample table: the annotation columns are read for the decisions that need them (projected) and for
-    ``samples.parquet`` a batch at a time (:mod:`curate.select.samplefile`), so the driver's memory is a
-    few hundred bytes a row plus constant batches.
+    ``status``, ``reason``, ``quality``, ``band``: what the shard stage and the counts read), read back
+    from ``samples.parquet`` once it is written, not the sample table: the annotation columns are read for
+    the decisions that need them (projected), and they, the inputs' URLs and captions for
+    ``samples.parquet`` a batch at a time (:mod:`curate.select.samplefile`). So while it decides and
+    writes, the driver holds the uids, the download results and the decisions (~170 B a row) plus
+    constant batches.
     """
     from curate.annotate import annotation_files, annotation_fix, read_annotations
     from curate.dedup.stage import read_dedup, run_dedup
@@ -115,7 +117,7 @@ def decide(out: str, cfg: BuildConfig) -> pa.Table:
     from curate.filters import apply_filters, build_filters
     from curate.select import samplefile
     from curate.select.quality import quality
-    from curate.select.samples import check_counts, counts, fates, metadata
+    from curate.select.samples import METADATA, check_counts, counts, fates
 
     filters = build_filters(cfg.filters)
     ann = read_annotations(out, columns=_decision_columns(out, filters))
@@ -130,21 +132,25 @@ def decide(out: str, cfg: BuildConfig) -> pa.Table:
     summary = run_dedup(out, cfg.dedup, quality=q, prefer=filt.keep, decontaminate=cfg.decontaminate)
     failpoint("decide:after_dedup")
     embeddings = _band_embeddings(out, cfg, ann)
-    # Read after dedup, whose peak they would otherwise add to.
+    # Read after dedup, whose peak they would otherwise add to; of the inputs only the uids (their URLs and
+    # captions go into samples.parquet a batch at a time, and come back as the shard stage's columns).
     fix = f"run `tiers build URLS --out {out}` again: it rewrites it from the list"
-    inputs = storage.read_parquet(storage.join(out, INPUTS), fix=fix)
+    inputs = storage.join(out, INPUTS)
+    uids = samplefile.read_columns(inputs, [schema.UID], fix=fix).column(schema.UID)
     downloads = read_results(out).combine_chunks()  # one chunk per column: each batch below takes from it
-    f = fates(inputs.column(schema.UID), downloads, ann, filt.table, read_dedup(out), q, cfg.bands, embeddings)
+    f = fates(uids, downloads, ann, filt.table, read_dedup(out), q, cfg.bands, embeddings)
     del ann, filt, q, embeddings
-    meta = metadata(inputs, downloads, f)
-    check_counts(meta, inputs.num_rows)  # before anything is written: fates that do not add up write nothing
-    files = annotation_files(out)
-    stored = samplefile.StoredRows(files, _carried_columns(out), annotation_fix(out))
+    fated = pa.table({schema.UID: uids, **{c: f.columns[c] for c in (schema.STATUS, schema.REASON)}})
+    check_counts(fated, len(uids))  # before anything is written: fates that do not add up write nothing
+    del fated, uids
+    stored = samplefile.StoredRows(annotation_files(out), _carried_columns(out), annotation_fix(out))
     path = storage.join(out, SAMPLES)
-    if not samplefile.holds(path, samplefile.batches(inputs, downloads, f, stored), inputs.num_rows):
+    if not samplefile.holds(path, samplefile.batches(inputs, downloads, f, stored, fix), f.num_rows):
         # New decisions: the old manifest no longer describes them, so it goes before anything changes.
         storage.remove(storage.join(out, TIERS, MANIFEST))
-        samplefile.write(path, samplefile.batches(inputs, downloads, f, stored))
+        samplefile.write(path, samplefile.batches(inputs, downloads, f, stored, fix))
+    del f, downloads, stored
+    meta = samplefile.read_columns(path, METADATA)  # the shard stage's columns, as written
     c = counts(meta)
     log.info(
         f"decided {meta.num_rows:,} rows by {which} quality: "

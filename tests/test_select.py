@@ -123,6 +123,23 @@ def test_the_sample_file_written_a_batch_at_a_time_is_the_assembled_table(where,
     other = fates(inputs.column("uid"), downloads, annotations, filters, dedup, quality, BandConfig(edges=(0.2, 1.0)))
     assert not samplefile.holds(path, samplefile.batches(inputs, downloads, other, stored), inputs.num_rows)
 
+    # A build reads its inputs from their stored file a batch at a time (row groups of 2 rows here,
+    # batches of 3): the same file, and the shard stage's columns read back are the assembled ones.
+    import pyarrow.parquet as pq
+
+    from curate.select.samples import METADATA
+
+    stored_inputs = storage.join(root, "inputs.parquet")
+    with storage.output(stored_inputs) as tmp:
+        pq.write_table(inputs, tmp, row_group_size=2)
+    assert samplefile.holds(path, samplefile.batches(stored_inputs, downloads, f, stored), inputs.num_rows)
+    again = storage.join(root, "again.parquet")
+    samplefile.write(again, samplefile.batches(stored_inputs, downloads, f, stored))
+    assert storage.read_parquet(again).equals(want)
+    meta = samplefile.read_columns(again, METADATA)
+    assert meta.column_names == [c for c in METADATA if c in want.column_names] == METADATA
+    assert meta.equals(want.select(METADATA))
+
 
 def _stored_rows(tmp_path, files=4, rows=4000, thumb=1000):
     """StoredRows over ``files`` parquet files of ``rows`` rows each: a uid and a ``thumb``-byte binary."""

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.core import batches as parquet_batches
 from curate.core import storage
 from curate.select.samples import Fates, sample_table
 
@@ -115,14 +116,38 @@ def _types(url: str, columns: list[str]) -> dict[str, pa.DataType]:
     return {name: stored.field(name).type for name in columns}
 
 
-def batches(inputs: pa.Table, downloads: pa.Table, fates: Fates, annotations: StoredRows) -> Iterator[pa.Table]:
-    """The sample table, ``BATCH_ROWS`` rows at a time (one empty batch for an empty table)."""
-    n = inputs.num_rows
-    for start in range(0, max(n, 1), BATCH_ROWS):
+def batches(
+    inputs: pa.Table | str, downloads: pa.Table, fates: Fates, annotations: StoredRows, fix: str | None = None
+) -> Iterator[pa.Table]:
+    """The sample table, ``BATCH_ROWS`` rows at a time (one empty batch for an empty table). ``inputs``: the
+    input table, or the URL of the parquet file that holds it, read here a batch at a time (so the URLs and
+    captions, ~100 B a row, are never held whole; ``fix``: what its error says to do if it is damaged)."""
+    n = fates.num_rows
+    for start, part in zip(range(0, max(n, 1), BATCH_ROWS), _input_batches(inputs, n, fix), strict=True):
         k = min(BATCH_ROWS, n - start)
+        if part.num_rows != k:
+            raise RuntimeError(f"the inputs changed while the samples were written: {part.num_rows} rows, not {k}")
         ann = annotations.take(fates.a_rows[start : start + k])
         decisions = {name: col.slice(start, k) for name, col in fates.columns.items()}
-        yield sample_table(inputs.slice(start, k), downloads, fates.d_rows[start : start + k], ann, decisions)
+        yield sample_table(part, downloads, fates.d_rows[start : start + k], ann, decisions)
+
+
+def _input_batches(inputs: pa.Table | str, n: int, fix: str | None) -> Iterator[pa.Table]:
+    if isinstance(inputs, pa.Table):
+        yield from (inputs.slice(start, BATCH_ROWS) for start in range(0, max(n, 1), BATCH_ROWS))
+    elif n == 0:
+        yield parquet_batches.open_parquet(inputs, fix).schema_arrow.empty_table()
+    else:
+        yield from parquet_batches.exact(parquet_batches.iter_parquet(inputs, fix=fix), BATCH_ROWS)
+
+
+def read_columns(url: str, columns: list[str], fix: str | None = None) -> pa.Table:
+    """Of the parquet file at ``url`` (local or in a store: ranged reads), ``columns`` (those it has), read
+    a batch at a time: without the whole file's bytes or pre-buffered column chunks held beside them."""
+    have = parquet_batches.open_parquet(url, fix).schema_arrow
+    columns = [c for c in columns if c in have.names]
+    parts = list(parquet_batches.iter_parquet(url, columns=columns, fix=fix))
+    return pa.Table.from_batches(parts, schema=pa.schema([have.field(c) for c in columns]))
 
 
 def holds(path: str, tables: Iterator[pa.Table], rows: int) -> bool:

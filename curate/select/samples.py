@@ -153,15 +153,9 @@ def carried_columns(names: list[str]) -> list[str]:
     return [f.name for f in schema.ANNOTATIONS if f.name in names and f.name != schema.CAPTION]
 
 
-def metadata(inputs: pa.Table, downloads: pa.Table, f: Fates) -> pa.Table:
-    """The sample table's columns the shard stage and the counts read (uid, url, caption, shard, key,
-    status, reason, quality, band), one row per input row: what a build holds instead of the table."""
-    cols = {c: inputs.column(c) for c in (schema.UID, schema.URL, schema.CAPTION) if c in inputs.column_names}
-    for field in schema.DOWNLOAD:
-        if field.name in (schema.SHARD, schema.KEY):
-            cols[field.name] = _take(downloads, field.name, f.d_rows, field.type)
-    cols.update({c: f.columns[c] for c in (schema.STATUS, schema.REASON, schema.QUALITY, schema.BAND)})
-    return pa.table(cols)
+# The sample table's columns the shard stage and the counts read: what a build holds instead of the table.
+METADATA = [schema.UID, schema.URL, schema.CAPTION, schema.SHARD, schema.KEY]
+METADATA += [schema.STATUS, schema.REASON, schema.QUALITY, schema.BAND]
 
 
 def sample_table(
