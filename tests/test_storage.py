@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -114,6 +115,32 @@ def test_runner_retries_then_names_the_unit_and_never_retries_bad_input(tmp_path
     assert fn.calls == {"u0": 1} and "u0" in rep.failed
     with pytest.raises(InputError, match="stage: unit u0: attempt 1 of u0 failed"):
         rep.raise_failures("stage")
+
+
+def test_runner_prepares_each_unit_as_it_starts_and_again_for_a_retry(tmp_path):
+    """``prepare`` makes the unit ``fn`` gets as it starts, not all of them up front; ``on_done`` and a
+    retry see the unit as queued (a band shard's packed rows are made again for its next attempt)."""
+    events = []
+
+    def prepare(unit: runner.Unit) -> runner.Unit:
+        events.append(("prepare", unit.args))
+        return dataclasses.replace(unit, args=f"prepared {unit.args}")
+
+    rep = runner.run(
+        str(tmp_path),
+        _units(5),
+        Writer(fail=1),
+        runner.Executor("threads", 2),
+        retries=1,
+        progress=False,
+        prepare=prepare,
+        on_done=lambda u, info: events.append(("done", (u.args, info["wrote"]))),
+    )
+    assert sorted(rep.ran) == [f"u{i}" for i in range(5)] and not rep.failed
+    assert sorted(a for e, a in events if e == "prepare") == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]  # one per attempt
+    assert sorted(a for e, a in events if e == "done") == [(i, f"prepared {i}") for i in range(5)]
+    assert (tmp_path / "u3.txt").read_text() == "u3:prepared 3"
+    assert events.index(("prepare", 4)) > events.index(next(e for e in events if e[0] == "done"))
 
 
 @pytest.mark.parametrize("kind", ["tasks", "actors"])

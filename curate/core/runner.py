@@ -156,11 +156,14 @@ def run(
     progress: bool = True,
     on_done: Callable[[Unit, dict], None] | None = None,
     poll: Callable[[], None] | None = None,
+    prepare: Callable[[Unit], Unit] | None = None,
 ) -> Report:
     """Run every unfinished unit of ``todo`` with ``fn(root, unit) -> dict`` on ``executor``.
 
     ``on_done(unit, info)`` is called in this process as each unit finishes; ``poll()`` every half
-    second while units run (a progress bar that reads workers' partial progress).
+    second while units run (a progress bar that reads workers' partial progress); ``prepare(unit)``, as
+    each unit starts, gives the unit ``fn`` gets (what only a running unit needs, such as a band shard's
+    packed rows, is then held for the units in flight, not for every unit at once).
     """
     root = storage.normalise(root)
     if storage.protocol(root) == "memory" and executor.kind in ("tasks", "actors"):
@@ -183,7 +186,7 @@ def run(
 
     try:
         with _slots(root, todo_now, fn, executor) as slots:
-            drain(todo_now, slots, retries, done, report, None if executor.kind == "local" else poll)
+            drain(todo_now, slots, retries, done, report, None if executor.kind == "local" else poll, prepare)
     finally:
         bar.close()
     return report
@@ -208,7 +211,7 @@ def settle(unit: Unit, error: BaseException, attempts: dict[str, int], retries: 
     return False
 
 
-def drain(todo: list[Unit], slots, retries: int, done, report: Report, poll=None) -> None:
+def drain(todo: list[Unit], slots, retries: int, done, report: Report, poll=None, prepare=None) -> None:
     """The one loop every executor runs: start units in order while ``slots`` has room, take each finished
     one's result, and put a unit whose attempt failed back at the front of the queue (:func:`settle`).
 
@@ -216,14 +219,14 @@ def drain(todo: list[Unit], slots, retries: int, done, report: Report, poll=None
     may start (``free(in_flight)``), starts one (``start(unit)``: a handle), waits a moment for some to
     finish (``finished(handles)``) and gives a finished one's result or raises its error (``result``).
     Only a bounded window of units is ever in flight, so a pool of a million units never holds a million
-    futures."""
+    futures. ``prepare`` (if given) makes each unit as it starts: ``done`` and a retry get the unit as queued."""
     attempts: dict[str, int] = {}
     queue: deque[Unit] = deque(todo)
     inflight: dict = {}
     while queue or inflight:
         while queue and slots.free(len(inflight)):
             unit = queue.popleft()
-            inflight[slots.start(unit)] = unit
+            inflight[slots.start(unit if prepare is None else prepare(unit))] = unit
         if not inflight:  # units wait and none can start: the executor lost its slots (an actor not replaced)
             raise RuntimeError(f"the runner has {len(queue)} units to run and no slot to run them on")
         for handle in slots.finished(list(inflight)):

@@ -220,7 +220,7 @@ def _write(tiers_dir: Path, sub: pa.Table, name: str, cfg: ShardConfig, progress
     todo = [dataclasses.replace(u, args=rows_of[u.name]) for u in todo]
     raw_dir = str(tiers_dir.parent / "raw")
     executor = _executor(cfg)
-    todo = _located(raw_dir, sub, todo, executor)  # an unreadable raw tar fails here, before any change
+    packer = _located(raw_dir, sub, todo, executor)  # an unreadable raw tar fails here, before any change
     if todo:
         (tiers_dir / SUBSETS / name / SUBSET_FILE).unlink(missing_ok=True)
     for p in sorted((tiers_dir / SUBSETS / name).glob("*.tar")):
@@ -228,7 +228,13 @@ def _write(tiers_dir: Path, sub: pa.Table, name: str, cfg: ShardConfig, progress
             units.clear_marker(tiers_dir, f"subset-{name}-{p.stem}")
             p.unlink()
     report = runner.run(
-        str(tiers_dir), todo, BandShardWriter(raw_dir), executor, desc="writing subset shards", progress=progress
+        str(tiers_dir),
+        todo,
+        BandShardWriter(raw_dir),
+        executor,
+        desc="writing subset shards",
+        progress=progress,
+        prepare=packer,
     )
     report.raise_failures("subset shards")
     nbytes = sum(units.read_marker(tiers_dir, f"subset-{name}-{k:06d}")["bytes"] for k in range(len(shards)))

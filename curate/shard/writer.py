@@ -125,23 +125,45 @@ def _executor(cfg: ShardConfig) -> runner.Executor:
     return runner.Executor(kind, workers=cfg.workers if kind == "threads" else 0)
 
 
-def _located(raw_dir: str, samples: pa.Table, todo: list[runner.Unit], executor) -> list[runner.Unit]:
-    """The pending units with their rows located in the raw tars (index first: pass 1)."""
+class Packer:
+    """Hands each band shard unit its rows as it starts (the runner's ``prepare``): ``unit.args`` is
+    ``(rel, rows)``, row numbers of the sample table in write order, and becomes ``(rel, packed rows)``,
+    the rows' ``COLUMNS`` with where each image lies (``ext``, ``offset``, ``size``).
+
+    Holds the table's ``COLUMNS`` (no copy) and, per row, where its image lies (~20 B a row): packing
+    every pending unit up front held the located rows of all of them, then all their packs (~210 B a
+    sample at 1M samples), while a unit's own rows are needed only while it runs.
+    """
+
+    def __init__(self, samples: pa.Table, ext: pa.Array, offset: np.ndarray, size: np.ndarray):
+        self.rows, self.ext, self.offset, self.size = samples.select(COLUMNS), ext, offset, size
+
+    def __call__(self, unit: runner.Unit) -> runner.Unit:
+        rel, idx = unit.args
+        at = pa.array(idx, pa.int64())
+        rows = self.rows.take(at).append_column("ext", self.ext.take(at))
+        rows = rows.append_column("offset", pa.array(self.offset[idx])).append_column("size", pa.array(self.size[idx]))
+        # Its own rows, packed: a slice of a larger table would pickle with all of its buffers.
+        return dataclasses.replace(unit, args=(rel, pack(rows.combine_chunks())))
+
+
+def _located(raw_dir: str, samples: pa.Table, todo: list[runner.Unit], executor) -> Packer:
+    """Pass 1 for the pending units: the raw tars they draw from indexed, their rows located (an unreadable
+    raw tar or a missing image raises here, before any shard changes); the packer that hands each unit its
+    located rows as it starts."""
+    n = samples.num_rows
+    offset, size = np.zeros(n, np.int64), np.zeros(n, np.int64)
     if not todo:
-        return []
+        return Packer(samples, pa.nulls(n, pa.string()), offset, size)
     idx = np.concatenate([u.args[1] for u in todo])
-    shards = pc.unique(samples.column(schema.SHARD).take(pa.array(idx, pa.int64()))).to_pylist()
-    rawindex.ensure(raw_dir, shards, executor)
-    located = rawindex.locate(raw_dir, samples.select(COLUMNS).take(pa.array(idx, pa.int64())))
-    out, at = [], 0
-    for u in todo:
-        rel, rows = u.args
-        # Its own rows, packed: a slice of ``located`` would pickle with every row of it (3 MB instead of
-        # 160 kB per band shard of 1,000 at 20k samples), and a task's arguments would grow with the pool.
-        own = located.slice(at, len(rows))
-        out.append(dataclasses.replace(u, args=(rel, pack(own))))
-        at += len(rows)
-    return out
+    at = pa.array(idx, pa.int64())
+    rawindex.ensure(raw_dir, pc.unique(samples.column(schema.SHARD).take(at)).to_pylist(), executor)
+    ext, offset[idx], size[idx] = rawindex.locations(
+        raw_dir, samples.select([schema.UID, schema.SHARD, schema.KEY]).take(at)
+    )
+    back = np.full(n, -1, np.int64)
+    back[idx] = np.arange(len(idx))
+    return Packer(samples, ext.take(pa.array(back, pa.int64(), mask=back < 0)), offset, size)
 
 
 def write_tiers(
@@ -165,7 +187,7 @@ def write_tiers(
     units.remove_stale_temporaries(out_dir) if storage.exists(out_dir) else None
     todo, shard_counts, entries = _plan_units(out_dir, samples, bands, shard_cfg)
     executor = _executor(shard_cfg)
-    todo = _located(raw_dir, samples, todo, executor)
+    packer = _located(raw_dir, samples, todo, executor)
 
     extras = _extra_shards(out_dir, shard_counts)
     if todo or extras:  # shards are about to change: a manifest must never list shards that are changing
@@ -179,6 +201,7 @@ def write_tiers(
         desc="writing band shards",
         progress=progress,
         on_done=after_shard,
+        prepare=packer,
     )
     report.raise_failures("band shards")
 
