@@ -308,3 +308,40 @@ def test_the_annotate_reader_holds_a_batch_of_images_not_the_tar(tmp_path):
         READER_MEMORY_SETUP, 'assert sum(len(b) for b in iter_samples(raw, "00000", batch_size=16)) == n', tmp_path
     )
     assert grew < 64, f"the reader's peak grew by {grew} MB reading a 128 MB tar 16 images at a time"
+
+
+def test_the_annotate_reader_leaves_no_view_of_its_buffer_alive(tmp_path):
+    """pyarrow keeps a buffer export of every memoryview `pa.array` converts: handed the reader's views,
+    every image's view and the read buffer under it stayed alive after its unit (an annotate actor grew
+    ~9.5 MB a unit of 10,000 images, for as long as it ran). Three passes over a tar leave none."""
+    import gc
+    import os
+
+    from curate.annotate.raw import iter_samples
+    from curate.core import storage
+    from curate.core.tarstream import TarWriter
+
+    keys = [f"{i:09d}" for i in range(96)]
+    with open(tmp_path / "00000.tar", "wb") as f:
+        w = TarWriter(f.fileno())
+        for k in keys:
+            w.add(f"{k}.jpg", os.urandom(4 << 10))
+            w.add(f"{k}.txt", b"a caption")
+        w.close()
+    n = len(keys)
+    storage.write_parquet(
+        pa.table({"uid": [f"u{k}" for k in keys], "url": ["http://x/"] * n, "caption": ["c"] * n, "key": keys,
+                  "status": ["success"] * n}),
+        str(tmp_path / "00000.parquet"),
+    )  # fmt: skip
+
+    def views() -> int:
+        gc.collect()
+        return sum(type(o) is memoryview for o in gc.get_objects())
+
+    before = views()
+    for _ in range(3):
+        batches = list(iter_samples(str(tmp_path), "00000", batch_size=16))
+        assert sum(len(b) for b in batches) == n and len(batches[0].column("image")[0].as_py()) == 4 << 10
+        del batches
+    assert views() - before == 0

@@ -109,7 +109,7 @@ def iter_samples(
     def batch(idx: list[int], data: list) -> pa.Table:
         t = ok.take(pa.array(idx, pa.int64()))
         t = t.append_column(schema.SHARD, pa.array([shard] * len(idx), pa.string()))
-        return t.append_column(IMAGE, pa.array(data, pa.binary())).select(SAMPLE_SCHEMA.names)
+        return t.append_column(IMAGE, _binary(data)).select(SAMPLE_SCHEMA.names)
 
     def want(name: str) -> bool:
         stem, dot, ext = name.rsplit("/", 1)[-1].rpartition(".")
@@ -147,6 +147,14 @@ def iter_samples(
     rest += [None] * len(missing)
     for k in range(0, len(order), batch_size):
         yield batch(order[k : k + batch_size], rest[k : k + batch_size])
+
+
+def _binary(images: list) -> pa.Array:
+    """The batch's images (views into the reader's buffer, or None) as a binary column, handed to Arrow as
+    ``bytes``: pyarrow (26.0) keeps a buffer export of every memoryview ``pa.array`` converts, so each view,
+    and the read buffer under it, stayed alive for good. An annotate actor grew ~9.5 MB a unit of 10,000
+    images that way (431 -> 739 MB of anonymous memory by the end of a 1M-URL build)."""
+    return pa.array([None if v is None else bytes(v) for v in images], pa.binary())
 
 
 GAP = 1 << 16  # members this close to the previous one's end are read with it (a sample's .txt and .json)
