@@ -278,24 +278,35 @@ def test_annotate_without_raw_shards_is_an_input_error(tmp_path):
         annotate(tmp_path)
 
 
+def write_image_shard(raw, n: int, image_bytes: int) -> int:
+    """Raw shard 00000 of ``n`` random "images" of ``image_bytes`` with captions (written just now: in the
+    page cache), every one a success; returns ``n``."""
+    import os
+
+    from curate.core import storage
+    from curate.core.tarstream import TarWriter
+
+    keys = [f"{i:09d}" for i in range(n)]
+    with open(os.path.join(raw, "00000.tar"), "wb") as f:
+        w = TarWriter(f.fileno())
+        for k in keys:
+            w.add(f"{k}.jpg", os.urandom(image_bytes))
+            w.add(f"{k}.txt", b"a caption")
+        w.close()
+    table = {"uid": [f"u{k}" for k in keys], "url": [f"http://x/{k}" for k in keys], "caption": ["c"] * n}
+    storage.write_parquet(
+        pa.table({**table, "key": keys, "status": ["success"] * n}), os.path.join(raw, "00000.parquet")
+    )
+    return n
+
+
 READER_MEMORY_SETUP = """
-import os, sys
-import pyarrow as pa
+import sys
 from curate.annotate.raw import iter_samples
-from curate.core import storage
-from curate.core.tarstream import TarWriter
+from tests.test_annotate import write_image_shard
 
 raw = sys.argv[1]
-keys = [f"{i:09d}" for i in range(512)]
-with open(os.path.join(raw, "00000.tar"), "wb") as f:  # 128 MB, written just now: in the page cache
-    w = TarWriter(f.fileno())
-    for k in keys:
-        w.add(f"{k}.jpg", os.urandom(256 << 10))
-        w.add(f"{k}.txt", b"a caption")
-    w.close()
-n = len(keys)
-storage.write_parquet(pa.table({"uid": [f"u{k}" for k in keys], "url": [f"http://x/{k}" for k in keys],
-    "caption": ["c"] * n, "key": keys, "status": ["success"] * n}), os.path.join(raw, "00000.parquet"))
+n = write_image_shard(raw, 512, 256 << 10)  # a 128 MB tar
 """
 
 
@@ -315,25 +326,10 @@ def test_the_annotate_reader_leaves_no_view_of_its_buffer_alive(tmp_path):
     every image's view and the read buffer under it stayed alive after its unit (an annotate actor grew
     ~9.5 MB a unit of 10,000 images, for as long as it ran). Three passes over a tar leave none."""
     import gc
-    import os
 
     from curate.annotate.raw import iter_samples
-    from curate.core import storage
-    from curate.core.tarstream import TarWriter
 
-    keys = [f"{i:09d}" for i in range(96)]
-    with open(tmp_path / "00000.tar", "wb") as f:
-        w = TarWriter(f.fileno())
-        for k in keys:
-            w.add(f"{k}.jpg", os.urandom(4 << 10))
-            w.add(f"{k}.txt", b"a caption")
-        w.close()
-    n = len(keys)
-    storage.write_parquet(
-        pa.table({"uid": [f"u{k}" for k in keys], "url": ["http://x/"] * n, "caption": ["c"] * n, "key": keys,
-                  "status": ["success"] * n}),
-        str(tmp_path / "00000.parquet"),
-    )  # fmt: skip
+    n = write_image_shard(str(tmp_path), 96, 4 << 10)
 
     def views() -> int:
         gc.collect()

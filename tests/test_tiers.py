@@ -354,7 +354,7 @@ def test_brace_notation():
 def test_the_shard_stage_holds_one_units_rows_at_a_time_not_every_pending_units(tmp_path):
     """The driver hands each band shard its rows as it starts: it holds the sample table's columns and
     where each image lies, not the located rows of every pending shard at once (a copy of the kept rows'
-    URLs and captions: the shard stage's peak at a million samples)."""
+    URLs and captions, then all their packs: ~210 B a kept sample)."""
     import gc
 
     from curate.shard.bandshard import COLUMNS

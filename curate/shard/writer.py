@@ -143,7 +143,7 @@ class Packer:
         at = pa.array(idx, pa.int64())
         rows = self.rows.take(at).append_column("ext", self.ext.take(at))
         rows = rows.append_column("offset", pa.array(self.offset[idx])).append_column("size", pa.array(self.size[idx]))
-        # Its own rows, packed: a slice of a larger table would pickle with all of its buffers.
+        # Its own rows only, in one record batch, compressed (~40 kB a shard of 1,000): what its task gets.
         return dataclasses.replace(unit, args=(rel, pack(rows.combine_chunks())))
 
 
