@@ -136,7 +136,7 @@ def decide(out: str, cfg: BuildConfig) -> pa.Table:
     # captions go into samples.parquet a batch at a time, and come back as the shard stage's columns).
     fix = f"run `tiers build URLS --out {out}` again: it rewrites it from the list"
     inputs = storage.join(out, INPUTS)
-    uids = samplefile.read_columns(inputs, [schema.UID], fix=fix).column(schema.UID)
+    uids = batches.read_columns(inputs, [schema.UID], fix=fix).column(schema.UID)
     downloads = read_results(out).combine_chunks()  # one chunk per column: each batch below takes from it
     f = fates(uids, downloads, ann, filt.table, read_dedup(out), q, cfg.bands, embeddings)
     del ann, filt, q, embeddings
@@ -151,7 +151,7 @@ def decide(out: str, cfg: BuildConfig) -> pa.Table:
         storage.remove(storage.join(out, TIERS, MANIFEST))
         samplefile.write(path, samplefile.batches(inputs, downloads, f, stored, fix))
     del f, downloads, stored
-    meta = samplefile.read_columns(path, METADATA)  # the shard stage's columns, as written
+    meta = batches.read_columns(path, METADATA)  # the shard stage's columns, as written
     c = counts(meta)
     log.info(
         f"decided {meta.num_rows:,} rows by {which} quality: "

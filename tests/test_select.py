@@ -127,6 +127,7 @@ def test_the_sample_file_written_a_batch_at_a_time_is_the_assembled_table(where,
     # batches of 3): the same file, and the shard stage's columns read back are the assembled ones.
     import pyarrow.parquet as pq
 
+    from curate.core import batches
     from curate.select.samples import METADATA
 
     stored_inputs = storage.join(root, "inputs.parquet")
@@ -136,7 +137,7 @@ def test_the_sample_file_written_a_batch_at_a_time_is_the_assembled_table(where,
     again = storage.join(root, "again.parquet")
     samplefile.write(again, samplefile.batches(stored_inputs, downloads, f, stored))
     assert storage.read_parquet(again).equals(want)
-    meta = samplefile.read_columns(again, METADATA)
+    meta = batches.read_columns(again, METADATA)
     assert meta.column_names == [c for c in METADATA if c in want.column_names] == METADATA
     assert meta.equals(want.select(METADATA))
 

@@ -141,29 +141,6 @@ def _input_batches(inputs: pa.Table | str, n: int, fix: str | None) -> Iterator[
         yield from parquet_batches.exact(parquet_batches.iter_parquet(inputs, fix=fix), BATCH_ROWS)
 
 
-def read_columns(url: str, columns: list[str], fix: str | None = None) -> pa.Table:
-    """Of the parquet file at ``url`` (local or in a store: ranged reads), ``columns`` (those it has), read
-    a batch at a time (without the whole file's bytes or pre-buffered column chunks held beside them), a
-    column at a time, each joined into one chunk where its values fit in one (string offsets are 32-bit).
-
-    One chunk, because a take from a column of many chunks first joins them all, in every call: the
-    shard stage takes each band shard's rows from these columns (2,000 takes at 1M samples).
-    """
-    have = parquet_batches.open_parquet(url, fix).schema_arrow
-    fields = [have.field(c) for c in columns if c in have.names]
-    out = []
-    for field in fields:
-        col = pa.chunked_array(
-            [b.column(0) for b in parquet_batches.iter_parquet(url, columns=[field.name], fix=fix)], field.type
-        )
-        try:
-            out.append(col.combine_chunks())  # the column's pieces go as it is joined: twice one column at most
-        except (pa.ArrowInvalid, pa.ArrowCapacityError):
-            out.append(col)  # over 2 GB of strings: left in pieces
-        del col
-    return pa.table(out, schema=pa.schema(fields))
-
-
 def holds(path: str, tables: Iterator[pa.Table], rows: int) -> bool:
     """Does ``path`` hold exactly the table ``tables`` yields (``rows`` rows)? Read back a batch at a time;
     a missing or damaged file does not (it is derived: it gets written again)."""

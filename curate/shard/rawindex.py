@@ -125,19 +125,12 @@ class _Indexer:
         return index_one(self.raw_dir, unit)
 
 
-def locate(raw_dir: str, rows: pa.Table) -> pa.Table:
-    """``rows`` (with ``shard`` and ``key``) plus ``ext``, ``offset``, ``size`` of each row's image.
+def locations(raw_dir: str, rows: pa.Table) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """``ext``, ``offset`` and ``size`` of each row's image (``rows``: ``shard``, ``key`` and ``uid``), in
+    row order; each raw tar's index read once.
 
     Raises :class:`InputError` naming the raw tar and uid of the first row whose image is not there.
     """
-    ext, offset, size = locations(raw_dir, rows)
-    rows = rows.append_column("ext", ext).append_column("offset", pa.array(offset))
-    return rows.append_column("size", pa.array(size))
-
-
-def locations(raw_dir: str, rows: pa.Table) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """``ext``, ``offset`` and ``size`` of each row's image (``rows``: ``shard``, ``key`` and ``uid``), in
-    row order; each raw tar's index read once. Raises as :func:`locate` does."""
     n = rows.num_rows
     exts, ats = [], []  # the ext column in pieces, one a shard, and the rows each piece is for
     offset = np.zeros(n, np.int64)
