@@ -201,6 +201,31 @@ def test_a_ray_worker_hands_back_what_its_unit_freed(tmp_path):
     assert kept_mb("worker") < 30
 
 
+# Two units that each fill and free 20 MB of small heap blocks below one the worker keeps: page faults of the second.
+REFILLING_UNITS = """
+import resource, sys
+from curate.core import raypool, runner
+PIN, FAULTS = [], []
+def fn(root, unit):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [bytearray(4096) for _ in range(5_000)]
+    PIN.append(bytearray(4096))
+    del blocks
+    FAULTS.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return {}
+for name in ("a", "b"):
+    raypool.run_unit(runner.execute, sys.argv[1], runner.Unit(name, "f"), fn, None)
+print(FAULTS[1])
+"""
+
+
+def test_a_worker_keeps_a_little_freed_heap_for_its_next_unit(tmp_path):
+    """Handing back every freed page made each unit fault its heap in again (a 256 px band shard: ~7 ms)."""
+    cmd = [sys.executable, "-c", REFILLING_UNITS, str(tmp_path)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    assert int(out.stdout.split()[-1]) < 1_000  # 5,000 pages when the first unit's were handed back
+
+
 # A worker's full collections after each unit: the imported modules' objects walked once, a later cycle still freed.
 FREEZING_UNITS = """
 import gc, weakref

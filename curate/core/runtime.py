@@ -75,17 +75,44 @@ def arrow_allocator(driver: bool = False) -> None:
 
 _LIBC: list = []
 
+# Freed heap a worker may keep from one unit to the next. Below it, trimming hands back pages the next
+# unit faults in again at once (a 1,000-sample band shard at 256 px reads 26 MB of images into the heap:
+# ~7 ms a unit here to trim and fault them back); above it, one unit's or stage's freed heap is handed
+# back rather than carried into the next.
+TRIM_SLACK = 64 << 20
+
 
 def _malloc_trim():
     """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    return _libc()[0]
+
+
+def _free_heap() -> int | None:
+    """Bytes free inside the malloc heap, all arenas (glibc's ``mallinfo2().fordblks``: pages already
+    handed back count too, until reused), or None where the C library cannot say (glibc before 2.33)."""
+    info = _libc()[1]
+    return None if info is None else info().fordblks
+
+
+def _libc() -> tuple:
     if not _LIBC:
         import ctypes
 
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [
+                (f, ctypes.c_size_t)
+                for f in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+            ]
+
         try:
-            _LIBC.append(getattr(ctypes.CDLL(None), "malloc_trim", None))
+            libc = ctypes.CDLL(None)
         except OSError:
-            _LIBC.append(None)
-    return _LIBC[0]
+            libc = None
+        info = getattr(libc, "mallinfo2", None)
+        if info is not None:
+            info.restype = MallInfo2
+        _LIBC.extend([getattr(libc, "malloc_trim", None), info])
+    return _LIBC[0], _LIBC[1]
 
 
 _frozen_modules = 0  # len(sys.modules) when release_memory last froze the heap
@@ -99,8 +126,8 @@ def release_memory() -> None:
     while. So a worker reused after another stage's task carries that task's freed heap into the next
     stage (``bench/scale.py`` saw the shard stage's workers grow with the pool while the shard tasks
     alone did not). Called after every unit a Ray task or actor runs: a cycle collection, Arrow's pool purged,
-    and ``malloc_trim(0)``, which since glibc 2.8 also returns free pages inside the heap. It takes
-    milliseconds; the pages come back zeroed when the next unit needs them.
+    and ``malloc_trim(0)``, which since glibc 2.8 also returns free pages inside the heap, once the heap
+    holds more than ``TRIM_SLACK`` free: the pages come back zeroed when the next unit needs them.
 
     The full collection walks every object the collector tracks, the imported modules' too (~80,000 in
     a worker that imported a stage: 20-40 ms here, more than a 1,000-sample band shard's own work at
@@ -120,8 +147,8 @@ def release_memory() -> None:
     pa = sys.modules.get("pyarrow")
     if pa is not None:
         pa.default_memory_pool().release_unused()
-    trim = _malloc_trim()
-    if trim is not None:
+    trim, free = _malloc_trim(), _free_heap()
+    if trim is not None and (free is None or free > TRIM_SLACK):
         trim(0)
 
 
