@@ -415,6 +415,36 @@ def test_band_shards_read_neighbouring_images_of_a_remote_tar_in_one_range():
     assert blocks == [(0, 10), (10, 10), (20, 10)]
 
 
+def test_coalesce_cuts_blocks_as_the_greedy_rule_does_item_by_item():
+    """The column-wise cut equals the rule applied item by item in offset order (overlapping, empty and
+    oversized items included)."""
+    import numpy as np
+
+    from curate.core.tarstream import coalesce
+
+    def greedy(offsets, sizes, max_gap, max_block):
+        blocks, block_of = [], np.zeros(len(offsets), np.int64)
+        for i in np.argsort(offsets, kind="stable").tolist():
+            o, e = int(offsets[i]), int(offsets[i] + sizes[i])
+            if blocks and o - blocks[-1][1] < max_gap and max(blocks[-1][1], e) - blocks[-1][0] <= max_block:
+                blocks[-1][1] = max(blocks[-1][1], e)
+            else:
+                blocks.append([o, e])
+            block_of[i] = len(blocks) - 1
+        return [(a, b - a) for a, b in blocks], block_of.tolist()
+
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        n = int(rng.integers(0, 30))
+        offsets, sizes = rng.integers(0, 2000, n), rng.integers(0, 300, n)
+        tar = rng.random() < 0.5  # members of a tar: apart, in order
+        if tar:
+            offsets = np.cumsum(sizes + rng.integers(0, 200, n)) - sizes
+        gap, block = int(rng.integers(0, 200)), int(rng.integers(1, 1000))
+        blocks, block_of = coalesce(offsets, sizes, gap, block)
+        assert (blocks, block_of.tolist()) == greedy(offsets, sizes, gap, block)
+
+
 BAND_SHARD_MEMORY_SETUP = """
 import os, sys
 import pyarrow as pa

@@ -235,20 +235,53 @@ def _views(array: pa.Array) -> list[memoryview]:
 def coalesce(offsets: np.ndarray, sizes: np.ndarray, max_gap: int, max_block: int):
     """``(blocks, block_of)``: byte ranges ``(start, size)`` covering every ``(offset, size)``, merging
     neighbours less than ``max_gap`` apart into blocks of at most ``max_block`` (a larger item alone),
-    and the block each item lies in: which members' bytes to read together."""
+    and the block each item lies in: which members' bytes to read together.
+
+    Blocks are cut greedily in offset order. Column-wise: a stretch of items each less than ``max_gap``
+    past everything before it is one block unless it spans more than ``max_block``; only such stretches
+    are cut item by item (a loop per item cost ~1 ms a 1,000-sample band shard, 30,000 members a raw tar).
+    """
+    offsets, sizes = np.asarray(offsets, np.int64), np.asarray(sizes, np.int64)
+    n = len(offsets)
     order = np.argsort(offsets, kind="stable")
+    start, end = offsets[order], offsets[order] + sizes[order]
+    new = np.ones(n, bool)
+    new[1:] = start[1:] - np.maximum.accumulate(end)[:-1] >= max_gap  # a gap from every item before it
+    first = np.flatnonzero(new)
+    reach = np.maximum.reduceat(end, first) if n else np.zeros(0, np.int64)
+    count, local = np.ones(len(first), np.int64), np.zeros(n, np.int64)
+    cut = {}
+    for g in np.flatnonzero(reach - start[first] > max_block).tolist():
+        a, b = first[g], first[g + 1] if g + 1 < len(first) else n
+        cut[g], local[a:b] = _greedy(start[a:b], end[a:b], max_gap, max_block)
+        count[g] = len(cut[g])
+    blocks = list(zip(start[first].tolist(), (reach - start[first]).tolist(), strict=True))
+    for g in sorted(cut, reverse=True):
+        blocks[g : g + 1] = cut[g]
+    block_of = np.empty(n, np.int64)
+    block_of[order] = (np.cumsum(count) - count)[np.cumsum(new) - 1] + local
+    return blocks, block_of
+
+
+def _greedy(start: np.ndarray, end: np.ndarray, max_gap: int, max_block: int) -> tuple[list, np.ndarray]:
+    """:func:`coalesce`'s rule on items sorted by offset, each less than ``max_gap`` past everything before
+    it: (blocks, each item's block). Where no item ends before the one ahead of it (a tar's members)
+    a block runs to the last item that ends within ``max_block`` of its start: one search per block."""
+    if (np.diff(end) >= 0).all():
+        firsts, i = [], 0
+        while i < len(start):
+            firsts.append(i)
+            i = max(i + 1, int(np.searchsorted(end, start[i] + max_block, "right")))
+        lasts = [*firsts[1:], len(start)]
+        spans = [(int(start[a]), int(end[b - 1] - start[a])) for a, b in zip(firsts, lasts, strict=True)]
+        return spans, np.repeat(np.arange(len(firsts)), np.diff([*firsts, len(start)]))
     blocks: list[list[int]] = []
-    block_of = np.zeros(len(offsets), np.int64)
-    for i in order.tolist():
-        o, n = int(offsets[i]), int(sizes[i])
-        if blocks:
-            b = blocks[-1]
-            end = max(b[1], o + n)
-            if o - b[1] < max_gap and end - b[0] <= max_block:
-                b[1] = end
-                block_of[i] = len(blocks) - 1
-                continue
-        blocks.append([o, o + n])
+    block_of = np.zeros(len(start), np.int64)
+    for i, (o, e) in enumerate(zip(start.tolist(), end.tolist(), strict=True)):
+        if blocks and o - blocks[-1][1] < max_gap and max(blocks[-1][1], e) - blocks[-1][0] <= max_block:
+            blocks[-1][1] = max(blocks[-1][1], e)
+        else:
+            blocks.append([o, e])
         block_of[i] = len(blocks) - 1
     return [(a, b - a) for a, b in blocks], block_of
 
