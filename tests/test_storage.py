@@ -230,6 +230,7 @@ def test_a_worker_keeps_a_little_freed_heap_for_its_next_unit(tmp_path):
 FREEZING_UNITS = """
 import gc, weakref
 import pyarrow, numpy
+from curate.core.raypool import released_call
 from curate.core.runtime import release_memory
 class Node:
     pass
@@ -242,16 +243,29 @@ del a, b
 release_memory()
 import email.mime.text  # a module not imported before: frozen with the next call
 release_memory()
-print(first, len(gc.get_objects()), gone() is None, gc.get_freeze_count() > first)
+refrozen = gc.get_freeze_count() > first
+def fails():  # imports a module, then fails holding a cycle: nothing of it is frozen
+    import xml.dom.minidom
+    node = Node()
+    node.self = node
+    held.append(weakref.ref(node))
+    raise ValueError(node)
+held = []
+try:
+    released_call(fails)
+except ValueError:
+    pass
+gc.collect()
+print(first, len(gc.get_objects()), gone() is None, refrozen, held[0]() is None)
 """
 
 
 def test_a_workers_collection_after_each_unit_skips_the_imported_modules():
     """A full collection walked ~80,000 module objects after every unit (20-40 ms a unit in a Ray worker)."""
     out = subprocess.run([sys.executable, "-c", FREEZING_UNITS], cwd=ROOT, capture_output=True, text=True, check=True)
-    frozen, walked, cycle_freed, refrozen = out.stdout.split()
+    frozen, walked, cycle_freed, refrozen, failed_unit_freed = out.stdout.split()
     assert int(frozen) > 20_000 and int(walked) < int(frozen) // 10
-    assert cycle_freed == "True" and refrozen == "True"
+    assert cycle_freed == "True" and refrozen == "True" and failed_unit_freed == "True"
 
 
 def test_a_task_with_max_calls_1_has_a_worker_of_its_own_that_exits(tmp_path, ray_local):

@@ -65,10 +65,12 @@ def released_call(fn, *args):
     """``fn(*args)``, then what it freed handed back to the system (:func:`run_unit`'s reason)."""
     from curate.core.runtime import release_memory
 
+    done = False
     try:
-        return fn(*args)
+        out, done = fn(*args), True
+        return out
     finally:
-        release_memory()
+        release_memory(freeze=done)  # a failed unit's traceback is no heap to keep for good
 
 
 def _cpus() -> int:

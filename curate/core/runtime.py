@@ -118,7 +118,7 @@ def _libc() -> tuple:
 _frozen_modules = 0  # len(sys.modules) when release_memory last froze the heap
 
 
-def release_memory() -> None:
+def release_memory(freeze: bool = True) -> None:
     """Hand back to the system what a finished unit freed but the allocators kept.
 
     A Ray worker runs one unit after another, of any stage, and glibc keeps the pages a unit freed
@@ -135,13 +135,14 @@ def release_memory() -> None:
     frozen (``gc.freeze``: the permanent generation, never walked again) and the next collections walk
     only what later units made. Frozen objects still die by reference count; one in a reference cycle
     that later becomes garbage would stay (the unit in flight as a worker first imports a stage's
-    modules is frozen with them), once per import, never per unit.
+    modules is frozen with them), once per import, never per unit. After a failed unit (``freeze``
+    false: its traceback's frames may hold its data in a cycle) nothing is frozen.
     """
     import gc
 
     global _frozen_modules
     gc.collect()
-    if len(sys.modules) != _frozen_modules:
+    if freeze and len(sys.modules) != _frozen_modules:
         gc.freeze()
         _frozen_modules = len(sys.modules)
     pa = sys.modules.get("pyarrow")
