@@ -13,7 +13,7 @@ import pytest
 from curate.annotate import AnnotateConfig, annotate, load_embeddings, read_annotations
 from curate.annotate.clip import parse_spec, save_random_model
 from curate.annotate.run import ShardAnnotator, _is_current, _unit
-from curate.core import schema, units
+from curate.core import runner, schema, tarindex, units
 from curate.core.errors import InputError
 from synthweb.bodies import HTML_BODY, bomb_png
 from tests.memory import needs_proc, peak_growth_mb
@@ -64,8 +64,6 @@ def tiny_clip(tmp_path_factory):
 
 def annotate_one(build_dir, cfg: AnnotateConfig, shard: str = "00000"):
     """Run one raw shard's unit in this process, as an actor would; returns the runner's report."""
-    from curate.core import runner
-
     unit = _unit(str(build_dir / "raw"), shard, cfg)
     return runner.run(str(build_dir / "annotations"), [unit], ShardAnnotator(str(build_dir), cfg, worker=False))
 
@@ -107,6 +105,23 @@ def test_shard_unit_records_every_failure_and_resumes(tmp_path):
     assert not _is_current(tmp_path / "annotations", raw, "00000", AnnotateConfig(lid_top_k=3))
     (raw / "00000.parquet").touch()  # a re-downloaded shard is annotated again
     assert not _is_current(tmp_path / "annotations", raw, "00000", cfg)
+
+
+def test_annotating_a_raw_shard_indexes_its_tar_for_the_shard_stage(tmp_path):
+    """The annotate stage reads every raw tar's headers: it records where each image lies, so the shard
+    stage's pass 1 finds the index current (from a bucket it would download every raw tar again)."""
+    from curate.core.tarscan import scan_file
+
+    write_raw_shard(tmp_path / "raw")
+    annotate_one(tmp_path, AnnotateConfig())
+    raw = str(tmp_path / "raw")
+    todo, done = runner.pending(tarindex.index_dir(raw), [tarindex.unit(raw, "00000")])
+    assert not todo and done == ["00000"]
+    index = pq.read_table(tmp_path / "raw" / "_index" / "00000.parquet")
+    assert index.equals(tarindex.entries(scan_file(tmp_path / "raw" / "00000.tar")))
+    assert {"000", "006"} <= set(index.column("key").to_pylist())
+    (tmp_path / "raw" / "00000.tar").touch()  # a re-downloaded tar: its index is stale
+    assert runner.pending(tarindex.index_dir(raw), [tarindex.unit(raw, "00000")])[0]
 
 
 def test_an_unreadable_shard_is_reported_not_raised_by_the_worker(tmp_path):

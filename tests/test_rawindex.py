@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from curate.core.tarindex import INDEX_SCHEMA, entries
 from curate.core.tarstream import IMAGE_EXTS, Members
-from curate.shard.rawindex import INDEX_SCHEMA, _entries
 
 
 def by_loop(members: list[tuple[str, int, int]]) -> pa.Table:
@@ -60,7 +60,7 @@ def test_index_entries_equal_the_loop(seed):
     rng = random.Random(seed)
     pool = rng.sample(NAMES, rng.randint(1, len(NAMES)))
     members = [(rng.choice(pool), 512 * (i + 1), rng.randint(0, 900)) for i in range(rng.randint(0, 40))]
-    assert _entries(columns(members)).equals(by_loop(members))
+    assert entries(columns(members)).equals(by_loop(members))
 
 
 def test_index_of_a_tar_as_img2dataset_writes_it():
@@ -68,5 +68,5 @@ def test_index_of_a_tar_as_img2dataset_writes_it():
     for i in range(1000):
         key = f"00000{i:04d}"
         members += [(f"{key}.jpg", 3 * i, i), (f"{key}.txt", 3 * i + 1, 5), (f"{key}.json", 3 * i + 2, 9)]
-    got = _entries(columns(members))
+    got = entries(columns(members))
     assert got.equals(by_loop(members)) and got.num_rows == 1000

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from curate.core import schema, storage
 from curate.core.errors import InputError
 from curate.core.integrity import DamagedFile
 from curate.core.tarscan import scan_file
-from curate.core.tarstream import coalesce
+from curate.core.tarstream import Members, coalesce
 
 IMAGE = "image"  # the encoded bytes, in the sample batches handed to the annotator
 IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"})
@@ -92,13 +92,18 @@ def read_successes(raw_dir: str | os.PathLike, shard: str) -> pa.Table:
 
 
 def iter_samples(
-    raw_dir: str | os.PathLike, shard: str, batch_size: int = 512, tar_path: str | os.PathLike | None = None
+    raw_dir: str | os.PathLike,
+    shard: str,
+    batch_size: int = 512,
+    tar_path: str | os.PathLike | None = None,
+    on_members: Callable[[Members], None] | None = None,
 ) -> Iterator[pa.Table]:
     """Batches of ``SAMPLE_SCHEMA`` rows for every success of ``shard``, reading its tar once.
 
     Batches follow the tar's order; a success whose image is not in the tar comes last with a null
     image (the annotator records it as ``missing_in_tar``). A tar that cannot be read raises
-    :class:`InputError` naming it.
+    :class:`InputError` naming it. ``on_members`` gets the tar's members once its headers are read (a
+    shard without successes is not read).
     """
     raw_dir = storage.normalise(raw_dir)
     ok = read_successes(raw_dir, shard)
@@ -122,7 +127,10 @@ def iter_samples(
             # The header blocks first, then a batch of images at a time: mapping the tar held all of it
             # (every image of the unit) as this worker's memory, for the whole unit.
             picked: list[tuple[int, int]] = []
-            for name, offset, size in scan_file(tar, where=str(path)).rows():
+            members = scan_file(tar, where=str(path))
+            if on_members is not None:
+                on_members(members)
+            for name, offset, size in members.rows():
                 if want(name):
                     stem = name.rsplit("/", 1)[-1].rpartition(".")[0]
                     picked.append((offset, size))

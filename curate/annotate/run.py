@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -36,7 +37,7 @@ import pyarrow.parquet as pq
 from curate import code_version
 from curate.annotate.raw import iter_samples, list_shards
 from curate.annotate.stage import EMBEDDINGS, OUTPUT_SCHEMA, AnnotateConfig, Annotator
-from curate.core import manifest, runner, schema, storage, units
+from curate.core import manifest, runner, schema, storage, tarindex, units
 from curate.core.dirlock import hold
 from curate.core.errors import InputError
 from curate.download.verify import check_raw
@@ -96,8 +97,11 @@ class ShardAnnotator:
 
     def annotate_shard(self, shard: str) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
+        # Where each image lies, recorded as the headers are read: the shard stage's pass 1, for free.
+        index = functools.partial(tarindex.record, self.raw_dir, shard)
         with storage.local_copy(storage.join(self.raw_dir, f"{shard}.tar")) as tar:
-            parts = [self.annotator(s) for s in iter_samples(self.raw_dir, shard, self.cfg.batch_size, tar)]
+            samples = iter_samples(self.raw_dir, shard, self.cfg.batch_size, tar, on_members=index)
+            parts = [self.annotator(s) for s in samples]
         table = pa.concat_tables(parts) if parts else _empty(self.annotator)
         emb_path = storage.join(self.out_dir, EMBEDDINGS_DIR, f"{shard}.parquet")
         if self.cfg.clip_model:

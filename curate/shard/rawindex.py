@@ -1,11 +1,10 @@
-"""Pass 1 of band sharding: where each sample's image lies in its raw tar, one small table per raw shard.
+"""Pass 1 of band sharding for raw tars the annotate stage did not index: where each image lies.
 
-``DIR/raw/_index/NNNNN.parquet`` holds ``key``, ``ext``, ``offset``, ``size`` for every image member of
-``raw/NNNNN.tar`` (img2dataset's ``<key>.<ext>`` names, and names in folders or with upper-case
-extensions from other writers; a later member of one name wins, as on extraction). Each is a unit of
-:mod:`curate.core.runner` fingerprinted by the tar's size and version, so a rerun or a re-cut reads no
-tar again, and a re-downloaded tar is indexed anew. Header checksums are verified; a tar that cannot
-be read is an :class:`~curate.core.errors.InputError` naming it, raised before any band shard changes.
+The index (:mod:`curate.core.tarindex`: ``DIR/raw/_index/NNNNN.parquet``, one unit per raw tar,
+fingerprinted by the tar's size and version) is written by the annotate stage as it reads each tar;
+:func:`ensure` indexes any tar without a current one (a build from before, a re-downloaded tar), so a
+rerun or a re-cut reads no tar again. Header checksums are verified; a tar that cannot be read is an
+:class:`~curate.core.errors.InputError` naming it, raised before any band shard changes.
 
 With the index joined to the sample table, each band shard (pass 2) reads exactly its samples' bytes
 — ``pread`` locally, ranged GETs on object stores — so memory is bounded by one band shard however
@@ -14,7 +13,6 @@ large the pool, and no process maps a raw tar (the index pass reads header block
 
 from __future__ import annotations
 
-import hashlib
 import tarfile
 
 import numpy as np
@@ -23,92 +21,25 @@ import pyarrow.compute as pc
 
 from curate.core import runner, schema, storage
 from curate.core.errors import InputError
+from curate.core.tarindex import index_dir, unit, write
 from curate.core.tarscan import scan_file
-from curate.core.tarstream import IMAGE_EXTS, Members
-
-INDEX = "_index"
-INDEX_SCHEMA = pa.schema([("key", pa.string()), ("ext", pa.string()), ("offset", pa.int64()), ("size", pa.int64())])
 
 
-def index_dir(raw_dir: str) -> str:
-    return storage.join(raw_dir, INDEX)
-
-
-def _rpartition(strings: pa.Array, sep: str) -> tuple[pa.Array, pa.Array, pa.Array]:
-    """``str.rpartition`` column-wise: (head, tail, whether ``sep`` was found); not found: ("", whole)."""
-    parts = pc.split_pattern(strings, sep, max_splits=1, reverse=True)
-    ends = parts.offsets.to_numpy()
-    values = parts.values
-    found = pc.equal(pc.list_value_length(parts), 2)
-    head = pc.if_else(found, values.take(pa.array(ends[:-1])), "")
-    return head, values.take(pa.array(ends[1:] - 1)), found
-
-
-def _entries(members: Members) -> pa.Table:
-    """Image members as (key, ext, offset, size), preferring an exact ``<key>.<ext>`` name per key.
-
-    The rare names (in folders, upper-case extensions) rank after every exact one; among members of
-    one key and rank a later one wins, as on extraction. Keys come in the order they first appear.
-    Column-wise: a tar of 10,000 samples is 30,000 members, too many for a loop per member.
-    """
-    names = members.names
-    exts = pa.array(IMAGE_EXTS, pa.string())
-    stem, ext, dot = _rpartition(names, ".")
-    exact = pc.index_in(ext, value_set=exts)
-    plain = pc.and_(exact.is_valid(), pc.invert(pc.match_substring(stem, "/")))
-    # The rest: the file name in its folder, the extension in lower case (ASCII, as every image one is).
-    lower = pc.ascii_lower(ext)
-    folded = pc.index_in(lower, value_set=exts)
-    keep = pc.or_(plain, pc.and_(dot, folded.is_valid()))
-    table = pa.table(
-        {
-            "key": pc.if_else(plain, stem, _rpartition(stem, "/")[1]),
-            "ext": pc.if_else(plain, ext, lower),
-            "offset": pa.array(members.offsets, pa.int64()),
-            "size": pa.array(members.sizes, pa.int64()),
-            "rank": pc.if_else(plain, exact, pc.add(folded, len(IMAGE_EXTS))),
-            "pos": pa.array(np.arange(len(names), dtype=np.int64)),
-        }
-    ).filter(keep)
-    if pc.count_distinct(table.column("key")).as_py() < table.num_rows:
-        table = _best_per_key(table)
-    return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
-
-
-def _best_per_key(table: pa.Table) -> pa.Table:
-    """One row per key: the lowest rank, the last of those; keys in the order they first appear."""
-    table = table.take(pc.sort_indices(table, [("key", "ascending"), ("rank", "ascending"), ("pos", "descending")]))
-    key = table.column("key").combine_chunks()
-    starts = np.flatnonzero(np.r_[True, pc.not_equal(key[1:], key[:-1]).to_numpy(zero_copy_only=False)])
-    first_seen = np.minimum.reduceat(table.column("pos").to_numpy(), starts)
-    return table.take(pa.array(starts[np.argsort(first_seen)]))
-
-
-def index_one(raw_dir: str, unit: runner.Unit) -> dict:
-    """Index ``raw/<unit.name>.tar`` (a runner unit function)."""
-    url = storage.join(raw_dir, f"{unit.name}.tar")
+def index_one(raw_dir: str, todo: runner.Unit) -> dict:
+    """Index ``raw/<todo.name>.tar`` (a runner unit function)."""
+    url = storage.join(raw_dir, f"{todo.name}.tar")
     try:
         # Header blocks only, read, not mapped: a map of the tar held all of it as this worker's memory.
         with storage.local_copy(url) as local:
-            table = _entries(scan_file(local, where=url))
+            members = scan_file(local, where=url)
     except (OSError, tarfile.TarError) as e:
         raise InputError(f"raw shard unreadable: {e}", path=url) from None
-    storage.write_parquet(table, storage.join(index_dir(raw_dir), f"{unit.name}.parquet"))
-    return {"images": table.num_rows}
-
-
-def _unit(raw_dir: str, shard: str) -> runner.Unit:
-    try:
-        st = storage.stamp(storage.join(raw_dir, f"{shard}.tar"))
-    except FileNotFoundError:
-        raise InputError("raw shard missing", path=storage.join(raw_dir, f"{shard}.tar")) from None
-    fp = hashlib.blake2b(f"{st}".encode(), digest_size=16).hexdigest()
-    return runner.Unit(shard, fp, outputs=(f"{shard}.parquet",))
+    return write(raw_dir, todo.name, members)
 
 
 def ensure(raw_dir: str, shards: list[str], executor: runner.Executor, progress: bool = False) -> None:
     """Index every raw shard in ``shards`` that has no current index; raise InputError naming unreadable tars."""
-    todo = [_unit(raw_dir, s) for s in sorted(set(shards))]
+    todo = [unit(raw_dir, s) for s in sorted(set(shards))]
     report = runner.run(
         index_dir(raw_dir), todo, _Indexer(raw_dir), executor, desc="indexing raw shards", progress=progress
     )
@@ -121,8 +52,8 @@ class _Indexer:
     def __init__(self, raw_dir: str):
         self.raw_dir = raw_dir
 
-    def __call__(self, root: str, unit: runner.Unit) -> dict:
-        return index_one(self.raw_dir, unit)
+    def __call__(self, root: str, todo: runner.Unit) -> dict:
+        return index_one(self.raw_dir, todo)
 
 
 def locations(raw_dir: str, rows: pa.Table) -> tuple[pa.Array, np.ndarray, np.ndarray]:
