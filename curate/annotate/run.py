@@ -98,7 +98,7 @@ class ShardAnnotator:
     def annotate_shard(self, shard: str) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         # Where each image lies, recorded as the headers are read: the shard stage's pass 1, for free.
-        index = functools.partial(tarindex.record, self.raw_dir, shard)
+        index = functools.partial(tarindex.record, self.raw_dir, tarindex.unit(self.raw_dir, shard))
         with storage.local_copy(storage.join(self.raw_dir, f"{shard}.tar")) as tar:
             samples = iter_samples(self.raw_dir, shard, self.cfg.batch_size, tar, on_members=index)
             parts = [self.annotator(s) for s in samples]

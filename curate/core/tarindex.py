@@ -80,6 +80,7 @@ def _best_per_key(table: pa.Table) -> pa.Table:
 
 
 def unit(raw_dir: str, shard: str) -> runner.Unit:
+    """``shard``'s index unit, fingerprinted by its tar's stamp as it is now (take it before reading the tar)."""
     try:
         st = storage.stamp(storage.join(raw_dir, f"{shard}.tar"))
     except FileNotFoundError:
@@ -95,8 +96,8 @@ def write(raw_dir: str, shard: str, members: Members) -> dict:
     return {"images": table.num_rows}
 
 
-def record(raw_dir: str, shard: str, members: Members) -> None:
-    """``shard``'s index and its marker from members already scanned, unless a current one is there."""
-    todo = unit(raw_dir, shard)
+def record(raw_dir: str, todo: runner.Unit, members: Members) -> None:
+    """``todo``'s index and its marker from the members of its tar, read after ``todo`` was made (a tar
+    rewritten in between leaves an index the shard stage finds stale), unless a current one is there."""
     if not runner.finished(index_dir(raw_dir), todo):
-        runner.execute(index_dir(raw_dir), todo, lambda root, u: write(raw_dir, shard, members))
+        runner.execute(index_dir(raw_dir), todo, lambda root, u: write(raw_dir, u.name, members))
