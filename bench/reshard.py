@@ -6,12 +6,13 @@ filled with real COCO photos resized as a DataComp download is (longest side 512
 small files, where per-sample overhead dominates); the sample table puts them in default bands.
 Both sides read warm page cache; they run alternately, each after a sync, and each keeps its best of
 5 (the median of the pairs' ratios is printed too). Each sharding run does both passes (the raw tars
-are indexed again, then the band shards written). ``--executor tasks`` writes through Ray tasks, one
+are indexed again, then the band shards written); with ``--kept-index`` the index stays from the first
+run, as in a build, where the annotate stage has written it. ``--executor tasks`` writes through Ray tasks, one
 process per core (Ray started before the timing, as a build has it running); ``threads`` in this
 process. Prints MB/s and samples/s for both and the ratio (target >= 0.5). Writes
 bench/results/reshard.json.
 
-    .venv/bin/python bench/reshard.py [--n 20000] [--image-side 256] [--executor tasks|threads]
+    .venv/bin/python bench/reshard.py [--n 20000] [--image-side 256] [--executor tasks|threads] [--kept-index]
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=5, help="alternating (cp, reshard) pairs; best of each is reported")
     ap.add_argument("--executor", choices=["tasks", "threads"], default="tasks")
+    ap.add_argument("--kept-index", action="store_true", help="pass 2 only: the raw index kept, as in a build")
     ap.add_argument("--out", default="bench/results/reshard.json")
     args = ap.parse_args()
     if args.executor == "tasks":
@@ -162,7 +164,8 @@ def run(args) -> None:
 
         def reshard():
             shutil.rmtree(root / "build" / "tiers", ignore_errors=True)
-            shutil.rmtree(raw / "_index", ignore_errors=True)
+            if not args.kept_index:
+                shutil.rmtree(raw / "_index", ignore_errors=True)
             cfg = ShardConfig(shard_size=args.shard_size, executor=args.executor)
             write_tiers(root / "build", samples, shard_cfg=cfg, progress=False)
 
@@ -181,6 +184,7 @@ def run(args) -> None:
         "source": args.source,
         "image_side": args.image_side,
         "executor": args.executor,
+        "kept_index": args.kept_index,
         "load_avg": os.getloadavg()[0],
         "raw_mb": round(raw_bytes / 1e6, 1),
         "cp_s": round(t_cp, 3),
