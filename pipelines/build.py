@@ -14,7 +14,7 @@ A build config is one TOML file with a section per stage::
     [dedup]      near_k = 6                    (curate.dedup.DedupConfig)
     [quality]    score = "auto"                (curate.select.quality.QualityConfig; "bootstrap": `tiers bootstrap`)
     [bands]      edges = [0.1, 0.2, 0.3, 0.4, 0.5, 1.0]   balance = "clusters"   (curate.select.bands.BandConfig)
-    [shards]     shard_size = 1000
+    [shards]     shard_size = 1000   order = "raw"   (curate.shard.writer.ShardConfig; "shuffled" by default)
     [storage.s3] endpoint_url = "http://minio:9000"   (fsspec options per protocol; never written out)
 
 ``DIR`` and the URL lists may be URLs (``s3://bucket/build``, ``gs://...``, ``memory://...``): every
@@ -86,10 +86,11 @@ def config_from_toml(data: dict, source: str | None = None) -> BuildConfig:
     cfg = config.from_dict(BuildConfig, data, section="build", source=source)
     filters.setdefault("image_size", cfg.download.image_size)
     cfg = dataclasses.replace(cfg, filters=filters_config(filters, source=source), storage=dict(stores))
-    try:
-        cfg.bands.validate()
-    except ValueError as e:
-        raise InputError(f"[bands] {e}", path=source) from None
+    for name, section in (("bands", cfg.bands), ("shards", cfg.shards)):
+        try:
+            section.validate()
+        except ValueError as e:
+            raise InputError(f"[{name}] {e}", path=source) from None
     return cfg
 
 

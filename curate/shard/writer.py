@@ -37,12 +37,27 @@ from curate.shard.bandshard import COLUMNS, META_KEYS, BandShardWriter, after_sh
 _sample_meta = sample_meta  # the name tests and older callers know
 
 
+ORDERS = ("shuffled", "raw")
+
+
 @dataclass(frozen=True)
 class ShardConfig:
     shard_size: int = 1000  # samples per shard; every shard of a band but its last has exactly this many
     seed: int = 0
     workers: int = 4  # threads, when shards are written here (no Ray running)
     executor: str = "auto"  # auto (Ray tasks when Ray runs, else threads) | tasks | threads | local
+    # shuffled: each band shuffled whole, so a band shard draws from every raw tar (one read per sample
+    # once the pool has ~shard_size raw tars: on object storage a ranged GET per sample). raw: each band
+    # cut in raw-tar order, each shard's samples shuffled within it: a shard lies in one or two raw tars
+    # and reads them in a few ranged GETs (neighbours of other bands read along), as DataComp's
+    # resharder's output does; a trainer's shard shuffle and sample buffer do the rest.
+    order: str = "shuffled"
+
+    def validate(self) -> None:
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}, not {self.order!r}")
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be at least 1, not {self.shard_size}")
 
 
 def _band_seed(seed: int, band: str) -> int:
@@ -50,7 +65,9 @@ def _band_seed(seed: int, band: str) -> int:
 
 
 def plan(samples: pa.Table, bands: list[str], cfg: ShardConfig) -> dict[str, list[np.ndarray]]:
-    """Band -> list of shards, each an array of row indices into ``samples``, in write order."""
+    """Band -> list of shards, each an array of row indices into ``samples``, in write order (``cfg.order``:
+    the band shuffled whole, or cut in raw-tar order with each shard shuffled within)."""
+    cfg.validate()
     band_col = samples.column(schema.BAND).combine_chunks()
     uids = samples.column(schema.UID).combine_chunks()
     out = {}
@@ -58,8 +75,17 @@ def plan(samples: pa.Table, bands: list[str], cfg: ShardConfig) -> dict[str, lis
         rows = np.flatnonzero(pc.equal(band_col, band).fill_null(False).to_numpy(zero_copy_only=False))
         # Start from an order independent of row order: by uid (byte order is code-point order in UTF-8).
         rows = rows[pc.sort_indices(uids.take(pa.array(rows, pa.int64()))).to_numpy()]
-        rows = rows[np.random.default_rng(_band_seed(cfg.seed, band)).permutation(len(rows))]
-        out[band] = [rows[k : k + cfg.shard_size] for k in range(0, len(rows), cfg.shard_size)]
+        rng = np.random.default_rng(_band_seed(cfg.seed, band))
+        if cfg.order == "shuffled":
+            rows = rows[rng.permutation(len(rows))]
+            out[band] = [rows[k : k + cfg.shard_size] for k in range(0, len(rows), cfg.shard_size)]
+            continue
+        # In the raw tars' order (img2dataset's keys count up through a tar; ties, if any, by uid).
+        at = pa.array(rows, pa.int64())
+        where = pa.table({"s": samples.column(schema.SHARD).take(at), "k": samples.column(schema.KEY).take(at)})
+        rows = rows[pc.sort_indices(where, [("s", "ascending"), ("k", "ascending")]).to_numpy()]
+        cuts = [rows[k : k + cfg.shard_size] for k in range(0, len(rows), cfg.shard_size)]
+        out[band] = [c[rng.permutation(len(c))] for c in cuts]
     return out
 
 
