@@ -8,10 +8,11 @@ worker's peak mixes its tasks; decide's is the dedup task's). Stage times come f
 progress lines. Memory must stay flat in pool size: the ratio of the largest to the smallest size's
 peak RSS, per process kind, is printed (target <= 1.3). With ``--s3`` every size is built again with
 ``--out s3://...`` on moto's S3 server (in this process, on 127.0.0.1), and the wall-time ratio S3 /
-local is printed.
+local is printed. ``--shard-order raw`` cuts the bands in raw-tar order (``[shards] order``), whose band
+shards read a bucket in a few ranged GETs each.
 Writes bench/results/scale.json.
 
-    .venv/bin/python bench/scale.py [--sizes 20000,200000] [--s3] [--work /tmp/clip-tiers-scale]
+    .venv/bin/python bench/scale.py [--sizes 20000,200000] [--s3] [--work /tmp/clip-tiers-scale] [--shard-order raw]
 """
 
 from __future__ import annotations
@@ -208,13 +209,14 @@ def main() -> int:
     ap.add_argument("--only-s3", action="store_true", help="only the s3:// builds")
     ap.add_argument("--work", default="/tmp/clip-tiers-scale")
     ap.add_argument("--keep", action="store_true", help="keep the build directories")
+    ap.add_argument("--shard-order", choices=["shuffled", "raw"], default="shuffled", help="[shards] order")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
     args = ap.parse_args()
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     config = work / "build.toml"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG + f'order = "{args.shard_order}"\n')
     server = s3_endpoint() if args.s3 or args.only_s3 else None
     results = []
     print(f"tiers build at scale on {os.cpu_count()} cores (load average {os.getloadavg()[0]:.2f})", flush=True)
@@ -229,7 +231,7 @@ def main() -> int:
                     if where == "local":
                         shutil.rmtree(out, ignore_errors=True)
                     load = os.getloadavg()[0]
-                    r = {"n": n, "where": where, "load_avg_before": round(load, 2)}
+                    r = {"n": n, "where": where, "shard_order": args.shard_order, "load_avg_before": round(load, 2)}
                     r.update(one_build(urls, out, config))
                     r["load_avg_after"] = round(os.getloadavg()[0], 2)
                     results.append(r)
