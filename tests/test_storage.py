@@ -342,6 +342,25 @@ def test_bad_stores_are_one_line_naming_the_url_before_any_work(s3_server, bucke
     assert not (tmp_path / "out").exists()  # an unreadable URL list leaves --out untouched
 
 
+def test_columns_of_a_parquet_in_a_bucket_are_read_without_read_ahead(bucket, monkeypatch):
+    """A build reads samples.parquet's metadata columns back a column at a time: fsspec's read-ahead cache
+    fetched a 50 MB block beside each column chunk (the driver of a 200,000-URL build into S3 peaked at
+    1.1 GB, against 0.44 locally)."""
+    import s3fs
+
+    from curate.core import batches
+
+    url = f"{bucket}/wide.parquet"
+    n = 2000
+    table = pa.table({"small": pa.array(range(n)), "big": pa.array([os.urandom(8192) for _ in range(n)])})
+    storage.write_parquet(table, url)
+    fetched = []
+    real = s3fs.core.S3File._fetch_range
+    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range", lambda f, a, b: fetched.append(b - a) or real(f, a, b))
+    assert batches.read_columns(url, ["small"]).column("small").to_pylist() == list(range(n))
+    assert sum(fetched) < 1 << 20  # the 16 MB column beside it is not read
+
+
 def test_tiers_check_reads_url_lists_from_a_bucket(bucket, tmp_path):
     from pipelines.cli import main
 
