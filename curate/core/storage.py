@@ -322,7 +322,7 @@ def put(local: str | os.PathLike, url: str | os.PathLike) -> None:
         os.replace(local, dest)
         return
     fs, path = filesystem(url)
-    if protocol(url) != "s3":
+    if protocol(url) not in ("s3", "s3a"):  # s3fs's options below
         fs.put_file(os.fspath(local), path)
         return
     # s3fs reads a file under two parts whole, and a larger one ten 50 MB parts at a time (its
