@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from curate.annotate import AnnotateConfig
-from curate.core import batches, config, schema, storage
+from curate.core import access, batches, config, schema, storage
 from curate.core.dirlock import hold
 from curate.core.errors import InputError
 from curate.core.failpoints import failpoint
@@ -246,7 +246,7 @@ def build(
     if cfg.storage:
         storage.configure(cfg.storage)
     out = storage.normalise(out)
-    storage.check_access(out)  # before any work: nothing written to a store that cannot take it
+    access.check_access(out)  # before any work: nothing written to a store that cannot take it
     t0 = time.perf_counter()
     # Read a batch at a time into a local file (an unreadable list leaves --out untouched), then stored.
     with staged_url_list(urls, read_cfg or ReadConfig()) as staged, hold(out, command="tiers build"):

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from curate.core import storage
+from curate.core import access, storage
 from curate.core.errors import InputError
 from train import standard
 from train.augment import decode_image
@@ -67,7 +67,7 @@ def local_copy(spec: str) -> Path:
     target = where / storage.name(spec)
     if not target.exists():
         if not storage.isfile(spec):
-            storage.check_access(spec, write=False)
+            access.check_access(spec, write=False)
             raise InputError("no such evaluation set (a parquet file is expected at a URL)", path=spec)
         where.mkdir(parents=True, exist_ok=True)
         classes = storage.join(storage.parent(spec), "classes.json")

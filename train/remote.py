@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from curate.core import rundir, storage
+from curate.core import access, rundir, storage
 
 FILES = (rundir.CONFIG, rundir.METRICS, rundir.SUMMARY, rundir.EVAL)
 
@@ -79,7 +79,7 @@ def _push_checkpoints(local: Path, url: str, keep: int, sent: set[str]) -> None:
 def mirrored(url: str, keep: int = 2, every: float = 2.0, upload: bool = True) -> Iterator[Path]:
     """A local run directory mirrored to ``url`` for the block (see the module doc); yields its path.
     ``upload=False`` (DDP ranks but the first) only pulls."""
-    storage.check_access(url, write=upload)
+    access.check_access(url, write=upload)
     local = mirror_dir(url)
     pull(url, local)
     if not upload:

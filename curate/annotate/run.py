@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from curate import code_version
 from curate.annotate.raw import iter_samples, list_shards
 from curate.annotate.stage import EMBEDDINGS, OUTPUT_SCHEMA, AnnotateConfig, Annotator
-from curate.core import manifest, runner, schema, storage, tarindex, units
+from curate.core import access, manifest, runner, schema, storage, tarindex, units
 from curate.core.dirlock import hold
 from curate.core.errors import InputError
 from curate.download.verify import check_raw
@@ -162,7 +162,7 @@ def annotate(
     repairs it. A damaged annotation output (size or digest) is annotated again.
     """
     build_dir = storage.normalise(build_dir)
-    storage.check_access(build_dir)
+    access.check_access(build_dir)
     with hold(build_dir, command="tiers annotate"):
         check_raw(build_dir)
         return _annotate(build_dir, cfg, ray_address, progress, executor)

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate import code_version
-from curate.core import manifest, runner, schema, storage, units
+from curate.core import access, manifest, runner, schema, storage, units
 from curate.core.dirlock import hold
 from curate.core.errors import InputError
 from curate.download import plan as planning
@@ -96,7 +96,7 @@ def download(
 
     cfg = cfg or DownloadConfig()
     policy = as_policy(allow_private)
-    storage.check_access(out)
+    access.check_access(out)
     if isinstance(urls, pa.Table | StagedList):
         # Read already (``tiers build`` stages its list once, for inputs.parquet and for this).
         staged = contextlib.nullcontext(urls)

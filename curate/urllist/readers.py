@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from curate.core import schema, storage
+from curate.core import access, schema, storage
 from curate.core.errors import InputError
 
 FORMATS = {
@@ -84,7 +84,7 @@ def list_files(spec: str | os.PathLike | list) -> list[str]:
 
 def _list_remote(s: str) -> list[str]:
     """The list files a URL names: an object, a prefix holding list files, or a glob."""
-    storage.check_access(s, write=False)  # an unreachable store, a missing bucket, refused credentials
+    access.check_access(s, write=False)  # an unreachable store, a missing bucket, refused credentials
     if any(ch in s for ch in "*?["):
         fs, path = storage.filesystem(s)
         if found := sorted(f"{storage.protocol(s)}://{p}" for p in fs.glob(path) if fs.isfile(p)):
