@@ -101,6 +101,38 @@ def test_same_background_with_the_object_elsewhere_is_not_a_copy():
     assert deduplicate(table, DedupConfig(semantic=False)).column("dup_of").null_count == 2
 
 
+def test_detail_is_measured_only_where_the_similarity_can_make_a_copy():
+    """``detail_from`` skips the second figure below the copy threshold and changes nothing else: the same
+    similarities, the same details above it, and the same pairs kept, with either image of a pair the crop,
+    at 32 px (detail at 16 px) and 96 px, in blocks larger than one."""
+    from curate.dedup import align, copies
+
+    rng = np.random.default_rng(5)
+    blobs, sides = [], []
+    for s in range(12):
+        side = 32 if s % 3 == 0 else 96
+        im = photo(s, (side, side * 3 // 4))
+        blobs += [encode(im)] + [near_copy(im, f, rng) for f in FAMILIES]
+        sides += [side] * (1 + len(FAMILIES))
+    _, t, grey = thumbs(annotation_table(blobs).column(schema.THUMB), len(blobs))
+    i, j = np.triu_indices(len(blobs), 1)
+    swap = rng.random(len(i)) < 0.5  # either image first
+    i, j = np.where(swap, j, i), np.where(swap, i, j)
+    side = np.array(sides)
+    coarse = np.minimum(side[i], side[j]) < img.DETAIL_SIDE
+    cfg = CopyConfig()
+    sim, detail = verify(t[i], t[j], grey[i], grey[j], cfg, coarse)
+    sim_from, detail_from = verify(t[i], t[j], grey[i], grey[j], cfg, coarse, detail_from=cfg.min_similarity)
+    above = sim >= cfg.min_similarity
+    assert len(i) > align.PAIR_BLOCK and 0 < above.sum() < len(i) // 10
+    assert np.array_equal(sim, sim_from)
+    assert np.array_equal(detail[above], detail_from[above]) and np.isnan(detail_from[~above]).all()
+    kept = above & (detail >= cfg.min_detail)
+    assert kept.sum() >= 12 * len(FAMILIES) - 2  # the copies are among them
+    got_i, got_j = copies.verified_pairs(t, grey, i, j, cfg, coarse)
+    assert np.array_equal(got_i, i[kept]) and np.array_equal(got_j, j[kept])
+
+
 def test_flat_images_are_never_near_copies():
     blobs = [encode(Image.new("RGB", (40, 40), (200, 200, 200 - k))) for k in range(3)]
     table = annotation_table(blobs)
@@ -246,7 +278,7 @@ def test_spilled_thumbnails_read_each_row_once_for_colour_and_grey(tmp_path, mon
 
 def test_the_detail_band_is_each_grey_image_minus_its_3x3_mean():
     """Within float32 rounding of the exact box mean (summed-area tables lost ~4e-3 of a grey level)."""
-    from curate.dedup.copies import _high_pass
+    from curate.dedup.align import _high_pass
 
     x = (np.random.default_rng(1).random((64, 32, 32)) * 255).astype(np.float32)
     pad = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1)), mode="edge")
