@@ -8,7 +8,8 @@ from PIL import Image, ImageDraw
 from curate.annotate import image as img
 from curate.core import schema
 from curate.dedup import DedupConfig, deduplicate
-from curate.dedup.copies import CopyConfig, copy_pairs, flat, search_vectors, thumbs, verify
+from curate.dedup.align import CopyConfig, verify
+from curate.dedup.copies import copy_pairs, flat, search_vectors, thumbs
 from curate.dedup.neighbours import neighbour_pairs
 from synthweb.copies import FAMILIES, near_copy
 from tests.photos import encode, photo
