@@ -198,8 +198,9 @@ def verify_pairs(
     coarse: np.ndarray | None,
     detail_from: float = -np.inf,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`verify` of the pairs (i[k], j[k]) of rows of ``t`` / ``grey``, gathered one block of pairs at a
-    time: gathering them all at once held 14 KB a pair (2.1 GB for a 20,000-image pool's candidates)."""
+    """:func:`verify` of the pairs (i[k], j[k]) of rows of ``t`` / ``grey`` (detail NaN where the similarity is
+    under ``detail_from``), gathered one block of pairs at a time: gathering them all at once held 14 KB a
+    pair (2.1 GB for a 20,000-image pool's candidates)."""
     sims, details = [np.empty(0, np.float32)], [np.empty(0, np.float32)]
     for s in range(0, len(i), PAIR_BLOCK):
         a, b = i[s : s + PAIR_BLOCK], j[s : s + PAIR_BLOCK]
