@@ -102,10 +102,11 @@ def test_same_background_with_the_object_elsewhere_is_not_a_copy():
     assert deduplicate(table, DedupConfig(semantic=False)).column("dup_of").null_count == 2
 
 
-def test_detail_is_measured_only_where_the_similarity_can_make_a_copy():
+def test_detail_is_measured_only_where_the_similarity_can_make_a_copy(monkeypatch):
     """``detail_from`` skips the second figure below the copy threshold and changes nothing else: the same
     similarities, the same details above it, and the same pairs kept, with either image of a pair the crop,
-    at 32 px (detail at 16 px) and 96 px, in blocks larger than one."""
+    at 32 px (detail at 16 px) and 96 px, in blocks larger than one. How many windows are scored at a time
+    changes nothing either."""
     from curate.dedup import align, copies
 
     rng = np.random.default_rng(5)
@@ -132,6 +133,10 @@ def test_detail_is_measured_only_where_the_similarity_can_make_a_copy():
     assert kept.sum() >= 12 * len(FAMILIES) - 2  # the copies are among them
     got_i, got_j = copies.verified_pairs(t, grey, i, j, cfg, coarse)
     assert np.array_equal(got_i, i[kept]) and np.array_equal(got_j, j[kept])
+    for windows in (1, 49):  # one window at a time, every coarse window at once
+        monkeypatch.setattr(align, "WINDOWS_AT_ONCE", windows)
+        again = verify(t[i], t[j], grey[i], grey[j], cfg, coarse)
+        assert np.array_equal(again[0], sim) and np.array_equal(again[1], detail)
 
 
 def test_flat_images_are_never_near_copies():
