@@ -13,13 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.scale import s3_endpoint  # noqa: E402
+
+BUCKET = "scale"  # the bucket s3_endpoint makes
 
 
 def main() -> None:
@@ -27,33 +29,14 @@ def main() -> None:
     ap.add_argument("--sizes-mb", default="1,32,128")
     ap.add_argument("--gets", type=int, default=20)
     args = ap.parse_args()
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
-    )  # fmt: skip
+    server = s3_endpoint()  # moto in a process of its own, with the bucket the S3 benches use
     import s3fs
 
     results = []
     try:
-        for _ in range(100):
-            try:
-                fs = s3fs.S3FileSystem(skip_instance_cache=True)
-                fs.ls("")
-                break
-            except OSError:
-                time.sleep(0.2)
-        fs.mkdir("bench")
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
         for mb in [int(v) for v in args.sizes_mb.split(",")]:
-            path = f"bench/object-{mb}mb"
+            path = f"{BUCKET}/object-{mb}mb"
             fs.pipe_file(path, os.urandom(mb << 20))
             t0 = time.perf_counter()
             for k in range(args.gets):
