@@ -1,5 +1,6 @@
 """The column-wise tar reader reads exactly what the header-by-header walk reads, and refuses the same tars
-with the same message, on tars of every format and on damaged ones."""
+with the same message, on tars of every format and on damaged ones; and the read planner that turns the
+members wanted from a tar into ranged reads (``coalesce``)."""
 
 from __future__ import annotations
 
@@ -157,3 +158,51 @@ def test_scanning_a_tars_headers_holds_the_headers_not_the_tar(tmp_path):
     64 MB. Scanning them through a map did (each touched header maps the page-cache folio around it)."""
     grew = peak_growth_mb(HEADER_SCAN_MEMORY_SETUP, "assert len(scan_file(path).sizes) == 512", tmp_path)
     assert grew < 16, f"the scan's peak grew by {grew} MB for a 64 MB tar's 512 headers"
+
+
+def test_band_shards_read_neighbouring_images_of_a_remote_tar_in_one_range():
+    """Ranged reads of a raw tar in object storage: images closer than MAX_GAP share one GET, a block
+    never outgrows max_block (an image larger than it is a block of its own), and every image maps
+    to the block that holds it."""
+    import numpy as np
+
+    from curate.core.tarstream import coalesce
+
+    offsets, sizes = np.array([100, 0, 5000, 10, 9000]), np.array([10, 5, 10, 90, 3000])
+    blocks, block_of = coalesce(offsets, sizes, max_gap=50, max_block=1000)
+    assert blocks == [(0, 110), (5000, 10), (9000, 3000)] and block_of.tolist() == [0, 0, 1, 0, 2]
+    for (o, n), b in zip(zip(offsets, sizes, strict=True), block_of, strict=True):
+        start, length = blocks[b]
+        assert start <= o and o + n <= start + length
+    blocks, _ = coalesce(np.array([0, 10, 20]), np.array([10, 10, 10]), max_gap=50, max_block=15)
+    assert blocks == [(0, 10), (10, 10), (20, 10)]
+
+
+def test_coalesce_cuts_blocks_as_the_greedy_rule_does_item_by_item():
+    """The column-wise cut equals the rule applied item by item in offset order (overlapping, empty and
+    oversized items included)."""
+    import numpy as np
+
+    from curate.core.tarstream import coalesce
+
+    def greedy(offsets, sizes, max_gap, max_block):
+        blocks, block_of = [], np.zeros(len(offsets), np.int64)
+        for i in np.argsort(offsets, kind="stable").tolist():
+            o, e = int(offsets[i]), int(offsets[i] + sizes[i])
+            if blocks and o - blocks[-1][1] < max_gap and max(blocks[-1][1], e) - blocks[-1][0] <= max_block:
+                blocks[-1][1] = max(blocks[-1][1], e)
+            else:
+                blocks.append([o, e])
+            block_of[i] = len(blocks) - 1
+        return [(a, b - a) for a, b in blocks], block_of.tolist()
+
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        n = int(rng.integers(0, 30))
+        offsets, sizes = rng.integers(0, 2000, n), rng.integers(0, 300, n)
+        tar = rng.random() < 0.5  # members of a tar: apart, in order
+        if tar:
+            offsets = np.cumsum(sizes + rng.integers(0, 200, n)) - sizes
+        gap, block = int(rng.integers(0, 200)), int(rng.integers(1, 1000))
+        blocks, block_of = coalesce(offsets, sizes, gap, block)
+        assert (blocks, block_of.tolist()) == greedy(offsets, sizes, gap, block)
