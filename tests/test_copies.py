@@ -210,6 +210,30 @@ def test_the_neighbour_search_spills_what_grows_with_the_pool(tmp_path, monkeypa
     assert large < 12 and large - small < 8, f"{small:.1f} MB at 20,000 rows, {large:.1f} MB at 80,000"
 
 
+def test_the_neighbour_search_in_jobs_of_whole_cells_finds_the_same_pairs(tmp_path, monkeypatch):
+    """Cut into many jobs (a build runs them as Ray tasks on the dedup task's node), each of whole cells,
+    and run in another order, the search finds exactly the pairs it finds in one go."""
+    from curate.dedup import neighbours
+
+    x = np.random.default_rng(3).normal(size=(20_000, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for name in ("one", "jobs"):
+        (tmp_path / name).mkdir()
+    one = list(neighbours.candidates(x, CopyConfig(), tmp_path / "one"))
+    monkeypatch.setattr(neighbours, "SEARCH_JOB", 1 << 11)
+    jobs = []
+
+    def backwards(fn, given):  # every job computed, last first; results handed back in order
+        jobs.extend(given)
+        return reversed([fn(*job) for job in reversed(jobs)])
+
+    cut = list(neighbours.candidates(x, CopyConfig(), tmp_path / "jobs", map_fn=backwards))
+    assert len(one) == len(cut) == 1 and np.array_equal(one[0], cut[0]) and len(one[0]) > 50_000
+    cells = [job[1]["cell"] for job in jobs]
+    assert len(jobs) > 20 and all(len(c) <= 2 * (1 << 11) for c in cells)  # ~2,048 records each, whole cells
+    assert len(np.unique(np.concatenate(cells))) == sum(len(np.unique(c)) for c in cells)  # no cell in two
+
+
 def test_search_vectors_are_unit_and_mean_free():
     t = np.random.default_rng(1).integers(0, 256, (5, 16, 16, 3)).astype(np.float32)
     v = search_vectors(t)
@@ -293,16 +317,17 @@ def test_the_detail_band_is_each_grey_image_minus_its_3x3_mean():
 
 
 def test_a_dedup_task_verifies_on_ray_tasks_of_its_node_and_finds_the_same_pairs(ray_local):
-    """In a build the dedup task (a Ray task holding one CPU) hands its chunks of candidates to Ray tasks on
-    its own node, which read the spilled thumbnails there: the pairs are those found in one process, in
-    the same order, and the chunks run in other processes (the task gives its CPU back while it waits: on
-    these one-CPU nodes they could not run otherwise)."""
+    """In a build the dedup task (a Ray task holding one CPU) hands its neighbour search's jobs and its
+    chunks of candidates to Ray tasks on its own node, which read the spilled vectors and thumbnails
+    there: the pairs are those found in one process, in the same order, and the jobs run in other
+    processes (the task gives its CPU back while it waits: on these one-CPU nodes they could not run
+    otherwise)."""
     import os
 
     import ray
 
     from curate.core import raypool
-    from curate.dedup import copies
+    from curate.dedup import copies, neighbours
     from curate.dedup.thumbstore import spilled_thumbs
 
     rng = np.random.default_rng(5)
@@ -315,11 +340,12 @@ def test_a_dedup_task_verifies_on_ray_tasks_of_its_node_and_finds_the_same_pairs
     @ray.remote(num_cpus=1, max_calls=1)  # its worker exits after it: no later task sees the chunk size
     def dedup_task(colour, grey, scratch: str):
         copies.VERIFY_CHUNK = 16  # several chunks, so several tasks
+        neighbours.SEARCH_JOB = 8  # and the neighbour search in several jobs
         ran = []
 
         def traced(fn, jobs):
             for out in raypool.on_this_node(lambda *job: (fn(*job), os.getpid()), jobs):
-                ran.append(out[1])
+                ran.append((fn.__name__, out[1]))
                 yield out[0]
 
         with copies.verifying_with(traced):
@@ -332,4 +358,6 @@ def test_a_dedup_task_verifies_on_ray_tasks_of_its_node_and_finds_the_same_pairs
         (got, pid, ran) = ray.get(dedup_task.remote(colour, grey, scratch), timeout=180)
     assert len(want[0]) >= 12 * len(FAMILIES) // 2  # copies were found
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
-    assert len(ran) > 3 and pid not in ran
+    verified = [p for name, p in ran if name == "verified_pairs"]
+    searched = [p for name, p in ran if name == "cells_pairs"]
+    assert len(verified) > 3 and len(searched) > 3 and pid not in verified + searched

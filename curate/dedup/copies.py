@@ -43,7 +43,7 @@ from curate.annotate.image import DETAIL_SIDE, THUMB_SIDE
 from curate.core import storage
 from curate.dedup.align import PAIR_BLOCK, CopyConfig, normalised, verify
 from curate.dedup.near import aspect_differs
-from curate.dedup.neighbours import candidates, packed
+from curate.dedup.neighbours import candidates, in_order, packed
 from curate.dedup.thumbstore import Spilled, take
 
 COLOUR_BYTES = THUMB_SIDE * THUMB_SIDE * 3
@@ -124,10 +124,12 @@ def copy_pairs(
     bad = flat(t, cfg)
     found_i, found_j = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
     # Another process can read spilled thumbnails (from this node's scratch file), not arrays held here.
-    map_fn = (_VERIFY_MAP.get() if isinstance(t, Spilled) else None) or _in_order
+    map_fn = (_VERIFY_MAP.get() if isinstance(t, Spilled) else None) or in_order
     with _workdir(scratch) as work:
         vectors = search_vectors(t) if scratch is None else _spilled_vectors(t, scratch)
-        jobs = _chunks(candidates(vectors, cfg, work, extra_packed), t, grey, cfg, bad, shape, side)
+        # The search's jobs carry its vectors: fanned out only where they too are spilled.
+        search_map = map_fn if isinstance(vectors, Spilled) else None
+        jobs = _chunks(candidates(vectors, cfg, work, extra_packed, search_map), t, grey, cfg, bad, shape, side)
         for a, b in map_fn(verified_pairs, jobs):
             found_i.append(a)
             found_j.append(b)
@@ -160,19 +162,16 @@ def verified_pairs(
 
 @contextlib.contextmanager
 def verifying_with(map_fn):
-    """Within the block, :func:`copy_pairs` over spilled thumbnails hands its chunks of candidates to
-    ``map_fn(fn, jobs)`` (``fn(*job)`` for each job, results in order: e.g. Ray tasks on this node,
-    :func:`curate.core.raypool.on_this_node`) instead of verifying them here one after another.
-    ``None``: here. The chunks, and so the pairs found, are the same either way."""
+    """Within the block, :func:`copy_pairs` over spilled thumbnails hands its chunks of candidates, and
+    its neighbour search's jobs where the search vectors are spilled too, to ``map_fn(fn, jobs)``
+    (``fn(*job)`` for each job, results in order: e.g. Ray tasks on this node,
+    :func:`curate.core.raypool.on_this_node`) instead of running them here one after another. ``None``:
+    here. The jobs, and so the pairs found, are the same either way."""
     token = _VERIFY_MAP.set(map_fn)
     try:
         yield
     finally:
         _VERIFY_MAP.reset(token)
-
-
-def _in_order(fn, jobs):
-    return (fn(*job) for job in jobs)
 
 
 def _workdir(scratch: str | None):

@@ -7,8 +7,10 @@ unique, a range of ``lo`` rows at a time. Nothing in it is held for the whole po
 
 - the cells are fitted on a sample of at most 50,000 rows;
 - each row's ``probes`` nearest cells are computed a block of rows at a time and spilled, as (cell,
-  row) records, to files by range of cells; a range is read back, sorted by cell, and each of its cells
-  searched (its rows read from the spilled vectors);
+  row) records, to files by range of cells; a range is read back, sorted by cell, cut into jobs of
+  whole cells (``SEARCH_JOB`` records, about), and each job's cells searched (their rows read from the
+  spilled vectors), one job after another here or, given a ``map_fn``, e.g. as Ray tasks on this node
+  (the pairs are the same either way: they are made unique and sorted when read back);
 - the pairs found are spilled, as found, to files by range of ``lo``; a range is read back and made
   unique when the caller asks for it.
 
@@ -37,6 +39,9 @@ FIT_ROWS = 50_000  # rows the cells are fitted on
 MEMBERSHIPS = 1 << 18  # (cell, row) records per range of cells, about
 PAIRS = 1 << 16  # rows per range of ``lo`` (~20 pairs a row, as found, before they are made unique)
 FLUSH = 1 << 18  # pairs found before they are spilled (sorting them to their files takes ~40 B a pair)
+# (cell, row) records a search job takes, about (whole cells): a range of cells makes ~8 jobs to spread over
+# a node's CPUs (ranges alone: 3 at 186,000 rows), ~1.5 s each there (cells grow as the pool's square root).
+SEARCH_JOB = 1 << 15
 
 
 def packed(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
@@ -103,21 +108,28 @@ def neighbour_pairs(x, cfg) -> tuple[np.ndarray, np.ndarray]:
     return found // max(len(x), 1), found % max(len(x), 1)
 
 
-def candidates(x, cfg, work: Path, extra: Iterable[np.ndarray] = ()) -> Iterator[np.ndarray]:
+def candidates(x, cfg, work: Path, extra: Iterable[np.ndarray] = (), map_fn=None) -> Iterator[np.ndarray]:
     """The candidate pairs (packed, ascending, unique) of rows of ``x`` with ``extra`` among them (packed
     pairs, a chunk at a time, spilled as they come), a range of ``lo`` rows at a time; scratch files
-    under ``work``, removed as they are read."""
+    under ``work``, removed as they are read. ``map_fn(fn, jobs)`` (``fn(*job)`` for each job, results in
+    order) runs the search's jobs, e.g. :func:`curate.core.raypool.on_this_node` where ``x`` is spilled
+    (a job carries ``x``); None: here, one after another."""
     n = len(x)
     pairs = SpilledPairs(n, work, "pairs")
     if n >= 2:
-        _search(x, cfg, work, pairs.add_packed)
+        _search(x, cfg, work, pairs.add_packed, map_fn or in_order)
     for chunk in extra:
         if len(chunk):
             pairs.add_packed(np.asarray(chunk, np.int64))
     yield from pairs.ranges()
 
 
-def _search(x, cfg, work: Path, add) -> None:
+def in_order(fn, jobs):
+    """``fn(*job)`` for each of ``jobs``, here, in order: the default ``map_fn``."""
+    return (fn(*job) for job in jobs)
+
+
+def _search(x, cfg, work: Path, add, map_fn) -> None:
     """Each row's nearest rows within the cells it probes, handed to ``add`` (packed) as they are found."""
     from curate.dedup.semantic import kmeans
 
@@ -146,18 +158,37 @@ def _search(x, cfg, work: Path, add) -> None:
         rec["cell"], rec["row"] = near.ravel(), np.repeat(rows, probes)
         members.add(rec, rec["cell"].astype(np.int64) * ranges // len(centres))
     pending: list[np.ndarray] = []
+    for found in map_fn(cells_pairs, _jobs(x, members, cfg, n)):
+        pending.append(found)
+        if sum(len(p) for p in pending) > FLUSH:
+            add(np.concatenate(pending))
+            pending = []
+    if pending:
+        add(np.concatenate(pending))
+
+
+def _jobs(x, members: Buckets, cfg, n: int) -> Iterator[tuple]:
+    """The search's jobs: each range of cells' records, sorted by cell, in pieces of whole cells of about
+    ``SEARCH_JOB`` records."""
     for rec in members:
         # Rows of each cell, ascending: records came in row order, and the sort by cell is stable.
         rec = rec[np.argsort(rec["cell"], kind="stable")]
         bounds = np.flatnonzero(np.r_[True, rec["cell"][1:] != rec["cell"][:-1], True])
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            if b - a >= 2:
-                pending += _cell_pairs(x, rec["row"][a:b], cfg, n)
-            if sum(len(p) for p in pending) > FLUSH:
-                add(np.concatenate(pending))
-                pending = []
-    if pending:
-        add(np.concatenate(pending))
+        ends = bounds[np.searchsorted(bounds, np.arange(SEARCH_JOB, len(rec), SEARCH_JOB))]  # a cell's end each
+        cuts = np.unique(np.r_[0, ends, len(rec)])
+        for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+            yield x, rec[a:b], cfg, n
+
+
+def cells_pairs(x, rec: np.ndarray, cfg, n: int) -> np.ndarray:
+    """The pairs (packed) of every cell of ``rec`` ((cell, row) records sorted by cell, rows ascending
+    within a cell)."""
+    bounds = np.flatnonzero(np.r_[True, rec["cell"][1:] != rec["cell"][:-1], True])
+    out = [np.zeros(0, np.int64)]
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        if b - a >= 2:
+            out += _cell_pairs(x, rec["row"][a:b], cfg, n)
+    return np.concatenate(out)
 
 
 def _cell_pairs(x, rows: np.ndarray, cfg, n: int) -> list[np.ndarray]:
