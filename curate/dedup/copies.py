@@ -41,6 +41,7 @@ import numpy as np
 
 from curate.annotate.image import DETAIL_SIDE, THUMB_SIDE
 from curate.core import storage
+from curate.core.runtime import keep_freed_heap
 from curate.dedup.align import PAIR_BLOCK, CopyConfig, normalised, verify
 from curate.dedup.near import aspect_differs
 from curate.dedup.neighbours import candidates, in_order, packed
@@ -155,6 +156,7 @@ def verified_pairs(
     t: np.ndarray, grey: np.ndarray, i: np.ndarray, j: np.ndarray, cfg: CopyConfig, coarse: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The pairs (i[k], j[k]) that :func:`verify_pairs` finds near copies."""
+    keep_freed_heap()  # its blocks' arrays are made and dropped 1,024 pairs at a time
     sim, detail = verify_pairs(t, grey, i, j, cfg, coarse, detail_from=cfg.min_similarity)
     ok = (sim >= cfg.min_similarity) & (detail >= cfg.min_detail)  # detail is NaN below min_similarity
     return i[ok], j[ok]

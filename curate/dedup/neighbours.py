@@ -31,6 +31,7 @@ import numpy as np
 
 from curate.core import storage
 from curate.core.buckets import Buckets
+from curate.core.runtime import keep_freed_heap
 from curate.dedup.near import unique_ints
 
 SEARCH_BLOCK = 1024  # rows whose nearest cells, or neighbours within a cell, are computed at a time
@@ -183,6 +184,7 @@ def _jobs(x, members: Buckets, cfg, n: int) -> Iterator[tuple]:
 def cells_pairs(x, rec: np.ndarray, cfg, n: int) -> np.ndarray:
     """The pairs (packed) of every cell of ``rec`` ((cell, row) records sorted by cell, rows ascending
     within a cell)."""
+    keep_freed_heap()  # each cell's similarities are made and dropped a block at a time
     bounds = np.flatnonzero(np.r_[True, rec["cell"][1:] != rec["cell"][:-1], True])
     out = [np.zeros(0, np.int64)]
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
