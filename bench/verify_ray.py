@@ -4,11 +4,14 @@ A build's dedup task is a Ray task; it hands each chunk of candidates to a Ray t
 (:func:`curate.core.raypool.on_this_node` via :func:`curate.dedup.copies.verifying_with`). This runs the
 task as a build does — a Ray task of one CPU, in a Ray of all cores — on the first ``--rows`` images of
 ``bench/near_scale.py``'s pool (64 px synthetic web, built and cached under --work if missing), once
-verifying in the task itself and once fanned out, alternated ``--repeats`` times. Reported: wall time,
-the machine's busy CPU-seconds over the run (from /proc/stat: run it on an idle machine) and whether
-the decisions are the same. Writes bench/results/verify_ray.json.
+verifying in the task itself and once fanned out (the neighbour search's cells too), alternated
+``--repeats`` times (``--modes fanned``: only the build's way, e.g. to compare two commits from a
+worktree of each). Reported: wall time, seconds in the neighbour search and per phase, the machine's busy
+CPU-seconds over the run (from /proc/stat: run it on an idle machine), the CPU-seconds and page faults
+of the Ray workers that did most of the work, and whether the decisions are the same. Writes
+bench/results/verify_ray.json.
 
-    .venv/bin/python bench/verify_ray.py [--urls 500000] [--rows 100000] [--repeats 1]
+    .venv/bin/python bench/verify_ray.py [--urls 500000] [--rows 100000] [--repeats 1] [--modes here,fanned]
 """
 
 from __future__ import annotations
@@ -33,25 +36,54 @@ def busy_cpu_s() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def decide(table_path: str, thumb_path: str, rows: int, fan_out: bool) -> str:
-    """The dedup task's decisions over the first ``rows`` images (run as a Ray task); their digest."""
+def workers() -> dict[int, tuple[float, int]]:
+    """Ray worker processes: pid -> (CPU-seconds, minor page faults) so far."""
+    out = {}
+    for p in Path("/proc").iterdir():
+        try:
+            if not p.name.isdigit() or not (p / "cmdline").read_bytes().startswith(b"ray::"):
+                continue
+            stat = (p / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(p.name)] = ((int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK"), int(stat[7]))
+    return out
+
+
+def decide(table_path: str, thumb_path: str, rows: int, fan_out: bool) -> dict:
+    """The dedup task's decisions over the first ``rows`` images (run as a Ray task): their digest, the
+    seconds in the neighbour search and per phase."""
     import tempfile
 
     import pyarrow.parquet as pq
 
     from curate.core import raypool, schema
-    from curate.dedup import DedupConfig
+    from curate.dedup import DedupConfig, neighbours
     from curate.dedup.copies import verifying_with
     from curate.dedup.partitioned import deduplicate_partitioned
     from curate.dedup.thumbstore import Spilled
 
+    search, stats = [0.0], {}
+    plain = neighbours._search
+
+    def timed(*args):
+        t0 = time.perf_counter()
+        try:
+            return plain(*args)
+        finally:
+            search[0] += time.perf_counter() - t0
+
+    neighbours._search = timed
     table = pq.read_table(table_path).slice(0, rows)
     store = Spilled(Path(thumb_path), np.uint8, (schema.THUMB_BYTES,), rows)
     with tempfile.TemporaryDirectory(prefix="clip-tiers-verify-ray-") as work:
         with verifying_with(raypool.on_this_node if fan_out else None):
-            out = deduplicate_partitioned(table, DedupConfig(), workdir=work, thumbs=(np.arange(rows), store, work))
+            out = deduplicate_partitioned(
+                table, DedupConfig(), workdir=work, thumbs=(np.arange(rows), store, work), stats=stats
+            )
     decided = out.select(["dup_of", "dup_kind"]).to_pydict()
-    return hashlib.sha256(json.dumps(decided).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(decided).encode()).hexdigest()[:16]
+    return {"digest": digest, "search_s": round(search[0], 1), "phases_s": stats["seconds"]}
 
 
 def main() -> None:
@@ -60,7 +92,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--work", default="/tmp/clip-tiers-near")
+    ap.add_argument("--modes", default="here,fanned", help="here: verified in the task; fanned: on Ray tasks")
     args = ap.parse_args()
+    modes = [m == "fanned" for m in args.modes.split(",")]
 
     from bench.near_scale import pool_for
     from curate.core.runtime import ray_session
@@ -74,11 +108,14 @@ def main() -> None:
     with ray_session(num_cpus=os.cpu_count()):
         task = ray.remote(num_cpus=1)(decide)
         for _ in range(args.repeats):
-            for fan_out in (False, True):
-                c0, t0 = busy_cpu_s(), time.perf_counter()
-                digest = ray.get(task.remote(str(table_path), str(thumb_path), args.rows, fan_out))
-                r = {"fan_out": fan_out, "wall_s": round(time.perf_counter() - t0, 1)}
-                r.update(busy_cpu_s=round(busy_cpu_s() - c0, 1), digest=digest, load_after=os.getloadavg()[0])
+            for fan_out in modes:
+                w0, c0, t0 = workers(), busy_cpu_s(), time.perf_counter()
+                got = ray.get(task.remote(str(table_path), str(thumb_path), args.rows, fan_out))
+                r = {"fan_out": fan_out, "wall_s": round(time.perf_counter() - t0, 1), **got}
+                spent = [(c - w0.get(p, (0, 0))[0], f - w0.get(p, (0, 0))[1]) for p, (c, f) in workers().items()]
+                busiest = sorted(spent, reverse=True)[:3]
+                r["busiest_workers"] = [{"cpu_s": round(c, 1), "page_faults": f} for c, f in busiest]
+                r.update(busy_cpu_s=round(busy_cpu_s() - c0, 1), load_after=os.getloadavg()[0])
                 results.append(r)
                 print(json.dumps(r), flush=True)
     digests = {r["digest"] for r in results}
