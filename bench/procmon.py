@@ -20,13 +20,23 @@ from dataclasses import dataclass, field
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def _fields(stat: bytes) -> list[bytes]:
+    """/proc/PID/stat's fields after the command name (which may hold spaces and parentheses): state first."""
+    return stat.rsplit(b")", 1)[1].split()
+
+
+def _cpu(fields: list[bytes]) -> float:
+    """CPU seconds so far (utime + stime) from :func:`_fields`."""
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
 def _children() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
                 with open(f"/proc/{d}/stat", "rb") as f:
-                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+                    ppid = int(_fields(f.read())[1])
             except (OSError, IndexError, ValueError):
                 continue
             kids.setdefault(ppid, []).append(int(d))
@@ -77,14 +87,31 @@ def _sample(pid: int) -> tuple[str, int, float, int, int, int, int] | None:
     except OSError:
         return None
     name = cmd[:160] or stat.split(b"(", 1)[1].rsplit(b")", 1)[0].decode(errors="replace")
-    fields = stat.rsplit(b")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / TICK
+    cpu = _cpu(_fields(stat))
     peak, now, anon, file, shmem = (size.get(k, 0) for k in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"))
     return name, peak, cpu, now, anon, file, shmem
 
 
 def _is_worker(cmd: str, marker: str = "ray::") -> bool:
     return marker in cmd or "default_worker" in cmd
+
+
+def ray_workers() -> dict[int, tuple[float, int]]:
+    """Every Ray worker process on this machine: pid -> (CPU seconds, minor page faults) so far."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{d}/stat", "rb") as f:
+                fields = _fields(f.read())
+        except OSError:
+            continue
+        if _is_worker(cmd):
+            out[int(d)] = (_cpu(fields), int(fields[7]))
+    return out
 
 
 @dataclass

@@ -28,26 +28,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.procmon import ray_workers  # noqa: E402
 
 
 def busy_cpu_s() -> float:
     """CPU-seconds every core has spent busy since boot (all but idle and iowait)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def workers() -> dict[int, tuple[float, int]]:
-    """Ray worker processes: pid -> (CPU-seconds, minor page faults) so far."""
-    out = {}
-    for p in Path("/proc").iterdir():
-        try:
-            if not p.name.isdigit() or not (p / "cmdline").read_bytes().startswith(b"ray::"):
-                continue
-            stat = (p / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[int(p.name)] = ((int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK"), int(stat[7]))
-    return out
 
 
 def decide(table_path: str, thumb_path: str, rows: int, fan_out: bool) -> dict:
@@ -109,10 +96,10 @@ def main() -> None:
         task = ray.remote(num_cpus=1)(decide)
         for _ in range(args.repeats):
             for fan_out in modes:
-                w0, c0, t0 = workers(), busy_cpu_s(), time.perf_counter()
+                w0, c0, t0 = ray_workers(), busy_cpu_s(), time.perf_counter()
                 got = ray.get(task.remote(str(table_path), str(thumb_path), args.rows, fan_out))
                 r = {"fan_out": fan_out, "wall_s": round(time.perf_counter() - t0, 1), **got}
-                spent = [(c - w0.get(p, (0, 0))[0], f - w0.get(p, (0, 0))[1]) for p, (c, f) in workers().items()]
+                spent = [(c - w0.get(p, (0, 0))[0], f - w0.get(p, (0, 0))[1]) for p, (c, f) in ray_workers().items()]
                 busiest = sorted(spent, reverse=True)[:3]
                 r["busiest_workers"] = [{"cpu_s": round(c, 1), "page_faults": f} for c, f in busiest]
                 r.update(busy_cpu_s=round(busy_cpu_s() - c0, 1), load_after=os.getloadavg()[0])
