@@ -2,11 +2,13 @@
 
 import io
 import tarfile
+from collections import Counter
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from curate.annotate import artefacts
 from curate.annotate import image as img
 from curate.annotate.caption import caption_signals
 from curate.annotate.language import LanguageID
@@ -131,6 +133,19 @@ def test_signals_mean_what_they_say():
     assert img.measure(half).blank_share == pytest.approx(0.5, abs=0.02)
     one = img.measure(np.zeros((1, 1, 3), np.uint8))  # degenerate but legal
     assert one.width == 1 and one.aspect == 1.0
+
+
+@pytest.mark.parametrize("palette", [1, 3, 8, 9, 200, 4096])
+def test_palette_share_is_the_share_of_the_eight_fullest_colour_bins(palette):
+    # Images of `palette` colours (bins), some equally full, with and without 8 bins filled: the
+    # value is the definition's, counted the plain way.
+    rng = np.random.default_rng(palette)
+    colours = rng.integers(0, 256, (palette, 3), dtype=np.uint8)
+    pixels = colours[rng.integers(0, palette, 64 * 48)].reshape(48, 64, 3)
+    bins = Counter(tuple(int(c) // 16 for c in px) for px in pixels.reshape(-1, 3))
+    want = sum(sorted(bins.values())[-8:]) / pixels.shape[0] / pixels.shape[1]
+    assert artefacts.palette_share(pixels) == pytest.approx(want, abs=1e-6)
+    assert img.measure(pixels).palette_share == pytest.approx(want, abs=1e-6)
 
 
 def test_phash_survives_reencoding_and_resizing_but_tells_images_apart():
