@@ -158,6 +158,24 @@ def test_neighbour_search_finds_planted_neighbours_without_comparing_all_pairs()
     assert ((v[i] * v[j]).sum(axis=1) >= 0.7).all() and (i < j).all()
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_nearest_keeps_each_rows_k_largest_above_the_floor_ties_to_the_lowest_columns(seed):
+    from curate.dedup.neighbours import nearest
+
+    rng = np.random.default_rng(seed)
+    rows, cols, k = int(rng.integers(1, 40)), int(rng.integers(2, 200)), int(rng.integers(1, 8))
+    # Values on a coarse grid, so rows have many ties, some of them at the k-th largest (exact copies in
+    # a pool give equal similarities).
+    sims = rng.integers(-10, 11, (rows, cols)).astype(np.float32) / 10
+    floor = float(rng.choice([-1.0, 0.0, 0.5, 0.9]))
+    want = set()
+    for r in range(rows):
+        order = np.lexsort((np.arange(cols), -sims[r]))[:k]  # largest first, then lowest column
+        want |= {(r, int(c)) for c in order if sims[r, c] >= floor}
+    i, j = nearest(sims.copy(), k, floor)
+    assert len(i) == len(want) and set(zip(i.tolist(), j.tolist(), strict=True)) == want
+
+
 def test_neighbour_search_holds_a_block_of_cells_not_every_rows_ranking():
     """Each row's nearest cells were kept as slices of each block's full ranking of all cells, so the
     search held n x sqrt(n) / 2 int64 (340 MB at 200,000 thumbnails; 88 MB traced here, where the search
