@@ -219,7 +219,7 @@ def nearest(sims: np.ndarray, k: int, floor: float) -> tuple[np.ndarray, np.ndar
     its implementation happened to).
     """
     rows = np.arange(len(sims))
-    picked_i, picked_j = [], []
+    picked_i, picked_j = [rows[:0]], [rows[:0]]  # k = 0: none
     for _ in range(k):
         j = sims.argmax(axis=1)
         ok = sims[rows, j] >= floor
