@@ -160,7 +160,7 @@ def test_neighbour_search_finds_planted_neighbours_without_comparing_all_pairs()
 
 @pytest.mark.parametrize("seed", range(6))
 def test_nearest_keeps_each_rows_k_largest_above_the_floor_ties_to_the_lowest_columns(seed):
-    from curate.dedup.neighbours import nearest
+    from curate.dedup.neighbours import nearest, top_columns
 
     rng = np.random.default_rng(seed)
     rows, cols, k = int(rng.integers(1, 40)), int(rng.integers(2, 200)), int(rng.integers(1, 8))
@@ -174,6 +174,11 @@ def test_nearest_keeps_each_rows_k_largest_above_the_floor_ties_to_the_lowest_co
         want |= {(r, int(c)) for c in order if sims[r, c] >= floor}
     i, j = nearest(sims.copy(), k, floor)
     assert len(i) == len(want) and set(zip(i.tolist(), j.tolist(), strict=True)) == want
+    # The ranking the search's nearest cells come from too: in order, largest first, ties to the lowest.
+    top = min(k, cols)
+    picked, values = top_columns(sims.copy(), top)
+    order = np.lexsort((np.broadcast_to(np.arange(cols), sims.shape), -sims), axis=1)[:, :top]
+    assert np.array_equal(picked, order) and np.array_equal(values, np.take_along_axis(sims, order, axis=1))
 
 
 def test_neighbour_search_holds_a_block_of_cells_not_every_rows_ranking():

@@ -147,11 +147,11 @@ def _search(x, cfg, work: Path, add, map_fn) -> None:
     chunk = max(1, MEMBERSHIPS // probes // SEARCH_BLOCK) * SEARCH_BLOCK  # whole blocks of rows
     for s in range(0, n, chunk):
         rows = np.arange(s, min(n, s + chunk))
-        # Each block's probes copied out of its full ranking of the cells (a slice kept as a view would
-        # hold every block's ranking: rows x cells x 8 bytes).
+        # Each block's nearest cells, picked out of its similarities to every centre (a full argsort of
+        # them took 28x as long: ~7 ms a block of 1,024 rows at 500 cells, 1M rows; cells grow as sqrt(n)).
         near = np.concatenate(
             [
-                np.argsort(-(x[b : min(b + SEARCH_BLOCK, n)] @ centres.T), axis=1)[:, :probes].astype(np.int32)
+                top_columns(x[b : min(b + SEARCH_BLOCK, n)] @ centres.T, probes)[0].astype(np.int32)
                 for b in range(s, s + len(rows), SEARCH_BLOCK)
             ]
         )
@@ -212,18 +212,25 @@ def _cell_pairs(x, rows: np.ndarray, cfg, n: int) -> list[np.ndarray]:
 
 def nearest(sims: np.ndarray, k: int, floor: float) -> tuple[np.ndarray, np.ndarray]:
     """(row, column) of each row's ``k`` largest values at or above ``floor``; of values tied at a row's
-    k-th largest, those of the lowest columns. ``sims`` is used up (its picks are overwritten).
+    k-th largest, those of the lowest columns. ``sims`` is used up (see :func:`top_columns`)."""
+    cols, values = top_columns(sims, k)
+    keep = values >= floor
+    return np.broadcast_to(np.arange(len(sims))[:, None], cols.shape)[keep], cols[keep]
 
-    ``k`` rounds of each row's first maximum, taken out as it is picked: a pass each, at ~0.1 ns a value
-    (``np.argpartition`` was 70% of the search at 186,000 rows, 14x slower at ``k`` = 6, and broke ties as
-    its implementation happened to).
+
+def top_columns(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(columns, values), each (rows, ``k``): each row's ``k`` largest values, largest first, ties to the
+    lowest column. ``values`` is used up: each pick is overwritten with -inf.
+
+    ``k`` rounds of each row's first maximum: a pass each, ~0.1 ns a value (``np.argpartition`` was 70%
+    of the neighbour search at 186,000 rows, 14x slower at ``k`` = 6, and broke ties as its
+    implementation happened to).
     """
-    rows = np.arange(len(sims))
-    picked_i, picked_j = [rows[:0]], [rows[:0]]  # k = 0: none
-    for _ in range(k):
-        j = sims.argmax(axis=1)
-        ok = sims[rows, j] >= floor
-        picked_i.append(rows[ok])
-        picked_j.append(j[ok])
-        sims[rows, j] = -np.inf
-    return np.concatenate(picked_i), np.concatenate(picked_j)
+    rows = np.arange(len(values))
+    cols = np.empty((len(values), k), np.int64)
+    picked = np.empty((len(values), k), values.dtype)
+    for t in range(k):
+        cols[:, t] = j = values.argmax(axis=1)
+        picked[:, t] = values[rows, j]
+        values[rows, j] = -np.inf
+    return cols, picked
