@@ -174,18 +174,23 @@ def _jobs(x, members: Buckets, cfg, n: int) -> Iterator[tuple]:
     for rec in members:
         # Rows of each cell, ascending: records came in row order, and the sort by cell is stable.
         rec = rec[np.argsort(rec["cell"], kind="stable")]
-        bounds = np.flatnonzero(np.r_[True, rec["cell"][1:] != rec["cell"][:-1], True])
+        bounds = _cell_bounds(rec["cell"])
         ends = bounds[np.searchsorted(bounds, np.arange(SEARCH_JOB, len(rec), SEARCH_JOB))]  # a cell's end each
         cuts = np.unique(np.r_[0, ends, len(rec)])
         for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
             yield x, rec[a:b], cfg, n
 
 
+def _cell_bounds(cells: np.ndarray) -> np.ndarray:
+    """Where each cell of sorted ``cells`` starts, and the end: cell k is ``bounds[k]:bounds[k + 1]``."""
+    return np.flatnonzero(np.r_[True, cells[1:] != cells[:-1], True])
+
+
 def cells_pairs(x, rec: np.ndarray, cfg, n: int) -> np.ndarray:
     """The pairs (packed) of every cell of ``rec`` ((cell, row) records sorted by cell, rows ascending
     within a cell)."""
     keep_freed_heap()  # each cell's similarities are made and dropped a block at a time
-    bounds = np.flatnonzero(np.r_[True, rec["cell"][1:] != rec["cell"][:-1], True])
+    bounds = _cell_bounds(rec["cell"])
     out = [np.zeros(0, np.int64)]
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         if b - a >= 2:
