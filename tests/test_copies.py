@@ -339,17 +339,17 @@ def test_the_detail_band_is_each_grey_image_minus_its_3x3_mean():
     assert np.abs(_high_pass(x) - want).max() < 1e-4
 
 
-def test_a_dedup_task_verifies_on_ray_tasks_of_its_node_and_finds_the_same_pairs(ray_local):
+def test_a_dedup_task_fans_its_jobs_out_over_the_cluster_and_finds_the_same_pairs(ray_local):
     """In a build the dedup task (a Ray task holding one CPU) hands its neighbour search's jobs and its
-    chunks of candidates to Ray tasks on its own node, which read the spilled vectors and thumbnails
-    there: the pairs are those found in one process, in the same order, and the jobs run in other
-    processes (the task gives its CPU back while it waits: on these one-CPU nodes they could not run
-    otherwise)."""
+    chunks of candidates to Ray tasks across the cluster (the session's three one-CPU nodes), which read
+    the spilled vectors and thumbnails on the task's node or a replica pulled to their own: the pairs are
+    those found in one process, in the same order; the jobs ran in other processes (the task gives its CPU
+    back while it waits) and on more than one node; the replicas are gone when the thumbnails are."""
     import os
 
     import ray
 
-    from curate.core import raypool
+    from curate.core import nodefiles, raypool
     from curate.dedup import copies, neighbours
     from curate.dedup.thumbstore import spilled_thumbs
 
@@ -360,6 +360,13 @@ def test_a_dedup_task_verifies_on_ray_tasks_of_its_node_and_finds_the_same_pairs
         blobs += [encode(im)] + [near_copy(im, f, rng) for f in FAMILIES]
     table = annotation_table(blobs)
 
+    def where(fn):
+        def run(*job):
+            node = ray.get_runtime_context().get_node_id()
+            return fn(*job), os.getpid(), node, nodefiles.replica_dir(str(job[0].path.parent), job[0].origin)
+
+        return run
+
     @ray.remote(num_cpus=1, max_calls=1)  # its worker exits after it: no later task sees the chunk size
     def dedup_task(colour, grey, scratch: str):
         copies.VERIFY_CHUNK = 16  # several chunks, so several tasks
@@ -367,20 +374,25 @@ def test_a_dedup_task_verifies_on_ray_tasks_of_its_node_and_finds_the_same_pairs
         ran = []
 
         def traced(fn, jobs):
-            for out in raypool.on_this_node(lambda *job: (fn(*job), os.getpid()), jobs):
-                ran.append((fn.__name__, out[1]))
-                yield out[0]
+            for out, pid, node, replicas in raypool.fan_out(where(fn), jobs):
+                ran.append((fn.__name__, pid, node, replicas))
+                yield out
 
         with copies.verifying_with(traced):
             return copy_pairs(colour, grey, scratch=scratch), os.getpid(), ran
 
     with spilled_thumbs([table.column(schema.THUMB)]) as (_, store, scratch):
+        assert store.origin == ray.get_runtime_context().get_node_id()  # the driver's node wrote it
         colour = store.view(slice(0, copies.COLOUR_BYTES), (copies.THUMB_SIDE, copies.THUMB_SIDE, 3))
         grey = store.view(slice(copies.COLOUR_BYTES, None), (copies.DETAIL_SIDE, copies.DETAIL_SIDE))
         want = copy_pairs(colour, grey, scratch=scratch)
         (got, pid, ran) = ray.get(dedup_task.remote(colour, grey, scratch), timeout=180)
+        replicas = {r for *_, node, r in ran if node != store.origin}
+        assert replicas and all((r / "thumbs.u8").read_bytes() == store.path.read_bytes() for r in replicas)
     assert len(want[0]) >= 12 * len(FAMILIES) // 2  # copies were found
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
-    verified = [p for name, p in ran if name == "verified_pairs"]
-    searched = [p for name, p in ran if name == "cells_pairs"]
+    verified = [p for name, p, *_ in ran if name == "verified_pairs"]
+    searched = [p for name, p, *_ in ran if name == "cells_pairs"]
     assert len(verified) > 3 and len(searched) > 3 and pid not in verified + searched
+    assert len({node for *_, node, _ in ran}) >= 2
+    assert not any(r.exists() for r in replicas)  # dropped with the thumbnails

@@ -36,21 +36,19 @@ def run_unit(execute, root: str, unit, fn, opts: dict):
     return released_call(execute, root, unit, fn, opts)
 
 
-def on_this_node(fn, jobs, num_cpus: float = 1.0):
-    """``fn(*job)`` for each of ``jobs`` as Ray tasks on this process's node (they may read its local
-    scratch files), as many in flight as the node has CPUs and one more; results in order. Called from a
-    Ray task, which gives back its own CPU while it waits on them, so on a node of k CPUs k of them run.
-    A task's worker hands back what the task freed (:func:`released_call`)."""
+def fan_out(fn, jobs, num_cpus: float = 1.0):
+    """``fn(*job)`` for each of ``jobs`` as Ray tasks anywhere in the cluster (Ray's default placement:
+    this node first, the others as it fills), as many in flight as the cluster has CPUs and one more;
+    results in order. Jobs may carry this node's scratch files as :class:`curate.dedup.thumbstore.Spilled`
+    (a task on another node reads a replica: :mod:`curate.core.nodefiles`). Called from a Ray task, which
+    gives back its own CPU while it waits on them. A task's worker hands back what the task freed
+    (:func:`released_call`)."""
     from collections import deque
 
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    node = ray.get_runtime_context().get_node_id()
-    cpus = next((n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == node), 1)
-    place = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
-    task = ray.remote(num_cpus=num_cpus, max_retries=1, scheduling_strategy=place)(released_call)
-    width = max(1, int(cpus // max(num_cpus, 1e-9))) + 1
+    task = ray.remote(num_cpus=num_cpus, max_retries=1)(released_call)
+    width = max(1, int(_cpus() // max(num_cpus, 1e-9))) + 1
     inflight: deque = deque()
     fn_ref = ray.put(fn)
     for job in jobs:

@@ -124,7 +124,8 @@ def copy_pairs(
     extra_packed = (packed(i, j, n) for i, j in extra)
     bad = flat(t, cfg)
     found_i, found_j = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
-    # Another process can read spilled thumbnails (from this node's scratch file), not arrays held here.
+    # Another process can read spilled thumbnails (this node's scratch file, or a replica of it on its own
+    # node: curate.core.nodefiles), not arrays held here.
     map_fn = (_VERIFY_MAP.get() if isinstance(t, Spilled) else None) or in_order
     with _workdir(scratch) as work:
         vectors = search_vectors(t) if scratch is None else _spilled_vectors(t, scratch)
@@ -166,8 +167,8 @@ def verified_pairs(
 def verifying_with(map_fn):
     """Within the block, :func:`copy_pairs` over spilled thumbnails hands its chunks of candidates, and
     its neighbour search's jobs where the search vectors are spilled too, to ``map_fn(fn, jobs)``
-    (``fn(*job)`` for each job, results in order: e.g. Ray tasks on this node,
-    :func:`curate.core.raypool.on_this_node`) instead of running them here one after another. ``None``:
+    (``fn(*job)`` for each job, results in order: e.g. Ray tasks anywhere in the cluster,
+    :func:`curate.core.raypool.fan_out`) instead of running them here one after another. ``None``:
     here. The jobs, and so the pairs found, are the same either way."""
     token = _VERIFY_MAP.set(map_fn)
     try:

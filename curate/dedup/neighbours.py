@@ -9,7 +9,7 @@ unique, a range of ``lo`` rows at a time. Nothing in it is held for the whole po
 - each row's ``probes`` nearest cells are computed a block of rows at a time and spilled, as (cell,
   row) records, to files by range of cells; a range is read back, sorted by cell, cut into jobs of
   whole cells (``SEARCH_JOB`` records, about), and each job's cells searched (their rows read from the
-  spilled vectors), one job after another here or, given a ``map_fn``, e.g. as Ray tasks on this node
+  spilled vectors), one job after another here or, given a ``map_fn``, e.g. as Ray tasks across the cluster
   (the pairs are the same either way: they are made unique and sorted when read back);
 - the pairs found are spilled, as found, to files by range of ``lo``; a range is read back and made
   unique when the caller asks for it.
@@ -113,7 +113,7 @@ def candidates(x, cfg, work: Path, extra: Iterable[np.ndarray] = (), map_fn=None
     """The candidate pairs (packed, ascending, unique) of rows of ``x`` with ``extra`` among them (packed
     pairs, a chunk at a time, spilled as they come), a range of ``lo`` rows at a time; scratch files
     under ``work``, removed as they are read. ``map_fn(fn, jobs)`` (``fn(*job)`` for each job, results in
-    order) runs the search's jobs, e.g. :func:`curate.core.raypool.on_this_node` where ``x`` is spilled
+    order) runs the search's jobs, e.g. :func:`curate.core.raypool.fan_out` where ``x`` is spilled
     (a job carries ``x``); None: here, one after another."""
     n = len(x)
     pairs = SpilledPairs(n, work, "pairs")

@@ -109,12 +109,13 @@ def run_dedup(
 
 
 def _decide_unit(build_dir: str, unit: runner.Unit) -> dict:
-    # In a Ray worker (a build) the near-copy verification, nearly all of the task's time, runs as Ray
-    # tasks on this node, one chunk of candidates each; the task itself waits on them.
+    # In a Ray worker (a build) the neighbour search and the near-copy verification, nearly all of the
+    # task's time, run as Ray tasks across the cluster, one job each; the task itself waits on them. Tasks
+    # on other nodes read replicas of this node's spilled thumbnails and vectors (curate.core.nodefiles).
     from curate.core import raypool
     from curate.dedup.copies import verifying_with
 
-    with verifying_with(raypool.on_this_node if ray_running() else None):
+    with verifying_with(raypool.fan_out if ray_running() else None):
         if unit.args[1].partition_rows:
             return _decide_in_partitions(build_dir, unit)
         return _decide_whole(build_dir, unit)

@@ -5,7 +5,9 @@ and a search vector derived from it (768 bytes): 512 MB for 200,000 images, 2.5 
 which it held whole. Here both are written once, in row order, to files under the scratch directory,
 and each step reads only the rows it works on (a block of rows, one inverted-file cell, a block of
 candidate pairs) with ``pread``: the process holds a block, whatever the pool's size, and the
-arithmetic on each block is the in-memory path's.
+arithmetic on each block is the in-memory path's. The files stay on the node that wrote them; a Ray task on
+another node that reads one (a search or verification job fanned out over the cluster) reads a replica
+pulled to its own node's scratch directory (:mod:`curate.core.nodefiles`), removed with the files.
 """
 
 from __future__ import annotations
@@ -19,16 +21,23 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curate.core import schema, storage
+from curate.core import nodefiles, schema, storage
+
+HERE = "here"  # a Spilled's origin when not given: the Ray node of the process that makes it, if any
 
 
 class Spilled:
     """Rows of an array in a file, read by slice or by row numbers (a copy each time). ``part``: the
-    slice of each row's values this view shows (a thumbnail's colour or grey bytes), shaped ``row_shape``."""
+    slice of each row's values this view shows (a thumbnail's colour or grey bytes), shaped ``row_shape``.
+    ``origin``: the Ray node whose disk holds the file; a task on another node reads a replica of it
+    (:func:`curate.core.nodefiles.local`), so jobs that carry it can run anywhere in the cluster."""
 
-    def __init__(self, path: Path, dtype, row_shape: tuple[int, ...], rows: int, part: slice = slice(None), full=None):
+    def __init__(
+        self, path: Path, dtype, row_shape: tuple[int, ...], rows: int, part=slice(None), full=None, origin=HERE
+    ):
         self.path, self.dtype, self.row_shape, self.rows, self.part = path, np.dtype(dtype), row_shape, rows, part
         self.full_shape = row_shape if full is None else full  # a stored row's shape (a view's is a part of it)
+        self.origin = nodefiles.this_node() if origin == HERE else origin
 
     def __len__(self) -> int:
         return self.rows
@@ -56,7 +65,8 @@ class Spilled:
         if len(rows):
             starts = np.flatnonzero(np.r_[True, np.diff(rows) != 1])
             stops = np.r_[starts[1:], len(rows)]
-            with open(self.path, "rb", buffering=0) as f:
+            size = self.rows * width
+            with open(nodefiles.local(Path(self.path), self.origin, size), "rb", buffering=0) as f:
                 fd = f.fileno()
                 for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
                     data = os.pread(fd, (b - a) * width, int(rows[a]) * width)
@@ -71,7 +81,7 @@ class Spilled:
         return flat[inverse, self.part].reshape(len(inverse), *self.row_shape)
 
     def view(self, part: slice, row_shape: tuple[int, ...]) -> Spilled:
-        return Spilled(self.path, self.dtype, row_shape, self.rows, part, self.full_shape)
+        return Spilled(self.path, self.dtype, row_shape, self.rows, part, self.full_shape, self.origin)
 
 
 def take(views: tuple, rows: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -123,4 +133,7 @@ def spilled_thumbs(chunks: Iterable[pa.Array | pa.ChunkedArray]) -> Iterator[tup
                     yield raw
 
         store = write_rows(Path(d) / "thumbs.u8", blocks(), np.uint8, (schema.THUMB_BYTES,))
-        yield (np.concatenate(rows) if rows else np.zeros(0, np.int64)), store, d
+        try:
+            yield (np.concatenate(rows) if rows else np.zeros(0, np.int64)), store, d
+        finally:
+            nodefiles.drop(d)  # replicas other nodes pulled of its files (the search vectors' too)
