@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -89,7 +88,6 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     summary = {"mb": args.mb, "cores": os.cpu_count(), "inflight": nodefiles.INFLIGHT, "runs": runs}
     (out / "replicas.json").write_text(json.dumps(summary))
-    shutil.rmtree(out / "replicas.tmp", ignore_errors=True)
 
 
 if __name__ == "__main__":
