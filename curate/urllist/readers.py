@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from curate.core import access, schema, storage
 from curate.core.errors import InputError
+from curate.urllist import textblocks
 
 FORMATS = {
     ".parquet": "parquet",
@@ -126,56 +127,67 @@ def _read_bytes(path: str) -> bytes:
     return data
 
 
-def _decode_utf8(path: str, data: bytes, header_lines: int) -> str:
-    """Decode, or name the line and data row holding the first invalid byte."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        row = line - header_lines
-        where = f"line {line}" + (f" (data row {row})" if header_lines and row >= 1 else "")
-        raise InputError(f"invalid UTF-8 at {where}, byte offset {e.start}", path=path) from None
-
-
-def _read_delimited(path: str, sep: str, cfg: ReadConfig) -> pa.Table:
-    text = _decode_utf8(path, _read_bytes(path), header_lines=1)
-    if not text.strip():
-        return pa.table({cfg.url_col: pa.array([], pa.string())})
-
-    def parse(has_header: bool) -> pl.DataFrame:
-        try:
-            return pl.read_csv(
-                io.StringIO(text), separator=sep, has_header=has_header, infer_schema=False, quote_char='"'
-            )
-        except (pl.exceptions.PolarsError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            kind = "tsv" if sep == "\t" else "csv"
-            ragged = _ragged_row(text, sep, has_header)
-            if ragged is not None:
-                line, row, got, want = ragged
-                where = f"line {line}" + (f" (data row {row})" if row >= 1 else "")
-                raise InputError(f"corrupt {kind}: {where} has {got} fields, expected {want}", path=path) from None
-            raise InputError(f"corrupt {kind}: {first}", path=path) from None
-
-    df = parse(True)
-    if cfg.url_col not in df.columns:
-        # Lists such as CC3M's TSV ship without a header: the first row is data. Recognise that when a
-        # header "name" is itself a URL, and name the columns by content.
-        url_idx = [i for i, c in enumerate(df.columns) if _URL_LIKE.match(c)]
-        if len(url_idx) == 1:
-            df = parse(False)
-            names = [f"column_{i}" for i in range(df.width)]
-            names[url_idx[0]] = cfg.url_col
-            if df.width == 2:
-                names[1 - url_idx[0]] = cfg.caption_col
+def _delimited_tables(path: str, sep: str, cfg: ReadConfig) -> Iterator[pa.Table]:
+    """A csv or tsv file a block of records at a time (:mod:`curate.urllist.textblocks`), every column a
+    string; the first block's header (or, in a headerless file, names made from its first row) names
+    every block's columns."""
+    names: list[str] | None = None
+    rows = 0  # data rows before the block
+    for block in textblocks.blocks(path, quoted=True):
+        text = textblocks.decoded(path, block, header_lines=1)
+        if not text.strip():
+            continue
+        if names is None:
+            df = _parse(path, text, sep, True, block, rows)
+            if cfg.url_col not in df.columns:
+                # Lists such as CC3M's TSV ship without a header: the first row is data. Recognise that
+                # when a header "name" is itself a URL, and name the columns by content.
+                url_idx = [i for i, c in enumerate(df.columns) if _URL_LIKE.match(c)]
+                if len(url_idx) == 1:
+                    df = _parse(path, text, sep, False, block, rows)
+                    made = [f"column_{i}" for i in range(df.width)]
+                    made[url_idx[0]] = cfg.url_col
+                    if df.width == 2:
+                        made[1 - url_idx[0]] = cfg.caption_col
+                    df.columns = made
+            names = df.columns
+        else:
+            df = _parse(path, text, sep, False, block, rows, len(names))
+            if df.width != len(names):
+                _raise_ragged(path, text, sep, False, block, rows, len(names))
             df.columns = names
-    return df.to_arrow()
+        rows += df.height
+        yield df.to_arrow()
+    if names is None:
+        yield pa.table({cfg.url_col: pa.array([], pa.string())})
 
 
-def _ragged_row(text: str, sep: str, has_header: bool) -> tuple[int, int, int, int] | None:
-    """(line, data row, fields, expected fields) of the first row whose field count differs from the first row's."""
+def _parse(path: str, text: str, sep: str, has_header: bool, block, rows: int, want: int | None = None):
+    try:
+        return pl.read_csv(io.StringIO(text), separator=sep, has_header=has_header, infer_schema=False, quote_char='"')
+    except (pl.exceptions.PolarsError, ValueError) as e:
+        _raise_ragged(path, text, sep, has_header, block, rows, want)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        kind = "tsv" if sep == "\t" else "csv"
+        where = f" (in the lines from {block.line0 + 1})" if block.line0 else ""
+        raise InputError(f"corrupt {kind}: {first}{where}", path=path) from None
+
+
+def _raise_ragged(path: str, text: str, sep: str, has_header: bool, block, rows: int, want: int | None) -> None:
+    """Raise naming the block's first row whose field count is not ``want`` (default: its first row's)."""
+    ragged = _ragged_row(text, sep, has_header, want)
+    if ragged is not None:
+        line, row, got, expected = ragged
+        line, row = block.line0 + line, rows + row
+        where = f"line {line}" + (f" (data row {row})" if row >= 1 else "")
+        kind = "tsv" if sep == "\t" else "csv"
+        raise InputError(f"corrupt {kind}: {where} has {got} fields, expected {expected}", path=path) from None
+
+
+def _ragged_row(text: str, sep: str, has_header: bool, want: int | None = None) -> tuple[int, int, int, int] | None:
+    """(line, data row, fields, expected fields) of the first row whose field count is not ``want``
+    (default: the first row's)."""
     reader = csv.reader(io.StringIO(text), delimiter=sep, quotechar='"')
-    want = None
     rows = 0
     for fields in reader:
         if not fields:
@@ -190,32 +202,41 @@ def _ragged_row(text: str, sep: str, has_header: bool) -> tuple[int, int, int, i
     return None
 
 
-def _read_jsonl(path: str) -> pa.Table:
-    data = _read_bytes(path)
-    _decode_utf8(path, data, header_lines=0)
-    if not data.strip():
-        return pa.table({})
-    try:
-        return pajson.read_json(io.BytesIO(data))
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise InputError(f"corrupt jsonl: {str(e).strip().splitlines()[0]}", path=path) from None
+def _jsonl_tables(path: str) -> Iterator[pa.Table]:
+    """A jsonl file a block of lines at a time, each block's column types as it infers them (the stage
+    unifies them, as it unifies files)."""
+    rows = 0  # objects before the block
+    for block in textblocks.blocks(path, quoted=False):
+        textblocks.decoded(path, block, header_lines=0)
+        if not block.data.strip():
+            continue
+        try:
+            table = pajson.read_json(io.BytesIO(block.data))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            # Arrow counts the block's objects from 0: name the file's data row instead.
+            first = re.sub(r" in row (\d+)", lambda m, r0=rows: f" at data row {r0 + int(m[1]) + 1}", str(e).strip())
+            raise InputError(f"corrupt jsonl: {first.splitlines()[0]}", path=path) from None
+        rows += table.num_rows
+        yield table
+    if not rows:
+        yield pa.table({})
 
 
-def _read_txt(path: str, cfg: ReadConfig) -> pa.Table:
-    text = _decode_utf8(path, _read_bytes(path), header_lines=0)
-    urls = [line.strip() for line in text.splitlines()]
-    return pa.table({cfg.url_col: pa.array([u for u in urls if u], pa.string())})
+def _txt_tables(path: str, cfg: ReadConfig) -> Iterator[pa.Table]:
+    """A txt file (one URL a line; blank lines skipped) a block of lines at a time."""
+    for block in textblocks.blocks(path, quoted=False):
+        urls = [line.strip() for line in textblocks.decoded(path, block, header_lines=0).splitlines()]
+        yield pa.table({cfg.url_col: pa.array([u for u in urls if u], pa.string())})
+    yield pa.table({cfg.url_col: pa.array([], pa.string())})  # so a file with no lines has its column
 
 
-def _read_text(path: str, fmt: str, cfg: ReadConfig) -> pa.Table:
-    """One csv, tsv, jsonl or txt list file, whole, as it is (its own column names)."""
-    if fmt == "csv":
-        return _read_delimited(path, ",", cfg)
-    if fmt == "tsv":
-        return _read_delimited(path, "\t", cfg)
+def _text_tables(path: str, fmt: str, cfg: ReadConfig) -> Iterator[pa.Table]:
+    """One csv, tsv, jsonl or txt list file, a block at a time, as it is (its own column names)."""
+    if fmt in ("csv", "tsv"):
+        return _delimited_tables(path, "," if fmt == "csv" else "\t", cfg)
     if fmt == "jsonl":
-        return _read_jsonl(path)
-    return _read_txt(path, cfg)
+        return _jsonl_tables(path)
+    return _txt_tables(path, cfg)
 
 
 def file_batches(path: str, cfg: ReadConfig = ReadConfig(), rows: int = 1 << 16) -> Iterator[pa.Table]:
@@ -224,8 +245,12 @@ def file_batches(path: str, cfg: ReadConfig = ReadConfig(), rows: int = 1 << 16)
     by ranged reads, a gzipped one from its bytes); the text formats a file at a time."""
     fmt = _format_of(path, cfg.format)
     if fmt != "parquet":
-        table = _normalise_strings(_read_text(path, fmt, cfg))
-        yield from (table.slice(at, rows) for at in range(0, max(1, table.num_rows), rows))
+        empty = True
+        for table in _text_tables(path, fmt, cfg):
+            if table.num_rows or empty:  # every block's rows; a file without any gives one empty table
+                table = _normalise_strings(table)
+                yield from (table.slice(at, rows) for at in range(0, max(1, table.num_rows), rows))
+                empty = False
         return
     try:
         if path.endswith(".gz"):

@@ -48,10 +48,17 @@ class StagedList:
 @dataclass
 class _Part:
     file: str  # the input file
-    path: Path  # its canonical rows, an Arrow IPC file
-    schema: pa.Schema
+    paths: list[Path]  # its canonical rows, Arrow IPC files in order (a new one where its columns changed)
+    schema: pa.Schema  # every one's columns unified
     rows: int
     had_uid: bool
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        for path in self.paths:
+            with pa.OSFile(str(path)) as src:  # read, not mapped: mapped pages stay resident
+                reader = pa.ipc.open_file(src)
+                for k in range(reader.num_record_batches):
+                    yield reader.get_batch(k)
 
 
 def read_url_list(spec: str | os.PathLike | list, cfg: ReadConfig = ReadConfig()) -> pa.Table:
@@ -84,10 +91,7 @@ def stage_url_list(spec: str | os.PathLike | list, cfg: ReadConfig, dest: str) -
         if any(had_uid) and not all(had_uid):
             lacking = [f for f, h in zip(files, had_uid, strict=True) if not h]
             raise InputError(f"some files have a {cfg.uid_col!r} column and these do not: {', '.join(lacking)}")
-        try:
-            unified = pa.unify_schemas([p.schema for p in parts], promote_options="permissive")
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-            raise InputError(f"the files' columns do not agree: {e}", path=", ".join(files)) from None
+        unified = _unified(", ".join(files), [p.schema for p in parts])
         rows = keys.repeated_rows()
         if all(had_uid):
             _reject_duplicate_uids(parts, rows)
@@ -98,8 +102,10 @@ def stage_url_list(spec: str | os.PathLike | list, cfg: ReadConfig, dest: str) -
 
 
 def _stage_file(path: str, cfg: ReadConfig, out: Path, keys: _Keys) -> _Part:
-    """One input file's rows, checked and canonical, into ``out``; each row's uid hash into ``keys``."""
-    writer, kept, rows, had = None, None, 0, False
+    """One input file's rows, checked and canonical, into ``out`` (and, where a batch brings columns or
+    types the earlier ones lacked, as a jsonl file's blocks may, ``out`` numbered on from 1, each file's
+    columns the earlier ones' unified with the batch's); each row's uid hash into ``keys``."""
+    writer, kept, rows, had, paths = None, None, 0, False, []
     try:
         for raw in file_batches(path, cfg, BATCH_ROWS):
             table, had = _canonical(path, raw, cfg, rows)
@@ -109,17 +115,28 @@ def _stage_file(path: str, cfg: ReadConfig, out: Path, keys: _Keys) -> _Part:
                 [uid, table.column(schema.URL), table.column(schema.CAPTION)] + [table.column(n) for n in rest],
                 names=[schema.UID, schema.URL, schema.CAPTION] + rest,
             )
-            if writer is None:
-                kept = table.schema
-                writer = pa.ipc.new_file(str(out), kept)
-            writer.write_table(table.cast(kept))
+            unified = table.schema if kept is None else _unified(path, [kept, table.schema])
+            if unified != kept:
+                if writer is not None:
+                    writer.close()
+                paths.append(out.with_suffix(f".{len(paths)}{out.suffix}") if paths else out)
+                kept, writer = unified, pa.ipc.new_file(str(paths[-1]), unified)
+            writer.write_table(pa.table([_column(table, f) for f in kept], schema=kept))
             keys.add(_hash(table.column(schema.UID)))
             rows += table.num_rows
     finally:
         if writer is not None:
             writer.close()
     assert kept is not None  # file_batches gives at least one table
-    return _Part(path, out, kept, rows, had)
+    return _Part(path, paths, kept, rows, had)
+
+
+def _unified(files: str, schemas: list[pa.Schema]) -> pa.Schema:
+    """The columns of ``schemas`` unified as ``pa.concat_tables(..., promote_options="permissive")`` would."""
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise InputError(f"the files' columns do not agree: {e}", path=files) from None
 
 
 def _base_uids(table: pa.Table) -> pa.Array:
@@ -164,16 +181,13 @@ def _gather(parts: list[_Part], rows: np.ndarray, columns: list[str]) -> pa.Tabl
     for p in parts:
         lo, hi = np.searchsorted(rows, [r0, r0 + p.rows])
         if hi > lo:
-            with pa.OSFile(str(p.path)) as src:  # read, not mapped: mapped pages stay resident
-                reader = pa.ipc.open_file(src)
-                at = 0
-                for k in range(reader.num_record_batches):
-                    b = reader.get_batch(k)
-                    mine = rows[lo:hi] - r0 - at
-                    mine = mine[(mine >= 0) & (mine < b.num_rows)]
-                    if len(mine):
-                        got.append(pa.Table.from_batches([b.select(columns).take(pa.array(mine))]))
-                    at += b.num_rows
+            at = 0
+            for b in p.batches():
+                mine = rows[lo:hi] - r0 - at
+                mine = mine[(mine >= 0) & (mine < b.num_rows)]
+                if len(mine):
+                    got.append(pa.Table.from_batches([b.select(columns).take(pa.array(mine))]))
+                at += b.num_rows
         r0 += p.rows
     names = {c: pa.string() for c in columns}
     return (
@@ -234,24 +248,21 @@ def _write(parts: list[_Part], unified: pa.Schema, renamed: dict[int, str], dest
     r0, captioned = 0, 0
     with pq.ParquetWriter(dest, out_schema, write_page_checksum=True) as writer:
         for p in parts:
-            with pa.OSFile(str(p.path)) as src:  # read, not mapped: mapped pages stay resident
-                reader = pa.ipc.open_file(src)
-                for k in range(reader.num_record_batches):
-                    b = reader.get_batch(k)
-                    cols = [_column(b, f) for f in out_schema]
-                    lo, hi = np.searchsorted(fixed, [r0, r0 + b.num_rows])
-                    if hi > lo:
-                        uids = cols[0].to_pylist()
-                        for r in fixed[lo:hi].tolist():
-                            uids[r - r0] = renamed[r]
-                        cols[0] = pa.array(uids, pa.string())
-                    writer.write_batch(pa.record_batch(cols, schema=out_schema))
-                    captioned += b.num_rows - b.column(schema.CAPTION).null_count
-                    r0 += b.num_rows
+            for b in p.batches():
+                cols = [_column(b, f) for f in out_schema]
+                lo, hi = np.searchsorted(fixed, [r0, r0 + b.num_rows])
+                if hi > lo:
+                    uids = cols[0].to_pylist()
+                    for r in fixed[lo:hi].tolist():
+                        uids[r - r0] = renamed[r]
+                    cols[0] = pa.array(uids, pa.string())
+                writer.write_batch(pa.record_batch(cols, schema=out_schema))
+                captioned += b.num_rows - b.column(schema.CAPTION).null_count
+                r0 += b.num_rows
     return StagedList(dest, r0, captioned, tuple(names))
 
 
-def _column(b: pa.RecordBatch, field: pa.Field) -> pa.Array:
+def _column(b: pa.RecordBatch | pa.Table, field: pa.Field) -> pa.Array | pa.ChunkedArray:
     if field.name not in b.schema.names:
         return pa.nulls(b.num_rows, field.type)
     col = b.column(field.name)
