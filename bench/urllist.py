@@ -1,0 +1,132 @@
+"""Benchmark: staging a URL list (``curate.urllist.stage_url_list``) in each format, time and peak memory.
+
+Writes lists of ``--sizes`` rows (URLs made up, captions the real LAION and CC3M alt-texts of
+``../shared/data/web_captions`` where present, else made up) as tsv, gzipped tsv, jsonl and parquet, then
+stages each in a fresh process and reports its wall time and peak RSS, beside the anchor: polars
+reading the same file whole (``pl.read_csv`` / ``pl.read_ndjson`` / ``pl.read_parquet``, what a user
+would otherwise do), in a fresh process too. Memory should not grow with the list. Writes
+bench/results/urllist.json.
+
+    .venv/bin/python bench/urllist.py [--sizes 1000000,5000000] [--formats tsv,tsv.gz,jsonl,parquet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CAPTIONS = ROOT.parent / "shared" / "data" / "web_captions"
+
+STAGE = """
+import os, resource, sys, tempfile, time
+sys.path.insert(0, {root!r})
+from curate.urllist import stage_url_list
+from curate.urllist.readers import ReadConfig
+t0 = time.perf_counter()
+with tempfile.TemporaryDirectory() as d:
+    s = stage_url_list({path!r}, ReadConfig(), os.path.join(d, "urls.parquet"))
+print(s.rows, time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+ANCHOR = """
+import resource, time
+import polars as pl
+t0 = time.perf_counter()
+path = {path!r}
+if ".parquet" in path:
+    df = pl.read_parquet(path)
+elif ".jsonl" in path:
+    df = pl.read_ndjson(path)
+else:
+    df = pl.read_csv(path, separator="\\t", infer_schema=False, quote_char='"')
+print(df.height, time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+BASELINE = "import resource; print(0, 0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+
+
+def captions() -> list[str]:
+    import pyarrow.parquet as pq
+
+    out: list[str] = []
+    for f in sorted(CAPTIONS.glob("*.parquet")) if CAPTIONS.is_dir() else []:
+        t = pq.read_table(f)
+        col = next(c for c in t.column_names if "caption" in c.lower() or "text" in c.lower())
+        out += [c for c in t.column(col).to_pylist() if c]
+    return [" ".join(c.split()) for c in out] or [f"a photo of thing {i}" for i in range(1000)]
+
+
+def write_lists(work: Path, n: int, formats: list[str]) -> dict[str, Path]:
+    import gzip
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    caps, rng = captions(), random.Random(0)
+    urls = [f"https://img{i % 997}.example.com/p/{i:09d}/{rng.getrandbits(64):016x}.jpg" for i in range(n)]
+    texts = [caps[i % len(caps)] for i in range(n)]
+    paths = {fmt: work / f"list-{n}.{fmt}" for fmt in formats}
+    quoted = ['"' + t.replace('"', '""') + '"' if ('"' in t or "\t" in t) else t for t in texts]
+    tsv = "url\tcaption\n" + "".join(f"{u}\t{t}\n" for u, t in zip(urls, quoted, strict=True))
+    for fmt, p in paths.items():
+        if fmt == "tsv":
+            p.write_text(tsv)
+        elif fmt == "tsv.gz":
+            with gzip.open(p, "wt", compresslevel=6) as f:
+                f.write(tsv)
+        elif fmt == "jsonl":
+            with open(p, "w") as f:
+                for u, t in zip(urls, texts, strict=True):
+                    f.write(json.dumps({"url": u, "caption": t}) + "\n")
+        elif fmt == "parquet":
+            pq.write_table(pa.table({"url": urls, "caption": texts}), p)
+    return paths
+
+
+def run(code: str) -> tuple[int, float, float]:
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
+    rows, wall, peak = out.stdout.split()
+    return int(rows), float(wall), float(peak)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1000000,5000000")
+    ap.add_argument("--formats", default="tsv,tsv.gz,jsonl,parquet")
+    args = ap.parse_args()
+    formats = args.formats.split(",")
+    _, _, base = run(BASELINE)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="clip-tiers-bench-list-") as d:
+        for n in (int(s) for s in args.sizes.split(",")):
+            for fmt, path in write_lists(Path(d), n, formats).items():
+                rows, wall, peak = run(STAGE.format(root=str(ROOT), path=str(path)))
+                _, a_wall, a_peak = run(ANCHOR.format(path=str(path)))
+                r = {
+                    "rows": n,
+                    "format": fmt,
+                    "file_mb": round(path.stat().st_size / 1e6, 1),
+                    "stage_s": round(wall, 2),
+                    "stage_peak_mb": round(peak),
+                    "polars_whole_s": round(a_wall, 2),
+                    "polars_whole_peak_mb": round(a_peak),
+                    "python_alone_mb": round(base),
+                }
+                assert rows == n, (rows, n)
+                results.append(r)
+                print(json.dumps(r), flush=True)
+                path.unlink()
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "urllist.json").write_text(json.dumps({"cores": os.cpu_count(), "runs": results}))
+
+
+if __name__ == "__main__":
+    main()
