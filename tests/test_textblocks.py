@@ -92,3 +92,13 @@ def test_a_record_longer_than_a_block_is_read_whole(tmp_path, monkeypatch):
     (tmp_path / "l.csv").write_text(f"url,caption\nhttp://a/1,{long}\nhttp://a/2,short\n")
     t = read_url_list(tmp_path / "l.csv")
     assert t.column("caption").to_pylist() == [long.strip('"'), "short"]
+
+
+def test_a_list_in_a_bucket_is_streamed_as_one_on_disk_is_read(tmp_path, monkeypatch, bucket):
+    from curate.core import storage
+
+    monkeypatch.setattr(textblocks, "BLOCK", 256)
+    monkeypatch.setattr(textblocks, "READ_AHEAD", 1000)  # many ranged reads
+    _csv(tmp_path / "a.tsv", 300, sep="\t")
+    storage.write_bytes(f"{bucket}/lists/a.tsv.gz", gzip.compress((tmp_path / "a.tsv").read_bytes()))
+    assert read_url_list(f"{bucket}/lists/a.tsv.gz").equals(read_url_list(tmp_path / "a.tsv"))

@@ -14,6 +14,7 @@ at the same speed.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import zlib
 from collections.abc import Iterator
@@ -39,11 +40,11 @@ class Block:
 def blocks(path: str, quoted: bool, size: int | None = None) -> Iterator[Block]:
     """The file's records in blocks of about ``size`` bytes (default ``BLOCK``), in order; none for an
     empty file."""
-    size = size or BLOCK
+    size = want = size or BLOCK
     with _open(path) as f:
         pending, line0, byte0, start = b"", 0, 0, True
         while True:
-            data = _read(path, f, size)
+            data = _read(path, f, want)
             pending += data
             if start:  # a byte-order mark is no part of the first record
                 if data and len(pending) < len(BOM):
@@ -53,13 +54,13 @@ def blocks(path: str, quoted: bool, size: int | None = None) -> Iterator[Block]:
                 if pending:
                     yield Block(pending, line0, byte0)
                 return
-            if len(pending) < size:
+            if len(pending) < want:
                 continue
             cut = _cut(pending, quoted)
-            if cut == 0:  # no record ends in it yet: read on
-                size *= 2
+            if cut == 0:  # no record ends in it yet: read on, more at a time
+                want *= 2
                 continue
-            block, pending = pending[:cut], pending[cut:]
+            block, pending, want = pending[:cut], pending[cut:], size
             yield Block(block, line0, byte0)
             line0, byte0 = line0 + block.count(b"\n"), byte0 + len(block)
 
@@ -75,16 +76,19 @@ def _cut(data: bytes, quoted: bool) -> int:
     return int(outside[-1]) + 1 if len(outside) else 0
 
 
-def _open(path: str):
-    try:
-        if storage.is_local(path):
-            raw = open(storage.local_path(path), "rb")  # noqa: SIM115 (closed with the gzip stream, or returned)
-        else:
-            fs, inside = storage.filesystem(path)
-            raw = fs.open(inside, "rb", block_size=READ_AHEAD)
-    except OSError as e:
-        raise InputError(f"cannot read file: {e}", path=path) from None
-    return gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
+@contextlib.contextmanager
+def _open(path: str) -> Iterator:
+    """The file's bytes as a stream (decompressed when it ends in ``.gz``); closed when the block ends."""
+    with contextlib.ExitStack() as stack:
+        try:
+            if storage.is_local(path):
+                raw = stack.enter_context(open(storage.local_path(path), "rb"))
+            else:
+                fs, inside = storage.filesystem(path)
+                raw = stack.enter_context(fs.open(inside, "rb", block_size=READ_AHEAD))
+        except OSError as e:
+            raise InputError(f"cannot read file: {e}", path=path) from None
+        yield stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb")) if path.endswith(".gz") else raw
 
 
 def _read(path: str, f, size: int) -> bytes:
