@@ -185,3 +185,35 @@ def test_pairs_filtered_as_they_are_made_are_the_pairs_filtered_at_the_end(monke
     assert len(whole[0]) > 1000 and all(np.array_equal(a, b) for a, b in zip(whole, cut, strict=True))
     for a in (np.zeros(0, np.int64), rng.integers(-50, 50, 1000), rng.integers(0, 2**40, 10_000)):
         assert np.array_equal(near.unique_ints(a), np.unique(a))
+
+
+def test_band_partitions_fanned_out_over_the_cluster_decide_as_in_one_process(ray_local):
+    """In a build's dedup task the pHash bands' partitions are jobs too (each (mask, partition) a Ray task
+    anywhere in the cluster, reading the partition's spill file from the task's node): the decisions are
+    those made in one process, and the jobs ran on more than one of the session's three nodes."""
+    import ray
+
+    from curate.core import raypool
+    from curate.dedup.copies import verifying_with
+
+    table, quality, prefer = busy_pool(6_000)
+    cfg = DedupConfig(semantic=False, partition_rows=1_000)
+    want = deduplicate(table, cfg, quality=quality, prefer=prefer)
+
+    @ray.remote(num_cpus=1)
+    def dedup_task():
+        ran = []
+
+        def traced(fn, jobs):
+            node = lambda *job: (fn(*job), ray.get_runtime_context().get_node_id())  # noqa: E731
+            for out, where in raypool.fan_out(node, jobs):
+                ran.append((fn.__name__, where))
+                yield out
+
+        with verifying_with(traced):
+            return deduplicate(table, cfg, quality=quality, prefer=prefer), ran
+
+    got, ran = ray.get(dedup_task.remote(), timeout=300)
+    assert got.equals(want)
+    bands = [node for name, node in ran if name == "band_partition_pairs"]
+    assert len(bands) >= 30 * partitions(6_000, 1_000) // 2 and len(set(bands)) >= 2

@@ -55,3 +55,26 @@ def test_a_short_read_at_the_origin_is_an_error_not_a_short_replica(tmp_path):
     assert nodefiles.read_range(str(tmp_path / "f"), 2, 8).tobytes() == b"x" * 8
     with pytest.raises(OSError, match="8 bytes at 2, 9 expected"):
         nodefiles.read_range(str(tmp_path / "f"), 2, 9)
+
+
+def test_a_node_file_is_read_whole_on_another_node_without_a_replica(ray_local, tmp_path):
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from curate.core import nodefiles
+
+    data = np.random.default_rng(1).integers(0, 256, 50_001, dtype=np.uint8).tobytes()
+    (tmp_path / "part.arrow").write_bytes(data)
+    f = nodefiles.NodeFile(str(tmp_path / "part.arrow"))
+    assert (f.size, f.origin) == (len(data), nodefiles.this_node()) and bytes(f.read()) == data
+    other = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != f.origin)
+
+    @ray.remote(num_cpus=0, max_calls=1, scheduling_strategy=NodeAffinitySchedulingStrategy(other, soft=False))
+    def read_there(f):
+        nodefiles.RANGE = 4096
+        return bytes(f.read()), nodefiles.this_node()
+
+    got, node = ray.get(read_there.remote(f), timeout=120)
+    assert got == data and node == other
+    assert not nodefiles.replica_dir(str(tmp_path), f.origin).exists()
+    assert not (tmp_path / nodefiles.PULLED).exists()  # nothing for drop() to remove

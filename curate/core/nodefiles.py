@@ -21,6 +21,7 @@ import hashlib
 import os
 import shutil
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -67,28 +68,63 @@ def local(path: Path, origin: str | None, size: int) -> Path:
 
 
 def _pull(path: Path, origin: str, size: int, replica: Path) -> None:
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    place = NodeAffinitySchedulingStrategy(node_id=origin, soft=False)
-    read = ray.remote(num_cpus=0, max_retries=2, scheduling_strategy=place)(read_range)
     part = replica.with_name(f"{replica.name}.part")
-    pending: deque = deque()
     with open(part, "wb") as f:
-        for at in range(0, size, RANGE):
-            pending.append(read.remote(str(path), at, min(RANGE, size - at)))
-            if len(pending) >= INFLIGHT:
-                f.write(ray.get(pending.popleft()))
-        while pending:
-            f.write(ray.get(pending.popleft()))
+        for data in _ranges(path, origin, size, mark=True):
+            f.write(data)
     if part.stat().st_size != size:
         raise OSError(f"{path} on node {origin}: pulled {part.stat().st_size} bytes of {size}")
     os.replace(part, replica)
 
 
-def read_range(path: str, at: int, size: int) -> np.ndarray:
-    """``size`` bytes of ``path`` from ``at`` (on the origin node; the first range marks its directory)."""
-    if at == 0:
+def _ranges(path: Path, origin: str, size: int, mark: bool):
+    """``path``'s bytes, ``RANGE`` at a time, read by Ray tasks on node ``origin``, ``INFLIGHT`` at once."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    place = NodeAffinitySchedulingStrategy(node_id=origin, soft=False)
+    read = ray.remote(num_cpus=0, max_retries=2, scheduling_strategy=place)(read_range)
+    pending: deque = deque()
+    for at in range(0, size, RANGE):
+        pending.append(read.remote(str(path), at, min(RANGE, size - at), mark))
+        if len(pending) >= INFLIGHT:
+            yield ray.get(pending.popleft())
+    while pending:
+        yield ray.get(pending.popleft())
+
+
+@dataclass(frozen=True)
+class NodeFile:
+    """A scratch file that one job reads once, whole (a partition's spill): read from where it is, with no
+    replica kept. Made on the node that wrote it; the job may run on any."""
+
+    path: str
+    size: int = field(init=False)
+    origin: str | None = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "size", os.path.getsize(self.path))
+        object.__setattr__(self, "origin", this_node())
+
+    def read(self) -> bytes | np.ndarray:
+        """The file's bytes (bytes, or a uint8 array where they came from another node)."""
+        node = this_node() if self.origin is not None else None
+        if node is None or node == self.origin:
+            with open(self.path, "rb") as f:
+                return f.read()
+        out, at = np.empty(self.size, np.uint8), 0
+        for data in _ranges(Path(self.path), self.origin, self.size, mark=False):
+            out[at : at + len(data)] = data
+            at += len(data)
+        if at != self.size:
+            raise OSError(f"{self.path} on node {self.origin}: read {at} bytes of {self.size}")
+        return out
+
+
+def read_range(path: str, at: int, size: int, mark: bool = True) -> np.ndarray:
+    """``size`` bytes of ``path`` from ``at`` (on the origin node; the first range of a replica's pull
+    marks its directory, for :func:`drop`)."""
+    if at == 0 and mark:
         (Path(path).parent / PULLED).touch()
     with open(path, "rb", buffering=0) as f:
         data = os.pread(f.fileno(), size, at)

@@ -166,7 +166,8 @@ def verified_pairs(
 @contextlib.contextmanager
 def verifying_with(map_fn):
     """Within the block, :func:`copy_pairs` over spilled thumbnails hands its chunks of candidates, and
-    its neighbour search's jobs where the search vectors are spilled too, to ``map_fn(fn, jobs)``
+    its neighbour search's jobs where the search vectors are spilled too, and the partitioned path its pHash
+    bands' partitions (:func:`curate.dedup.partitioned.band_partition_pairs`), to ``map_fn(fn, jobs)``
     (``fn(*job)`` for each job, results in order: e.g. Ray tasks anywhere in the cluster,
     :func:`curate.core.raypool.fan_out`) instead of running them here one after another. ``None``:
     here. The jobs, and so the pairs found, are the same either way."""
@@ -175,6 +176,11 @@ def verifying_with(map_fn):
         yield
     finally:
         _VERIFY_MAP.reset(token)
+
+
+def job_map():
+    """The ``map_fn`` :func:`verifying_with` set for the dedup task's jobs (None: run them here, in order)."""
+    return _VERIFY_MAP.get()
 
 
 def _workdir(scratch: str | None):

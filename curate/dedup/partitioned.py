@@ -35,10 +35,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.core import schema
+from curate.core.nodefiles import NodeFile
 from curate.dedup.clusters import Links, keepers
+from curate.dedup.copies import job_map
 from curate.dedup.decide import DedupConfig, _group_ids, normalise_caption, verified_links
 from curate.dedup.near import _masks, _pairs_in_runs, aspect_differs, log_aspect
-from curate.dedup.neighbours import PackedPairs, SpilledPairs
+from curate.dedup.neighbours import PackedPairs, SpilledPairs, in_order
 from curate.dedup.semantic import SemanticConfig, semantic_pairs
 from curate.dedup.source import BATCH_ROWS, Source
 from curate.dedup.thumbstore import spilled_thumbs
@@ -99,6 +101,15 @@ class Spill:
                         pending = []
         if pending:
             yield pa.Table.from_batches(pending)
+
+    def files(self) -> list[NodeFile]:
+        """The non-empty partitions' files, each for one job to read (on any node of the cluster)."""
+        self.close()
+        return [NodeFile(str(p)) for p, w in zip(self.paths, self.writers, strict=True) if w is not None]
+
+    def remove(self) -> None:
+        for p in self.paths:
+            p.unlink(missing_ok=True)
 
     def __iter__(self) -> Iterator[pa.Table]:
         """Each non-empty partition in turn, memory-mapped, its file removed once read."""
@@ -183,9 +194,12 @@ def _equal_hashes(hashes: Spill, verify: bool, work: Path, links: dict[str, list
 def _band_pairs(distinct: Spill, cfg: DedupConfig, work: Path, parts: int, tolerance: float, found) -> None:
     """pHash pairs within ``near_k`` found by the band masks, each mask's keys partitioned on their own,
     handed to ``found.add(i, j)`` (first rows) as found. Several masks share one pass over the distinct
-    values."""
+    values; each (mask, partition) is then a job, run here in order or, in a build's dedup task, as Ray
+    tasks across the cluster (:func:`curate.dedup.copies.job_map`). The pairs are the same either way:
+    ``found`` makes them unique and sorts them."""
     masks = _masks(cfg.near_config())
     per_pass = max(1, OPEN_FILES // parts)
+    map_fn = job_map() or in_order
     for start in range(0, len(masks), per_pass):
         group = masks[start : start + per_pass]
         bands = [Spill(work, f"band{start + m}", parts) for m in range(len(group))]
@@ -193,15 +207,24 @@ def _band_pairs(distinct: Spill, cfg: DedupConfig, work: Path, parts: int, toler
             h = t.column("phash").to_numpy()
             for mask, spill in zip(group, bands, strict=True):
                 spill.add(t, _part(h & mask, parts))
-        for mask, spill in zip(group, bands, strict=True):
-            for t in spill:
-                h = t.column("phash").to_numpy()
-                keys = h & mask
-                order = np.argsort(keys)  # run membership, not order within a run, makes the pairs
-                keep = _shapes_agree(t.column("shape").to_numpy(), tolerance) if tolerance else None
-                i, j = _pairs_in_runs(order, keys[order], h, cfg.near_k, keep)
-                rows = t.column("row").to_numpy()
-                found.add(rows[i], rows[j])
+        jobs = [(f, mask, cfg.near_k, tolerance) for mask, b in zip(group, bands, strict=True) for f in b.files()]
+        for i, j in map_fn(band_partition_pairs, jobs):
+            found.add(i, j)
+        for spill in bands:
+            spill.remove()
+
+
+def band_partition_pairs(f: NodeFile, mask: np.uint64, k: int, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs (first rows) of one band mask's partition ``f``: equal under ``mask``, within ``k`` bits,
+    shapes within ``tolerance`` (0: any)."""
+    t = pa.ipc.open_file(pa.py_buffer(f.read())).read_all()
+    h = t.column("phash").to_numpy()
+    keys = h & mask
+    order = np.argsort(keys)  # run membership, not order within a run, makes the pairs
+    keep = _shapes_agree(t.column("shape").to_numpy(), tolerance) if tolerance else None
+    i, j = _pairs_in_runs(order, keys[order], h, k, keep)
+    rows = t.column("row").to_numpy()
+    return rows[i], rows[j]
 
 
 def _shapes_agree(shape: np.ndarray, tolerance: float):
