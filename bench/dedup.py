@@ -5,11 +5,14 @@ A pool of annotation rows (``synthweb/hashpool.py``: uid, sha256, pixel_hash, ph
 is written to parquet, then decided by each engine in a process of its own, so its peak RSS is its
 own: ``memory`` (today's path: the table read whole, :func:`curate.dedup.deduplicate`) and
 ``partitioned`` (:func:`curate.dedup.partitioned.deduplicate_partitioned`, streaming the parquet
-file, partitions of ``--partition-rows``). Both write their decisions to parquet; the bench checks
-that they are the same row for row, and scores them against the planted truth. A 20k subset checks
-the banded pHash search against all pairs (same run). Writes bench/results/dedup.json.
+file, partitions of ``--partition-rows``; ``partitioned-ray``: the same as a build's dedup task runs it,
+a Ray task whose jobs, the pHash bands' partitions, go to Ray tasks on every core). Each writes its
+decisions to parquet; the bench checks that they are the same row for row, and scores them against
+the planted truth. A 20k subset checks the banded pHash search against all pairs (same run). Writes
+bench/results/dedup.json.
 
     .venv/bin/python bench/dedup.py [--sizes 1000000 10000000] [--anchor-max 10000000]
+        [--engines partitioned,memory,partitioned-ray]
 """
 
 from __future__ import annotations
@@ -67,12 +70,42 @@ def child(engine: str, pool: str, out: str, cfg: DedupConfig) -> None:
     if engine == "memory":
         table = pq.read_table(pool)
         pq.write_table(deduplicate(table, cfg), out)
-    else:
+    elif engine == "partitioned":
         deduplicate_partitioned([pool], cfg, out=out, workdir=str(Path(out).parent), stats=stats)
+    else:
+        return ray_child(pool, out, cfg)
     seconds = time.perf_counter() - t0
     row = {"seconds": round(seconds, 1), "peak_rss_mb": peak_rss_mb(), "import_rss_mb": base}
     row |= {"phase_seconds": stats.pop("seconds", {})} | stats
     print(json.dumps(row))
+
+
+def ray_child(pool: str, out: str, cfg: DedupConfig) -> None:
+    """The partitioned path as a build's dedup task runs it: a Ray task of one CPU in a Ray of every core,
+    its jobs (the bands' partitions) fanned out to Ray tasks. Seconds from the task's start to its result
+    (Ray's start-up apart); peak RSS of the task's worker (its jobs' workers not counted)."""
+    import os
+
+    import ray
+
+    from curate.core import raypool
+    from curate.core.runtime import ray_session
+    from curate.dedup.copies import verifying_with
+    from curate.dedup.partitioned import deduplicate_partitioned
+
+    def task() -> dict:
+        stats: dict = {}
+        with verifying_with(raypool.fan_out):
+            deduplicate_partitioned([pool], cfg, out=out, workdir=str(Path(out).parent), stats=stats)
+        return {"task_peak_rss_mb": peak_rss_mb(), "phase_seconds": stats.pop("seconds", {})} | stats
+
+    t0 = time.perf_counter()
+    with ray_session(num_cpus=os.cpu_count()):
+        started = time.perf_counter()
+        got = ray.get(ray.remote(num_cpus=1, max_calls=1)(task).remote())
+        seconds = time.perf_counter() - started
+    row = {"seconds": round(seconds, 1), "ray_start_s": round(started - t0, 1), "peak_rss_mb": peak_rss_mb()}
+    print(json.dumps(row | got))
 
 
 def run_engine(engine: str, pool: Path, out: Path, cfg: DedupConfig) -> dict:
@@ -145,13 +178,14 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=6)
     ap.add_argument("--work", default="/tmp/clip-tiers-bench-dedup")
     ap.add_argument("--out", default="bench/results/dedup.json")
-    ap.add_argument("--child", choices=["memory", "partitioned"])
+    ap.add_argument("--engines", default="partitioned,memory", help="also: partitioned-ray (as a build runs it)")
+    ap.add_argument("--child", choices=["memory", "partitioned", "partitioned-ray"])
     ap.add_argument("--pool")
     ap.add_argument("--decisions")
     args = ap.parse_args()
     cfg = DedupConfig(near_k=args.k, semantic=False, partition_rows=args.partition_rows)
     if args.child:
-        engine_cfg = cfg if args.child == "partitioned" else replace(cfg, partition_rows=0)
+        engine_cfg = cfg if args.child != "memory" else replace(cfg, partition_rows=0)
         return child(args.child, args.pool, args.decisions, engine_cfg)
 
     work = Path(args.work)
@@ -161,19 +195,21 @@ def main() -> None:
         t0 = time.perf_counter()
         pool, truth = write_pool(n, work)
         row = {"pool_mb": round(pool.stat().st_size / 2**20), "generate_s": round(time.perf_counter() - t0, 1)}
-        engines = ["partitioned"] + (["memory"] if n <= args.anchor_max else [])
+        engines = [e for e in args.engines.split(",") if e != "memory" or n <= args.anchor_max]
         for engine in engines:
             out = work / f"decisions_{engine}_{n}.parquet"
             row[engine] = run_engine(engine, pool, out, cfg)
             if "error" not in row[engine]:
                 row[engine].update(score(out, truth))
             print(f"{n:>11,} {engine:>11}: {json.dumps(row[engine])}", flush=True)
-        if all("error" not in row[e] for e in engines) and len(engines) == 2:
-            row["identical"] = same(*(work / f"decisions_{e}_{n}.parquet" for e in engines))
-            m, p = row["memory"], row["partitioned"]
-            row["time_ratio_partitioned_over_memory"] = round(p["seconds"] / m["seconds"], 2)
-            row["rss_ratio_partitioned_over_memory"] = round(p["peak_rss_mb"] / m["peak_rss_mb"], 2)
-            print(f"{n:>11,} identical decisions: {row['identical']}", flush=True)
+        if all("error" not in row[e] for e in engines) and len(engines) >= 2:
+            first = work / f"decisions_{engines[0]}_{n}.parquet"
+            row["identical"] = all(same(first, work / f"decisions_{e}_{n}.parquet") for e in engines[1:])
+            if "memory" in engines and "partitioned" in engines:
+                m, p = row["memory"], row["partitioned"]
+                row["time_ratio_partitioned_over_memory"] = round(p["seconds"] / m["seconds"], 2)
+                row["rss_ratio_partitioned_over_memory"] = round(p["peak_rss_mb"] / m["peak_rss_mb"], 2)
+            print(f"{n:>11,} identical decisions ({', '.join(engines)}): {row['identical']}", flush=True)
         result["sizes"][str(n)] = row
     result["recall_bound_by_distance"] = {d: round(recall_bound(d, NearConfig(k=args.k)), 4) for d in range(1, 7)}
     result["subset_vs_brute_force"] = subset_check(args.k)
