@@ -66,13 +66,13 @@ def test_a_node_file_is_read_whole_on_another_node_without_a_replica(ray_local, 
     data = np.random.default_rng(1).integers(0, 256, 50_001, dtype=np.uint8).tobytes()
     (tmp_path / "part.arrow").write_bytes(data)
     f = nodefiles.NodeFile(str(tmp_path / "part.arrow"))
-    assert (f.size, f.origin) == (len(data), nodefiles.this_node()) and bytes(f.read()) == data
+    assert (f.size, f.origin) == (len(data), nodefiles.this_node()) and f.buffer().to_pybytes() == data
     other = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != f.origin)
 
     @ray.remote(num_cpus=0, max_calls=1, scheduling_strategy=NodeAffinitySchedulingStrategy(other, soft=False))
     def read_there(f):
         nodefiles.RANGE = 4096
-        return bytes(f.read()), nodefiles.this_node()
+        return f.buffer().to_pybytes(), nodefiles.this_node()
 
     got, node = ray.get(read_there.remote(f), timeout=120)
     assert got == data and node == other

@@ -106,19 +106,20 @@ class NodeFile:
         object.__setattr__(self, "size", os.path.getsize(self.path))
         object.__setattr__(self, "origin", this_node())
 
-    def read(self) -> bytes | np.ndarray:
-        """The file's bytes (bytes, or a uint8 array where they came from another node)."""
+    def buffer(self):
+        """The file's bytes as a ``pyarrow.Buffer``: memory-mapped on its own node, else read from it."""
+        import pyarrow as pa
+
         node = this_node() if self.origin is not None else None
         if node is None or node == self.origin:
-            with open(self.path, "rb") as f:
-                return f.read()
+            return pa.memory_map(self.path).read_buffer()  # the buffer keeps the mapping
         out, at = np.empty(self.size, np.uint8), 0
         for data in _ranges(Path(self.path), self.origin, self.size, mark=False):
             out[at : at + len(data)] = data
             at += len(data)
         if at != self.size:
             raise OSError(f"{self.path} on node {self.origin}: read {at} bytes of {self.size}")
-        return out
+        return pa.py_buffer(out)
 
 
 def read_range(path: str, at: int, size: int, mark: bool = True) -> np.ndarray:

@@ -217,7 +217,7 @@ def _band_pairs(distinct: Spill, cfg: DedupConfig, work: Path, parts: int, toler
 def band_partition_pairs(f: NodeFile, mask: np.uint64, k: int, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
     """The pairs (first rows) of one band mask's partition ``f``: equal under ``mask``, within ``k`` bits,
     shapes within ``tolerance`` (0: any)."""
-    t = pa.ipc.open_file(pa.py_buffer(f.read())).read_all()
+    t = pa.ipc.open_file(f.buffer()).read_all()
     h = t.column("phash").to_numpy()
     keys = h & mask
     order = np.argsort(keys)  # run membership, not order within a run, makes the pairs
