@@ -22,8 +22,9 @@ from tests.test_annotate_signals import encode, hamming, scene
 # --- a hand-made raw shard: units, hostile members, CLIP -------------------------------------
 
 
-def write_raw_shard(raw, shard="00000"):
-    """A raw shard as img2dataset writes it, with every kind of bad member; returns the success uids."""
+def write_raw_shard(raw, shard="00000", reverse=False):
+    """A raw shard as img2dataset writes it, with every kind of bad member (in key order, or ``reverse``d,
+    as its threads may finish); returns the success uids."""
     raw.mkdir(parents=True, exist_ok=True)
     good = scene(4)
     members = {
@@ -35,14 +36,13 @@ def write_raw_shard(raw, shard="00000"):
         "005": ("nothing at all", b""),
         "006": ("ein Bild von einem roten Quadrat auf blauem Grund", encode(good, "WEBP")),
     }
-    rows = []
+    rows = [{"key": key, "uid": f"uid{key}", "caption": cap, "status": "success"} for key, (cap, _) in members.items()]
     with tarfile.open(raw / f"{shard}.tar", "w") as tf:
-        for key, (cap, data) in members.items():
+        for key, (cap, data) in reversed(members.items()) if reverse else members.items():
             for name, payload in ((f"{key}.jpg", data), (f"{key}.txt", cap.encode()), (f"{key}.json", b"{}")):
                 info = tarfile.TarInfo(name)
                 info.size = len(payload)
                 tf.addfile(info, io.BytesIO(payload))
-            rows.append({"key": key, "uid": f"uid{key}", "caption": cap, "status": "success"})
         evil = tarfile.TarInfo("../../evil.jpg")  # never used as a path: not a key the parquet lists
         evil.size = 4
         tf.addfile(evil, io.BytesIO(b"evil"))
@@ -105,6 +105,19 @@ def test_shard_unit_records_every_failure_and_resumes(tmp_path):
     assert not _is_current(tmp_path / "annotations", raw, "00000", AnnotateConfig(lid_top_k=3))
     (raw / "00000.parquet").touch()  # a re-downloaded shard is annotated again
     assert not _is_current(tmp_path / "annotations", raw, "00000", cfg)
+
+
+def test_annotations_are_in_key_order_whatever_order_the_tar_holds(tmp_path):
+    """Two downloads of one list order a shard's members as img2dataset's threads finished: the annotations
+    (and so dedup, whose tie-breaks follow row order) must not depend on it."""
+    tables = []
+    for reverse in (False, True):
+        write_raw_shard(tmp_path / str(reverse) / "raw", reverse=reverse)
+        assert not annotate_one(tmp_path / str(reverse), AnnotateConfig(batch_size=3)).failed
+        tables.append(read_annotations(tmp_path / str(reverse)))
+    keys = tables[0].column(schema.KEY).to_pylist()
+    assert keys == sorted(keys) == [f"{k:03d}" for k in range(8)]
+    assert tables[0].equals(tables[1])
 
 
 def test_annotating_a_raw_shard_indexes_its_tar_for_the_shard_stage(tmp_path):
