@@ -242,7 +242,8 @@ def _text_tables(path: str, fmt: str, cfg: ReadConfig) -> Iterator[pa.Table]:
 def file_batches(path: str, cfg: ReadConfig = ReadConfig(), rows: int = 1 << 16) -> Iterator[pa.Table]:
     """One list file as tables of at most ``rows`` rows, in order, string types normalised; a file with
     no rows gives one empty table with its columns. Parquet is read a batch at a time (one in a store
-    by ranged reads, a gzipped one from its bytes); the text formats a file at a time."""
+    by ranged reads, a gzipped one from its bytes); the text formats a block of records at a time
+    (:mod:`curate.urllist.textblocks`)."""
     fmt = _format_of(path, cfg.format)
     if fmt != "parquet":
         empty = True
