@@ -2,8 +2,8 @@
 
 :func:`stage_url_list` reads the list's files in order, each a batch at a time (parquet by row batch,
 the text formats a 1 MB block of records at a time, :mod:`curate.urllist.textblocks`), checks and
-canonicalises every batch as
-:mod:`curate.urllist.readers` does, and writes it to a scratch file per input file. What it keeps per
+canonicalises every batch as :mod:`curate.urllist.readers` does, and writes it to a scratch file per
+input file. What it keeps per
 row is one 64-bit hash of the row's uid (its own, or the one made from url + caption), 8 bytes, where
 reading the list whole held ~420 B a row (a 1M-row list grew the process by 420 MB with uids, 681 MB
 without). Rows whose hashes are equal, a few, are then read back and compared as strings: duplicate
