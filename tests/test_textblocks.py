@@ -102,3 +102,18 @@ def test_a_list_in_a_bucket_is_streamed_as_one_on_disk_is_read(tmp_path, monkeyp
     _csv(tmp_path / "a.tsv", 300, sep="\t")
     storage.write_bytes(f"{bucket}/lists/a.tsv.gz", gzip.compress((tmp_path / "a.tsv").read_bytes()))
     assert read_url_list(f"{bucket}/lists/a.tsv.gz").equals(read_url_list(tmp_path / "a.tsv"))
+
+
+def test_a_gzipped_parquet_list_is_read_whole_with_the_same_gzip_errors(tmp_path):
+    import io
+
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"url": ["http://a/1", "http://a/2"], "caption": ["x", None]}), buf)
+    (tmp_path / "l.parquet").write_bytes(buf.getvalue())
+    (tmp_path / "l.parquet.gz").write_bytes(gzip.compress(buf.getvalue()))
+    assert read_url_list(tmp_path / "l.parquet.gz").equals(read_url_list(tmp_path / "l.parquet"))
+    (tmp_path / "cut.parquet.gz").write_bytes(gzip.compress(buf.getvalue())[:-20])
+    with pytest.raises(InputError, match="corrupt gzip data"):
+        read_url_list(tmp_path / "cut.parquet.gz")

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import csv
 import glob
-import gzip
 import io
 import os
 import re
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,19 +110,6 @@ def _format_of(path: str, forced: str | None, strict: bool = True) -> str | None
             path=path,
         )
     return fmt
-
-
-def _read_bytes(path: str) -> bytes:
-    try:
-        data = storage.read_bytes(path)
-    except OSError as e:
-        raise InputError(f"cannot read file: {e}", path=path) from None
-    if path.endswith(".gz"):
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile, a cut-off stream, corrupt deflate data
-            raise InputError(f"corrupt gzip data ({e}); the file is damaged or not gzip", path=path) from None
-    return data
 
 
 def _delimited_tables(path: str, sep: str, cfg: ReadConfig) -> Iterator[pa.Table]:
@@ -255,7 +240,7 @@ def file_batches(path: str, cfg: ReadConfig = ReadConfig(), rows: int = 1 << 16)
         return
     try:
         if path.endswith(".gz"):
-            f = pq.ParquetFile(io.BytesIO(_read_bytes(path)))
+            f = pq.ParquetFile(io.BytesIO(textblocks.read_whole(path)))
         elif storage.is_local(path):
             f = pq.ParquetFile(path, pre_buffer=False)
         else:  # ranged reads of the footer and each row group

@@ -91,6 +91,12 @@ def _open(path: str) -> Iterator:
         yield stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb")) if path.endswith(".gz") else raw
 
 
+def read_whole(path: str) -> bytes:
+    """The file's bytes, whole (decompressed when it ends in ``.gz``), with :func:`blocks`' errors."""
+    with _open(path) as f:
+        return _read(path, f, -1)
+
+
 def _read(path: str, f, size: int) -> bytes:
     try:
         return f.read(size)
