@@ -43,6 +43,13 @@ def this_node() -> str | None:
     return ray.get_runtime_context().get_node_id()
 
 
+def _here(origin: str | None) -> bool:
+    """Whether a file written on node ``origin`` is read where it lies: on that node, or with no Ray (or
+    no origin) at all."""
+    node = this_node() if origin is not None else None
+    return node is None or node == origin
+
+
 def replica_dir(directory: str, origin: str) -> Path:
     """Where this node keeps replicas of the files of ``directory`` on node ``origin``."""
     key = hashlib.sha256(f"{origin}\n{directory}".encode()).hexdigest()[:16]
@@ -52,8 +59,7 @@ def replica_dir(directory: str, origin: str) -> Path:
 def local(path: Path, origin: str | None, size: int) -> Path:
     """A path to read ``path`` (``size`` bytes, written on node ``origin``) at on this node: itself on its
     origin (or without Ray), else a replica, pulled here first if no task on this node has pulled it yet."""
-    node = this_node() if origin is not None else None
-    if node is None or node == origin:
+    if _here(origin):
         return path
     d = replica_dir(str(path.parent), origin)
     replica = d / path.name
@@ -110,8 +116,7 @@ class NodeFile:
         """The file's bytes as a ``pyarrow.Buffer``: memory-mapped on its own node, else read from it."""
         import pyarrow as pa
 
-        node = this_node() if self.origin is not None else None
-        if node is None or node == self.origin:
+        if _here(self.origin):
             return pa.memory_map(self.path).read_buffer()  # the buffer keeps the mapping
         out, at = np.empty(self.size, np.uint8), 0
         for data in _ranges(Path(self.path), self.origin, self.size, mark=False):
