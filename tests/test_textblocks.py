@@ -32,7 +32,7 @@ def test_blocks_end_at_records_and_hold_the_file(tmp_path, size):
     p = tmp_path / "a.csv"
     _csv(p, 300, bom=True, crlf=True)
     data = p.read_bytes()
-    got = list(textblocks.blocks(str(p), quoted=True, size=size))
+    got = list(textblocks.blocks(str(p), ",", size=size))
     assert b"".join(b.data for b in got) == data.removeprefix(textblocks.BOM)
     line = byte = 0
     for b in got:
@@ -117,3 +117,110 @@ def test_a_gzipped_parquet_list_is_read_whole_with_the_same_gzip_errors(tmp_path
     (tmp_path / "cut.parquet.gz").write_bytes(gzip.compress(buf.getvalue())[:-20])
     with pytest.raises(InputError, match="corrupt gzip data"):
         read_url_list(tmp_path / "cut.parquet.gz")
+
+
+# Quotes as real captions hold them: inch marks, titles quoted mid-caption or at its start, doubled quotes
+# inside quoted fields, quoted newlines. img2dataset reads a list with pyarrow's csv parser, which quotes
+# only at a field's start: the same list must read the same here, in any block size.
+ODD_CAPTIONS = [
+    'a 5" screen',
+    'Winter 5" X 7" card and a 3" one',
+    '"Hello" poster',
+    'Poster "Hello" red',
+    '"""Calm Spirit"" Jadeite Bangle"',
+    '"a ""quoted\nnewline"""',
+    '5"',
+    "plain",
+    "",
+    '""',
+    '"x"y"z',
+    '"para\n\npara"',
+]
+
+
+def _odd_list(path, n: int, sep: str, end: str = "\n") -> None:
+    rng = random.Random(n)
+    lines = [f"url{sep}caption{sep}n"]
+    for i in range(n):
+        lines += [f"http://q.example/{i}.jpg{sep}{rng.choice(ODD_CAPTIONS)}{sep}{i}"] + [""] * (rng.random() < 0.05)
+    path.write_bytes((end.join(lines) + end + end).encode())  # blank lines too, which both parsers skip
+
+
+def _as_img2dataset_reads(path, sep: str) -> pa.Table:
+    import pyarrow.csv as pacsv
+
+    return pacsv.read_csv(
+        path,
+        parse_options=pacsv.ParseOptions(delimiter=sep, newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types={"url": pa.string(), "caption": pa.string(), "n": pa.string()},
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+
+
+@pytest.mark.parametrize("sep,end", [(",", "\n"), ("\t", "\n"), (",", "\r\n")])
+@pytest.mark.parametrize("size", [16, 300, 1 << 23])
+def test_quotes_inside_captions_read_as_img2datasets_reader_reads_them(tmp_path, monkeypatch, sep, end, size):
+    monkeypatch.setattr(textblocks, "BLOCK", size)
+    p = tmp_path / ("l.csv" if sep == "," else "l.tsv")
+    _odd_list(p, 500, sep, end)
+    want = _as_img2dataset_reads(p, sep)
+    got = read_url_list(p)
+    for col in ("url", "caption", "n"):
+        assert got.column(col).to_pylist() == want.column(col).to_pylist()
+    assert 'a 5" screen' in got.column("caption").to_pylist()
+    assert "Hello poster" in got.column("caption").to_pylist()
+    plain = tmp_path / ("p.csv" if sep == "," else "p.tsv")  # blank lines in a list whose quotes are plain
+    plain.write_bytes(end.join(["url" + sep + "caption" + sep + "n", "", f"http://p/1{sep}x{sep}1", "", ""]).encode())
+    assert read_url_list(plain).column("url").to_pylist() == ["http://p/1"]
+
+
+def test_plain_quotes_keep_polars_fast_path_and_the_cut_both_ways_agree(tmp_path):
+    p = tmp_path / "a.csv"
+    _csv(p, 2000)  # csv.writer quotes only whole fields: every quote is plain
+    data = p.read_bytes()
+    assert all(b.plain for b in textblocks.blocks(str(p), ",", size=256))
+    import numpy as np
+
+    a = np.frombuffer(data, np.uint8)
+    quotes = np.flatnonzero(a == 0x22)
+    opens, closes, odd = textblocks._quoted_fields(data, quotes.tolist(), ord(","))
+    assert odd == len(data) and textblocks._all_plain(a, quotes, ord(","))
+    for end in range(0, len(data), 997):  # the cut either way: the last newline outside quoted fields
+        part = data[:end]
+        o, c, _ = textblocks._quoted_fields(part, quotes[quotes < end].tolist(), ord(","))
+        nl = np.flatnonzero(a[:end] == 0x0A)
+        inside = np.zeros(end + 1, int)
+        np.add.at(inside, o, 1)
+        np.add.at(inside, np.minimum(np.array(c, int) + 1, end), -1)
+        nl = nl[np.cumsum(inside)[nl] == 0]
+        assert textblocks._scan(part, ord(","))[0] == (int(nl[-1]) + 1 if len(nl) else 0)
+    (tmp_path / "b.csv").write_text('url,caption\nhttp://a/1,a 5" screen\n')
+    assert [b.plain for b in textblocks.blocks(str(tmp_path / "b.csv"), ",")] == [False]
+
+
+def test_a_block_read_by_either_parser_gives_the_same_table(tmp_path):
+    from curate.urllist import delimited
+
+    text = 'url,caption,url,caption\nhttp://a/1,,x,""\nhttp://a/2,"q, ""r""",,s\n\nhttp://a/3,"two\nlines",y,z\n'
+    block = textblocks.Block(text.encode(), 0, 0)
+    fast = delimited._parse("f.csv", text, ",", True, block, 0)
+    slow = delimited._parse("f.csv", text, ",", True, textblocks.Block(text.encode(), 0, 0, plain=False), 0)
+    assert slow.columns == fast.columns == ["url", "caption", "url_duplicated_0", "caption_duplicated_0"]
+    assert slow.to_dicts() == fast.to_dicts()
+    body = text.split("\n", 1)[1]
+    fast, slow = (
+        delimited._parse("f.csv", body, ",", False, textblocks.Block(body.encode(), 0, 0, p), 0) for p in (1, 0)
+    )
+    assert slow.columns == fast.columns and slow.to_dicts() == fast.to_dicts()
+
+
+def test_a_ragged_row_in_a_block_with_odd_quotes_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(textblocks, "BLOCK", 64)
+    body = "".join(f'http://a/{i},a {i}" screen\n' for i in range(1, 40))
+    p = tmp_path / "ragged.csv"
+    p.write_text("url,caption\n" + body + 'http://a/40,7" tab,extra\n')
+    with pytest.raises(InputError, match=r"line 41 \(data row 40\) has 3 fields, expected 2"):
+        read_url_list(p)

@@ -12,7 +12,6 @@ non-string or empty URLs, malformed or duplicate uids.
 
 from __future__ import annotations
 
-import csv
 import glob
 import io
 import os
@@ -22,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
@@ -30,7 +28,7 @@ import pyarrow.parquet as pq
 
 from curate.core import access, schema, storage
 from curate.core.errors import InputError
-from curate.urllist import textblocks
+from curate.urllist import delimited, textblocks
 
 FORMATS = {
     ".parquet": "parquet",
@@ -42,7 +40,6 @@ FORMATS = {
     ".ndjson": "jsonl",
     ".txt": "txt",
 }
-_URL_LIKE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
 
 
 @dataclass(frozen=True)
@@ -112,86 +109,11 @@ def _format_of(path: str, forced: str | None, strict: bool = True) -> str | None
     return fmt
 
 
-def _delimited_tables(path: str, sep: str, cfg: ReadConfig) -> Iterator[pa.Table]:
-    """A csv or tsv file a block of records at a time (:mod:`curate.urllist.textblocks`), every column a
-    string; the first block's header (or, in a headerless file, names made from its first row) names
-    every block's columns."""
-    names: list[str] | None = None
-    rows = 0  # data rows before the block
-    for block in textblocks.blocks(path, quoted=True):
-        text = textblocks.decoded(path, block, header_lines=1)
-        if not text.strip():
-            continue
-        if names is None:
-            df = _parse(path, text, sep, True, block, rows)
-            if cfg.url_col not in df.columns:
-                # Lists such as CC3M's TSV ship without a header: the first row is data. Recognise that
-                # when a header "name" is itself a URL, and name the columns by content.
-                url_idx = [i for i, c in enumerate(df.columns) if _URL_LIKE.match(c)]
-                if len(url_idx) == 1:
-                    df = _parse(path, text, sep, False, block, rows)
-                    made = [f"column_{i}" for i in range(df.width)]
-                    made[url_idx[0]] = cfg.url_col
-                    if df.width == 2:
-                        made[1 - url_idx[0]] = cfg.caption_col
-                    df.columns = made
-            names = df.columns
-        else:
-            df = _parse(path, text, sep, False, block, rows, len(names))
-            if df.width != len(names):
-                _raise_ragged(path, text, sep, False, block, rows, len(names))
-            df.columns = names
-        rows += df.height
-        yield df.to_arrow()
-    if names is None:
-        yield pa.table({cfg.url_col: pa.array([], pa.string())})
-
-
-def _parse(path: str, text: str, sep: str, has_header: bool, block, rows: int, want: int | None = None):
-    try:
-        return pl.read_csv(io.StringIO(text), separator=sep, has_header=has_header, infer_schema=False, quote_char='"')
-    except (pl.exceptions.PolarsError, ValueError) as e:
-        _raise_ragged(path, text, sep, has_header, block, rows, want)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        kind = "tsv" if sep == "\t" else "csv"
-        where = f" (in the lines from {block.line0 + 1})" if block.line0 else ""
-        raise InputError(f"corrupt {kind}: {first}{where}", path=path) from None
-
-
-def _raise_ragged(path: str, text: str, sep: str, has_header: bool, block, rows: int, want: int | None) -> None:
-    """Raise naming the block's first row whose field count is not ``want`` (default: its first row's)."""
-    ragged = _ragged_row(text, sep, has_header, want)
-    if ragged is not None:
-        line, row, got, expected = ragged
-        line, row = block.line0 + line, rows + row
-        where = f"line {line}" + (f" (data row {row})" if row >= 1 else "")
-        kind = "tsv" if sep == "\t" else "csv"
-        raise InputError(f"corrupt {kind}: {where} has {got} fields, expected {expected}", path=path) from None
-
-
-def _ragged_row(text: str, sep: str, has_header: bool, want: int | None = None) -> tuple[int, int, int, int] | None:
-    """(line, data row, fields, expected fields) of the first row whose field count is not ``want``
-    (default: the first row's)."""
-    reader = csv.reader(io.StringIO(text), delimiter=sep, quotechar='"')
-    rows = 0
-    for fields in reader:
-        if not fields:
-            continue  # a blank line is no row, for polars either
-        if want is None:
-            want = len(fields)
-            rows += not has_header
-            continue
-        rows += 1
-        if len(fields) != want:
-            return reader.line_num, rows, len(fields), want
-    return None
-
-
 def _jsonl_tables(path: str) -> Iterator[pa.Table]:
     """A jsonl file a block of lines at a time, each block's column types as it infers them (the stage
     unifies them, as it unifies files)."""
     rows = 0  # objects before the block
-    for block in textblocks.blocks(path, quoted=False):
+    for block in textblocks.blocks(path):
         textblocks.decoded(path, block, header_lines=0)
         if not block.data.strip():
             continue
@@ -209,7 +131,7 @@ def _jsonl_tables(path: str) -> Iterator[pa.Table]:
 
 def _txt_tables(path: str, cfg: ReadConfig) -> Iterator[pa.Table]:
     """A txt file (one URL a line; blank lines skipped) a block of lines at a time."""
-    for block in textblocks.blocks(path, quoted=False):
+    for block in textblocks.blocks(path):
         urls = [line.strip() for line in textblocks.decoded(path, block, header_lines=0).splitlines()]
         yield pa.table({cfg.url_col: pa.array([u for u in urls if u], pa.string())})
     yield pa.table({cfg.url_col: pa.array([], pa.string())})  # so a file with no lines has its column
@@ -218,7 +140,7 @@ def _txt_tables(path: str, cfg: ReadConfig) -> Iterator[pa.Table]:
 def _text_tables(path: str, fmt: str, cfg: ReadConfig) -> Iterator[pa.Table]:
     """One csv, tsv, jsonl or txt list file, a block at a time, as it is (its own column names)."""
     if fmt in ("csv", "tsv"):
-        return _delimited_tables(path, "," if fmt == "csv" else "\t", cfg)
+        return delimited.tables(path, "," if fmt == "csv" else "\t", cfg.url_col, cfg.caption_col)
     if fmt == "jsonl":
         return _jsonl_tables(path)
     return _txt_tables(path, cfg)

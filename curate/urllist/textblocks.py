@@ -4,12 +4,17 @@ Read whole, such a file was held many times over while it was parsed: a 122 MB T
 captions took the process to 1.77 GB (its bytes, the decoded text, polars' frame and Arrow's copy),
 where the same list as parquet took 313 MB, and CC12M's list is a 2.6 GB TSV. Here the file is streamed
 (and decompressed) as it is read and cut into blocks of about ``BLOCK`` bytes at record boundaries: for
-csv and tsv a newline with an even number of quote characters before it in the block (a newline inside
-a quoted field has an odd number; polars splits a file for its own threads by the same rule, and
-refuses a file where a stray quote breaks it), for jsonl and txt any newline. Each block is decoded and
-parsed on its own, and knows the lines and bytes before it, so an error still names the file's line.
-Blocks of 1 MB held the least (staging a 1M-row TSV peaked at 229 MB; 246 at 2 MB, 308 at 4, 405 at 8)
-at the same speed.
+jsonl and txt any newline; for csv and tsv a newline outside quoted fields, quoting as img2dataset's
+reader (pyarrow's csv parser, and Python's ``csv``) reads it: a quote opens a quoted field only at the
+field's start (``"a, b"``), ``""`` inside one is a quote, and a quote anywhere else is a character (a
+caption's inch mark, ``a 5" screen``). Each block is decoded and parsed on its own, and knows the lines
+and bytes before it, so an error still names the file's line. Blocks of 1 MB held the least (staging a
+1M-row TSV peaked at 229 MB; 246 at 2 MB, 308 at 4, 405 at 8) at the same speed.
+
+A block records whether its quotes are all *plain*: every one opens a field, closes it (followed by the
+separator or the line's end) or is doubled inside it. polars reads such a block as pyarrow does, and
+faster; a quote anywhere else makes polars refuse the block (``CSV malformed``), so the reader parses
+that block with pyarrow's parser instead (:mod:`curate.urllist.delimited`).
 """
 
 from __future__ import annotations
@@ -35,11 +40,14 @@ class Block:
     data: bytes  # whole records (the last block may end without a newline)
     line0: int  # lines of the file before it
     byte0: int  # bytes of the file (decompressed, without a byte-order mark) before it
+    plain: bool = True  # every quote opens, closes or is doubled inside a quoted field (see above)
 
 
-def blocks(path: str, quoted: bool, size: int | None = None) -> Iterator[Block]:
+def blocks(path: str, sep: str | None = None, size: int | None = None) -> Iterator[Block]:
     """The file's records in blocks of about ``size`` bytes (default ``BLOCK``), in order; none for an
-    empty file."""
+    empty file. ``sep``: the field separator of a csv or tsv file (whose quoted fields may hold
+    newlines); None: every newline ends a record."""
+    sep_byte = None if sep is None else sep.encode()[0]
     size = want = size or BLOCK
     with _open(path) as f:
         pending, line0, byte0, start = b"", 0, 0, True
@@ -52,28 +60,78 @@ def blocks(path: str, quoted: bool, size: int | None = None) -> Iterator[Block]:
                 pending, start = pending.removeprefix(BOM), False
             if not data:  # the end: what is left is the last block
                 if pending:
-                    yield Block(pending, line0, byte0)
+                    yield Block(pending, line0, byte0, _scan(pending, sep_byte)[1] >= len(pending))
                 return
             if len(pending) < want:
                 continue
-            cut = _cut(pending, quoted)
+            cut, odd = _scan(pending, sep_byte)
             if cut == 0:  # no record ends in it yet: read on, more at a time
                 want *= 2
                 continue
             block, pending, want = pending[:cut], pending[cut:], size
-            yield Block(block, line0, byte0)
+            yield Block(block, line0, byte0, odd >= cut)
             line0, byte0 = line0 + block.count(b"\n"), byte0 + len(block)
 
 
-def _cut(data: bytes, quoted: bool) -> int:
-    """Where the last whole record of ``data`` ends (after its newline); 0 if none does."""
-    if not quoted:
-        return data.rfind(b"\n") + 1
+def _scan(data: bytes, sep: int | None) -> tuple[int, int]:
+    """(where the last whole record of ``data`` ends, after its newline, 0 if none does; where its first
+    quote that is not plain lies, ``len(data)`` if none)."""
+    if sep is None:
+        return data.rfind(b"\n") + 1, len(data)
     a = np.frombuffer(data, np.uint8)
     newlines = np.flatnonzero(a == 0x0A)
     quotes = np.flatnonzero(a == 0x22)
-    outside = newlines[np.searchsorted(quotes, newlines) % 2 == 0]
-    return int(outside[-1]) + 1 if len(outside) else 0
+    if _all_plain(a, quotes, sep):  # each quote opens or closes: outside quotes is after an even number
+        outside = newlines[np.searchsorted(quotes, newlines) % 2 == 0]
+        return (int(outside[-1]) + 1 if len(outside) else 0), len(data)
+    opens, closes, odd = _quoted_fields(data, quotes.tolist(), sep)
+    at = np.searchsorted(opens, newlines, side="right") - 1  # the quoted field each newline follows
+    outside = newlines[(at < 0) | (newlines > np.append(closes, -1)[at])]
+    return (int(outside[-1]) + 1 if len(outside) else 0), odd
+
+
+def _all_plain(a: np.ndarray, quotes: np.ndarray, sep: int | None) -> bool:
+    """Whether taking the quotes in turn as opening and closing ones reads the data as img2dataset's
+    parser does: each opening one starts a field (or follows the closing one it is doubled with), each
+    closing one ends its field (or is doubled with the next)."""
+    if not len(quotes):
+        return True
+    n, q = len(a), quotes
+    opening, closing = q[0::2], q[1::2]
+    before = a[np.maximum(opening - 1, 0)]
+    doubled_back = np.zeros(len(opening), bool)
+    doubled_back[1:] = closing[: len(opening) - 1] == opening[1:] - 1
+    starts = (opening == 0) | (before == sep) | (before == 0x0A) | doubled_back
+    after = a[np.minimum(closing + 1, n - 1)]
+    doubled_on = np.zeros(len(closing), bool)
+    nxt = opening[1 : len(closing) + 1]
+    doubled_on[: len(nxt)] = nxt == closing[: len(nxt)] + 1
+    ends = (closing == n - 1) | (after == sep) | (after == 0x0A) | (after == 0x0D) | doubled_on
+    return bool(starts.all() and ends.all())
+
+
+def _quoted_fields(data: bytes, quotes: list[int], sep: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The quoted fields of ``data`` as pyarrow's csv parser reads them (a quote opens one only at a
+    field's start; inside, a doubled quote is a quote and a single one closes it; a field still open at
+    the end closes there): their opening and closing quotes' offsets, and the first quote that is not
+    plain (in an unquoted field, or closing a field that goes on), ``len(data)`` if none."""
+    opens, closes, odd, i, n = [], [], len(data), 0, len(quotes)
+    while i < n:
+        q = quotes[i]
+        if q and data[q - 1] != sep and data[q - 1] != 0x0A:  # inside an unquoted field: a character
+            odd = min(odd, q)
+            i += 1
+            continue
+        i += 1
+        while i + 1 < n and quotes[i + 1] == quotes[i] + 1:  # a doubled quote inside the field
+            i += 2
+        end = quotes[i] if i < n else len(data)
+        opens.append(q)
+        closes.append(end)
+        if end + 1 < len(data) and data[end + 1] not in (sep, 0x0A, 0x0D):
+            odd = min(odd, end)  # the field goes on after its closing quote
+        i += 1
+    return np.array(opens, np.int64), np.array(closes, np.int64), odd
 
 
 @contextlib.contextmanager

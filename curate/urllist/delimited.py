@@ -1,0 +1,153 @@
+"""csv and tsv URL lists, a block of records at a time (:mod:`curate.urllist.textblocks`), every column a
+string.
+
+They are read as img2dataset reads them (pyarrow's csv parser): a quote opens a quoted field only at
+the field's start, so a caption's inch mark (``a 5" screen``) or a title quoted mid-caption is text,
+and ``"Hello" poster`` reads as ``Hello poster``. polars parses a block whose quotes are all plain (see
+:mod:`~curate.urllist.textblocks`) the same way and faster; it refuses any other quote (``CSV
+malformed``), so such a block goes to pyarrow's parser, told to keep polars' nulls: an empty unquoted
+field is null, ``""`` the empty string. Empty lines are skipped, as pyarrow's parser skips them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterator
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from curate.core.errors import InputError
+from curate.urllist import textblocks
+
+_URL_LIKE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
+
+
+def tables(path: str, sep: str, url_col: str, caption_col: str) -> Iterator[pa.Table]:
+    """The file's blocks as tables; the first block's header (or, in a headerless file, names made from
+    its first row) names every block's columns."""
+    names: list[str] | None = None
+    rows = 0  # data rows before the block
+    for block in textblocks.blocks(path, sep):
+        text = textblocks.decoded(path, block, header_lines=1)
+        if not text.strip():
+            continue
+        if names is None:
+            df = _parse(path, text, sep, True, block, rows)
+            if url_col not in df.columns:
+                # Lists such as CC3M's TSV ship without a header: the first row is data. Recognise that
+                # when a header "name" is itself a URL, and name the columns by content.
+                url_idx = [i for i, c in enumerate(df.columns) if _URL_LIKE.match(c)]
+                if len(url_idx) == 1:
+                    df = _parse(path, text, sep, False, block, rows)
+                    made = [f"column_{i}" for i in range(df.width)]
+                    made[url_idx[0]] = url_col
+                    if df.width == 2:
+                        made[1 - url_idx[0]] = caption_col
+                    df.columns = made
+            names = df.columns
+        else:
+            df = _parse(path, text, sep, False, block, rows, len(names))
+            if df.width != len(names):
+                _raise_ragged(path, text, sep, False, block, rows, len(names))
+            df.columns = names
+        rows += df.height
+        yield df.to_arrow()
+    if names is None:
+        yield pa.table({url_col: pa.array([], pa.string())})
+
+
+def _parse(path: str, text: str, sep: str, has_header: bool, block, rows: int, want: int | None = None):
+    try:
+        if block.plain:
+            data = io.BytesIO(_without_blank_lines(block.data))
+            return pl.read_csv(data, separator=sep, has_header=has_header, infer_schema=False, quote_char='"')
+        return _parse_quoted(block.data, text, sep, has_header)
+    except (pl.exceptions.PolarsError, pa.ArrowInvalid, ValueError) as e:
+        _raise_ragged(path, text, sep, has_header, block, rows, want)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        where = f" (in the lines from {block.line0 + 1})" if block.line0 else ""
+        raise InputError(f"corrupt {_kind(sep)}: {first}{where}", path=path) from None
+
+
+def _without_blank_lines(data: bytes) -> bytes:
+    """A plain block without its empty lines outside quoted fields: pyarrow's parser (img2dataset's) skips
+    them, polars would read each as a row of nulls, a row without a URL."""
+    a = np.frombuffer(data, np.uint8)
+    newlines = np.flatnonzero(a == 0x0A)
+    cr = (newlines >= 1) & (a[np.maximum(newlines - 1, 0)] == 0x0D)
+    start = newlines - cr  # where the line's end begins
+    blank = (start == 0) | (a[np.maximum(start - 1, 0)] == 0x0A)
+    if not blank.any():
+        return data
+    quotes = np.flatnonzero(a == 0x22)
+    blank &= np.searchsorted(quotes, newlines) % 2 == 0  # not inside a quoted field
+    keep = np.ones(len(a), bool)
+    keep[newlines[blank]] = False
+    keep[(newlines - 1)[blank & cr]] = False
+    return a[keep].tobytes()
+
+
+def _parse_quoted(data: bytes, text: str, sep: str, has_header: bool) -> pl.DataFrame:
+    """A block with quotes that are not plain, by pyarrow's csv parser, as polars names and types it."""
+    first = next((r for r in csv.reader(io.StringIO(text), delimiter=sep, quotechar='"') if r), [])
+    names = _polars_names(first) if has_header else [f"column_{i}" for i in range(len(first))]
+    table = pacsv.read_csv(
+        io.BytesIO(data),
+        read_options=pacsv.ReadOptions(column_names=names, skip_rows=int(has_header), use_threads=False),
+        parse_options=pacsv.ParseOptions(delimiter=sep, quote_char='"', newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()),
+            strings_can_be_null=True,
+            null_values=[""],
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    return pl.from_arrow(table)
+
+
+def _polars_names(header: list[str]) -> list[str]:
+    """A header's column names as polars makes them unique (``a``, ``a_duplicated_0``, ...)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in header:
+        k = seen.get(name)
+        out.append(name if k is None else f"{name}_duplicated_{k}")
+        seen[name] = 0 if k is None else k + 1
+    return out
+
+
+def _kind(sep: str) -> str:
+    return "tsv" if sep == "\t" else "csv"
+
+
+def _raise_ragged(path: str, text: str, sep: str, has_header: bool, block, rows: int, want: int | None) -> None:
+    """Raise naming the block's first row whose field count is not ``want`` (default: its first row's)."""
+    ragged = _ragged_row(text, sep, has_header, want)
+    if ragged is not None:
+        line, row, got, expected = ragged
+        line, row = block.line0 + line, rows + row
+        where = f"line {line}" + (f" (data row {row})" if row >= 1 else "")
+        raise InputError(f"corrupt {_kind(sep)}: {where} has {got} fields, expected {expected}", path=path) from None
+
+
+def _ragged_row(text: str, sep: str, has_header: bool, want: int | None = None) -> tuple[int, int, int, int] | None:
+    """(line, data row, fields, expected fields) of the first row whose field count is not ``want``
+    (default: the first row's)."""
+    reader = csv.reader(io.StringIO(text), delimiter=sep, quotechar='"')
+    rows = 0
+    for fields in reader:
+        if not fields:
+            continue  # a blank line is no row, for polars either
+        if want is None:
+            want = len(fields)
+            rows += not has_header
+            continue
+        rows += 1
+        if len(fields) != want:
+            return reader.line_num, rows, len(fields), want
+    return None
