@@ -1,6 +1,7 @@
 """Partitioned dedup (curate.dedup.partitioned) decides exactly as the in-memory path does."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -187,11 +188,18 @@ def test_pairs_filtered_as_they_are_made_are_the_pairs_filtered_at_the_end(monke
         assert np.array_equal(near.unique_ints(a), np.unique(a))
 
 
-def test_band_partitions_fanned_out_over_the_cluster_decide_as_in_one_process(ray_local):
-    """In a build's dedup task the pHash bands' partitions are jobs too (each (mask, partition) a Ray task
-    anywhere in the cluster, reading the partition's spill file from the task's node): the decisions are
-    those made in one process, and the jobs ran on more than one of the session's three nodes."""
+def test_band_masks_fanned_out_over_the_cluster_decide_as_in_one_process(ray_local):
+    """In a build's dedup task the pHash band masks are jobs too (each mask a Ray task anywhere in the
+    cluster, scattering the distinct values, read from the task's node through a replica on its own, into
+    partitions in its node's scratch directory and searching each): the decisions are those made in one
+    process, the jobs ran on more than one of the session's three nodes, and no replica or partition
+    file is left behind."""
     import ray
+
+    from curate.core import storage
+
+    scratch = Path(storage.scratch_dir())
+    before = {p.name for p in scratch.glob("clip-tiers-*")}
 
     from curate.core import raypool
     from curate.dedup.copies import verifying_with
@@ -215,5 +223,6 @@ def test_band_partitions_fanned_out_over_the_cluster_decide_as_in_one_process(ra
 
     got, ran = ray.get(dedup_task.remote(), timeout=300)
     assert got.equals(want)
-    bands = [node for name, node in ran if name == "band_partition_pairs"]
-    assert len(bands) >= 30 * partitions(6_000, 1_000) // 2 and len(set(bands)) >= 2
+    bands = [node for name, node in ran if name == "mask_pairs"]
+    assert len(bands) == 30 and len(set(bands)) >= 2
+    assert {p.name for p in scratch.glob("clip-tiers-*")} <= before

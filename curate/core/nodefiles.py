@@ -101,8 +101,9 @@ def _ranges(path: Path, origin: str, size: int, mark: bool):
 
 @dataclass(frozen=True)
 class NodeFile:
-    """A scratch file that one job reads once, whole (a partition's spill): read from where it is, with no
-    replica kept. Made on the node that wrote it; the job may run on any."""
+    """A scratch file jobs read (a partition's spill, the distinct pHash values): made on the node that
+    wrote it; a job may run on any. Read once, whole, through :meth:`buffer` (no replica kept), or by
+    several jobs through :meth:`local` (a replica per node, which its owner removes with :func:`drop`)."""
 
     path: str
     size: int = field(init=False)
@@ -111,6 +112,10 @@ class NodeFile:
     def __post_init__(self):
         object.__setattr__(self, "size", os.path.getsize(self.path))
         object.__setattr__(self, "origin", this_node())
+
+    def local(self) -> Path:
+        """A path to read the file at on this node (see :func:`local`)."""
+        return local(Path(self.path), self.origin, self.size)
 
     def buffer(self):
         """The file's bytes as a ``pyarrow.Buffer``: memory-mapped on its own node, else read from it."""

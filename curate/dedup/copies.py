@@ -167,7 +167,7 @@ def verified_pairs(
 def verifying_with(map_fn):
     """Within the block, :func:`copy_pairs` over spilled thumbnails hands its chunks of candidates, and
     its neighbour search's jobs where the search vectors are spilled too, and the partitioned path its pHash
-    bands' partitions (:func:`curate.dedup.partitioned.band_partition_pairs`), to ``map_fn(fn, jobs)``
+    band masks (:func:`curate.dedup.partitioned.mask_pairs`), to ``map_fn(fn, jobs)``
     (``fn(*job)`` for each job, results in order: e.g. Ray tasks anywhere in the cluster,
     :func:`curate.core.raypool.fan_out`) instead of running them here one after another. ``None``:
     here. The jobs, and so the pairs found, are the same either way."""

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.core import schema
+from curate.core import nodefiles, schema, storage
 from curate.core.nodefiles import NodeFile
 from curate.dedup.clusters import Links, keepers
 from curate.dedup.copies import job_map
@@ -42,13 +42,11 @@ from curate.dedup.decide import DedupConfig, _group_ids, normalise_caption, veri
 from curate.dedup.near import _masks, _pairs_in_runs, aspect_differs, log_aspect
 from curate.dedup.neighbours import PackedPairs, SpilledPairs, in_order
 from curate.dedup.semantic import SemanticConfig, semantic_pairs
-from curate.dedup.source import BATCH_ROWS, Source
+from curate.dedup.source import Source
 from curate.dedup.thumbstore import spilled_thumbs
 
 log = logging.getLogger(__name__)
 
-# Band spills written in one pass over the distinct hashes: masks per pass x partitions open files.
-OPEN_FILES = 512
 # Files open at once while scattering are a few per partition; 1,024 partitions of 1M rows hold 1B.
 MAX_PARTITIONS = 1024
 
@@ -84,23 +82,6 @@ class Spill:
         for w in self.writers:
             if w is not None:
                 w.close()
-
-    def coalesced(self, rows: int) -> Iterator[pa.Table]:
-        """All partitions' rows in order, as tables of about ``rows`` rows; the files stay."""
-        self.close()
-        pending: list[pa.RecordBatch] = []
-        for p, w in zip(self.paths, self.writers, strict=True):
-            if w is None:
-                continue
-            with pa.memory_map(str(p)) as src:
-                reader = pa.ipc.open_file(src)
-                for k in range(reader.num_record_batches):
-                    pending.append(reader.get_batch(k))
-                    if sum(b.num_rows for b in pending) >= rows:
-                        yield pa.Table.from_batches(pending)
-                        pending = []
-        if pending:
-            yield pa.Table.from_batches(pending)
 
     def files(self) -> list[NodeFile]:
         """The non-empty partitions' files, each for one job to read (on any node of the cluster)."""
@@ -191,33 +172,38 @@ def _equal_hashes(hashes: Spill, verify: bool, work: Path, links: dict[str, list
     return distinct
 
 
-def _band_pairs(distinct: Spill, cfg: DedupConfig, work: Path, parts: int, tolerance: float, found) -> None:
-    """pHash pairs within ``near_k`` found by the band masks, each mask's keys partitioned on their own,
-    handed to ``found.add(i, j)`` (first rows) as found. Several masks share one pass over the distinct
-    values; each (mask, partition) is then a job, run here in order or, in a build's dedup task, as Ray
-    tasks across the cluster (:func:`curate.dedup.copies.job_map`). The pairs are the same either way:
-    ``found`` makes them unique and sorts them."""
-    masks = _masks(cfg.near_config())
-    per_pass = max(1, OPEN_FILES // parts)
-    map_fn = job_map() or in_order
-    for start in range(0, len(masks), per_pass):
-        group = masks[start : start + per_pass]
-        bands = [Spill(work, f"band{start + m}", parts) for m in range(len(group))]
-        for t in distinct.coalesced(BATCH_ROWS):
-            h = t.column("phash").to_numpy()
-            for mask, spill in zip(group, bands, strict=True):
-                spill.add(t, _part(h & mask, parts))
-        jobs = [(f, mask, cfg.near_k, tolerance) for mask, b in zip(group, bands, strict=True) for f in b.files()]
-        for i, j in map_fn(band_partition_pairs, jobs):
-            found.add(i, j)
-        for spill in bands:
-            spill.remove()
+def _band_pairs(distinct: Spill, cfg: DedupConfig, parts: int, tolerance: float, found) -> None:
+    """pHash pairs within ``near_k`` found by the band masks, handed to ``found.add(i, j)`` (first rows)
+    as found. Each mask is a job (:func:`mask_pairs`): it partitions the distinct values by their bits
+    under the mask and searches each partition; run here in order or, in a build's dedup task, as Ray
+    tasks across the cluster (:func:`curate.dedup.copies.job_map`), which then also share the scatter.
+    The pairs are the same either way: ``found`` makes them unique and sorts them."""
+    files = distinct.files()  # one file, or none where no row has a pHash
+    jobs = [(f, mask, parts, cfg.near_k, tolerance) for f in files for mask in _masks(cfg.near_config())]
+    for i, j in (job_map() or in_order)(mask_pairs, jobs):
+        found.add(i, j)
 
 
-def band_partition_pairs(f: NodeFile, mask: np.uint64, k: int, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
-    """The pairs (first rows) of one band mask's partition ``f``: equal under ``mask``, within ``k`` bits,
-    shapes within ``tolerance`` (0: any)."""
-    t = pa.ipc.open_file(f.buffer()).read_all()
+def mask_pairs(values: NodeFile, mask: np.uint64, parts: int, k: int, tolerance: float):
+    """The pairs (first rows) of the distinct pHash ``values`` equal under ``mask``, within ``k`` bits,
+    shapes within ``tolerance`` (0: any): the values scattered into ``parts`` partitions by their bits
+    under the mask (in this node's scratch directory), each partition then searched alone, so a job
+    holds one partition whatever the pool's size. ``values`` is read where it lies, or from a replica
+    on this node that the node's jobs share."""
+    found: list[tuple[np.ndarray, np.ndarray]] = []
+    with tempfile.TemporaryDirectory(prefix="clip-tiers-band-", dir=storage.scratch_dir()) as d:
+        band = Spill(Path(d), "band", parts)
+        with pa.memory_map(str(values.local())) as src:
+            reader = pa.ipc.open_file(src)
+            for b in range(reader.num_record_batches):
+                batch = reader.get_batch(b)
+                band.add(batch, _part(batch.column("phash").to_numpy() & mask, parts))
+        for t in band:  # each partition memory-mapped, its file removed once read
+            found.append(_partition_pairs(t, mask, k, tolerance))
+    return _concat(found)
+
+
+def _partition_pairs(t: pa.Table, mask: np.uint64, k: int, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
     h = t.column("phash").to_numpy()
     keys = h & mask
     order = np.argsort(keys)  # run membership, not order within a run, makes the pairs
@@ -255,7 +241,10 @@ def _links(source: Source, cfg: DedupConfig, work: Path, parts: int, embeddings,
         # at a time: held whole, with their copies on the way to the search, they grew the dedup task by
         # ~250 MB at 930,000 images (4.8M distinct pairs; bench/near_scale.py).
         pairs = SpilledPairs(source.num_rows, work) if verify else PackedPairs(source.num_rows)
-        _band_pairs(distinct, cfg, work, parts, tolerance, pairs)
+        try:
+            _band_pairs(distinct, cfg, parts, tolerance, pairs)
+        finally:
+            nodefiles.drop(work)  # the replicas of the distinct values that other nodes' jobs read
         clock("bands")
         if verify:
             for i, j in found.pop("candidates"):
