@@ -25,11 +25,10 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -43,6 +42,7 @@ from curate.dedup.near import _masks, _pairs_in_runs, aspect_differs, log_aspect
 from curate.dedup.neighbours import PackedPairs, SpilledPairs, in_order
 from curate.dedup.semantic import SemanticConfig, semantic_pairs
 from curate.dedup.source import Source
+from curate.dedup.spill import Spill, part_of, string_part_of
 from curate.dedup.thumbstore import spilled_thumbs
 
 log = logging.getLogger(__name__)
@@ -56,63 +56,6 @@ def partitions(rows: int, partition_rows: int) -> int:
     if partition_rows <= 0:
         return 1
     return int(min(MAX_PARTITIONS, max(1, -(-rows // partition_rows))))
-
-
-class Spill:
-    """Rows scattered into ``parts`` Arrow IPC files by a partition id, each read back alone. Rows keep
-    their order within a partition (batches arrive in row order, and the split is stable)."""
-
-    def __init__(self, directory: Path, name: str, parts: int):
-        self.paths = [directory / f"{name}-{p:05d}.arrow" for p in range(parts)]
-        self.writers: list[pa.ipc.RecordBatchFileWriter | None] = [None] * parts
-
-    def add(self, batch: pa.RecordBatch | pa.Table, pid: np.ndarray) -> None:
-        # A stable sort of 16-bit ids is a radix sort in numpy: linear, so scattering stays cheap.
-        order = np.argsort(pid.astype(np.uint16), kind="stable")
-        counts = np.bincount(pid, minlength=len(self.paths))
-        batch = batch.take(pa.array(order))
-        start = 0
-        for p in np.flatnonzero(counts):
-            if self.writers[p] is None:
-                self.writers[p] = pa.ipc.new_file(str(self.paths[p]), batch.schema)
-            self.writers[p].write(batch.slice(start, counts[p]))
-            start += counts[p]
-
-    def close(self) -> None:
-        for w in self.writers:
-            if w is not None:
-                w.close()
-
-    def files(self) -> list[NodeFile]:
-        """The non-empty partitions' files, each for one job to read (on any node of the cluster)."""
-        self.close()
-        return [NodeFile(str(p)) for p, w in zip(self.paths, self.writers, strict=True) if w is not None]
-
-    def remove(self) -> None:
-        for p in self.paths:
-            p.unlink(missing_ok=True)
-
-    def __iter__(self) -> Iterator[pa.Table]:
-        """Each non-empty partition in turn, memory-mapped, its file removed once read."""
-        self.close()
-        for p, w in zip(self.paths, self.writers, strict=True):
-            if w is None:
-                continue
-            with pa.memory_map(str(p)) as src:
-                yield pa.ipc.open_file(src).read_all()
-            p.unlink()
-
-
-def _part(keys: np.ndarray, parts: int) -> np.ndarray:
-    """Partition of each 64-bit key: Fibonacci hashing (one multiply), so keys that differ only in a
-    few bits, or only in low bits, still spread over all partitions."""
-    mixed = (np.asarray(keys, np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
-    return (mixed % np.uint64(parts)).astype(np.int64)
-
-
-def _string_part(values: pa.Array, parts: int) -> np.ndarray:
-    # polars hashes strings in native code; the hash need only agree within this run.
-    return (pl.Series(values).hash(seed=0).to_numpy() % np.uint64(parts)).astype(np.int64)
 
 
 def _group_columns(cfg: DedupConfig, names: Sequence[str]) -> dict[str, str]:
@@ -138,38 +81,54 @@ def _scatter(source: Source, cfg: DedupConfig, work: Path, parts: int) -> tuple[
                 values = pa.array([normalise_caption(c) for c in values.to_pylist()], pa.string())
             ok = values.is_valid().to_numpy(zero_copy_only=False)
             values = values.filter(pa.array(ok))
-            spills[kind].add(pa.record_batch({"row": rows[ok], "value": values}), _string_part(values, parts))
+            spills[kind].add(pa.record_batch({"row": rows[ok], "value": values}), string_part_of(values, parts))
         if hashes is not None:
             col = b.column(schema.PHASH)
             ok = col.is_valid().to_numpy(zero_copy_only=False)
             h = col.to_numpy(zero_copy_only=False)[ok].astype(np.uint64)
             shape = log_aspect(pa.Table.from_batches([b]))[ok]
-            hashes.add(pa.record_batch({"row": rows[ok], "phash": h, "shape": shape}), _part(h, parts))
+            hashes.add(pa.record_batch({"row": rows[ok], "phash": h, "shape": shape}), part_of(h, parts))
     return spills, hashes
 
 
 def _equal_hashes(hashes: Spill, verify: bool, work: Path, links: dict[str, list]) -> Spill:
-    """Per pHash partition: rows of one value linked (or, to be verified, made candidates of the value's
-    first row); returns the distinct values with that first row and its shape, in one spill file."""
+    """Per pHash partition a job (:func:`equal_hashes`); returns the distinct values with their first row
+    and its shape, in one spill file, in partition order."""
     distinct = Spill(work, "distinct", 1)
-    for t in hashes:
-        rows, h = t.column("row").to_numpy(), t.column("phash").to_numpy()
-        values, first, inverse = np.unique(h, return_index=True, return_inverse=True)
-        inverse = inverse.ravel()
-        if verify:
-            rep = rows[first][inverse]
-            other = rep != rows
-            links["candidates"].append((rows[other], rep[other]))
-        else:
-            g = Links(0)
-            g.add_groups("near", inverse, rows=rows)
-            links["near"].append(g.by_kind["near"])
-        shape = t.column("shape").to_numpy()[first]
-        distinct.add(
-            pa.record_batch({"phash": values, "row": rows[first], "shape": shape}), np.zeros(len(values), int)
-        )
+    jobs = [(f, verify) for f in hashes.files()]
+    for pairs, values, first, shape in (job_map() or in_order)(equal_hashes, jobs):
+        links["candidates" if verify else "near"].append(pairs)
+        batch = pa.record_batch({"phash": values, "row": first, "shape": shape})
+        distinct.add(batch, np.zeros(len(values), int))
+    hashes.remove()
     distinct.close()
     return distinct
+
+
+def equal_hashes(f: NodeFile, verify: bool):
+    """One pHash partition's rows of one value: linked (or, to be verified, each made a candidate of the
+    value's first row), and the distinct values with that first row and its shape."""
+    t = pa.ipc.open_file(f.buffer()).read_all()
+    rows, h = t.column("row").to_numpy(), t.column("phash").to_numpy()
+    values, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    if verify:
+        rep = rows[first][inverse]
+        other = rep != rows
+        pairs = (rows[other], rep[other])
+    else:
+        g = Links(0)
+        g.add_groups("near", inverse, rows=rows)
+        pairs = g.by_kind["near"]
+    return pairs, values, rows[first], t.column("shape").to_numpy()[first]
+
+
+def group_links(kind: str, f: NodeFile) -> tuple[np.ndarray, np.ndarray]:
+    """The links of one partition of a group key (sha256, pixel hash, caption): rows of one value."""
+    t = pa.ipc.open_file(f.buffer()).read_all()
+    part = Links(0)
+    part.add_groups(kind, _group_ids(t.column("value")), rows=t.column("row").to_numpy())
+    return part.by_kind[kind]
 
 
 def _band_pairs(distinct: Spill, cfg: DedupConfig, parts: int, tolerance: float, found) -> None:
@@ -197,7 +156,7 @@ def mask_pairs(values: NodeFile, mask: np.uint64, parts: int, k: int, tolerance:
             reader = pa.ipc.open_file(src)
             for b in range(reader.num_record_batches):
                 batch = reader.get_batch(b)
-                band.add(batch, _part(batch.column("phash").to_numpy() & mask, parts))
+                band.add(batch, part_of(batch.column("phash").to_numpy() & mask, parts))
         for t in band:  # each partition memory-mapped, its file removed once read
             found.append(_partition_pairs(t, mask, k, tolerance))
     return _concat(found)
@@ -225,12 +184,12 @@ def _links(source: Source, cfg: DedupConfig, work: Path, parts: int, embeddings,
     spills, hashes = _scatter(source, cfg, work, parts)
     clock("scatter")
     links = Links(source.num_rows)
+    jobs = [(kind, f) for kind, spill in spills.items() for f in spill.files()]  # each partition a job
+    for (kind, _), pairs in zip(jobs, (job_map() or in_order)(group_links, jobs), strict=True):
+        found.setdefault(kind, []).append(pairs)
     for kind, spill in spills.items():
-        part = Links(0)
-        for t in spill:
-            part.add_groups(kind, _group_ids(t.column("value")), rows=t.column("row").to_numpy())
-            found.setdefault(kind, []).append(part.by_kind.pop(kind))
         links.add(kind, *_concat(found.pop(kind, [])))
+        spill.remove()
     clock("groups")
     if hashes is not None:
         verify = cfg.verify and (schema.THUMB in source.names or thumbs is not None)
