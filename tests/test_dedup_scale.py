@@ -193,7 +193,7 @@ def test_band_masks_fanned_out_over_the_cluster_decide_as_in_one_process(ray_loc
     cluster, scattering the distinct values, read from the task's node through a replica on its own, into
     partitions in its node's scratch directory and searching each): the decisions are those made in one
     process, the jobs ran on more than one of the session's three nodes, and no replica or partition
-    file is left behind. Each partition of the group keys and of the pHash values is a job as well."""
+    file is left behind. Each partition of the group keys is a job as well."""
     import ray
 
     from curate.core import storage
@@ -225,8 +225,6 @@ def test_band_masks_fanned_out_over_the_cluster_decide_as_in_one_process(ray_loc
     assert got.equals(want)
     bands = [node for name, node in ran if name == "mask_pairs"]
     assert len(bands) == 30 and len(set(bands)) >= 2
-    # The partitions of the group keys and of the pHash values are jobs too, one each.
-    parts = partitions(6_000, 1_000)
-    assert sum(name == "group_links" for name, _ in ran) == 2 * parts  # sha256, pixel hash
-    assert sum(name == "equal_hashes" for name, _ in ran) == parts
+    # The partitions of the group keys are jobs too, one each.
+    assert sum(name == "group_links" for name, _ in ran) == 2 * partitions(6_000, 1_000)  # sha256, pixels
     assert {p.name for p in scratch.glob("clip-tiers-*")} <= before

@@ -92,11 +92,13 @@ def _scatter(source: Source, cfg: DedupConfig, work: Path, parts: int) -> tuple[
 
 
 def _equal_hashes(hashes: Spill, verify: bool, work: Path, links: dict[str, list]) -> Spill:
-    """Per pHash partition a job (:func:`equal_hashes`); returns the distinct values with their first row
-    and its shape, in one spill file, in partition order."""
+    """Per pHash partition :func:`equal_hashes`, here (as jobs, their distinct values came back through
+    Ray's object store, ~24 bytes a row, and grew the task's resident memory by ~210 MB at 10M hashes
+    for ~0.5 s gained); returns the distinct values with their first row and its shape, in one spill
+    file, in partition order."""
     distinct = Spill(work, "distinct", 1)
-    jobs = [(f, verify) for f in hashes.files()]
-    for pairs, values, first, shape in (job_map() or in_order)(equal_hashes, jobs):
+    for f in hashes.files():
+        pairs, values, first, shape = equal_hashes(f, verify)
         links["candidates" if verify else "near"].append(pairs)
         batch = pa.record_batch({"phash": values, "row": first, "shape": shape})
         distinct.add(batch, np.zeros(len(values), int))
