@@ -143,7 +143,7 @@ def _odd_list(path, n: int, sep: str, end: str = "\n") -> None:
     lines = [f"url{sep}caption{sep}n"]
     for i in range(n):
         lines += [f"http://q.example/{i}.jpg{sep}{rng.choice(ODD_CAPTIONS)}{sep}{i}"] + [""] * (rng.random() < 0.05)
-    path.write_bytes((end.join(lines) + end + end).encode())  # blank lines too, which both parsers skip
+    path.write_bytes((end + end.join(lines) + end + end).encode())  # empty lines too, which both parsers skip
 
 
 def _as_img2dataset_reads(path, sep: str) -> pa.Table:

@@ -96,18 +96,20 @@ def _parse_quoted(data: bytes, text: str, sep: str, has_header: bool) -> pl.Data
     """A block with quotes that are not plain, by pyarrow's csv parser, as polars names and types it."""
     first = next((r for r in csv.reader(io.StringIO(text), delimiter=sep, quotechar='"') if r), [])
     names = _polars_names(first) if has_header else [f"column_{i}" for i in range(len(first))]
+    # pyarrow reads the header itself (skip_rows would count an empty line before it as a row)
+    read = pacsv.ReadOptions(column_names=None if has_header else names, use_threads=False)
     table = pacsv.read_csv(
         io.BytesIO(data),
-        read_options=pacsv.ReadOptions(column_names=names, skip_rows=int(has_header), use_threads=False),
+        read_options=read,
         parse_options=pacsv.ParseOptions(delimiter=sep, quote_char='"', newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
-            column_types=dict.fromkeys(names, pa.string()),
+            column_types=dict.fromkeys(first if has_header else names, pa.string()),
             strings_can_be_null=True,
             null_values=[""],
             quoted_strings_can_be_null=False,
         ),
     )
-    return pl.from_arrow(table)
+    return pl.from_arrow(table.rename_columns(names))
 
 
 def _polars_names(header: list[str]) -> list[str]:
