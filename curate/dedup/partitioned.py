@@ -149,12 +149,12 @@ def mask_pairs(values: NodeFile, mask: np.uint64, parts: int, k: int, tolerance:
     """The pairs (first rows) of the distinct pHash ``values`` equal under ``mask``, within ``k`` bits,
     shapes within ``tolerance`` (0: any): the values scattered into ``parts`` partitions by their bits
     under the mask (in this node's scratch directory), each partition then searched alone, so a job
-    holds one partition whatever the pool's size. ``values`` is read where it lies, or from a replica
-    on this node that the node's jobs share."""
+    holds one batch of values or one partition whatever the pool's size. ``values`` is read where it
+    lies, or from a replica on this node that the node's jobs share."""
     found: list[tuple[np.ndarray, np.ndarray]] = []
     with tempfile.TemporaryDirectory(prefix="clip-tiers-band-", dir=storage.scratch_dir()) as d:
         band = Spill(Path(d), "band", parts)
-        with pa.memory_map(str(values.local())) as src:
+        with pa.OSFile(str(values.local())) as src:  # a batch read at a time, not mapped whole
             reader = pa.ipc.open_file(src)
             for b in range(reader.num_record_batches):
                 batch = reader.get_batch(b)
