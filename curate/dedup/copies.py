@@ -166,8 +166,8 @@ def verified_pairs(
 @contextlib.contextmanager
 def verifying_with(map_fn):
     """Within the block, :func:`copy_pairs` over spilled thumbnails hands its chunks of candidates, and
-    its neighbour search's jobs where the search vectors are spilled too, and the partitioned path its pHash
-    band masks (:func:`curate.dedup.partitioned.mask_pairs`), to ``map_fn(fn, jobs)``
+    its neighbour search's jobs where the search vectors are spilled too, and the partitioned path its group
+    keys' partitions and pHash band masks (:mod:`curate.dedup.partitioned`), to ``map_fn(fn, jobs)``
     (``fn(*job)`` for each job, results in order: e.g. Ray tasks anywhere in the cluster,
     :func:`curate.core.raypool.fan_out`) instead of running them here one after another. ``None``:
     here. The jobs, and so the pairs found, are the same either way."""

@@ -39,7 +39,7 @@ class Spill:
                 w.close()
 
     def files(self) -> list[NodeFile]:
-        """The non-empty partitions' files, each for one job to read (on any node of the cluster)."""
+        """The non-empty partitions' files, for jobs to read (on any node of the cluster)."""
         self.close()
         return [NodeFile(str(p)) for p, w in zip(self.paths, self.writers, strict=True) if w is not None]
 

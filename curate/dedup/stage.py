@@ -110,9 +110,10 @@ def run_dedup(
 
 def _decide_unit(build_dir: str, unit: runner.Unit) -> dict:
     # In a Ray worker (a build) the neighbour search and the near-copy verification, nearly all of the
-    # task's time, and the pHash bands' partitions run as Ray tasks across the cluster, one job each; the
-    # task itself waits on them. Tasks on other nodes read this node's spilled files through
-    # curate.core.nodefiles (a replica of the thumbnails and vectors; a partition's file, once).
+    # task's time, the pHash band masks and the group keys' partitions run as Ray tasks across the
+    # cluster, one job each; the task itself waits on them. Tasks on other nodes read this node's spilled
+    # files through curate.core.nodefiles (a replica of the thumbnails, vectors and distinct pHash
+    # values; a group partition's file, once).
     from curate.core import raypool
     from curate.dedup.copies import verifying_with
 

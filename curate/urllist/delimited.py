@@ -16,7 +16,6 @@ import io
 import re
 from collections.abc import Iterator
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -64,7 +63,7 @@ def tables(path: str, sep: str, url_col: str, caption_col: str) -> Iterator[pa.T
 def _parse(path: str, text: str, sep: str, has_header: bool, block, rows: int, want: int | None = None):
     try:
         if block.plain:
-            data = io.BytesIO(_without_blank_lines(block.data))
+            data = io.BytesIO(textblocks.without_empty_lines(block.data))
             return pl.read_csv(data, separator=sep, has_header=has_header, infer_schema=False, quote_char='"')
         return _parse_quoted(block.data, text, sep, has_header)
     except (pl.exceptions.PolarsError, pa.ArrowInvalid, ValueError) as e:
@@ -72,24 +71,6 @@ def _parse(path: str, text: str, sep: str, has_header: bool, block, rows: int, w
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         where = f" (in the lines from {block.line0 + 1})" if block.line0 else ""
         raise InputError(f"corrupt {_kind(sep)}: {first}{where}", path=path) from None
-
-
-def _without_blank_lines(data: bytes) -> bytes:
-    """A plain block without its empty lines outside quoted fields: pyarrow's parser (img2dataset's) skips
-    them, polars would read each as a row of nulls, a row without a URL."""
-    a = np.frombuffer(data, np.uint8)
-    newlines = np.flatnonzero(a == 0x0A)
-    cr = (newlines >= 1) & (a[np.maximum(newlines - 1, 0)] == 0x0D)
-    start = newlines - cr  # where the line's end begins
-    blank = (start == 0) | (a[np.maximum(start - 1, 0)] == 0x0A)
-    if not blank.any():
-        return data
-    quotes = np.flatnonzero(a == 0x22)
-    blank &= np.searchsorted(quotes, newlines) % 2 == 0  # not inside a quoted field
-    keep = np.ones(len(a), bool)
-    keep[newlines[blank]] = False
-    keep[(newlines - 1)[blank & cr]] = False
-    return a[keep].tobytes()
 
 
 def _parse_quoted(data: bytes, text: str, sep: str, has_header: bool) -> pl.DataFrame:

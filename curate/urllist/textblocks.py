@@ -81,13 +81,36 @@ def _scan(data: bytes, sep: int | None) -> tuple[int, int]:
     a = np.frombuffer(data, np.uint8)
     newlines = np.flatnonzero(a == 0x0A)
     quotes = np.flatnonzero(a == 0x22)
-    if _all_plain(a, quotes, sep):  # each quote opens or closes: outside quotes is after an even number
-        outside = newlines[np.searchsorted(quotes, newlines) % 2 == 0]
+    if _all_plain(a, quotes, sep):
+        outside = newlines[outside_plain_quotes(quotes, newlines)]
         return (int(outside[-1]) + 1 if len(outside) else 0), len(data)
     opens, closes, odd = _quoted_fields(data, quotes.tolist(), sep)
     at = np.searchsorted(opens, newlines, side="right") - 1  # the quoted field each newline follows
     outside = newlines[(at < 0) | (newlines > np.append(closes, -1)[at])]
     return (int(outside[-1]) + 1 if len(outside) else 0), odd
+
+
+def outside_plain_quotes(quotes: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Which offsets ``at`` lie outside quoted fields, where every quote is plain (each opens or closes a
+    field, a doubled one closing and reopening it): those after an even number of quotes."""
+    return np.searchsorted(quotes, at) % 2 == 0
+
+
+def without_empty_lines(data: bytes) -> bytes:
+    """A plain block of csv or tsv records without its empty lines (outside quoted fields), which
+    pyarrow's parser (img2dataset's) skips and polars would read as a row of nulls."""
+    a = np.frombuffer(data, np.uint8)
+    newlines = np.flatnonzero(a == 0x0A)
+    cr = (newlines >= 1) & (a[np.maximum(newlines - 1, 0)] == 0x0D)
+    start = newlines - cr  # where the line's end begins
+    empty = (start == 0) | (a[np.maximum(start - 1, 0)] == 0x0A)
+    if not empty.any():
+        return data
+    empty &= outside_plain_quotes(np.flatnonzero(a == 0x22), newlines)
+    keep = np.ones(len(a), bool)
+    keep[newlines[empty]] = False
+    keep[(newlines - 1)[empty & cr]] = False
+    return a[keep].tobytes()
 
 
 def _all_plain(a: np.ndarray, quotes: np.ndarray, sep: int | None) -> bool:
