@@ -1,0 +1,51 @@
+"""Stopping a Ray of our own: the autoscaler's monitor is killed before ``ray.shutdown`` stops the GCS
+(after which the monitor's SIGTERM handler hung until Ray's one-second grace ran out)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+from curate.core.runtime import _stop_monitor
+
+# A monitor as it behaves once the GCS is gone: SIGTERM does not end it.
+HANGS_ON_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, lambda *a: time.sleep(60)); time.sleep(60)"
+
+
+def fake_ray(processes: dict) -> SimpleNamespace:
+    node = SimpleNamespace(all_processes=processes)
+    return SimpleNamespace(_private=SimpleNamespace(worker=SimpleNamespace(_global_node=node)))
+
+
+def test_the_monitor_is_killed_at_once_and_nothing_else_is_touched():
+    monitor = subprocess.Popen([sys.executable, "-c", HANGS_ON_SIGTERM])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        processes = {"monitor": [SimpleNamespace(process=monitor)], "raylet": [SimpleNamespace(process=other)]}
+        _stop_monitor(fake_ray(processes))
+        assert monitor.poll() is not None  # reaped on return: no grace waited out
+        assert other.poll() is None  # the raylet and the rest are ray.shutdown's to stop, in its order
+    finally:
+        for p in (monitor, other):
+            p.kill()
+            p.wait()
+
+
+def test_without_rays_private_node_nothing_is_done():
+    _stop_monitor(SimpleNamespace())  # a Ray version without the private handle
+    _stop_monitor(fake_ray({}))  # a node started without a monitor
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    _stop_monitor(fake_ray({"monitor": [SimpleNamespace(process=done)]}))  # already exited
+
+
+def test_the_installed_ray_has_the_handle_we_use():
+    """If a Ray upgrade renames these, shutdown silently goes back to ~1 s slower: fail here instead."""
+    import ray._private.node
+    import ray._private.ray_constants
+    import ray._private.worker
+
+    assert hasattr(ray._private.worker, "_global_node")
+    assert ray._private.ray_constants.PROCESS_TYPE_MONITOR == "monitor"
+    assert "self.all_processes" in open(ray._private.node.__file__).read()
