@@ -219,8 +219,38 @@ def test_a_block_read_by_either_parser_gives_the_same_table(tmp_path):
 
 def test_a_ragged_row_in_a_block_with_odd_quotes_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(textblocks, "BLOCK", 64)
-    body = "".join(f'http://a/{i},a {i}" screen\n' for i in range(1, 40))
+    body = "".join(f'http://a/{i},a {i}" screen\n' if i != 38 else f"http://a/{i}\n" for i in range(1, 40))
     p = tmp_path / "ragged.csv"
     p.write_text("url,caption\n" + body + 'http://a/40,7" tab,extra\n')
     with pytest.raises(InputError, match=r"line 41 \(data row 40\) has 3 fields, expected 2"):
         read_url_list(p)
+
+
+@pytest.mark.parametrize("odd", [True, False])
+@pytest.mark.parametrize("size", [16, 64, 300, 1 << 23])
+def test_a_short_row_is_padded_with_nulls_wherever_it_lies(tmp_path, monkeypatch, odd, size):
+    """First in a block, inside a block polars parses or one pyarrow parses, after a quoted newline, on
+    the last line without its newline: a row short of fields reads as the full row with nulls for what
+    it lacks (polars pads it; pyarrow alone refuses it), so where the blocks are cut changes nothing."""
+    monkeypatch.setattr(textblocks, "BLOCK", size)
+    rng = random.Random(size)
+    captions = ODD_CAPTIONS if odd else ["plain", "", '"q, ""r"""', '"two\nlines"', '""']
+    full, short, kept = ["url,caption,n"], ["url,caption,n"], []
+    for i in range(300):
+        fields = [f"http://s/{i}.jpg", rng.choice(captions), str(i)]
+        keep = 3 if rng.random() > 0.2 else rng.choice([1, 2])
+        full.append(",".join(fields))
+        short.append(",".join(fields[:keep]))
+        kept.append(keep)
+    kept[-1] = 1  # the last line, without a newline, is short too
+    short[-1] = full[-1].split(",")[0]
+    (tmp_path / "full.csv").write_text("\r\n".join(full))
+    (tmp_path / "short.csv").write_text("\r\n".join(short))
+    want = _as_img2dataset_reads(tmp_path / "full.csv", ",")
+    got = read_url_list(tmp_path / "short.csv")
+    assert got.column("url").to_pylist() == want.column("url").to_pylist()
+    caps, ns = want.column("caption").to_pylist(), want.column("n").to_pylist()
+    assert got.column("caption").to_pylist() == [c if k >= 2 else None for c, k in zip(caps, kept, strict=True)]
+    assert got.column("n").to_pylist() == [n if k >= 3 else None for n, k in zip(ns, kept, strict=True)]
+    blocks = list(textblocks.blocks(str(tmp_path / "short.csv"), ","))
+    assert any(not b.plain for b in blocks) == odd

@@ -7,6 +7,10 @@ and ``"Hello" poster`` reads as ``Hello poster``. polars parses a block whose qu
 :mod:`~curate.urllist.textblocks`) the same way and faster; it refuses any other quote (``CSV
 malformed``), so such a block goes to pyarrow's parser, told to keep polars' nulls: an empty unquoted
 field is null, ``""`` the empty string. Empty lines are skipped, as pyarrow's parser skips them.
+
+A row with fewer fields than the header is padded with nulls (polars' rule; pyarrow's parser, and so
+img2dataset, refuses it) wherever it lies: first in a block, or in a block pyarrow parses. A row with
+more fields is refused, naming its line.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import io
 import re
 from collections.abc import Iterator
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -64,8 +69,14 @@ def _parse(path: str, text: str, sep: str, has_header: bool, block, rows: int, w
     try:
         if block.plain:
             data = io.BytesIO(textblocks.without_empty_lines(block.data))
-            return pl.read_csv(data, separator=sep, has_header=has_header, infer_schema=False, quote_char='"')
-        return _parse_quoted(block.data, text, sep, has_header)
+            if want is None:
+                return pl.read_csv(data, separator=sep, has_header=has_header, infer_schema=False, quote_char='"')
+            # A later block's width is the header's, not its first row's (which may be short).
+            named = dict.fromkeys((f"column_{i}" for i in range(want)), pl.String)
+            return pl.read_csv(
+                data, separator=sep, has_header=False, schema=named, missing_columns="insert", quote_char='"'
+            )
+        return _parse_quoted(block.data, text, sep, has_header, want)
     except (pl.exceptions.PolarsError, pa.ArrowInvalid, ValueError) as e:
         _raise_ragged(path, text, sep, has_header, block, rows, want)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -73,24 +84,55 @@ def _parse(path: str, text: str, sep: str, has_header: bool, block, rows: int, w
         raise InputError(f"corrupt {_kind(sep)}: {first}{where}", path=path) from None
 
 
-def _parse_quoted(data: bytes, text: str, sep: str, has_header: bool) -> pl.DataFrame:
-    """A block with quotes that are not plain, by pyarrow's csv parser, as polars names and types it."""
+def _parse_quoted(data: bytes, text: str, sep: str, has_header: bool, want: int | None = None) -> pl.DataFrame:
+    """A block with quotes that are not plain, by pyarrow's csv parser, as polars names and types it
+    (short rows padded with nulls, as polars pads them)."""
     first = next((r for r in csv.reader(io.StringIO(text), delimiter=sep, quotechar='"') if r), [])
-    names = _polars_names(first) if has_header else [f"column_{i}" for i in range(len(first))]
+    width = want if want is not None else len(first)
+    names = _polars_names(first) if has_header else [f"column_{i}" for i in range(width)]
     # pyarrow reads the header itself (skip_rows would count an empty line before it as a row)
     read = pacsv.ReadOptions(column_names=None if has_header else names, use_threads=False)
-    table = pacsv.read_csv(
-        io.BytesIO(data),
-        read_options=read,
-        parse_options=pacsv.ParseOptions(delimiter=sep, quote_char='"', newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(
-            column_types=dict.fromkeys(first if has_header else names, pa.string()),
-            strings_can_be_null=True,
-            null_values=[""],
-            quoted_strings_can_be_null=False,
-        ),
+    parse = pacsv.ParseOptions(delimiter=sep, quote_char='"', newlines_in_values=True)
+    convert = pacsv.ConvertOptions(
+        column_types=dict.fromkeys(first if has_header else names, pa.string()),
+        strings_can_be_null=True,
+        null_values=[""],
+        quoted_strings_can_be_null=False,
     )
+    try:
+        table = pacsv.read_csv(io.BytesIO(data), read_options=read, parse_options=parse, convert_options=convert)
+    except pa.ArrowInvalid:
+        padded = _pad_short_rows(data, text, sep, width)
+        if padded is None:  # a long row (or no short one): the caller names it
+            raise
+        table = pacsv.read_csv(io.BytesIO(padded), read_options=read, parse_options=parse, convert_options=convert)
     return pl.from_arrow(table.rename_columns(names))
+
+
+def _pad_short_rows(data: bytes, text: str, sep: str, width: int) -> bytes | None:
+    """``data`` with empty unquoted fields (nulls) appended to each row that has fewer than ``width``
+    fields, or None where a row has more, or none has fewer. Only after pyarrow refused the block."""
+    short: list[tuple[int, int]] = []  # (line the row ends on, fields missing)
+    reader = csv.reader(io.StringIO(text), delimiter=sep, quotechar='"')
+    try:
+        for fields in reader:
+            if len(fields) > width:
+                return None
+            if fields and len(fields) < width:
+                short.append((reader.line_num, width - len(fields)))
+    except csv.Error:
+        return None
+    if not short:
+        return None
+    newlines = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n"))
+    pieces, at = [], 0
+    for line, missing in short:
+        end = int(newlines[line - 1]) if line <= len(newlines) else len(data)  # the last line may have none
+        end -= end > 0 and data[end - 1 : end] == b"\r"
+        pieces += [data[at:end], sep.encode() * missing]
+        at = end
+    pieces.append(data[at:])
+    return b"".join(pieces)
 
 
 def _polars_names(header: list[str]) -> list[str]:
@@ -119,8 +161,8 @@ def _raise_ragged(path: str, text: str, sep: str, has_header: bool, block, rows:
 
 
 def _ragged_row(text: str, sep: str, has_header: bool, want: int | None = None) -> tuple[int, int, int, int] | None:
-    """(line, data row, fields, expected fields) of the first row whose field count is not ``want``
-    (default: the first row's)."""
+    """(line, data row, fields, expected fields) of the first row with more fields than ``want`` (default:
+    the first row's); a shorter row is padded, not refused."""
     reader = csv.reader(io.StringIO(text), delimiter=sep, quotechar='"')
     rows = 0
     for fields in reader:
@@ -131,6 +173,6 @@ def _ragged_row(text: str, sep: str, has_header: bool, want: int | None = None) 
             rows += not has_header
             continue
         rows += 1
-        if len(fields) != want:
+        if len(fields) > want:
             return reader.line_num, rows, len(fields), want
     return None
