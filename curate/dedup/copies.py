@@ -33,15 +33,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from curate.annotate.image import DETAIL_SIDE, THUMB_SIDE
-from curate.core import storage
 from curate.core.runtime import keep_freed_heap
+from curate.core.scratch import directory as scratch_directory
 from curate.dedup.align import PAIR_BLOCK, CopyConfig, normalised, verify
 from curate.dedup.near import aspect_differs
 from curate.dedup.neighbours import candidates, in_order, packed
@@ -187,7 +186,7 @@ def _workdir(scratch: str | None):
     """``scratch`` (a directory for the search's spill files), or a temporary one."""
     if scratch is not None:
         return contextlib.nullcontext(Path(scratch))
-    return tempfile.TemporaryDirectory(prefix="clip-tiers-pairs-", dir=storage.scratch_dir())
+    return scratch_directory("pairs")
 
 
 def _spilled_vectors(t, scratch: str):

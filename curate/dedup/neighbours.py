@@ -23,13 +23,12 @@ packed, where they are not to be verified.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from curate.core import storage
+from curate.core import scratch
 from curate.core.buckets import Buckets
 from curate.core.runtime import keep_freed_heap
 from curate.dedup.near import unique_ints
@@ -104,7 +103,7 @@ class SpilledPairs:
 def neighbour_pairs(x, cfg) -> tuple[np.ndarray, np.ndarray]:
     """(i, j), i < j: each row's ``cfg.neighbours`` nearest rows of unit vectors ``x`` by cosine, at or
     above ``cfg.min_cosine`` (``x``: an array, or rows read on demand, e.g. spilled)."""
-    with tempfile.TemporaryDirectory(prefix="clip-tiers-pairs-", dir=storage.scratch_dir()) as work:
+    with scratch.directory("pairs") as work:
         found = np.concatenate([np.zeros(0, np.int64), *candidates(x, cfg, Path(work))])
     return found // max(len(x), 1), found % max(len(x), 1)
 

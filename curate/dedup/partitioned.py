@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.core import nodefiles, schema, storage
+from curate.core import nodefiles, schema, scratch
 from curate.core.nodefiles import NodeFile
 from curate.dedup.clusters import Links, keepers
 from curate.dedup.copies import job_map
@@ -152,7 +152,7 @@ def mask_pairs(values: NodeFile, mask: np.uint64, parts: int, k: int, tolerance:
     holds one batch of values or one partition whatever the pool's size. ``values`` is read where it
     lies, or from a replica on this node that the node's jobs share."""
     found: list[tuple[np.ndarray, np.ndarray]] = []
-    with tempfile.TemporaryDirectory(prefix="clip-tiers-band-", dir=storage.scratch_dir()) as d:
+    with scratch.directory("band") as d:
         band = Spill(Path(d), "band", parts)
         with pa.OSFile(str(values.local())) as src:  # a batch read at a time, not mapped whole
             reader = pa.ipc.open_file(src)

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.core import runner, schema, storage
+from curate.core import runner, schema, scratch, storage
 from curate.core.errors import InputError
 from curate.core.runtime import ray_running
 from curate.dedup import DedupConfig, deduplicate
@@ -185,7 +184,7 @@ def _decide_in_partitions(build_dir: str, unit: runner.Unit) -> dict:
     evals = {set_name(p): eval_hashes(p) for p in decontaminate}
     per_set: dict[str, int] = {}
     by_kind: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="clip-tiers-dedup-", dir=storage.scratch_dir()) as work:
+    with scratch.directory("dedup") as work:
         decided = os.path.join(work, DEDUP)
         with _spilled_thumbs(build_dir) if verify else contextlib.nullcontext() as thumbs:
             deduplicate_partitioned(

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from curate.core import nodefiles, schema, storage
+from curate.core import nodefiles, schema, scratch
 
 HERE = "here"  # a Spilled's origin when not given: the Ray node of the process that makes it, if any
 
@@ -120,7 +119,7 @@ def spilled_thumbs(chunks: Iterable[pa.Array | pa.ChunkedArray]) -> Iterator[tup
     """``(rows, thumbs, directory)``: the rows (numbered over all ``chunks`` in order) that have a
     thumbnail, their thumbnails' bytes in a scratch file, and the scratch directory (for files derived
     from them); all removed when the block ends."""
-    with tempfile.TemporaryDirectory(prefix="clip-tiers-thumbs-", dir=storage.scratch_dir()) as d:
+    with scratch.directory("thumbs") as d:
         rows, at = [], 0
 
         def blocks():

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.core import schema, storage
+from curate.core import schema, scratch
 from curate.core.buckets import Buckets
 from curate.core.errors import InputError
 from curate.urllist.readers import ReadConfig, _canonical, file_batches, list_files
@@ -75,14 +74,14 @@ def read_url_list(spec: str | os.PathLike | list, cfg: ReadConfig = ReadConfig()
 @contextlib.contextmanager
 def staged_url_list(spec: str | os.PathLike | list, cfg: ReadConfig = ReadConfig()) -> Iterator[StagedList]:
     """:func:`stage_url_list` into a scratch directory, removed when the block ends."""
-    with tempfile.TemporaryDirectory(prefix="clip-tiers-list-", dir=storage.scratch_dir()) as d:
+    with scratch.directory("list") as d:
         yield stage_url_list(spec, cfg, os.path.join(d, "urls.parquet"))
 
 
 def stage_url_list(spec: str | os.PathLike | list, cfg: ReadConfig, dest: str) -> StagedList:
     """Read a URL list into the canonical parquet file ``dest`` (a local path), a batch at a time."""
     files = list_files(spec)
-    with tempfile.TemporaryDirectory(prefix="clip-tiers-parts-", dir=storage.scratch_dir()) as work:
+    with scratch.directory("parts") as work:
         keys = _Keys(Path(work))
         parts = [_stage_file(f, cfg, Path(work) / f"{k:05d}.arrow", keys) for k, f in enumerate(files)]
         sizes = [p.rows for p in parts]

@@ -1,0 +1,65 @@
+"""Scratch directories: removed when their block ends, and by the next one made on this machine when
+their process was killed inside the block; never while their process lives."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from curate.core import scratch
+
+ROOT = Path(__file__).resolve().parents[1]
+# Makes a scratch directory, says where, and waits inside the block until killed.
+HOLDER = """
+import sys, time
+from curate.core import scratch
+with scratch.directory(sys.argv[1]) as d:
+    (d / "spill").write_bytes(b"x" * 1000)
+    print(d, flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def base(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIP_TIERS_SCRATCH", str(tmp_path))
+    return tmp_path
+
+
+def holder(kind: str) -> tuple[subprocess.Popen, Path]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, kind], stdout=subprocess.PIPE, text=True, env=env)
+    return p, Path(p.stdout.readline().strip())
+
+
+def test_a_killed_owners_directory_goes_with_the_next_one_made_a_live_ones_stays(base):
+    dead, dead_dir = holder("band")
+    live, live_dir = holder("dedup")
+    foreign = base / "clip-tiers-other-made-elsewhere"  # no owner file: never ours to remove
+    foreign.mkdir()
+    try:
+        dead.send_signal(signal.SIGKILL)
+        dead.wait()
+        assert (dead_dir / "spill").exists()  # kill -9: nothing of the process's ran
+        with scratch.directory("pairs") as mine:
+            assert not dead_dir.exists()
+            assert (live_dir / "spill").exists() and foreign.exists()
+            assert mine.parent == base and mine.name.startswith("clip-tiers-pairs-")
+            assert scratch.sweep(base) == 0  # its own directory is locked by this process too
+        assert not mine.exists()
+    finally:
+        live.kill()
+        live.wait()
+    assert scratch.sweep(base) == 1 and not live_dir.exists() and foreign.exists()
+
+
+def test_a_directory_is_removed_when_its_block_raises(base):
+    with pytest.raises(RuntimeError), scratch.directory("list") as d:
+        (d / "f").write_text("x")
+        raise RuntimeError("boom")
+    assert not d.exists() and list(base.iterdir()) == []
