@@ -21,13 +21,14 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.core import schema, storage, units
+from curate.core import schema, scratch, storage, units
 from curate.core.integrity import write_parquet
 from curate.download import reasons
 from curate.download.config import DownloadConfig
@@ -172,12 +173,22 @@ def complete_parquet(table: pa.Table, inputs: pa.Table, shard_id: int, samples_p
     return out.take(pc.sort_indices(out, [(schema.KEY, "ascending")]))
 
 
-def _attempt_dir(raw: str, shard: str) -> Path:
-    """Where an attempt writes: under ``raw/_tmp/`` on local disk (the driver's progress bar reads it
-    there), in local scratch when ``raw`` is in object storage."""
-    if storage.is_local(raw):
-        return storage.local_path(raw) / TMP / f"{shard}.{uuid.uuid4().hex[:8]}"
-    return Path(storage.scratch_dir()) / f"clip-tiers-download-{shard}.{uuid.uuid4().hex[:8]}"
+@contextlib.contextmanager
+def _attempt_dir(raw: str, shard: str) -> Iterator[Path]:
+    """Where an attempt writes, removed when it ends: under ``raw/_tmp/`` on local disk (the driver's
+    progress bar reads it there; a rerun removes what a killed attempt left), in a scratch directory of
+    this node when ``raw`` is in object storage (:mod:`curate.core.scratch`: the next one made here
+    removes it if the attempt is killed)."""
+    if not storage.is_local(raw):
+        with scratch.directory(f"download-{shard}") as work:
+            yield work
+        return
+    work = storage.local_path(raw) / TMP / f"{shard}.{uuid.uuid4().hex[:8]}"
+    work.mkdir(parents=True)
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_shard(raw_dir: str, shard_id: int, cfg: DownloadConfig, policy: AddressPolicy, fingerprint: str) -> dict:
@@ -188,9 +199,7 @@ def run_shard(raw_dir: str, shard_id: int, cfg: DownloadConfig, policy: AddressP
     raw = storage.normalise(raw_dir)
     shard = shard_name(shard_id)
     t0 = time.time()
-    work = _attempt_dir(raw, shard)
-    work.mkdir(parents=True)
-    try:
+    with _attempt_dir(raw, shard) as work:
         inputs = storage.read_parquet(input_path(raw, shard))
         # img2dataset wants: extra columns (uid first), then caption, then url.
         extras = [c for c in inputs.column_names if c not in (schema.URL, schema.CAPTION)]
@@ -221,8 +230,6 @@ def run_shard(raw_dir: str, shard_id: int, cfg: DownloadConfig, policy: AddressP
         if storage.is_local(raw):
             return _commit(storage.local_path(raw), work, shard, info)
         return _upload(raw, work, shard, info)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 OUTPUTS = (("{}.tar", "{}.tar"), ("{}_stats.json", "{}_stats.json"), ("{}.final.parquet", "{}.parquet"))
