@@ -42,20 +42,23 @@ def test_a_killed_owners_directory_goes_with_the_next_one_made_a_live_ones_stays
     live, live_dir = holder("dedup")
     foreign = base / "clip-tiers-other-made-elsewhere"  # no owner file: never ours to remove
     foreign.mkdir()
+    elsewhere = base / "clip-tiers-band-zzzzzz-abcd1234"  # another host's (on a shared scratch dir)
+    elsewhere.mkdir()
+    (elsewhere / scratch.OWNER).touch()  # unlocked here, as a live one looks where locks are not shared
     try:
         dead.send_signal(signal.SIGKILL)
         dead.wait()
         assert (dead_dir / "spill").exists()  # kill -9: nothing of the process's ran
         with scratch.directory("pairs") as mine:
             assert not dead_dir.exists()
-            assert (live_dir / "spill").exists() and foreign.exists()
-            assert mine.parent == base and mine.name.startswith("clip-tiers-pairs-")
+            assert (live_dir / "spill").exists() and foreign.exists() and elsewhere.exists()
+            assert mine.parent == base and mine.name.startswith(f"clip-tiers-pairs-{scratch.HOST}-")
             assert scratch.sweep(base) == 0  # its own directory is locked by this process too
         assert not mine.exists()
     finally:
         live.kill()
         live.wait()
-    assert scratch.sweep(base) == 1 and not live_dir.exists() and foreign.exists()
+    assert scratch.sweep(base) == 1 and not live_dir.exists() and foreign.exists() and elsewhere.exists()
 
 
 def test_a_directory_is_removed_when_its_block_raises(base):

@@ -7,16 +7,20 @@ directory (the dedup task's alone holds ~2.6 GB of thumbnails and vectors per mi
 
 So each directory made here holds an ``.owner`` file that its process keeps locked (``flock``) while the
 directory lives; the kernel drops the lock when the process dies, however it dies. Every new directory
-first sweeps the scratch directory: a ``clip-tiers-*`` directory whose ``.owner`` it can lock has no
-owner left and is removed. A directory without ``.owner`` (made some other way) is never touched.
+first sweeps the scratch directory: a ``clip-tiers-*`` directory of this machine whose ``.owner`` it can
+lock has no owner left and is removed. A directory without ``.owner`` (made some other way) is never
+touched, nor one another machine made (its name carries a tag of the host name): on a scratch directory
+shared over NFS without working locks, another node's live directory would look ownerless.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,15 +29,16 @@ from curate.core import storage
 
 PREFIX = "clip-tiers-"
 OWNER = ".owner"
+HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=3).hexdigest()
 
 
 @contextlib.contextmanager
 def directory(kind: str) -> Iterator[Path]:
-    """A new directory ``clip-tiers-<kind>-*`` in :func:`curate.core.storage.scratch_dir`, removed when the
-    block ends (and by a later call on this machine if this process is killed first)."""
+    """A new directory ``clip-tiers-<kind>-<host tag>-*`` in :func:`curate.core.storage.scratch_dir`,
+    removed when the block ends (and by a later call on this machine if this process is killed first)."""
     base = storage.scratch_dir()
     sweep(base)
-    d = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{kind}-", dir=base))
+    d = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{kind}-{HOST}-", dir=base))
     fd = None
     try:
         fd = _own(d)
@@ -58,14 +63,14 @@ def _own(d: Path) -> int:
 
 
 def sweep(base: str | os.PathLike) -> int:
-    """Remove the ``clip-tiers-*`` directories in ``base`` whose owner is gone; returns how many."""
+    """Remove this machine's ``clip-tiers-*`` directories in ``base`` whose owner is gone; returns how many."""
     removed = 0
     try:
         entries = list(os.scandir(base))
     except OSError:
         return 0
     for e in entries:
-        if not e.name.startswith(PREFIX):
+        if not e.name.startswith(PREFIX) or f"-{HOST}-" not in e.name:
             continue
         try:
             fd = os.open(os.path.join(e.path, OWNER), os.O_RDONLY)
