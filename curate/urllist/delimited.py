@@ -68,14 +68,12 @@ def tables(path: str, sep: str, url_col: str, caption_col: str) -> Iterator[pa.T
 def _parse(path: str, text: str, sep: str, has_header: bool, block, rows: int, want: int | None = None):
     try:
         if block.plain:
-            data = io.BytesIO(textblocks.without_empty_lines(block.data))
-            if want is None:
-                return pl.read_csv(data, separator=sep, has_header=has_header, infer_schema=False, quote_char='"')
-            # A later block's width is the header's, not its first row's (which may be short).
-            named = dict.fromkeys((f"column_{i}" for i in range(want)), pl.String)
-            return pl.read_csv(
-                data, separator=sep, has_header=False, schema=named, missing_columns="insert", quote_char='"'
-            )
+            data, head = textblocks.without_empty_lines(block.data), has_header
+            if want is not None:
+                # A later block's width is the header's, not its first row's (which may be short): a header
+                # line of that many names says so, as in the first block (polars pads rows short of it).
+                data, head = sep.join(f"column_{i}" for i in range(want)).encode() + b"\n" + data, True
+            return pl.read_csv(io.BytesIO(data), separator=sep, has_header=head, infer_schema=False, quote_char='"')
         return _parse_quoted(block.data, text, sep, has_header, want)
     except (pl.exceptions.PolarsError, pa.ArrowInvalid, ValueError) as e:
         _raise_ragged(path, text, sep, has_header, block, rows, want)
