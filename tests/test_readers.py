@@ -85,6 +85,19 @@ def test_uid_is_stable_and_repeated_pairs_are_disambiguated(tmp_path):
     assert uids == schema.make_uids([r["url"] for r in rows], [r["caption"] for r in rows])
 
 
+def test_column_wise_uids_are_the_per_row_hash():
+    """``base_uids`` (a list's staging) hashes the bytes ``uid_hash`` hashes: null, empty and NUL-holding
+    captions, captions that end in the flag bytes, non-ASCII text, over chunked columns."""
+    urls = ["http://a/1", "http://a/1", "http://a/1", "http://é/ü", "http://a/\x00", "u", "http://a/2"]
+    caps = [None, "", "\x00\x01", "日本 caption", "x\x02", "\x01", "a" * 5000]
+    want = [schema.uid_hash(u, c, 0) for u, c in zip(urls, caps, strict=True)]
+    chunked = (pa.chunked_array([pa.array(x[:3], pa.string()), pa.array(x[3:], pa.string())]) for x in (urls, caps))
+    assert schema.base_uids(*chunked).to_pylist() == want
+    assert schema.base_uids(pa.array(urls), pa.array(caps, pa.string())).to_pylist() == want
+    assert len(set(want)) == len(want)  # (url, None), (url, "") and (url, "\x00\x01") stay apart
+    assert schema.base_uids(pa.array([], pa.string()), pa.array([], pa.string())).to_pylist() == []
+
+
 def test_input_uid_column_is_used_and_integers_become_strings(tmp_path):
     rows = [dict(r, uid=i + 10) for i, r in enumerate(ROWS)]
     t = read_url_list(write(tmp_path / "a.parquet", "parquet", rows))

@@ -18,7 +18,9 @@ import hashlib
 import re
 from collections.abc import Iterable
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 # --- identity -------------------------------------------------------------------------------
 UID = "uid"
@@ -193,6 +195,29 @@ def uid_hash(url: str, caption: str | None, occurrence: int) -> str:
         # to a list never changes the uids the list already had.
         h.update(f"#{occurrence}".encode())
     return h.hexdigest()
+
+
+# Two lowercase hex digits per byte value, as bytes: hexdigest() for a column of digests at once.
+_HEX = np.frombuffer(b"".join(f"{i:02x}".encode() for i in range(256)), np.uint8).reshape(256, 2)
+
+
+def base_uids(urls: pa.Array | pa.ChunkedArray, captions: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """:func:`uid_hash` of each (url, caption) pair as a first occurrence, for whole columns (``urls``
+    without nulls): the bytes each row hashes are joined by Arrow and hashed by one ``blake2b`` call a
+    row, the digests turned to hex by NumPy. Staging a list spent 2.0 of its 3.7 s per million rows in
+    ``uid_hash`` called per row (a Python string per field, four updates, a hex string each)."""
+    caps = pc.cast(captions, pa.binary())
+    flag = pc.if_else(pc.is_null(caps), pa.scalar(b"\x01"), pa.scalar(b"\x02"))
+    parts = (pc.cast(urls, pa.binary()), pa.scalar(b"\x00"), pc.fill_null(caps, b""), flag)
+    joined = pc.binary_join_element_wise(*parts, pa.scalar(b""))
+    if joined.null_count:
+        raise ValueError("a null URL has no uid")
+    blake2b = hashlib.blake2b
+    digests = b"".join([blake2b(b, digest_size=12).digest() for b in joined.to_pylist()])
+    n = len(joined)
+    text = _HEX[np.frombuffer(digests, np.uint8)].reshape(n * 24)
+    offsets = np.arange(0, 24 * (n + 1), 24, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text))
 
 
 def make_uids(urls: Iterable[str], captions: Iterable[str | None]) -> list[str]:

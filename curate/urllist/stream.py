@@ -141,8 +141,7 @@ def _unified(files: str, schemas: list[pa.Schema]) -> pa.Schema:
 
 def _base_uids(table: pa.Table) -> pa.Array:
     """Each row's uid as if its (url, caption) pair were the list's only one (occurrence 0)."""
-    urls, caps = table.column(schema.URL).to_pylist(), table.column(schema.CAPTION).to_pylist()
-    return pa.array([schema.uid_hash(u, c, 0) for u, c in zip(urls, caps, strict=True)], pa.string())
+    return schema.base_uids(table.column(schema.URL), table.column(schema.CAPTION))
 
 
 def _hash(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
