@@ -66,3 +66,13 @@ def test_a_directory_is_removed_when_its_block_raises(base):
         (d / "f").write_text("x")
         raise RuntimeError("boom")
     assert not d.exists() and list(base.iterdir()) == []
+
+
+def test_where_the_file_system_has_no_flock_the_directory_is_made_without_an_owner(base, monkeypatch):
+    def no_flock(fd, op):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(scratch.fcntl, "flock", no_flock)
+    with scratch.directory("thumbs") as d:
+        assert d.is_dir() and [p.name for p in d.iterdir()] == []  # no owner file, no stray temporary
+    assert not d.exists()

@@ -49,12 +49,18 @@ def directory(kind: str) -> Iterator[Path]:
             os.close(fd)
 
 
-def _own(d: Path) -> int:
+def _own(d: Path) -> int | None:
     """Lock a new file and only then name it ``.owner``: a sweep never sees an owner file unlocked by a
-    live process (it would, between an ``open`` and its ``flock``)."""
+    live process (it would, between an ``open`` and its ``flock``). None where the file system has no
+    ``flock`` (some FUSE mounts): the directory is then made as before, without an owner, never swept."""
     fd, tmp = tempfile.mkstemp(prefix=".owning-", dir=d)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        os.close(fd)
+        os.unlink(tmp)
+        return None
+    try:
         os.rename(tmp, d / OWNER)
     except BaseException:
         os.close(fd)
