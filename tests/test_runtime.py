@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 from curate.core.runtime import _stop_monitor
@@ -48,4 +49,4 @@ def test_the_installed_ray_has_the_handle_we_use():
 
     assert hasattr(ray._private.worker, "_global_node")
     assert ray._private.ray_constants.PROCESS_TYPE_MONITOR == "monitor"
-    assert "self.all_processes" in open(ray._private.node.__file__).read()
+    assert "self.all_processes" in Path(ray._private.node.__file__).read_text()

@@ -204,8 +204,8 @@ _HEX = np.frombuffer(b"".join(f"{i:02x}".encode() for i in range(256)), np.uint8
 def base_uids(urls: pa.Array | pa.ChunkedArray, captions: pa.Array | pa.ChunkedArray) -> pa.Array:
     """:func:`uid_hash` of each (url, caption) pair as a first occurrence, for whole columns (``urls``
     without nulls): the bytes each row hashes are joined by Arrow and hashed by one ``blake2b`` call a
-    row, the digests turned to hex by NumPy. Staging a list spent 2.0 of its 3.7 s per million rows in
-    ``uid_hash`` called per row (a Python string per field, four updates, a hex string each)."""
+    row, the digests turned to hex by NumPy: 0.65 µs a row, where ``uid_hash`` called per row (a Python
+    string per field, four updates, a hex string each) took 0.95 of staging's ~2.7 µs a row."""
     caps = pc.cast(captions, pa.binary())
     flag = pc.if_else(pc.is_null(caps), pa.scalar(b"\x01"), pa.scalar(b"\x02"))
     parts = (pc.cast(urls, pa.binary()), pa.scalar(b"\x00"), pc.fill_null(caps, b""), flag)
