@@ -186,6 +186,7 @@ def test_a_run_directory_in_the_bucket_resumes_on_another_machine(builds, straig
     resumed = api.train(make_config(SETTINGS), remote, "kept", out, progress=False)
     assert resumed.resumed_from > 0 and resumed.steps == 12
     assert storage.exists(f"{out}/summary.json") and storage.exists(f"{out}/model/open_clip_pytorch_model.bin")
+    assert not mirror_dir(out).exists()  # finished: the local working copy goes
     mine = tmp_path / "mine"
     (mine / "model").mkdir(parents=True)
     (mine / "model" / "open_clip_pytorch_model.bin").write_bytes(

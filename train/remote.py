@@ -10,13 +10,15 @@ system's temporary dir, one folder per run URL) exactly as into a local run dire
   ``state.pt`` is not a checkpoint (:func:`curate.core.rundir.all_steps`) — and drops the bucket's older
   ones beyond ``keep_checkpoints``;
 - at the end, ``model/``, ``eval.json`` and ``metrics.jsonl`` go up, and ``summary.json`` last, so a run
-  is finished in the bucket exactly when it is finished locally.
+  is finished in the bucket exactly when it is finished locally; then the mirror is removed (a run that
+  fails or is killed keeps it, for a resume here).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,3 +108,8 @@ def mirrored(url: str, keep: int = 2, every: float = 2.0, upload: bool = True) -
     for name in (rundir.METRICS, rundir.EVAL, rundir.CONFIG, rundir.SUMMARY):  # the summary last
         if (local / name).exists():
             storage.write_bytes(storage.join(url, name), (local / name).read_bytes())
+    if (local / rundir.SUMMARY).exists():
+        # Finished, and all of it in the bucket: the mirror was a working copy. It stayed on the node's
+        # scratch disk after every run (its checkpoints and model: a study of 60 runs, 60 of them); a run
+        # that is killed or fails keeps it, for a resume on this machine.
+        shutil.rmtree(local, ignore_errors=True)
