@@ -1,5 +1,7 @@
 """Near-copy detection with thumbnails: transformed copies are found, distinct images are left alone."""
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -363,7 +365,8 @@ def test_a_dedup_task_fans_its_jobs_out_over_the_cluster_and_finds_the_same_pair
     def where(fn):
         def run(*job):
             node = ray.get_runtime_context().get_node_id()
-            return fn(*job), os.getpid(), node, nodefiles.replica_dir(str(job[0].path.parent), job[0].origin)
+            src = Path(job[0].path)  # the spilled file the job reads: thumbnails, or the search vectors
+            return fn(*job), os.getpid(), node, (src, nodefiles.replica_dir(str(src.parent), job[0].origin))
 
         return run
 
@@ -387,8 +390,11 @@ def test_a_dedup_task_fans_its_jobs_out_over_the_cluster_and_finds_the_same_pair
         grey = store.view(slice(copies.COLOUR_BYTES, None), (copies.DETAIL_SIDE, copies.DETAIL_SIDE))
         want = copy_pairs(colour, grey, scratch=scratch)
         (got, pid, ran) = ray.get(dedup_task.remote(colour, grey, scratch), timeout=180)
-        replicas = {r for *_, node, r in ran if node != store.origin}
-        assert replicas and all((r / "thumbs.u8").read_bytes() == store.path.read_bytes() for r in replicas)
+        # Each job on another node read a whole replica of its own file (a node that ran search jobs only
+        # holds the vectors' replica, not the thumbnails').
+        pulled = {read for *_, node, read in ran if node != store.origin}
+        assert pulled and all((r / src.name).read_bytes() == src.read_bytes() for src, r in pulled)
+        replicas = {r for _, r in pulled}
     assert len(want[0]) >= 12 * len(FAMILIES) // 2  # copies were found
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
     verified = [p for name, p, *_ in ran if name == "verified_pairs"]
