@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,5 +75,41 @@ def test_where_the_file_system_has_no_flock_the_directory_is_made_without_an_own
 
     monkeypatch.setattr(scratch.fcntl, "flock", no_flock)
     with scratch.directory("thumbs") as d:
-        assert d.is_dir() and [p.name for p in d.iterdir()] == []  # no owner file, no stray temporary
+        assert d.is_dir() and [p.name for p in d.iterdir()] == [scratch.UNOWNED]  # no owner, no temporary
+        aged(d, scratch.STRAY_AFTER + 60)
+        assert scratch.sweep(base) == 0 and d.exists()  # said to be made without an owner: never swept
     assert not d.exists()
+
+
+def aged(d: Path, seconds: float) -> None:
+    t = time.time() - seconds
+    os.utime(d, (t, t))
+
+
+def test_a_directory_that_never_got_its_owner_goes_an_hour_after_it_was_made(base):
+    """A process killed between making its directory and naming its owner file leaves one without it."""
+    stray, fresh = (base / f"clip-tiers-band-{scratch.HOST}-{k}" for k in ("aaaa", "bbbb"))
+    for d in (stray, fresh):
+        d.mkdir()
+        (d / ".owning-x").touch()
+    aged(stray, scratch.STRAY_AFTER + 60)
+    aged(fresh, scratch.STRAY_AFTER - 60)  # being made (or just killed): left
+    assert scratch.sweep(base) == 1 and not stray.exists() and fresh.exists()
+
+
+def test_a_replica_goes_a_day_after_its_last_use_and_each_use_keeps_it(base, monkeypatch):
+    """A replica of another node's file (its owner killed before it removed them) is swept once no task
+    has used it for a day; a task reading it through ``nodefiles.local`` marks it used."""
+    from curate.core import nodefiles
+
+    origin_dir = base / "origin"
+    origin_dir.mkdir()
+    (origin_dir / "thumbs.u8").write_bytes(b"t" * 10)
+    monkeypatch.setattr(nodefiles, "this_node", lambda: "node-b")  # a task on another node than "node-a"
+    used, idle = nodefiles.replica_dir(str(origin_dir), "node-a"), nodefiles.replica_dir("/elsewhere", "node-a")
+    for d in (used, idle):
+        d.mkdir()
+        (d / "thumbs.u8").write_bytes(b"t" * 10)
+        aged(d, scratch.REPLICA_IDLE + 60)
+    assert nodefiles.local(origin_dir / "thumbs.u8", "node-a", 10) == used / "thumbs.u8"  # no pull: there
+    assert scratch.sweep(base) == 1 and used.exists() and not idle.exists()

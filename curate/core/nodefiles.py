@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.core import storage
+from curate.core import scratch, storage
 from curate.core.runtime import ray_running
 
 RANGE = 16 << 20  # bytes a pull task reads and returns through the object store
@@ -53,7 +53,7 @@ def _here(origin: str | None) -> bool:
 def replica_dir(directory: str, origin: str) -> Path:
     """Where this node keeps replicas of the files of ``directory`` on node ``origin``."""
     key = hashlib.sha256(f"{origin}\n{directory}".encode()).hexdigest()[:16]
-    return Path(storage.scratch_dir()) / f"clip-tiers-replica-{key}"
+    return Path(storage.scratch_dir()) / f"{scratch.REPLICA}{key}"
 
 
 def local(path: Path, origin: str | None, size: int) -> Path:
@@ -63,6 +63,8 @@ def local(path: Path, origin: str | None, size: int) -> Path:
         return path
     d = replica_dir(str(path.parent), origin)
     replica = d / path.name
+    with contextlib.suppress(FileNotFoundError):
+        os.utime(d)  # in use: a scratch sweep removes replicas only a day after their last use
     if replica.exists():  # renamed into place whole
         return replica
     d.mkdir(parents=True, exist_ok=True)

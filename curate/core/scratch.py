@@ -11,6 +11,13 @@ first sweeps the scratch directory: a ``clip-tiers-*`` directory of this machine
 lock has no owner left and is removed. A directory without ``.owner`` (made some other way) is never
 touched, nor one another machine made (its name carries a tag of the host name): on a scratch directory
 shared over NFS without working locks, another node's live directory would look ownerless.
+
+The sweep also removes what has no owner to ask: a directory of this machine with no ``.owner`` an hour
+after it was made (its process was killed between making it and naming its owner file; one made where
+``flock`` does not work says so with an ``.unowned`` file and is never removed), and a replica of another
+node's files (``clip-tiers-replica-*``, :mod:`curate.core.nodefiles`) that no task has used for a day (its
+owner, on another node, removes it when done, unless that task was killed first). A replica removed while
+a later task still wants it is pulled again.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +37,10 @@ from curate.core import storage
 
 PREFIX = "clip-tiers-"
 OWNER = ".owner"
+UNOWNED = ".unowned"  # in a directory made where flock does not work: never swept
+REPLICA = f"{PREFIX}replica-"
+STRAY_AFTER = 3600.0  # seconds after which a directory of ours that never got its owner file is removed
+REPLICA_IDLE = 86400.0  # seconds unused after which a replica is removed
 HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=3).hexdigest()
 
 
@@ -58,7 +70,7 @@ def _own(d: Path) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_EX)
     except OSError:
         os.close(fd)
-        os.unlink(tmp)
+        os.rename(tmp, d / UNOWNED)
         return None
     try:
         os.rename(tmp, d / OWNER)
@@ -69,18 +81,26 @@ def _own(d: Path) -> int | None:
 
 
 def sweep(base: str | os.PathLike) -> int:
-    """Remove this machine's ``clip-tiers-*`` directories in ``base`` whose owner is gone; returns how many."""
+    """Remove this machine's ``clip-tiers-*`` directories in ``base`` whose owner is gone, stray ones and
+    idle replicas; returns how many."""
     removed = 0
     try:
         entries = list(os.scandir(base))
     except OSError:
         return 0
     for e in entries:
+        if e.name.startswith(REPLICA):
+            removed += _remove_if_older(e, REPLICA_IDLE)
+            continue
         if not e.name.startswith(PREFIX) or f"-{HOST}-" not in e.name:
             continue
         try:
             fd = os.open(os.path.join(e.path, OWNER), os.O_RDONLY)
-        except OSError:  # not a directory of ours, gone meanwhile, or another user's
+        except FileNotFoundError:  # killed before naming its owner, made without one, or gone meanwhile
+            if not os.path.exists(os.path.join(e.path, UNOWNED)):
+                removed += _remove_if_older(e, STRAY_AFTER)
+            continue
+        except OSError:  # not a directory of ours, or another user's
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -93,3 +113,14 @@ def sweep(base: str | os.PathLike) -> int:
         finally:
             os.close(fd)
     return removed
+
+
+def _remove_if_older(e: os.DirEntry, seconds: float) -> int:
+    """Remove directory ``e`` if it has not changed for ``seconds``; 1 if removed."""
+    try:
+        if not e.is_dir(follow_symlinks=False) or time.time() - e.stat(follow_symlinks=False).st_mtime < seconds:
+            return 0
+    except OSError:  # gone meanwhile
+        return 0
+    shutil.rmtree(e.path, ignore_errors=True)
+    return 1
