@@ -3,11 +3,7 @@ test_annotate_signals.py)."""
 
 import io
 import json
-import os
-import subprocess
-import sys
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -22,8 +18,6 @@ from curate.core.errors import InputError
 from synthweb.bodies import HTML_BODY, bomb_png
 from tests.memory import needs_proc, peak_growth_mb
 from tests.test_annotate_signals import encode, hamming, scene
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # --- a hand-made raw shard: units, hostile members, CLIP -------------------------------------
 
@@ -302,24 +296,6 @@ def test_a_model_the_actors_cannot_load_is_one_input_error(tmp_path, ray_local, 
     with pytest.raises(InputError, match="shard 00000"):
         annotate(tmp_path, AnnotateConfig(clip_model=f"{d}/model_config.json:{bad}"), progress=False)
     assert not units.is_done(tmp_path / "annotations", "00000")
-
-
-def test_tiers_annotate_alone_annotates_shards_itself_while_its_ray_starts(tmp_path):
-    """`tiers annotate` in a process of its own starts a Ray, and annotates shards itself meanwhile
-    (``runner.HeadStart``), its actors the rest: the annotations one process makes, every shard once."""
-    for build in ("cli", "here"):
-        for s in range(6):
-            write_raw_shard(tmp_path / build / "raw", f"{s:05d}", reverse=s % 2 == 1)
-    cmd = [sys.executable, "-m", "pipelines.cli", "annotate", str(tmp_path / "cli"), "--no-progress"]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    assert "annotated 6 of 6 shards" in out
-    annotate(tmp_path / "here", executor="local", progress=False)
-    assert read_annotations(tmp_path / "cli").equals(read_annotations(tmp_path / "here"))
-    pids = [units.read_marker(tmp_path / "cli" / "annotations", f"{s:05d}")["pid"] for s in range(6)]
-    assert proc.pid in pids  # the driver annotated while Ray started
 
 
 def test_annotate_without_raw_shards_is_an_input_error(tmp_path):

@@ -116,41 +116,6 @@ def test_runner_retries_then_names_the_unit_and_never_retries_bad_input(tmp_path
         rep.raise_failures("stage")
 
 
-def test_a_head_start_runs_units_here_until_the_executor_is_ready_and_each_unit_once(tmp_path):
-    """While a Ray starts, units run on a thread here; the executor gets those it has not taken; every
-    unit runs once, in one place; a failure is named, not retried; a function that cannot be made takes
-    no unit."""
-    import threading
-
-    class Slow(Writer):
-        def __call__(self, root: str, unit: runner.Unit) -> dict:
-            time.sleep(0.05)
-            if unit.name == "u1":
-                self.calls["u1"] = self.calls.get("u1", 0) + 1
-                raise RuntimeError("u1 is broken")
-            return {**super().__call__(root, unit), "thread": threading.current_thread().name}
-
-    fn = Slow()
-    head = runner.HeadStart(str(tmp_path), _units(8), lambda: fn)
-    assert runner.wait_for(lambda: len(head.report.ran) >= 2, timeout=10)  # u0 done, u1 failed, u2 done
-    rest = head.rest()
-    rep = runner.run(str(tmp_path), rest, fn, runner.Executor("threads", 2), progress=False)
-    first = head.join()
-    assert first.failed == {"u1": "u1 is broken"} and not rep.failed
-    assert {i["thread"] for i in first.ran.values()} == {"head-start"}
-    assert not set(first.ran) & set(rep.ran) and sorted({*first.ran, *rep.ran, "u1"}) == [f"u{i}" for i in range(8)]
-    assert fn.calls == {f"u{i}": 1 for i in range(8)} and all(
-        units.is_done(tmp_path, f"u{i}") for i in range(8) if i != 1
-    )
-    assert head.rest() == [] and runner.HeadStart(str(tmp_path), [], lambda: fn).join().ran == {}
-
-    def cannot():
-        raise OSError("no model")
-
-    head = runner.HeadStart(str(tmp_path / "b"), _units(3), cannot)
-    assert head.join().ran == {} and [u.name for u in head.rest()] == ["u0", "u1", "u2"]
-
-
 def test_runner_prepares_each_unit_as_it_starts_and_again_for_a_retry(tmp_path):
     """``prepare`` makes the unit ``fn`` gets as it starts, not all of them up front; ``on_done`` and a
     retry see the unit as queued (a band shard's packed rows are made again for its next attempt)."""

@@ -82,8 +82,6 @@ class ShardAnnotator:
         self.raw_dir = storage.join(self.build_dir, manifest.RAW)
         self.out_dir = storage.join(self.build_dir, manifest.ANNOTATIONS)
         self.cfg = cfg
-        # An actor's process, all its threads; here (a head start, tests), the calling thread.
-        self.clock = time.process_time if worker else time.thread_time
         # A model that cannot be loaded is the user's to fix: report it per shard, as a shard error,
         # rather than as a crashed actor.
         self.annotator, self.init_error = None, None
@@ -98,7 +96,7 @@ class ShardAnnotator:
         return self.annotate_shard(unit.args)
 
     def annotate_shard(self, shard: str) -> dict:
-        t0, c0 = time.perf_counter(), self.clock()
+        t0, c0 = time.perf_counter(), time.process_time()
         # Where each image lies, recorded as the headers are read: the shard stage's pass 1, for free.
         index = functools.partial(tarindex.record, self.raw_dir, tarindex.unit(self.raw_dir, shard))
         with storage.local_copy(storage.join(self.raw_dir, f"{shard}.tar")) as tar:
@@ -123,8 +121,7 @@ class ShardAnnotator:
             "rows": table.num_rows,
             "decode_errors": dict(sorted(errors.items())),
             "seconds": round(time.perf_counter() - t0, 3),
-            "cpu_seconds": round(self.clock() - c0, 3),
-            "pid": os.getpid(),  # an actor's, or the driver's (a head start)
+            "cpu_seconds": round(time.process_time() - c0, 3),  # this actor's process, all threads
             "code_version": code_version(),
         }
 
@@ -188,39 +185,16 @@ def _annotate(build_dir: str, cfg: AnnotateConfig, ray_address, progress: bool, 
         from curate.core.runtime import ray_session
 
         session = ray_session(ray_address) if executor == "actors" else contextlib.nullcontext()
-        head = _head_start(out_dir, todo, build_dir, cfg, ray_address, executor)
-        try:
-            with session:
-                rest = head.rest() if head else todo
-                ex = _executor(cfg, executor)
-                if ex.kind == "actors":
-                    ex = dataclasses.replace(ex, init=(build_dir, cfg))
-                    fn = ShardAnnotator
-                else:
-                    fn = ShardAnnotator(build_dir, cfg, worker=False)
-                report = runner.run(out_dir, rest, fn, ex, desc="annotate", progress=progress)
-                if head:
-                    first = head.join()
-                    report.ran.update(first.ran)
-                    report.failed.update(first.failed)
-        finally:
-            if head:  # an interrupted start: the thread takes no more units, and writes none after the lock
-                head.rest()
-                head.join()
+        with session:
+            ex = _executor(cfg, executor)
+            if ex.kind == "actors":
+                ex = dataclasses.replace(ex, init=(build_dir, cfg))
+                fn = ShardAnnotator
+            else:
+                fn = ShardAnnotator(build_dir, cfg, worker=False)
+            report = runner.run(out_dir, todo, fn, ex, desc="annotate", progress=progress)
         report.raise_failures("annotate", noun="shard")
     return summarise(build_dir, shards, annotated=len(todo))
-
-
-def _head_start(out_dir: str, todo: list, build_dir: str, cfg: AnnotateConfig, ray_address, executor: str):
-    """While this process starts a Ray of its own, it annotates shards itself (``runner.HeadStart``): on
-    2 cores that start is 2.5-3.5 s, a third of annotating 20,000 samples end to end. Not when joining
-    a running cluster (quick to join, and its actors would wait on this process's shard), nor with CLIP
-    (its actors may hold GPUs; here it would run on this CPU)."""
-    from curate.core.runtime import ray_running
-
-    if executor != "actors" or ray_address or ray_running() or cfg.clip_model or storage.protocol(out_dir) == "memory":
-        return None
-    return runner.HeadStart(out_dir, todo, functools.partial(ShardAnnotator, build_dir, cfg, worker=False))
 
 
 def _check_models(cfg: AnnotateConfig) -> None:
