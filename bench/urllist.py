@@ -13,14 +13,21 @@ every ``INCH`` given an inch mark (``... 5" frame``, made up: the real captions 
 having been normalised), which polars refuses: its anchor is pyarrow's csv reader (img2dataset's)
 reading it whole.
 
+``--files K``: each list written as K files of equal rows (a directory, as DataComp ships its metadata),
+staged both by worker processes (one per core: what the ``tiers`` CLI does for a list of 64 MB or more in
+several files) and in one process, in the same run; ``worker_peak_mb`` is the largest worker's peak.
+
     .venv/bin/python bench/urllist.py [--sizes 1000000,5000000] [--formats tsv,tsv.gz,jsonl,parquet,tsv-raw]
+    .venv/bin/python bench/urllist.py --sizes 2000000 --formats tsv,parquet --files 8
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,15 +38,17 @@ CAPTIONS = ROOT.parent / "shared" / "data" / "web_captions"
 INCH = 500  # one caption in INCH gets an inch mark in the tsv-raw list
 
 STAGE = """
-import os, sys, tempfile, time
+import os, resource, sys, tempfile, time
 sys.path.insert(0, {root!r})
+from curate.core import runtime
 from curate.urllist import stage_url_list
 from curate.urllist.readers import ReadConfig
+runtime.MAIN_GUARDED = True  # python -c: spawned workers import no __main__ file
 t0 = time.perf_counter()
 cfg = ReadConfig(format="tsv") if {path!r}.endswith(".tsv-raw") else ReadConfig()
 with tempfile.TemporaryDirectory() as d:
-    s = stage_url_list({path!r}, cfg, os.path.join(d, "urls.parquet"))
-print(s.rows, time.perf_counter() - t0, {peak})
+    s = stage_url_list({path!r}, cfg, os.path.join(d, "urls.parquet"), workers={workers})
+print(s.rows, time.perf_counter() - t0, {peak}, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
 """
 
 ANCHOR = """
@@ -63,7 +72,7 @@ print(df.height, time.perf_counter() - t0, {peak})
 
 # This process's peak RSS in MB (VmHWM: ru_maxrss would carry the parent's across fork and exec).
 PEAK = 'next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")) / 1024'
-IMPORTS = "import sys; sys.path.insert(0, {root!r}); import curate.urllist; print(0, 0, {peak})"
+IMPORTS = "import sys; sys.path.insert(0, {root!r}); import curate.urllist; print(0, 0, {peak}, 0)"
 
 
 def captions() -> list[str]:
@@ -77,16 +86,33 @@ def captions() -> list[str]:
     return [" ".join(c.split()) for c in out] or [f"a photo of thing {i}" for i in range(1000)]
 
 
-def write_lists(work: Path, n: int, formats: list[str]) -> dict[str, Path]:
+def write_lists(work: Path, n: int, formats: list[str], files: int = 1) -> dict[str, Path]:
+    """A list of ``n`` rows in each format: a file, or with ``files`` > 1 a directory of that many."""
+    if files > 1:
+        out: dict[str, Path] = {}
+        for k in range(files):
+            part = work / f"part-{k:03d}"
+            part.mkdir()
+            for fmt, p in _write_list(part, n // files, formats, start=k * (n // files)).items():
+                d = out.setdefault(fmt, work / f"list-{n}-{fmt}")
+                d.mkdir(exist_ok=True)
+                p.rename(d / f"{k:03d}.{fmt}")
+            part.rmdir()
+        return out
+    return _write_list(work, n, formats)
+
+
+def _write_list(work: Path, n: int, formats: list[str], start: int = 0) -> dict[str, Path]:
     import gzip
     import random
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    caps, rng = captions(), random.Random(0)
-    urls = [f"https://img{i % 997}.example.com/p/{i:09d}/{rng.getrandbits(64):016x}.jpg" for i in range(n)]
-    texts = [caps[i % len(caps)] for i in range(n)]
+    caps, rng = captions(), random.Random(start)
+    span = range(start, start + n)
+    urls = [f"https://img{i % 997}.example.com/p/{i:09d}/{rng.getrandbits(64):016x}.jpg" for i in span]
+    texts = [caps[i % len(caps)] for i in span]
     paths = {fmt: work / f"list-{n}.{fmt}" for fmt in formats}
     quoted = ['"' + t.replace('"', '""') + '"' if ('"' in t or "\t" in t) else t for t in texts]
     tsv = "url\tcaption\n" + "".join(f"{u}\t{t}\n" for u, t in zip(urls, quoted, strict=True))
@@ -108,39 +134,44 @@ def write_lists(work: Path, n: int, formats: list[str]) -> dict[str, Path]:
     return paths
 
 
-def run(code: str) -> tuple[int, float, float]:
+def run(code: str) -> tuple[int, float, float, float]:
+    """(rows, seconds, peak MB, the largest child's peak MB) that ``code`` prints, run in a fresh process."""
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
-    rows, wall, peak = out.stdout.split()
-    return int(rows), float(wall), float(peak)
+    rows, wall, peak, *children = out.stdout.split()
+    return int(rows), float(wall), float(peak), float(children[0]) if children else 0.0
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.iterdir()) if path.is_dir() else path.stat().st_size
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000000,5000000")
     ap.add_argument("--formats", default="tsv,tsv.gz,jsonl,parquet")
+    ap.add_argument("--files", type=int, default=1, help="each list as a directory of this many files")
     args = ap.parse_args()
     formats = args.formats.split(",")
-    _, _, base = run(IMPORTS.format(root=str(ROOT), peak=PEAK))
+    _, _, base, _ = run(IMPORTS.format(root=str(ROOT), peak=PEAK))
     results = []
     with tempfile.TemporaryDirectory(prefix="clip-tiers-bench-list-") as d:
         for n in (int(s) for s in args.sizes.split(",")):
-            for fmt, path in write_lists(Path(d), n, formats).items():
-                rows, wall, peak = run(STAGE.format(root=str(ROOT), path=str(path), peak=PEAK))
-                _, a_wall, a_peak = run(ANCHOR.format(path=str(path), peak=PEAK))
-                r = {
-                    "rows": n,
-                    "format": fmt,
-                    "file_mb": round(path.stat().st_size / 1e6, 1),
-                    "stage_s": round(wall, 2),
-                    "stage_peak_mb": round(peak),
-                    "polars_whole_s": round(a_wall, 2),
-                    "polars_whole_peak_mb": round(a_peak),
-                    "stage_imports_mb": round(base),
-                }
-                assert rows == n, (rows, n)
+            for fmt, path in write_lists(Path(d), n, formats, args.files).items():
+                r = {"rows": n, "format": fmt, "files": args.files, "file_mb": round(_size(path) / 1e6, 1)}
+                stage = functools.partial(STAGE.format, root=str(ROOT), path=str(path), peak=PEAK)
+                rows, wall, peak, workers_peak = run(stage(workers=None))
+                r.update(stage_s=round(wall, 2), stage_peak_mb=round(peak), stage_imports_mb=round(base))
+                if args.files > 1:  # the anchor: the same directory staged in one process
+                    _, one, one_peak, _ = run(stage(workers=1))
+                    r.update(worker_peak_mb=round(workers_peak), one_process_s=round(one, 2))
+                    r.update(one_process_peak_mb=round(one_peak), speedup=round(one / wall, 2))
+                else:
+                    _, a_wall, a_peak, _ = run(ANCHOR.format(path=str(path), peak=PEAK))
+                    r.update(polars_whole_s=round(a_wall, 2), polars_whole_peak_mb=round(a_peak))
+                assert rows == n // args.files * args.files, (rows, n)
                 results.append(r)
                 print(json.dumps(r), flush=True)
-                path.unlink()
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "urllist.json").write_text(json.dumps({"cores": os.cpu_count(), "runs": results}))

@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 
+from curate.core import runtime
 from curate.core.errors import InputError
 from curate.core.runtime import arrow_allocator, quiet_environment
 from pipelines import console
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     # it (--allow-private-hosts checks its entries with curate.download); chosen after, the driver's
     # jemalloc options did not act and a 200,000-URL build's driver peaked at 630-663 MB, not 490.
     arrow_allocator(driver=True)
+    runtime.MAIN_GUARDED = True  # the tiers script and `python -m pipelines.cli` call main() under a guard
     args = build_parser().parse_args(argv)
     console.setup(console.QUIET if args.quiet else console.VERBOSE if args.verbose else console.NORMAL)
     quiet_environment()  # after setup: how loud Ray may be depends on --verbose

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -77,6 +78,42 @@ def test_an_error_in_a_later_batch_names_its_row_in_its_file(tmp_path, monkeypat
         read_url_list([a, b])
     msg = str(e.value)
     assert f"duplicate uid 'u6' at {a} row 7 and {b} row 6" in msg and "2 duplicated uid(s)" in msg
+
+
+def test_a_list_staged_by_worker_processes_is_the_file_staged_here(tmp_path, monkeypatch):
+    """Each file staged by a process of its own gives the parquet file one process writes, byte for byte
+    (repeats numbered across files staged apart); a bad file is named, the first bad one in file order;
+    a uid repeated in files staged apart is named. Lists under ``PARALLEL_BYTES`` stay in this process."""
+    d, _ = _lists(tmp_path)
+    here = stage_url_list(d, ReadConfig(), str(tmp_path / "here.parquet"), workers=1)
+    there = stage_url_list(d, ReadConfig(), str(tmp_path / "there.parquet"), workers=2)
+    assert (tmp_path / "here.parquet").read_bytes() == (tmp_path / "there.parquet").read_bytes()
+    assert here.rows == there.rows == 33 and (here.captioned, here.columns) == (there.captioned, there.columns)
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for k in range(4):
+        rows = _rows(10, start=10 * k)
+        if k in (1, 3):
+            rows[4 + k]["url"] = " "
+        pq.write_table(pa.Table.from_pylist(rows), bad / f"{k}.parquet")
+    with pytest.raises(InputError, match=f"{bad / '1.parquet'}: row 6: empty URL"):
+        stage_url_list(bad, ReadConfig(), str(tmp_path / "bad.parquet"), workers=2)
+
+    a, b = tmp_path / "x.parquet", tmp_path / "y.parquet"
+    pq.write_table(pa.Table.from_pylist([dict(r, uid=f"u{i}") for i, r in enumerate(_rows(10))]), a)
+    pq.write_table(pa.Table.from_pylist([dict(r, uid=f"v{i}" if i != 2 else "u3") for i, r in enumerate(_rows(5))]), b)
+    with pytest.raises(InputError, match=f"duplicate uid 'u3' at {a} row 4 and {b} row 3"):
+        stage_url_list([a, b], ReadConfig(), str(tmp_path / "dup.parquet"), workers=2)
+
+    files = [str(p) for p in sorted(d.iterdir())]
+    monkeypatch.setattr(stream.runtime, "MAIN_GUARDED", True)  # as the CLI sets it
+    assert stream._workers(files, None) == 1  # a few kB
+    monkeypatch.setattr(stream, "PARALLEL_BYTES", 1)
+    assert stream._workers(files, None) == min(3, len(os.sched_getaffinity(0)))
+    monkeypatch.setattr(stream.runtime, "MAIN_GUARDED", False)  # from Python, unless said
+    assert stream._workers(files, None) == 1
+    assert stream._workers(files[:1], None) == 1 and stream._workers(files, 8) == 3
 
 
 def test_equal_hashes_of_different_uids_are_told_apart(tmp_path, monkeypatch):

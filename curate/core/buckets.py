@@ -14,10 +14,12 @@ class Buckets:
     (each bucket's records in the order they came), each file removed once read. An empty bucket is
     skipped."""
 
-    def __init__(self, directory: Path, name: str, buckets: int, dtype):
+    def __init__(self, directory: Path, name: str, buckets: int, dtype, fresh: bool = True):
+        """``fresh``: start empty (records are appended: none may be left from a search that stopped
+        half-way); False: read the buckets another process spilled there."""
         self.paths = [Path(directory) / f"{name}-{b:05d}.bin" for b in range(buckets)]
         self.dtype = np.dtype(dtype)
-        for p in self.paths:  # records are appended: none may be left from a search that stopped half-way
+        for p in self.paths if fresh else ():
             p.unlink(missing_ok=True)
 
     def add(self, records: np.ndarray, bucket: np.ndarray) -> None:
@@ -33,8 +35,15 @@ class Buckets:
                 records[starts[b] : starts[b] + counts[b]].tofile(f)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        for p in self.paths:
-            if p.exists():
-                records = np.fromfile(p, self.dtype)
-                p.unlink()
-                yield records
+        for b in range(len(self.paths)):
+            if self.paths[b].exists():
+                yield self.take(b)
+
+    def take(self, b: int) -> np.ndarray:
+        """Bucket ``b``'s records (none if it is empty), its file removed."""
+        p = self.paths[b]
+        if not p.exists():
+            return np.empty(0, self.dtype)
+        records = np.fromfile(p, self.dtype)
+        p.unlink()
+        return records

@@ -180,6 +180,12 @@ def release_memory(freeze: bool = True) -> None:
         trim(0)
 
 
+# Whether this process's __main__ is guarded by ``if __name__ == "__main__"`` (the ``tiers`` CLI sets it):
+# worker processes started with spawn import __main__ again, so an unguarded script would run again in
+# each. Where it is not known to be, a stage that could start such workers (staging a large URL list's
+# files) runs in this process instead.
+MAIN_GUARDED = False
+
 RAY_VERBOSE = "CLIP_TIERS_RAY_VERBOSE"
 
 

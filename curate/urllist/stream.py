@@ -27,12 +27,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.core import schema, scratch
+from curate.core import runtime, schema, scratch, storage
 from curate.core.buckets import Buckets
 from curate.core.errors import InputError
 from curate.urllist.readers import ReadConfig, _canonical, file_batches, list_files
 
 BATCH_ROWS = 1 << 16
+# A list of at least this many bytes (as stored) in two files or more is staged by a process per file, as
+# many at once as there are cores (up to MAX_WORKERS; each holds ~230 MB at its peak): a file's staging is
+# ~75% of the work, the one pass that writes the parquet file after it stays in this process.
+PARALLEL_BYTES = 64 << 20
+MAX_WORKERS = 16
 
 
 @dataclass(frozen=True)
@@ -78,12 +83,17 @@ def staged_url_list(spec: str | os.PathLike | list, cfg: ReadConfig = ReadConfig
         yield stage_url_list(spec, cfg, os.path.join(d, "urls.parquet"))
 
 
-def stage_url_list(spec: str | os.PathLike | list, cfg: ReadConfig, dest: str) -> StagedList:
-    """Read a URL list into the canonical parquet file ``dest`` (a local path), a batch at a time."""
+def stage_url_list(
+    spec: str | os.PathLike | list, cfg: ReadConfig, dest: str, workers: int | None = None
+) -> StagedList:
+    """Read a URL list into the canonical parquet file ``dest`` (a local path), a batch at a time.
+
+    ``workers``: processes staging the list's files at once. Default: one per core (up to ``MAX_WORKERS``)
+    for a list of ``PARALLEL_BYTES`` or more in several files, where ``runtime.MAIN_GUARDED`` says spawned
+    workers are safe (the ``tiers`` CLI); else this process. The file written is the same either way."""
     files = list_files(spec)
     with scratch.directory("parts") as work:
-        keys = _Keys(Path(work))
-        parts = [_stage_file(f, cfg, Path(work) / f"{k:05d}.arrow", keys) for k, f in enumerate(files)]
+        parts, key_dirs = _stage_files(files, cfg, Path(work), workers)
         sizes = [p.rows for p in parts]
         if sum(sizes) == 0:
             raise InputError("empty URL list: no rows", path=files[0] if len(files) == 1 else ", ".join(files))
@@ -92,7 +102,7 @@ def stage_url_list(spec: str | os.PathLike | list, cfg: ReadConfig, dest: str) -
             lacking = [f for f, h in zip(files, had_uid, strict=True) if not h]
             raise InputError(f"some files have a {cfg.uid_col!r} column and these do not: {', '.join(lacking)}")
         unified = _unified(", ".join(files), [p.schema for p in parts])
-        rows = keys.repeated_rows()
+        rows = _repeated_rows(key_dirs, sizes)
         if all(had_uid):
             _reject_duplicate_uids(parts, rows)
             renamed: dict[int, str] = {}
@@ -101,10 +111,60 @@ def stage_url_list(spec: str | os.PathLike | list, cfg: ReadConfig, dest: str) -
         return _write(parts, unified, renamed, dest)
 
 
-def _stage_file(path: str, cfg: ReadConfig, out: Path, keys: _Keys) -> _Part:
+def _stage_files(files: list[str], cfg: ReadConfig, work: Path, workers: int | None) -> tuple[list[_Part], list[Path]]:
+    """Every file staged (:func:`_stage_file`), here or by worker processes; (the parts in file order, the
+    directories their keys were spilled to). A file that cannot be read raises as it would here, the
+    first in file order."""
+    n = _workers(files, workers)
+    outs = [work / f"{k:05d}.arrow" for k in range(len(files))]
+    if n <= 1:
+        keys = _Keys(work / "keys")
+        return [_stage_file(f, cfg, o, keys, k) for k, (f, o) in enumerate(zip(files, outs, strict=True))], [keys.dir]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: this process may hold threads (Ray's, a progress bar's) that a fork would copy mid-lock.
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = enumerate(zip(files, outs, strict=True))
+        futures = [pool.submit(_stage_in_worker, f, cfg, o, k, work) for k, (f, o) in jobs]
+        try:
+            done = [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return [part for part, _ in done], sorted({d for _, d in done})
+
+
+def _workers(files: list[str], workers: int | None) -> int:
+    if workers is not None:
+        return max(1, min(workers, len(files)))
+    if len(files) < 2 or not runtime.MAIN_GUARDED:
+        return 1
+    try:
+        if sum(storage.size(f) for f in files) < PARALLEL_BYTES:
+            return 1
+    except OSError:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(len(files), cores, MAX_WORKERS)
+
+
+_WORKER_KEYS: _Keys | None = None  # a worker process's keys, one spill for every file it stages
+
+
+def _stage_in_worker(path: str, cfg: ReadConfig, out: Path, k: int, work: Path) -> tuple[_Part, Path]:
+    global _WORKER_KEYS
+    if _WORKER_KEYS is None:
+        _WORKER_KEYS = _Keys(work / f"keys-{os.getpid()}")
+    return _stage_file(path, cfg, out, _WORKER_KEYS, k), _WORKER_KEYS.dir
+
+
+def _stage_file(path: str, cfg: ReadConfig, out: Path, keys: _Keys, file: int) -> _Part:
     """One input file's rows, checked and canonical, into ``out`` (and, where a batch brings columns or
     types the earlier ones lacked, as a jsonl file's blocks may, ``out`` numbered on from 1, each file's
-    columns the earlier ones' unified with the batch's); each row's uid hash into ``keys``."""
+    columns the earlier ones' unified with the batch's); each row's uid hash into ``keys``, as row ``file``
+    of the list's files, row in it."""
     writer, kept, rows, had, paths = None, None, 0, False, []
     try:
         for raw in file_batches(path, cfg, BATCH_ROWS):
@@ -122,7 +182,7 @@ def _stage_file(path: str, cfg: ReadConfig, out: Path, keys: _Keys) -> _Part:
                 paths.append(out.with_suffix(f".{len(paths)}{out.suffix}") if paths else out)
                 kept, writer = unified, pa.ipc.new_file(str(paths[-1]), unified)
             writer.write_table(pa.table([_column(table, f) for f in kept], schema=kept))
-            keys.add(_hash(table.column(schema.UID)))
+            keys.add(_hash(table.column(schema.UID)), file, rows)
             rows += table.num_rows
     finally:
         if writer is not None:
@@ -149,29 +209,38 @@ def _hash(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return pl.Series(col).hash(seed=0).to_numpy()
 
 
-class _Keys:
-    """Each row's 64-bit key and row number, spilled to one of 64 bucket files by the key's top bits, so
-    that finding the rows whose key repeats holds one bucket, not every row's key."""
+KEY_BUCKETS, KEY_SHIFT = 64, 58  # a key's bucket: its top 6 bits
+KEY_RECORD = np.dtype([("key", "<u8"), ("row", "<i8")])  # row: file << ROW_BITS | row in the file
+ROW_BITS = 40
 
-    RECORD = np.dtype([("key", "<u8"), ("row", "<i8")])
+
+class _Keys:
+    """Each row's 64-bit key and where the row is, spilled to one of 64 bucket files by the key's top
+    bits, so that finding the rows whose key repeats holds one bucket, not every row's key."""
 
     def __init__(self, directory: Path):
-        self.buckets, self.rows = Buckets(directory, "keys", 64, self.RECORD), 0
+        self.dir = directory
+        directory.mkdir()
+        self.buckets = Buckets(directory, "keys", KEY_BUCKETS, KEY_RECORD)
 
-    def add(self, keys: np.ndarray) -> None:
-        rec = np.empty(len(keys), self.RECORD)
-        rec["key"], rec["row"] = keys, np.arange(self.rows, self.rows + len(keys))
-        self.rows += len(keys)
-        self.buckets.add(rec, (keys >> np.uint64(58)).astype(np.int64))  # the hash's top 6 bits
+    def add(self, keys: np.ndarray, file: int, row0: int) -> None:
+        rec = np.empty(len(keys), KEY_RECORD)
+        rec["key"], rec["row"] = keys, (file << ROW_BITS) + np.arange(row0, row0 + len(keys))
+        self.buckets.add(rec, (keys >> np.uint64(KEY_SHIFT)).astype(np.int64))
 
-    def repeated_rows(self) -> np.ndarray:
-        """The rows, ascending, whose key another row shares; a bucket at a time."""
-        found = [np.zeros(0, np.int64)]
-        for rec in self.buckets:
-            s = np.sort(rec["key"])
-            repeated = s[1:][s[1:] == s[:-1]]
-            found.append(rec["row"][np.isin(rec["key"], repeated)])
-        return np.sort(np.concatenate(found))
+
+def _repeated_rows(dirs: list[Path], sizes: list[int]) -> np.ndarray:
+    """The list's rows, ascending, whose key another row shares, from the keys spilled to ``dirs`` (by
+    one process or several); one bucket of every spill at a time."""
+    first = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)[:-1]]).astype(np.int64)
+    spills = [Buckets(d, "keys", KEY_BUCKETS, KEY_RECORD, fresh=False) for d in dirs]
+    found = [np.zeros(0, np.int64)]
+    for b in range(KEY_BUCKETS):
+        rec = np.concatenate([s.take(b) for s in spills])
+        s = np.sort(rec["key"])
+        at = rec["row"][np.isin(rec["key"], s[1:][s[1:] == s[:-1]])]
+        found.append(first[at >> ROW_BITS] + (at & ((1 << ROW_BITS) - 1)))
+    return np.sort(np.concatenate(found))
 
 
 def _gather(parts: list[_Part], rows: np.ndarray, columns: list[str]) -> pa.Table:
