@@ -113,3 +113,22 @@ def test_a_replica_goes_a_day_after_its_last_use_and_each_use_keeps_it(base, mon
         aged(d, scratch.REPLICA_IDLE + 60)
     assert nodefiles.local(origin_dir / "thumbs.u8", "node-a", 10) == used / "thumbs.u8"  # no pull: there
     assert scratch.sweep(base) == 1 and used.exists() and not idle.exists()
+
+
+def test_a_killed_runs_mirror_goes_a_week_after_its_last_change_never_while_held(base):
+    """A training run's local mirror (train.remote) is held by the run's processes; one left by a killed
+    run is removed once nothing holds it and neither it, its checkpoints nor its metrics changed for a
+    week. The run's bucket holds its checkpoints, so a later resume starts from there."""
+    runs = base / scratch.RUNS
+    week = scratch.RUN_IDLE + 60
+    old, held, busy, legacy = (runs / k for k in ("old", "held", "busy", "legacy"))
+    with scratch.owned(old), scratch.owned(held), scratch.owned(busy):
+        pass  # made and held once, as a run does, then let go (a killed run lets go too)
+    legacy.mkdir()  # a mirror from before owners: age alone
+    (busy / "checkpoints").mkdir()  # a checkpoint written lately: not idle
+    for d in (old, held, busy, legacy):
+        aged(d, week)
+    with scratch.owned(held), scratch.owned(held):  # two ranks of a live run share it
+        assert scratch.sweep(base) == 2
+    assert not old.exists() and not legacy.exists() and held.exists() and busy.exists()
+    assert scratch.sweep(base) == 1 and not held.exists() and busy.exists()  # let go: a week old, it goes

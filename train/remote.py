@@ -11,7 +11,8 @@ system's temporary dir, one folder per run URL) exactly as into a local run dire
   ones beyond ``keep_checkpoints``;
 - at the end, ``model/``, ``eval.json`` and ``metrics.jsonl`` go up, and ``summary.json`` last, so a run
   is finished in the bucket exactly when it is finished locally; then the mirror is removed (a run that
-  fails or is killed keeps it, for a resume here).
+  fails or is killed keeps it, for a resume here, until a scratch sweep finds it unheld and a week
+  unchanged: :mod:`curate.core.scratch`).
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from curate.core import access, rundir, storage
+from curate.core import access, rundir, scratch, storage
 
 FILES = (rundir.CONFIG, rundir.METRICS, rundir.SUMMARY, rundir.EVAL)
 
 
 def mirror_dir(url: str) -> Path:
-    return Path(storage.scratch_dir()) / "clip-tiers-runs" / hashlib.blake2b(url.encode(), digest_size=8).hexdigest()
+    return Path(storage.scratch_dir()) / scratch.RUNS / hashlib.blake2b(url.encode(), digest_size=8).hexdigest()
 
 
 def _upload_dir(local: Path, url: str, last: str | None = None) -> None:
@@ -82,7 +83,12 @@ def mirrored(url: str, keep: int = 2, every: float = 2.0, upload: bool = True) -
     """A local run directory mirrored to ``url`` for the block (see the module doc); yields its path.
     ``upload=False`` (DDP ranks but the first) only pulls."""
     access.check_access(url, write=upload)
-    local = mirror_dir(url)
+    scratch.sweep(storage.scratch_dir())  # a killed run's mirror a week old, among others
+    with scratch.owned(mirror_dir(url)) as local:  # never swept while a rank of the run holds it
+        yield from _mirrored(url, local, keep, every, upload)
+
+
+def _mirrored(url: str, local: Path, keep: int, every: float, upload: bool) -> Iterator[Path]:
     pull(url, local)
     if not upload:
         yield local

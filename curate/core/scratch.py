@@ -17,7 +17,9 @@ after it was made (its process was killed between making it and naming its owner
 ``flock`` does not work says so with an ``.unowned`` file and is never removed), and a replica of another
 node's files (``clip-tiers-replica-*``, :mod:`curate.core.nodefiles`) that no task has used for a day (its
 owner, on another node, removes it when done, unless that task was killed first). A replica removed while
-a later task still wants it is pulled again.
+a later task still wants it is pulled again. And a training run's local mirror (``clip-tiers-runs/*``,
+:mod:`train.remote`), kept when the run is killed so that a resume here finds its newest checkpoint, once
+no process holds it (:func:`owned`) and it has not changed for a week: the run's bucket has the rest.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ UNOWNED = ".unowned"  # in a directory made where flock does not work: never swe
 REPLICA = f"{PREFIX}replica-"
 STRAY_AFTER = 3600.0  # seconds after which a directory of ours that never got its owner file is removed
 REPLICA_IDLE = 86400.0  # seconds unused after which a replica is removed
+RUNS = f"{PREFIX}runs"  # training runs' local mirrors, one directory each
+RUN_IDLE = 7 * 86400.0  # seconds unchanged after which a mirror no process holds is removed
 HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=3).hexdigest()
 
 
@@ -92,6 +96,9 @@ def sweep(base: str | os.PathLike) -> int:
         if e.name.startswith(REPLICA):
             removed += _remove_if_older(e, REPLICA_IDLE)
             continue
+        if e.name == RUNS:
+            removed += _sweep_runs(e.path)
+            continue
         if not e.name.startswith(PREFIX) or f"-{HOST}-" not in e.name:
             continue
         try:
@@ -115,12 +122,66 @@ def sweep(base: str | os.PathLike) -> int:
     return removed
 
 
-def _remove_if_older(e: os.DirEntry, seconds: float) -> int:
-    """Remove directory ``e`` if it has not changed for ``seconds``; 1 if removed."""
+def _remove_if_older(e: os.DirEntry, seconds: float, inside: tuple[str, ...] = ()) -> int:
+    """Remove directory ``e`` if neither it nor the entries ``inside`` it have changed for ``seconds``; 1
+    if removed."""
     try:
-        if not e.is_dir(follow_symlinks=False) or time.time() - e.stat(follow_symlinks=False).st_mtime < seconds:
+        if not e.is_dir(follow_symlinks=False):
+            return 0
+        changed = [e.stat(follow_symlinks=False).st_mtime]
+        for name in inside:
+            with contextlib.suppress(FileNotFoundError):
+                changed.append(os.stat(os.path.join(e.path, name)).st_mtime)
+        if time.time() - max(changed) < seconds:
             return 0
     except OSError:  # gone meanwhile
         return 0
     shutil.rmtree(e.path, ignore_errors=True)
     return 1
+
+
+@contextlib.contextmanager
+def owned(d: Path) -> Iterator[Path]:
+    """Hold directory ``d`` (made if missing) for the block, as one of the processes using it (the ranks of
+    a training run share its mirror): a sweep removes it only when none holds it. Where ``flock`` does not
+    work, the directory is used without being held (and never swept)."""
+    while True:
+        d.mkdir(parents=True, exist_ok=True)
+        fd: int | None = os.open(d / OWNER, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:
+            os.close(fd)
+            fd = None
+            break
+        if os.fstat(fd).st_nlink:  # not removed by a sweep that held it while this waited
+            break
+        os.close(fd)
+    try:
+        yield d
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _sweep_runs(runs: str) -> int:
+    """Remove the run mirrors in ``runs`` that no process holds and that have not changed for ``RUN_IDLE``."""
+    removed = 0
+    with contextlib.suppress(OSError):
+        for e in list(os.scandir(runs)):
+            fd = None
+            try:
+                fd = os.open(os.path.join(e.path, OWNER), os.O_RDONLY)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except FileNotFoundError:  # made by a version without owners, or being made now: age alone
+                pass
+            except OSError:  # held, or no flock here
+                if fd is not None:
+                    os.close(fd)
+                continue
+            try:
+                removed += _remove_if_older(e, RUN_IDLE, ("checkpoints", "metrics.jsonl"))
+            finally:
+                if fd is not None:
+                    os.close(fd)
+    return removed
