@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.core import schema
+from curate.core import failpoints, schema
 from curate.core.errors import InputError
 from curate.urllist import ReadConfig, read_url_list, stage_url_list, stream
 from tests.memory import needs_proc, peak_growth_mb
@@ -89,6 +89,13 @@ def test_a_list_staged_by_worker_processes_is_the_file_staged_here(tmp_path, mon
     there = stage_url_list(d, ReadConfig(), str(tmp_path / "there.parquet"), workers=2)
     assert (tmp_path / "here.parquet").read_bytes() == (tmp_path / "there.parquet").read_bytes()
     assert here.rows == there.rows == 33 and (here.captioned, here.columns) == (there.captioned, there.columns)
+
+    # A worker killed (as an out-of-memory kill would): the list is staged in this process instead.
+    monkeypatch.setenv(failpoints.ENV, "urllist:worker")
+    again = stage_url_list(d, ReadConfig(), str(tmp_path / "again.parquet"), workers=2)
+    assert (tmp_path / "again.parquet").read_bytes() == (tmp_path / "here.parquet").read_bytes()
+    assert again.rows == here.rows
+    monkeypatch.delenv(failpoints.ENV)
 
     bad = tmp_path / "bad"
     bad.mkdir()

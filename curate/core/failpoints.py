@@ -3,7 +3,8 @@
 Set ``CLIP_TIERS_FAILPOINT=name`` (or ``name@k`` for the k-th time the point is reached) and the
 process dies there exactly as ``kill -9`` would: no cleanup, no flush. Unset, a failpoint costs one
 dictionary lookup. Points: ``build:after_download``, ``build:after_annotate``, ``decide:after_dedup``,
-``tiers:after_shard`` (once per band shard written), ``tiers:before_manifest``.
+``tiers:after_shard`` (once per band shard written), ``tiers:before_manifest``, ``urllist:worker`` (a
+process staging a URL list's file, as it starts each).
 """
 
 from __future__ import annotations

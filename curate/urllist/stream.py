@@ -16,6 +16,7 @@ file: the same table :func:`read_url_list` returns, never held whole.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +31,10 @@ import pyarrow.parquet as pq
 from curate.core import runtime, schema, scratch, storage
 from curate.core.buckets import Buckets
 from curate.core.errors import InputError
+from curate.core.failpoints import failpoint
 from curate.urllist.readers import ReadConfig, _canonical, file_batches, list_files
+
+log = logging.getLogger(__name__)
 
 BATCH_ROWS = 1 << 16
 # A list of at least this many bytes (as stored) in two files or more is staged by a process per file, as
@@ -122,17 +126,23 @@ def _stage_files(files: list[str], cfg: ReadConfig, work: Path, workers: int | N
         return [_stage_file(f, cfg, o, keys, k) for k, (f, o) in enumerate(zip(files, outs, strict=True))], [keys.dir]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
-    # spawn: this process may hold threads (Ray's, a progress bar's) that a fork would copy mid-lock.
-    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = enumerate(zip(files, outs, strict=True))
-        futures = [pool.submit(_stage_in_worker, f, cfg, o, k, work) for k, (f, o) in jobs]
-        try:
-            done = [f.result() for f in futures]
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+    try:
+        # spawn: this process may hold threads (Ray's, a progress bar's) that a fork would copy mid-lock.
+        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = enumerate(zip(files, outs, strict=True))
+            futures = [pool.submit(_stage_in_worker, f, cfg, o, k, work) for k, (f, o) in jobs]
+            try:
+                done = [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    except BrokenProcessPool:  # a worker killed (out of memory?): one process needs a worker's memory, not n
+        log.warning(f"a process staging the URL list died; staging its {len(files)} files in this one")
+        (work / "here").mkdir()
+        return _stage_files(files, cfg, work / "here", 1)
     return [part for part, _ in done], sorted({d for _, d in done})
 
 
@@ -155,6 +165,7 @@ _WORKER_KEYS: _Keys | None = None  # a worker process's keys, one spill for ever
 
 def _stage_in_worker(path: str, cfg: ReadConfig, out: Path, k: int, work: Path) -> tuple[_Part, Path]:
     global _WORKER_KEYS
+    failpoint("urllist:worker")
     if _WORKER_KEYS is None:
         _WORKER_KEYS = _Keys(work / f"keys-{os.getpid()}")
     return _stage_file(path, cfg, out, _WORKER_KEYS, k), _WORKER_KEYS.dir
