@@ -3,10 +3,13 @@ their process was killed inside the block; never while their process lives."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -132,3 +135,27 @@ def test_a_killed_runs_mirror_goes_a_week_after_its_last_change_never_while_held
         assert scratch.sweep(base) == 2
     assert not old.exists() and not legacy.exists() and held.exists() and busy.exists()
     assert scratch.sweep(base) == 1 and not held.exists() and busy.exists()  # let go: a week old, it goes
+
+
+def test_a_resume_that_waits_on_a_sweep_makes_its_mirror_again(base):
+    """A sweep holds a mirror's owner file while it removes the mirror; a run starting then waits for it,
+    finds its owner file gone with the directory, and makes both again (it pulls from the bucket)."""
+    mirror = base / scratch.RUNS / "abc"
+    with scratch.owned(mirror):
+        pass
+    fd = os.open(mirror / scratch.OWNER, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a sweep that is about to remove it
+    got = []
+
+    def start():
+        with scratch.owned(mirror) as d:
+            got.append((d / scratch.OWNER).exists() and os.stat(d / scratch.OWNER).st_nlink)
+
+    t = threading.Thread(target=start)
+    t.start()
+    time.sleep(0.2)
+    assert not got  # waiting for the sweep
+    shutil.rmtree(mirror)
+    os.close(fd)
+    t.join(10)
+    assert got == [1] and mirror.is_dir()

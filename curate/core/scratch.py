@@ -147,7 +147,10 @@ def owned(d: Path) -> Iterator[Path]:
     work, the directory is used without being held (and never swept)."""
     while True:
         d.mkdir(parents=True, exist_ok=True)
-        fd: int | None = os.open(d / OWNER, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            fd: int | None = os.open(d / OWNER, os.O_RDONLY | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # a sweep removed it between the two: make it again
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
         except OSError:
