@@ -249,7 +249,7 @@ def build(
     access.check_access(out)  # before any work: nothing written to a store that cannot take it
     t0 = time.perf_counter()
     # Read a batch at a time into a local file (an unreadable list leaves --out untouched), then stored.
-    with staged_url_list(urls, read_cfg or ReadConfig()) as staged, hold(out, command="tiers build"):
+    with staged_url_list(urls, read_cfg or ReadConfig(), progress) as staged, hold(out, command="tiers build"):
         _store_inputs(out, staged.path)
         log.info(f"[1/5] {staged.rows:,} input rows")
         with ray_session(ray_address):

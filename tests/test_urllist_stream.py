@@ -123,6 +123,28 @@ def test_a_list_staged_by_worker_processes_is_the_file_staged_here(tmp_path, mon
     assert stream._workers(files[:1], None) == 1 and stream._workers(files, 8) == 3
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_staging_shows_the_rows_read_and_written(tmp_path, capsys, workers):
+    """Bars of the rows read (per batch here, per file from workers) and written; a list staged in under
+    two seconds (all of these) shows none unless the delay is lifted, as here."""
+    from tqdm import tqdm
+
+    d, rows = _lists(tmp_path)
+    stage_url_list(d, ReadConfig(), str(tmp_path / "quiet.parquet"), workers=workers, progress=True)
+    assert "rows" not in capsys.readouterr().err
+    tqdm_init = tqdm.__init__
+
+    def shown(self, *a, **kw):
+        tqdm_init(self, *a, **{**kw, "delay": 0})
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(tqdm, "__init__", shown)
+        stage_url_list(d, ReadConfig(), str(tmp_path / "shown.parquet"), workers=workers, progress=True)
+    err = capsys.readouterr().err.replace("\r", "\n")
+    n = f"{len(rows)}.0"  # unit_scale's way with numbers under 1,000
+    assert f"read URL list: {n} rows" in err and f"write staged list: 100%|██████████| {n}/{n}" in err
+
+
 def test_equal_hashes_of_different_uids_are_told_apart(tmp_path, monkeypatch):
     """Every row's key collides: the rows are compared as strings, so nothing is a duplicate by accident."""
     monkeypatch.setattr(stream, "_hash", lambda col: np.zeros(len(col), np.uint64))

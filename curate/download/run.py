@@ -103,7 +103,7 @@ def download(
     else:
         # Read a batch at a time into one local file (an unreadable list raises before the lock is taken);
         # the plan writes the input shards from it a shard at a time: the list is never held whole.
-        staged = staged_url_list(urls, read_config or ReadConfig())
+        staged = staged_url_list(urls, read_config or ReadConfig(), progress)
         source = ", ".join(map(os.fspath, urls)) if isinstance(urls, list | tuple) else os.fspath(urls)
     raw = storage.join(out, manifest.RAW)
     with staged as data, hold(out, command="tiers download"):

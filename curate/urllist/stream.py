@@ -81,23 +81,27 @@ def read_url_list(spec: str | os.PathLike | list, cfg: ReadConfig = ReadConfig()
 
 
 @contextlib.contextmanager
-def staged_url_list(spec: str | os.PathLike | list, cfg: ReadConfig = ReadConfig()) -> Iterator[StagedList]:
+def staged_url_list(
+    spec: str | os.PathLike | list, cfg: ReadConfig = ReadConfig(), progress: bool = False
+) -> Iterator[StagedList]:
     """:func:`stage_url_list` into a scratch directory, removed when the block ends."""
     with scratch.directory("list") as d:
-        yield stage_url_list(spec, cfg, os.path.join(d, "urls.parquet"))
+        yield stage_url_list(spec, cfg, os.path.join(d, "urls.parquet"), progress=progress)
 
 
 def stage_url_list(
-    spec: str | os.PathLike | list, cfg: ReadConfig, dest: str, workers: int | None = None
+    spec: str | os.PathLike | list, cfg: ReadConfig, dest: str, workers: int | None = None, progress: bool = False
 ) -> StagedList:
     """Read a URL list into the canonical parquet file ``dest`` (a local path), a batch at a time.
 
     ``workers``: processes staging the list's files at once. Default: one per core (up to ``MAX_WORKERS``)
     for a list of ``PARALLEL_BYTES`` or more in several files, where ``runtime.MAIN_GUARDED`` says spawned
-    workers are safe (the ``tiers`` CLI); else this process. The file written is the same either way."""
+    workers are safe (the ``tiers`` CLI); else this process. The file written is the same either way.
+    ``progress``: bars of the rows read and written, for a list that takes more than a few seconds."""
     files = list_files(spec)
     with scratch.directory("parts") as work:
-        parts, key_dirs = _stage_files(files, cfg, Path(work), workers)
+        with _bar("read URL list", progress) as bar:
+            parts, key_dirs = _stage_files(files, cfg, Path(work), workers, bar)
         sizes = [p.rows for p in parts]
         if sum(sizes) == 0:
             raise InputError("empty URL list: no rows", path=files[0] if len(files) == 1 else ", ".join(files))
@@ -112,10 +116,20 @@ def stage_url_list(
             renamed: dict[int, str] = {}
         else:
             renamed = _repeat_uids(parts, rows)
-        return _write(parts, unified, renamed, dest)
+        with _bar("write staged list", progress, sum(sizes)) as bar:
+            return _write(parts, unified, renamed, dest, bar)
 
 
-def _stage_files(files: list[str], cfg: ReadConfig, work: Path, workers: int | None) -> tuple[list[_Part], list[Path]]:
+def _bar(desc: str, progress: bool, total: int | None = None):
+    from tqdm import tqdm
+
+    # Shown after 2 s: a list read in less never prints one (nor before an error about it).
+    return tqdm(desc=desc, total=total, unit=" rows", unit_scale=True, delay=2, disable=not progress)
+
+
+def _stage_files(
+    files: list[str], cfg: ReadConfig, work: Path, workers: int | None, bar
+) -> tuple[list[_Part], list[Path]]:
     """Every file staged (:func:`_stage_file`), here or by worker processes; (the parts in file order, the
     directories their keys were spilled to). A file that cannot be read raises as it would here, the
     first in file order."""
@@ -123,7 +137,8 @@ def _stage_files(files: list[str], cfg: ReadConfig, work: Path, workers: int | N
     outs = [work / f"{k:05d}.arrow" for k in range(len(files))]
     if n <= 1:
         keys = _Keys(work / "keys")
-        return [_stage_file(f, cfg, o, keys, k) for k, (f, o) in enumerate(zip(files, outs, strict=True))], [keys.dir]
+        jobs = enumerate(zip(files, outs, strict=True))
+        return [_stage_file(f, cfg, o, keys, k, bar.update) for k, (f, o) in jobs], [keys.dir]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -134,7 +149,10 @@ def _stage_files(files: list[str], cfg: ReadConfig, work: Path, workers: int | N
             jobs = enumerate(zip(files, outs, strict=True))
             futures = [pool.submit(_stage_in_worker, f, cfg, o, k, work) for k, (f, o) in jobs]
             try:
-                done = [f.result() for f in futures]
+                done = []
+                for f in futures:  # in file order: the first file's error is the one raised
+                    done.append(f.result())
+                    bar.update(done[-1][0].rows)
             except BaseException:
                 for f in futures:
                     f.cancel()
@@ -142,7 +160,8 @@ def _stage_files(files: list[str], cfg: ReadConfig, work: Path, workers: int | N
     except BrokenProcessPool:  # a worker killed (out of memory?): one process needs a worker's memory, not n
         log.warning(f"a process staging the URL list died; staging its {len(files)} files in this one")
         (work / "here").mkdir()
-        return _stage_files(files, cfg, work / "here", 1)
+        bar.reset()
+        return _stage_files(files, cfg, work / "here", 1, bar)
     return [part for part, _ in done], sorted({d for _, d in done})
 
 
@@ -171,11 +190,11 @@ def _stage_in_worker(path: str, cfg: ReadConfig, out: Path, k: int, work: Path) 
     return _stage_file(path, cfg, out, _WORKER_KEYS, k), _WORKER_KEYS.dir
 
 
-def _stage_file(path: str, cfg: ReadConfig, out: Path, keys: _Keys, file: int) -> _Part:
+def _stage_file(path: str, cfg: ReadConfig, out: Path, keys: _Keys, file: int, read=None) -> _Part:
     """One input file's rows, checked and canonical, into ``out`` (and, where a batch brings columns or
     types the earlier ones lacked, as a jsonl file's blocks may, ``out`` numbered on from 1, each file's
     columns the earlier ones' unified with the batch's); each row's uid hash into ``keys``, as row ``file``
-    of the list's files, row in it."""
+    of the list's files, row in it; ``read(rows)`` after each batch."""
     writer, kept, rows, had, paths = None, None, 0, False, []
     try:
         for raw in file_batches(path, cfg, BATCH_ROWS):
@@ -195,6 +214,8 @@ def _stage_file(path: str, cfg: ReadConfig, out: Path, keys: _Keys, file: int) -
             writer.write_table(pa.table([_column(table, f) for f in kept], schema=kept))
             keys.add(_hash(table.column(schema.UID)), file, rows)
             rows += table.num_rows
+            if read is not None:
+                read(table.num_rows)
     finally:
         if writer is not None:
             writer.close()
@@ -318,7 +339,7 @@ def _locate(row: int, parts: list[_Part]) -> tuple[str, int]:
     raise IndexError(row)
 
 
-def _write(parts: list[_Part], unified: pa.Schema, renamed: dict[int, str], dest: str) -> StagedList:
+def _write(parts: list[_Part], unified: pa.Schema, renamed: dict[int, str], dest: str, bar) -> StagedList:
     """Every part's batches, cast to the unified columns, uids of repeats replaced, into ``dest``."""
     first = [schema.UID, schema.URL, schema.CAPTION]
     names = first + [n for n in unified.names if n not in first]
@@ -338,6 +359,7 @@ def _write(parts: list[_Part], unified: pa.Schema, renamed: dict[int, str], dest
                 writer.write_batch(pa.record_batch(cols, schema=out_schema))
                 captioned += b.num_rows - b.column(schema.CAPTION).null_count
                 r0 += b.num_rows
+                bar.update(b.num_rows)
     return StagedList(dest, r0, captioned, tuple(names))
 
 

@@ -20,7 +20,9 @@ def register(sub) -> None:
 def _check(args: argparse.Namespace) -> int:
     from curate.urllist import staged_url_list
 
-    with staged_url_list(args.urls, read_config(args)) as staged:  # a batch at a time, whatever its size
+    with staged_url_list(
+        args.urls, read_config(args), args.progress
+    ) as staged:  # a batch at a time, whatever its size
         extras = [c for c in staged.columns if c not in ("uid", "url", "caption")]
         extra = ", ".join(extras) or "none"
         log.info(f"{staged.rows} rows; {staged.captioned} with a caption; extra columns: {extra}")
