@@ -50,3 +50,40 @@ def test_the_installed_ray_has_the_handle_we_use():
     assert hasattr(ray._private.worker, "_global_node")
     assert ray._private.ray_constants.PROCESS_TYPE_MONITOR == "monitor"
     assert "self.all_processes" in Path(ray._private.node.__file__).read_text()
+
+
+def test_a_node_is_seen_registered_as_soon_as_the_gcs_has_it(ray_local):
+    """The poll a Ray of our own starts with (``runtime._lean_start``) works against the installed Ray: the
+    session's node is found at once, a made-up one is not. (A Ray without the private GCS client answers
+    False, and its own one-second retries take over.)"""
+    import time
+
+    import ray
+
+    from curate.core.runtime import node_registered
+
+    gcs = ray._private.worker._global_node.gcs_address
+    t0 = time.monotonic()
+    assert node_registered(gcs, ray.get_runtime_context().get_node_id(), timeout=10)
+    assert time.monotonic() - t0 < 2
+    assert not node_registered(gcs, "ab" * 28, timeout=0.2)
+
+
+LEAN = """
+import ray
+from curate.core.runtime import quiet_environment, ray_session
+quiet_environment()
+with ray_session(num_cpus=1):
+    print(" ".join(sorted(ray._private.worker._global_node.all_processes)))
+    print(ray.get(ray.remote(lambda: 7).remote()))
+"""
+
+
+def test_a_ray_of_our_own_starts_without_its_api_server_and_runs_tasks():
+    """No dashboard process (it held ray.init ~0.7 s and probed the cloud metadata address each start)."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", LEAN], capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    processes, result = out.stdout.split("\n")[:2]
+    assert {"raylet", "gcs_server"} <= set(processes.split()) and "dashboard" not in processes.split()
+    assert result == "7"

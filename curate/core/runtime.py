@@ -10,6 +10,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 
 
@@ -251,14 +252,15 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         else:
             # "local": a Ray of our own, even when another run on this machine started one (`ray start`,
             # a test cluster): without it ray.init joins whatever /tmp/ray/ray_current_cluster names.
-            ray.init(
-                address="local",
-                num_cpus=num_cpus or os.cpu_count(),
-                include_dashboard=False,
-                log_to_driver=ray_verbose(),
-                configure_logging=True,
-                logging_level=level,
-            )
+            with _lean_start():
+                ray.init(
+                    address="local",
+                    num_cpus=num_cpus or os.cpu_count(),
+                    include_dashboard=False,
+                    log_to_driver=ray_verbose(),
+                    configure_logging=True,
+                    logging_level=level,
+                )
     if not ray_verbose():
         _hush_ray()
     try:
@@ -267,6 +269,57 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         if not address:
             _stop_monitor(ray)
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _lean_start() -> Iterator[None]:
+    """Within the block, a Ray this process starts for itself starts without its API server and learns
+    that its raylet is up as soon as it is.
+
+    With ``include_dashboard=False`` Ray still starts its dashboard process as an API server (state and job
+    APIs, usage stats), waits ~0.7 s for it to publish its address, and that process probes the cloud
+    metadata address (169.254.169.254) on every start. Nothing here uses those APIs on a Ray of our own,
+    so it is not started. Then ``ray.init`` asks the GCS for the new node through Ray's C++
+    ``GetNode``, which retries once a second; the raylet registers ~0.8 s after it starts, so the answer
+    came at 1 or 2 s. Polling the GCS every 20 ms first, the answer comes when the raylet does. Both are
+    Ray's private handles: where a Ray version lacks them, it starts as before (README, "Annotate")."""
+    try:
+        import ray._private.node as node
+        import ray._private.services as services
+    except ImportError:
+        yield
+        return
+    if not (hasattr(node.Node, "start_api_server") and hasattr(services, "get_node")):
+        yield
+        return
+    api_server, get_node = node.Node.start_api_server, services.get_node
+
+    def registered_first(gcs_address: str, node_id: str):
+        node_registered(gcs_address, node_id, timeout=30)
+        return get_node(gcs_address, node_id)
+
+    node.Node.start_api_server = lambda self, **kw: None
+    services.get_node = registered_first
+    try:
+        yield
+    finally:
+        node.Node.start_api_server, services.get_node = api_server, get_node
+
+
+def node_registered(gcs_address: str, node_id: str, timeout: float) -> bool:
+    """Whether node ``node_id`` (hex) is in the GCS's node table at ``gcs_address`` within ``timeout``
+    seconds, asking every 20 ms; False at once where Ray's private GCS client cannot ask."""
+    try:
+        from ray._raylet import GcsClient
+
+        client, deadline = GcsClient(address=gcs_address), time.monotonic() + timeout
+        while not any(k.hex() == node_id for k in client.get_all_node_info(timeout=1)):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+    except Exception:  # noqa: BLE001 - an API this Ray lacks, a GCS not up yet: Ray's own retries follow
+        return False
 
 
 def _stop_monitor(ray) -> None:
