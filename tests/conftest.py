@@ -99,15 +99,17 @@ def ray_cluster(s3_server):
     """
     from ray.cluster_utils import Cluster
 
-    from curate.core.runtime import quiet_environment
+    from curate.core.runtime import lean_start, quiet_environment
 
     quiet_environment()
     node = {"num_cpus": 1, "object_store_memory": 150 * 1024**2, "include_dashboard": False}
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args=node)
-    _forget_address(cluster.address)
-    for _ in range(2):
-        cluster.add_node(num_cpus=1, object_store_memory=150 * 1024**2)
-    cluster.wait_for_nodes()
+    # As the CLI starts its own Ray: no dashboard process, which probed the cloud metadata address.
+    with lean_start():
+        cluster = Cluster(initialize_head=True, connect=False, head_node_args=node)
+        _forget_address(cluster.address)
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, object_store_memory=150 * 1024**2)
+        cluster.wait_for_nodes()
     try:
         yield cluster
     finally:

@@ -53,7 +53,7 @@ def test_the_installed_ray_has_the_handle_we_use():
 
 
 def test_a_node_is_seen_registered_as_soon_as_the_gcs_has_it(ray_local):
-    """The poll a Ray of our own starts with (``runtime._lean_start``) works against the installed Ray: the
+    """The poll a Ray of our own starts with (``runtime.lean_start``) works against the installed Ray: the
     session's node is found at once, a made-up one is not. (A Ray without the private GCS client answers
     False, and its own one-second retries take over.)"""
     import time

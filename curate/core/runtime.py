@@ -252,7 +252,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         else:
             # "local": a Ray of our own, even when another run on this machine started one (`ray start`,
             # a test cluster): without it ray.init joins whatever /tmp/ray/ray_current_cluster names.
-            with _lean_start():
+            with lean_start():
                 ray.init(
                     address="local",
                     num_cpus=num_cpus or os.cpu_count(),
@@ -272,7 +272,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
 
 
 @contextlib.contextmanager
-def _lean_start() -> Iterator[None]:
+def lean_start() -> Iterator[None]:
     """Within the block, a Ray this process starts for itself starts without its API server and learns
     that its raylet is up as soon as it is.
 
