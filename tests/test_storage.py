@@ -294,6 +294,14 @@ def test_tiers_check_reads_url_lists_from_a_bucket(bucket, tmp_path):
     pq.write_table(t, tmp_path / "c.parquet", row_group_size=64)
     storage.write_bytes(f"{bucket}/more/c.parquet", (tmp_path / "c.parquet").read_bytes())
     assert read_url_list(f"{bucket}/more/c.parquet").equals(read_url_list(tmp_path / "c.parquet"))
+    # Its files staged by worker processes, which reach the bucket as this process does.
+    from curate.urllist import ReadConfig, stage_url_list
+
+    storage.write_bytes(f"{bucket}/more/d.parquet", (tmp_path / "c.parquet").read_bytes())
+    apart = stage_url_list(f"{bucket}/more", ReadConfig(), str(tmp_path / "apart.parquet"), workers=2)
+    here = stage_url_list(f"{bucket}/more", ReadConfig(), str(tmp_path / "here.parquet"), workers=1)
+    assert apart.rows == here.rows == 600  # d repeats c: its uids numbered on
+    assert (tmp_path / "apart.parquet").read_bytes() == (tmp_path / "here.parquet").read_bytes()
 
 
 def test_one_run_per_build_directory_in_a_bucket(bucket):
