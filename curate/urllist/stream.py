@@ -346,7 +346,18 @@ def _write(parts: list[_Part], unified: pa.Schema, renamed: dict[int, str], dest
     out_schema = pa.schema([unified.field(n) for n in names])
     fixed = np.array(sorted(renamed), np.int64)
     r0, captioned = 0, 0
-    with pq.ParquetWriter(dest, out_schema, write_page_checksum=True) as writer:
+    # uid, url and caption are nearly all distinct: a dictionary for them is built, overflows and is dropped
+    # in every column chunk. Without one, and with zstd at level 1 rather than snappy, 2M rows were written
+    # in 0.90 s instead of 1.02, read back in 0.22 instead of 0.39, and took 110 MB instead of 189.
+    writer = pq.ParquetWriter(
+        dest,
+        out_schema,
+        write_page_checksum=True,
+        compression="zstd",
+        compression_level=1,
+        use_dictionary=names[len(first) :],  # the list's other columns: often few distinct values
+    )
+    with writer:
         for p in parts:
             for b in p.batches():
                 cols = [_column(b, f) for f in out_schema]
