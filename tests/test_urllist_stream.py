@@ -113,14 +113,46 @@ def test_a_list_staged_by_worker_processes_is_the_file_staged_here(tmp_path, mon
     with pytest.raises(InputError, match=f"duplicate uid 'u3' at {a} row 4 and {b} row 3"):
         stage_url_list([a, b], ReadConfig(), str(tmp_path / "dup.parquet"), workers=2)
 
-    files = [str(p) for p in sorted(d.iterdir())]
+    files, cfg = [str(p) for p in sorted(d.iterdir())], ReadConfig()
+    cores = min(len(os.sched_getaffinity(0)), stream.MAX_WORKERS)
     monkeypatch.setattr(stream.runtime, "MAIN_GUARDED", True)  # as the CLI sets it
-    assert stream._workers(files, None) == 1  # a few kB
+    assert stream._workers(files, None, cfg) == 1  # a few kB
     monkeypatch.setattr(stream, "PARALLEL_BYTES", 1)
-    assert stream._workers(files, None) == min(3, len(os.sched_getaffinity(0)))
+    assert stream._workers(files, None, cfg) == cores
+    parquet, csv = (f for f in files if f.endswith((".parquet", ".csv")))
+    assert stream._workers([parquet], None, cfg) == cores and stream._workers([csv], None, cfg) == 1
     monkeypatch.setattr(stream.runtime, "MAIN_GUARDED", False)  # from Python, unless said
-    assert stream._workers(files, None) == 1
-    assert stream._workers(files[:1], None) == 1 and stream._workers(files, 8) == 3
+    assert stream._workers(files, None, cfg) == 1 and stream._workers(files, 8, cfg) == 8
+
+
+def test_one_parquet_file_is_staged_by_workers_a_run_of_row_groups_each(tmp_path):
+    """Fewer files than workers: a parquet file's row groups are shared out, each worker's rows numbered
+    from where its run starts, so the file written, the repeats and the rows errors name are as here."""
+    rows = _rows(90) + _rows(30)  # the last 30 repeat the first 30: their uids numbered on
+    p = tmp_path / "one.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), p, row_group_size=10)  # 12 row groups
+    pieces = stream._pieces([str(p)], 4, ReadConfig())
+    assert [pc.row_groups for pc in pieces] == [(0, 3), (3, 6), (6, 9), (9, 12)]
+    assert [pc.first_row for pc in pieces] == [0, 30, 60, 90]
+    here = stage_url_list(p, ReadConfig(), str(tmp_path / "here.parquet"), workers=1)
+    apart = stage_url_list(p, ReadConfig(), str(tmp_path / "apart.parquet"), workers=4)
+    assert (tmp_path / "here.parquet").read_bytes() == (tmp_path / "apart.parquet").read_bytes()
+    assert here.rows == apart.rows == 120
+    assert pq.read_table(tmp_path / "apart.parquet").column("uid").to_pylist() == schema.make_uids(
+        [r["url"] for r in rows], [r["caption"] for r in rows]
+    )
+
+    bad = [dict(r) for r in rows]
+    bad[104]["url"] = " "  # in the last run: row 105 of the file
+    pq.write_table(pa.Table.from_pylist(bad), p, row_group_size=10)
+    with pytest.raises(InputError, match=f"{p}: row 105: empty URL"):
+        stage_url_list(p, ReadConfig(), str(tmp_path / "bad.parquet"), workers=4)
+    uids = [dict(r, uid=f"u{i}") for i, r in enumerate(rows)]
+    uids[95]["uid"] = "u7"  # row 96 repeats row 8's uid, three runs apart
+    pq.write_table(pa.Table.from_pylist(uids), p, row_group_size=10)
+    with pytest.raises(InputError, match=f"duplicate uid 'u7' at {p} row 8 and {p} row 96"):
+        stage_url_list(p, ReadConfig(), str(tmp_path / "dup.parquet"), workers=4)
+    assert stream._pieces([str(p)], 40, ReadConfig())[-1].row_groups == (11, 12)  # at most a group each
 
 
 @pytest.mark.parametrize("workers", [1, 2])

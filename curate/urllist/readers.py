@@ -146,11 +146,13 @@ def _text_tables(path: str, fmt: str, cfg: ReadConfig) -> Iterator[pa.Table]:
     return _txt_tables(path, cfg)
 
 
-def file_batches(path: str, cfg: ReadConfig = ReadConfig(), rows: int = 1 << 16) -> Iterator[pa.Table]:
+def file_batches(
+    path: str, cfg: ReadConfig = ReadConfig(), rows: int = 1 << 16, row_groups: tuple[int, int] | None = None
+) -> Iterator[pa.Table]:
     """One list file as tables of at most ``rows`` rows, in order, string types normalised; a file with
     no rows gives one empty table with its columns. Parquet is read a batch at a time (one in a store
-    by ranged reads, a gzipped one from its bytes); the text formats a block of records at a time
-    (:mod:`curate.urllist.textblocks`)."""
+    by ranged reads, a gzipped one from its bytes), only its row groups ``[a, b)`` where ``row_groups`` is
+    given; the text formats a block of records at a time (:mod:`curate.urllist.textblocks`)."""
     fmt = _format_of(path, cfg.format)
     if fmt != "parquet":
         empty = True
@@ -168,7 +170,8 @@ def file_batches(path: str, cfg: ReadConfig = ReadConfig(), rows: int = 1 << 16)
         else:  # ranged reads of the footer and each row group
             fs, inside = storage.filesystem(path)
             f = pq.ParquetFile(fs.open(inside, "rb"), pre_buffer=False)
-        it = f.iter_batches(rows, use_threads=False)
+        groups = None if row_groups is None else list(range(*row_groups))
+        it = f.iter_batches(rows, row_groups=groups, use_threads=False)
         empty = True
         for b in it:
             empty = False
@@ -288,3 +291,20 @@ def _checked_uids(path: str, col: pa.ChunkedArray, name: str, row0: int = 0) -> 
             row=row0 + bad + 1,
         )
     return col
+
+
+def row_group_rows(path: str, forced: str | None = None) -> list[int] | None:
+    """The rows of each row group of a parquet list file (local or in a store: its footer only); None for
+    a file of another format, a gzipped one, or one whose footer cannot be read (its staging says why)."""
+    if _format_of(path, forced, strict=False) != "parquet" or path.endswith(".gz"):
+        return None
+    try:
+        if storage.is_local(path):
+            meta = pq.read_metadata(path)
+        else:
+            fs, inside = storage.filesystem(path)
+            with fs.open(inside, "rb") as f:
+                meta = pq.read_metadata(f)
+        return [meta.row_group(k).num_rows for k in range(meta.num_row_groups)]
+    except (pa.ArrowException, OSError):
+        return None

@@ -10,7 +10,10 @@ without). Rows whose hashes are equal, a few, are then read back and compared as
 uids are refused, and a repeated (url, caption) pair gets its occurrence number in its uid, as
 :func:`curate.core.schema.make_uids` numbers them. A second pass writes the scratch files, their
 columns unified as ``pa.concat_tables(..., promote_options="permissive")`` unifies them, to one parquet
-file: the same table :func:`read_url_list` returns, never held whole.
+file: the same table :func:`read_url_list` returns, never held whole (:mod:`curate.urllist.repeats`).
+
+A large list is staged by worker processes, a file each, or, where there are fewer files than workers,
+a run of a parquet file's row groups each; the file written is the same.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.core import runtime, schema, scratch, storage
-from curate.core.buckets import Buckets
+from curate.core.batches import exact
 from curate.core.errors import InputError
 from curate.core.failpoints import failpoint
-from curate.urllist.readers import ReadConfig, _canonical, file_batches, list_files
+from curate.urllist.readers import ReadConfig, _canonical, file_batches, list_files, row_group_rows
+from curate.urllist.repeats import Keys, Part, reject_duplicate_uids, repeat_uids, repeated_rows
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +58,13 @@ class StagedList:
     columns: tuple[str, ...]
 
 
-@dataclass
-class _Part:
-    file: str  # the input file
-    paths: list[Path]  # its canonical rows, Arrow IPC files in order (a new one where its columns changed)
-    schema: pa.Schema  # every one's columns unified
-    rows: int
-    had_uid: bool
+@dataclass(frozen=True)
+class _Piece:
+    """What one staging job reads: a file, or a run of a parquet file's row groups."""
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        for path in self.paths:
-            with pa.OSFile(str(path)) as src:  # read, not mapped: mapped pages stay resident
-                reader = pa.ipc.open_file(src)
-                for k in range(reader.num_record_batches):
-                    yield reader.get_batch(k)
+    file: str
+    row_groups: tuple[int, int] | None = None  # [a, b); None: all of it
+    first_row: int = 0  # in the file, of its first row
 
 
 def read_url_list(spec: str | os.PathLike | list, cfg: ReadConfig = ReadConfig()) -> pa.Table:
@@ -107,15 +104,15 @@ def stage_url_list(
             raise InputError("empty URL list: no rows", path=files[0] if len(files) == 1 else ", ".join(files))
         had_uid = [p.had_uid for p in parts]
         if any(had_uid) and not all(had_uid):
-            lacking = [f for f, h in zip(files, had_uid, strict=True) if not h]
+            lacking = list(dict.fromkeys(p.file for p in parts if not p.had_uid))
             raise InputError(f"some files have a {cfg.uid_col!r} column and these do not: {', '.join(lacking)}")
         unified = _unified(", ".join(files), [p.schema for p in parts])
-        rows = _repeated_rows(key_dirs, sizes)
+        rows = repeated_rows(key_dirs, sizes)
         if all(had_uid):
-            _reject_duplicate_uids(parts, rows)
+            reject_duplicate_uids(parts, rows)
             renamed: dict[int, str] = {}
         else:
-            renamed = _repeat_uids(parts, rows)
+            renamed = repeat_uids(parts, rows)
         with _bar("write staged list", progress, sum(sizes)) as bar:
             return _write(parts, unified, renamed, dest, bar)
 
@@ -129,16 +126,18 @@ def _bar(desc: str, progress: bool, total: int | None = None):
 
 def _stage_files(
     files: list[str], cfg: ReadConfig, work: Path, workers: int | None, bar
-) -> tuple[list[_Part], list[Path]]:
+) -> tuple[list[Part], list[Path]]:
     """Every file staged (:func:`_stage_file`), here or by worker processes; (the parts in file order, the
     directories their keys were spilled to). A file that cannot be read raises as it would here, the
     first in file order."""
-    n = _workers(files, workers)
-    outs = [work / f"{k:05d}.arrow" for k in range(len(files))]
+    n = _workers(files, workers, cfg)
+    pieces = [_Piece(f) for f in files] if n <= 1 else _pieces(files, n, cfg)
+    n = min(n, len(pieces))
+    outs = [work / f"{k:05d}.arrow" for k in range(len(pieces))]
     if n <= 1:
-        keys = _Keys(work / "keys")
-        jobs = enumerate(zip(files, outs, strict=True))
-        return [_stage_file(f, cfg, o, keys, k, bar.update) for k, (f, o) in jobs], [keys.dir]
+        keys = Keys(work / "keys")
+        jobs = enumerate(zip(pieces, outs, strict=True))
+        return [_stage_file(p, cfg, o, keys, k, bar.update) for k, (p, o) in jobs], [keys.dir]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -146,11 +145,11 @@ def _stage_files(
     try:
         # spawn: this process may hold threads (Ray's, a progress bar's) that a fork would copy mid-lock.
         with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
-            jobs = enumerate(zip(files, outs, strict=True))
-            futures = [pool.submit(_stage_in_worker, f, cfg, o, k, work) for k, (f, o) in jobs]
+            jobs = enumerate(zip(pieces, outs, strict=True))
+            futures = [pool.submit(_stage_in_worker, p, cfg, o, k, work) for k, (p, o) in jobs]
             try:
                 done = []
-                for f in futures:  # in file order: the first file's error is the one raised
+                for f in futures:  # in list order: the first bad row's error is the one raised
                     done.append(f.result())
                     bar.update(done[-1][0].rows)
             except BaseException:
@@ -165,10 +164,13 @@ def _stage_files(
     return [part for part, _ in done], sorted({d for _, d in done})
 
 
-def _workers(files: list[str], workers: int | None) -> int:
+def _workers(files: list[str], workers: int | None, cfg: ReadConfig) -> int:
+    """Processes to stage ``files`` with (1: this one). Several files, or one parquet file (whose row
+    groups are shared out, :func:`_pieces`), of ``PARALLEL_BYTES`` or more."""
     if workers is not None:
-        return max(1, min(workers, len(files)))
-    if len(files) < 2 or not runtime.MAIN_GUARDED:
+        return max(1, workers)
+    one_text_file = len(files) == 1 and not files[0].endswith(".parquet") and cfg.format != "parquet"
+    if one_text_file or not runtime.MAIN_GUARDED:
         return 1
     try:
         if sum(storage.size(f) for f in files) < PARALLEL_BYTES:
@@ -176,29 +178,50 @@ def _workers(files: list[str], workers: int | None) -> int:
     except OSError:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(len(files), cores, MAX_WORKERS)
+    return min(cores, MAX_WORKERS)
 
 
-_WORKER_KEYS: _Keys | None = None  # a worker process's keys, one spill for every file it stages
+def _pieces(files: list[str], n: int, cfg: ReadConfig) -> list[_Piece]:
+    """The files as staging jobs for ``n`` workers: each file whole where there are at least ``n``;
+    with fewer, each parquet file's row groups cut into up to ``n`` runs of about equal rows (read from
+    its footer; fewer files than workers, so a few footers)."""
+    if len(files) >= n:
+        return [_Piece(f) for f in files]
+    out = []
+    for f in files:
+        groups = row_group_rows(f, cfg.format)
+        if not groups or len(groups) < 2:
+            out.append(_Piece(f))
+            continue
+        before = np.concatenate([[0], np.cumsum(groups)]).astype(np.int64)
+        # Cut where the rows before a group pass each k/n of the file's rows; every run holds a group.
+        cuts = np.unique(np.searchsorted(before[:-1], before[-1] * np.arange(1, n) / n, side="left"))
+        bounds = [0, *[int(c) for c in cuts if 0 < c < len(groups)], len(groups)]
+        out += [_Piece(f, (a, b), int(before[a])) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    return out
 
 
-def _stage_in_worker(path: str, cfg: ReadConfig, out: Path, k: int, work: Path) -> tuple[_Part, Path]:
+_WORKER_KEYS: Keys | None = None  # a worker process's keys, one spill for every file it stages
+
+
+def _stage_in_worker(piece: _Piece, cfg: ReadConfig, out: Path, k: int, work: Path) -> tuple[Part, Path]:
     global _WORKER_KEYS
     failpoint("urllist:worker")
     if _WORKER_KEYS is None:
-        _WORKER_KEYS = _Keys(work / f"keys-{os.getpid()}")
-    return _stage_file(path, cfg, out, _WORKER_KEYS, k), _WORKER_KEYS.dir
+        _WORKER_KEYS = Keys(work / f"keys-{os.getpid()}")
+    return _stage_file(piece, cfg, out, _WORKER_KEYS, k), _WORKER_KEYS.dir
 
 
-def _stage_file(path: str, cfg: ReadConfig, out: Path, keys: _Keys, file: int, read=None) -> _Part:
-    """One input file's rows, checked and canonical, into ``out`` (and, where a batch brings columns or
-    types the earlier ones lacked, as a jsonl file's blocks may, ``out`` numbered on from 1, each file's
-    columns the earlier ones' unified with the batch's); each row's uid hash into ``keys``, as row ``file``
-    of the list's files, row in it; ``read(rows)`` after each batch."""
+def _stage_file(piece: _Piece, cfg: ReadConfig, out: Path, keys: Keys, index: int, read=None) -> Part:
+    """One input file's rows (or a piece's), checked and canonical, into ``out`` (and, where a batch brings
+    columns or types the earlier ones lacked, as a jsonl file's blocks may, ``out`` numbered on from 1,
+    each file's columns the earlier ones' unified with the batch's); each row's uid hash into ``keys``, as
+    row ``index`` of the list's pieces, row in it; ``read(rows)`` after each batch."""
+    path = piece.file
     writer, kept, rows, had, paths = None, None, 0, False, []
     try:
-        for raw in file_batches(path, cfg, BATCH_ROWS):
-            table, had = _canonical(path, raw, cfg, rows)
+        for raw in file_batches(path, cfg, BATCH_ROWS, piece.row_groups):
+            table, had = _canonical(path, raw, cfg, piece.first_row + rows)
             uid = table.column(schema.UID) if had else _base_uids(table)
             rest = [n for n in table.column_names if n not in (schema.UID, schema.URL, schema.CAPTION)]
             table = pa.table(
@@ -212,7 +235,7 @@ def _stage_file(path: str, cfg: ReadConfig, out: Path, keys: _Keys, file: int, r
                 paths.append(out.with_suffix(f".{len(paths)}{out.suffix}") if paths else out)
                 kept, writer = unified, pa.ipc.new_file(str(paths[-1]), unified)
             writer.write_table(pa.table([_column(table, f) for f in kept], schema=kept))
-            keys.add(_hash(table.column(schema.UID)), file, rows)
+            keys.add(_hash(table.column(schema.UID)), index, rows)
             rows += table.num_rows
             if read is not None:
                 read(table.num_rows)
@@ -220,7 +243,7 @@ def _stage_file(path: str, cfg: ReadConfig, out: Path, keys: _Keys, file: int, r
         if writer is not None:
             writer.close()
     assert kept is not None  # file_batches gives at least one table
-    return _Part(path, paths, kept, rows, had)
+    return Part(path, piece.first_row, paths, kept, rows, had)
 
 
 def _unified(files: str, schemas: list[pa.Schema]) -> pa.Schema:
@@ -241,111 +264,30 @@ def _hash(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return pl.Series(col).hash(seed=0).to_numpy()
 
 
-KEY_BUCKETS, KEY_SHIFT = 64, 58  # a key's bucket: its top 6 bits
-KEY_RECORD = np.dtype([("key", "<u8"), ("row", "<i8")])  # row: file << ROW_BITS | row in the file
-ROW_BITS = 40
-
-
-class _Keys:
-    """Each row's 64-bit key and where the row is, spilled to one of 64 bucket files by the key's top
-    bits, so that finding the rows whose key repeats holds one bucket, not every row's key."""
-
-    def __init__(self, directory: Path):
-        self.dir = directory
-        directory.mkdir()
-        self.buckets = Buckets(directory, "keys", KEY_BUCKETS, KEY_RECORD)
-
-    def add(self, keys: np.ndarray, file: int, row0: int) -> None:
-        rec = np.empty(len(keys), KEY_RECORD)
-        rec["key"], rec["row"] = keys, (file << ROW_BITS) + np.arange(row0, row0 + len(keys))
-        self.buckets.add(rec, (keys >> np.uint64(KEY_SHIFT)).astype(np.int64))
-
-
-def _repeated_rows(dirs: list[Path], sizes: list[int]) -> np.ndarray:
-    """The list's rows, ascending, whose key another row shares, from the keys spilled to ``dirs`` (by
-    one process or several); one bucket of every spill at a time."""
-    first = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)[:-1]]).astype(np.int64)
-    spills = [Buckets(d, "keys", KEY_BUCKETS, KEY_RECORD, fresh=False) for d in dirs]
-    found = [np.zeros(0, np.int64)]
-    for b in range(KEY_BUCKETS):
-        rec = np.concatenate([s.take(b) for s in spills])
-        s = np.sort(rec["key"])
-        at = rec["row"][np.isin(rec["key"], s[1:][s[1:] == s[:-1]])]
-        found.append(first[at >> ROW_BITS] + (at & ((1 << ROW_BITS) - 1)))
-    return np.sort(np.concatenate(found))
-
-
-def _gather(parts: list[_Part], rows: np.ndarray, columns: list[str]) -> pa.Table:
-    """``columns`` at the ascending global ``rows``, read back from the parts a batch at a time."""
-    got, r0 = [], 0
-    for p in parts:
-        lo, hi = np.searchsorted(rows, [r0, r0 + p.rows])
-        if hi > lo:
-            at = 0
-            for b in p.batches():
-                mine = rows[lo:hi] - r0 - at
-                mine = mine[(mine >= 0) & (mine < b.num_rows)]
-                if len(mine):
-                    got.append(pa.Table.from_batches([b.select(columns).take(pa.array(mine))]))
-                at += b.num_rows
-        r0 += p.rows
-    names = {c: pa.string() for c in columns}
-    return (
-        pa.concat_tables([t.cast(pa.schema(names)) for t in got])
-        if got
-        else pa.table({c: pa.array([], t) for c, t in names.items()})
-    )
-
-
-def _reject_duplicate_uids(parts: list[_Part], rows: np.ndarray) -> None:
-    """Raise naming the first duplicated uid (in order of first appearance) and its first two rows."""
-    if not len(rows):
-        return
-    uids = _gather(parts, rows, [schema.UID]).column(0).to_pylist()
-    first_rows: dict[str, list[int]] = {}
-    for r, u in zip(rows.tolist(), uids, strict=True):
-        first_rows.setdefault(u, []).append(r)
-    dups = {u: rs for u, rs in first_rows.items() if len(rs) > 1}
-    if not dups:
-        return  # equal hashes of different uids
-    first = min(dups, key=lambda u: dups[u][0])
-    (f1, r1), (f2, r2) = (_locate(r, parts) for r in dups[first][:2])
-    raise InputError(
-        f"duplicate uid {first!r} at {f1} row {r1} and {f2} row {r2} ({len(dups)} duplicated uid(s) in all); "
-        "uids must be unique"
-    )
-
-
-def _repeat_uids(parts: list[_Part], rows: np.ndarray) -> dict[int, str]:
-    """Row -> uid of the second and later occurrences of a repeated (url, caption) pair."""
-    if not len(rows):
-        return {}
-    t = _gather(parts, rows, [schema.UID, schema.URL, schema.CAPTION])
-    seen: dict[str, int] = {}
-    out = {}
-    for r, base, url, cap in zip(rows.tolist(), *(t.column(k).to_pylist() for k in range(3)), strict=True):
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        if n:
-            out[r] = schema.uid_hash(url, cap, n)
-    return out
-
-
-def _locate(row: int, parts: list[_Part]) -> tuple[str, int]:
-    for p in parts:
-        if row < p.rows:
-            return p.file, row + 1
-        row -= p.rows
-    raise IndexError(row)
-
-
-def _write(parts: list[_Part], unified: pa.Schema, renamed: dict[int, str], dest: str, bar) -> StagedList:
-    """Every part's batches, cast to the unified columns, uids of repeats replaced, into ``dest``."""
+def _write(parts: list[Part], unified: pa.Schema, renamed: dict[int, str], dest: str, bar) -> StagedList:
+    """Every part's batches, cast to the unified columns, uids of repeats replaced, into ``dest`` in row
+    groups of ``BATCH_ROWS`` rows: the same file however the list was cut into parts and batches."""
     first = [schema.UID, schema.URL, schema.CAPTION]
     names = first + [n for n in unified.names if n not in first]
     out_schema = pa.schema([unified.field(n) for n in names])
     fixed = np.array(sorted(renamed), np.int64)
     r0, captioned = 0, 0
+
+    def canonical() -> Iterator[pa.RecordBatch]:
+        nonlocal r0, captioned
+        for p in parts:
+            for b in p.batches():
+                cols = [_column(b, f) for f in out_schema]
+                lo, hi = np.searchsorted(fixed, [r0, r0 + b.num_rows])
+                if hi > lo:
+                    uids = cols[0].to_pylist()
+                    for r in fixed[lo:hi].tolist():
+                        uids[r - r0] = renamed[r]
+                    cols[0] = pa.array(uids, pa.string())
+                captioned += b.num_rows - b.column(schema.CAPTION).null_count
+                r0 += b.num_rows
+                yield pa.record_batch(cols, schema=out_schema)
+
     # uid, url and caption are nearly all distinct: a dictionary for them is built, overflows and is dropped
     # in every column chunk. Without one, and with zstd at level 1 rather than snappy, 2M rows were written
     # in 0.90 s instead of 1.02, read back in 0.22 instead of 0.39, and took 110 MB instead of 189.
@@ -358,19 +300,9 @@ def _write(parts: list[_Part], unified: pa.Schema, renamed: dict[int, str], dest
         use_dictionary=names[len(first) :],  # the list's other columns: often few distinct values
     )
     with writer:
-        for p in parts:
-            for b in p.batches():
-                cols = [_column(b, f) for f in out_schema]
-                lo, hi = np.searchsorted(fixed, [r0, r0 + b.num_rows])
-                if hi > lo:
-                    uids = cols[0].to_pylist()
-                    for r in fixed[lo:hi].tolist():
-                        uids[r - r0] = renamed[r]
-                    cols[0] = pa.array(uids, pa.string())
-                writer.write_batch(pa.record_batch(cols, schema=out_schema))
-                captioned += b.num_rows - b.column(schema.CAPTION).null_count
-                r0 += b.num_rows
-                bar.update(b.num_rows)
+        for t in exact(canonical(), BATCH_ROWS):
+            writer.write_table(t, row_group_size=BATCH_ROWS)
+            bar.update(t.num_rows)
     return StagedList(dest, r0, captioned, tuple(names))
 
 

@@ -1,0 +1,1 @@
+"""clip-tiers pipelines: the `tiers` command line, the demo, and studies over tiers x budgets."""
