@@ -41,9 +41,10 @@ from curate.urllist.repeats import Keys, Part, reject_duplicate_uids, repeat_uid
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 1 << 16
-# A list of at least this many bytes (as stored) in two files or more is staged by a process per file, as
-# many at once as there are cores (up to MAX_WORKERS; each holds ~230 MB at its peak): a file's staging is
-# ~75% of the work, the one pass that writes the parquet file after it stays in this process.
+# A list of at least this many bytes (as stored), in two files or more or in one parquet file, is staged by
+# worker processes, a file (or a run of a parquet file's row groups) each, as many at once as there are
+# cores (up to MAX_WORKERS; each holds ~230 MB at its peak): that is ~75% of the work; the one pass that
+# writes the parquet file after it stays in this process.
 PARALLEL_BYTES = 64 << 20
 MAX_WORKERS = 16
 
@@ -92,8 +93,9 @@ def stage_url_list(
     """Read a URL list into the canonical parquet file ``dest`` (a local path), a batch at a time.
 
     ``workers``: processes staging the list's files at once. Default: one per core (up to ``MAX_WORKERS``)
-    for a list of ``PARALLEL_BYTES`` or more in several files, where ``runtime.MAIN_GUARDED`` says spawned
-    workers are safe (the ``tiers`` CLI); else this process. The file written is the same either way.
+    for a list of ``PARALLEL_BYTES`` or more in several files or one parquet file, where
+    ``runtime.MAIN_GUARDED`` says spawned workers are safe (the ``tiers`` CLI); else this process. The
+    file written is the same either way.
     ``progress``: bars of the rows read and written, for a list that takes more than a few seconds."""
     files = list_files(spec)
     with scratch.directory("parts") as work:
@@ -169,7 +171,7 @@ def _workers(files: list[str], workers: int | None, cfg: ReadConfig) -> int:
     groups are shared out, :func:`_pieces`), of ``PARALLEL_BYTES`` or more."""
     if workers is not None:
         return max(1, workers)
-    one_text_file = len(files) == 1 and not files[0].endswith(".parquet") and cfg.format != "parquet"
+    one_text_file = len(files) == 1 and row_group_rows(files[0], cfg.format) is None
     if one_text_file or not runtime.MAIN_GUARDED:
         return 1
     try:
@@ -201,7 +203,7 @@ def _pieces(files: list[str], n: int, cfg: ReadConfig) -> list[_Piece]:
     return out
 
 
-_WORKER_KEYS: Keys | None = None  # a worker process's keys, one spill for every file it stages
+_WORKER_KEYS: Keys | None = None  # a worker process's keys, one spill for every piece it stages
 
 
 def _stage_in_worker(piece: _Piece, cfg: ReadConfig, out: Path, k: int, work: Path) -> tuple[Part, Path]:
