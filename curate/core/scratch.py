@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from curate.core import storage
+from curate.core import rundir, storage
 
 PREFIX = "clip-tiers-"
 OWNER = ".owner"
@@ -183,7 +183,7 @@ def _sweep_runs(runs: str) -> int:
                     os.close(fd)
                 continue
             try:
-                removed += _remove_if_older(e, RUN_IDLE, ("checkpoints", "metrics.jsonl"))
+                removed += _remove_if_older(e, RUN_IDLE, (rundir.CHECKPOINTS, rundir.METRICS))
             finally:
                 if fd is not None:
                     os.close(fd)
