@@ -293,10 +293,15 @@ def _checked_uids(path: str, col: pa.ChunkedArray, name: str, row0: int = 0) -> 
     return col
 
 
+def plain_parquet(path: str, forced: str | None = None) -> bool:
+    """Whether a list file is read as parquet and not gzipped: one whose row groups can be read apart."""
+    return _format_of(path, forced, strict=False) == "parquet" and not path.endswith(".gz")
+
+
 def row_group_rows(path: str, forced: str | None = None) -> list[int] | None:
     """The rows of each row group of a parquet list file (local or in a store: its footer only); None for
     a file of another format, a gzipped one, or one whose footer cannot be read (its staging says why)."""
-    if _format_of(path, forced, strict=False) != "parquet" or path.endswith(".gz"):
+    if not plain_parquet(path, forced):
         return None
     try:
         if storage.is_local(path):

@@ -35,7 +35,7 @@ from curate.core import runtime, schema, scratch, storage
 from curate.core.batches import exact
 from curate.core.errors import InputError
 from curate.core.failpoints import failpoint
-from curate.urllist.readers import ReadConfig, _canonical, file_batches, list_files, row_group_rows
+from curate.urllist.readers import ReadConfig, _canonical, file_batches, list_files, plain_parquet, row_group_rows
 from curate.urllist.repeats import Keys, Part, reject_duplicate_uids, repeat_uids, repeated_rows
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def _workers(files: list[str], workers: int | None, cfg: ReadConfig) -> int:
     groups are shared out, :func:`_pieces`), of ``PARALLEL_BYTES`` or more."""
     if workers is not None:
         return max(1, workers)
-    one_text_file = len(files) == 1 and row_group_rows(files[0], cfg.format) is None
+    one_text_file = len(files) == 1 and not plain_parquet(files[0], cfg.format)  # its footer is read once, later
     if one_text_file or not runtime.MAIN_GUARDED:
         return 1
     try:
