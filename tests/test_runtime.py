@@ -76,14 +76,38 @@ quiet_environment()
 with ray_session(num_cpus=1):
     print(" ".join(sorted(ray._private.worker._global_node.all_processes)))
     print(ray.get(ray.remote(lambda: 7).remote()))
+    config = ray._private.state.state.get_system_config()
+    print(config["raylet_client_connect_timeout_milliseconds"], config["raylet_client_num_connect_attempts"])
 """
 
 
-def test_a_ray_of_our_own_starts_without_its_api_server_and_runs_tasks():
-    """No dashboard process (it held ray.init ~0.7 s and probed the cloud metadata address each start)."""
+def test_a_ray_of_our_own_starts_without_the_processes_we_do_not_use_and_runs_tasks():
+    """No dashboard process (it held ray.init ~0.7 s and probed the cloud metadata address each start), no
+    autoscaler monitor, no log monitor (the CLI's driver takes no worker output); the raylet retries its
+    sockets every 20 ms (a lost race cost a second)."""
+    from curate.core.runtime import SOCKET_RETRIES
+
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", LEAN], capture_output=True, text=True, cwd=root, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    processes, result = out.stdout.split("\n")[:2]
-    assert {"raylet", "gcs_server"} <= set(processes.split()) and "dashboard" not in processes.split()
+    processes, result, retries = out.stdout.split("\n")[:3]
+    assert {"raylet", "gcs_server"} <= set(processes.split())
+    assert not {"dashboard", "monitor", "log_monitor"} & set(processes.split()), processes
     assert result == "7"
+    assert retries.split() == [str(v) for v in SOCKET_RETRIES.values()]
+
+
+def test_a_verbose_ray_keeps_its_log_monitor_and_nothing_is_left_patched():
+    """With ``--verbose`` the workers' output reaches the terminal through the log monitor, so it starts;
+    after the block Ray's own start methods are back."""
+    import ray._private.node as node
+
+    from curate.core.runtime import lean_start
+
+    before = {n: getattr(node.Node, n) for n in ("start_api_server", "start_monitor", "start_log_monitor")}
+    with lean_start(log_monitor=True):
+        assert node.Node.start_log_monitor is before["start_log_monitor"]
+        assert node.Node.start_monitor is not before["start_monitor"]
+    with lean_start(log_monitor=False):
+        assert node.Node.start_log_monitor is not before["start_log_monitor"]
+    assert {n: getattr(node.Node, n) for n in before} == before

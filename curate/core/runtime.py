@@ -252,7 +252,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         else:
             # "local": a Ray of our own, even when another run on this machine started one (`ray start`,
             # a test cluster): without it ray.init joins whatever /tmp/ray/ray_current_cluster names.
-            with lean_start():
+            with lean_start(log_monitor=ray_verbose()):
                 ray.init(
                     address="local",
                     num_cpus=num_cpus or os.cpu_count(),
@@ -260,6 +260,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
                     log_to_driver=ray_verbose(),
                     configure_logging=True,
                     logging_level=level,
+                    _system_config=SOCKET_RETRIES,
                 )
     if not ray_verbose():
         _hush_ray()
@@ -271,39 +272,52 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         ray.shutdown()
 
 
+# A Ray of our own: its raylet connects to its object store's socket as the store's thread opens it, and
+# where it lost that race it retried after Ray's default 1,000 ms (one start in five or six took 1 s
+# longer). Every 20 ms instead, as many times more: the same 10 s before it gives up.
+SOCKET_RETRIES = {"raylet_client_connect_timeout_milliseconds": 20, "raylet_client_num_connect_attempts": 500}
+
+
 @contextlib.contextmanager
-def lean_start() -> Iterator[None]:
-    """Within the block, a Ray this process starts for itself starts without its API server and learns
-    that its raylet is up as soon as it is.
+def lean_start(log_monitor: bool = True) -> Iterator[None]:
+    """Within the block, a Ray this process starts for itself starts without the processes nothing of
+    ours uses and learns that its raylet is up as soon as it is.
 
     With ``include_dashboard=False`` Ray still starts its dashboard process as an API server (state and job
     APIs, usage stats), waits ~0.7 s for it to publish its address, and that process probes the cloud
-    metadata address (169.254.169.254) on every start. Nothing here uses those APIs on a Ray of our own,
-    so it is not started. Then ``ray.init`` asks the GCS for the new node through Ray's C++
-    ``GetNode``, which retries once a second; the raylet registers ~0.8 s after it starts, so the answer
-    came at 1 or 2 s. Polling the GCS every 20 ms first, the answer comes when the raylet does. Both are
-    Ray's private handles: where a Ray version lacks them, it starts as before (README, "Annotate")."""
+    metadata address (169.254.169.254) on every start. It starts the autoscaler's monitor too, with
+    nothing to scale on a node of our own, and a log monitor, which only forwards the workers' output to
+    drivers that ask for it (``log_monitor=False``: ours does not). Each is a Python process importing
+    Ray (~0.4 CPU-s) while the raylet and the workers start on the same cores; none is started. Then
+    ``ray.init`` asks the GCS for the new node through Ray's C++ ``GetNode``, which retries once a
+    second; the raylet registers ~0.8 s after it starts, so the answer came at 1 or 2 s. Polling the GCS
+    every 20 ms first, the answer comes when the raylet does. All are Ray's private handles: where a Ray
+    version lacks them, it starts as before (README, "Annotate")."""
     try:
         import ray._private.node as node
         import ray._private.services as services
     except ImportError:
         yield
         return
-    if not (hasattr(node.Node, "start_api_server") and hasattr(services, "get_node")):
+    skipped = ["start_api_server", "start_monitor"] + ([] if log_monitor else ["start_log_monitor"])
+    if not (all(hasattr(node.Node, name) for name in skipped) and hasattr(services, "get_node")):
         yield
         return
-    api_server, get_node = node.Node.start_api_server, services.get_node
+    saved, get_node = {name: getattr(node.Node, name) for name in skipped}, services.get_node
 
     def registered_first(gcs_address: str, node_id: str):
         node_registered(gcs_address, node_id, timeout=30)
         return get_node(gcs_address, node_id)
 
-    node.Node.start_api_server = lambda self, **kw: None
+    for name in skipped:
+        setattr(node.Node, name, lambda self, **kw: None)
     services.get_node = registered_first
     try:
         yield
     finally:
-        node.Node.start_api_server, services.get_node = api_server, get_node
+        for name, method in saved.items():
+            setattr(node.Node, name, method)
+        services.get_node = get_node
 
 
 def node_registered(gcs_address: str, node_id: str, timeout: float) -> bool:
@@ -331,6 +345,7 @@ def _stop_monitor(ray) -> None:
     own there is nothing to autoscale and nothing the monitor keeps, so it is killed outright (SIGTERM
     while the GCS is up would broadcast "The autoscaler failed" to the driver). The handle is Ray's
     private node object: where a Ray version has no such thing, nothing is done and shutdown is as before.
+    :func:`lean_start` no longer starts the monitor; this is for a Ray whose start it could not trim.
     """
     node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
     for info in (getattr(node, "all_processes", None) or {}).get("monitor", []):
