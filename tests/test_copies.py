@@ -180,7 +180,10 @@ def test_the_build_stage_verifies_near_copies_with_the_stored_thumbnails(tmp_pat
     # is when the test session has Ray up.
     monkeypatch.setattr(curate.dedup.stage, "ray_running", lambda: False)
     # In memory: the partitioned stage reads the annotation files themselves (tests/test_build.py).
-    assert run_dedup(tmp_path, DedupConfig(semantic=False, partition_rows=0)).duplicates == 16
+    summary = run_dedup(tmp_path, DedupConfig(semantic=False, partition_rows=0))
+    assert summary.duplicates == 16
+    # The pHash search chosen for the pool's size, recorded in what the decisions were made from.
+    assert (summary.key["config"]["near_bands"], summary.key["config"]["near_tables"]) == (3, 10)
 
 
 def test_no_rows_to_compare_is_no_duplicates():

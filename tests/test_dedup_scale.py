@@ -228,3 +228,29 @@ def test_band_masks_fanned_out_over_the_cluster_decide_as_in_one_process(ray_loc
     # The partitions of the group keys are jobs too, one each.
     assert sum(name == "group_links" for name, _ in ran) == 2 * partitions(6_000, 1_000)  # sha256, pixels
     assert {p.name for p in scratch.glob("clip-tiers-*")} <= before
+
+
+def test_the_phash_search_is_chosen_by_the_pool_size(monkeypatch):
+    """``near_bands`` / ``near_tables`` left 0: 3 bands x 10 tables below ``LARGE_POOL`` rows, 2 x 110 from it
+    on (a mask's random candidates grow as n^2 / 2^bits, its sort as n); both paths choose alike, and a
+    value set is kept."""
+    import curate.dedup.decide as decide
+    from curate.core.config import from_dict
+    from curate.core.errors import InputError
+
+    table, quality, prefer = busy_pool(6_000, seed=7)
+    cfg = DedupConfig(semantic=False)
+    small, large = replace(cfg, near_bands=3, near_tables=10), replace(cfg, near_bands=2, near_tables=110)
+    want_small = deduplicate(table, small, quality=quality, prefer=prefer)
+    want_large = deduplicate(table, large, quality=quality, prefer=prefer)
+    assert not want_small.equals(want_large)  # the two searches miss different far pairs here
+    assert deduplicate(table, cfg, quality=quality, prefer=prefer).equals(want_small)
+    monkeypatch.setattr(decide, "LARGE_POOL", 6_000)
+    assert deduplicate(table, cfg, quality=quality, prefer=prefer).equals(want_large)
+    partitioned = replace(cfg, partition_rows=1_000)
+    assert deduplicate(table, partitioned, quality=quality, prefer=prefer).equals(want_large)
+    assert cfg.for_rows(6_000) == large and cfg.for_rows(5_999) == small
+    assert replace(cfg, near_tables=50).for_rows(6_000).near_tables == 50
+    for bad in ({"near_bands": 65}, {"near_tables": -1}):
+        with pytest.raises(InputError, match=r"\[dedup\] near_"):
+            from_dict(DedupConfig, bad, section="dedup")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +20,16 @@ from curate.dedup.copies import COLOUR_BYTES, DETAIL_SIDE, THUMB_SIDE, CopyConfi
 from curate.dedup.near import NearConfig, aspect_differs, distinct, log_aspect, near_pairs
 from curate.dedup.semantic import SemanticConfig, semantic_pairs
 from curate.dedup.thumbstore import spilled_thumbs
+
+# The pHash search's (bands, tables) by pool size, where the config leaves them 0. A pair of random hashes
+# is a candidate in a band of b bits with probability 2^-b, so a mask's random candidates grow as n^2 / 2^b
+# while its sort grows as n. Measured per mask on random hashes (bench/near_bands.py): ~0.14 us a row and
+# ~75 ns a candidate, so 3 bands of ~21 bits x 10 tables (30 masks) cost less below ~50M rows and 2 bands of
+# 32 bits x 110 tables (220 masks; the same recall at 6 bits, 0.93) above: at 1B rows ~150 core-hours
+# against ~9 (README, "Dedup at scale").
+SMALL_POOL_BANDS = (3, 10)
+LARGE_POOL_BANDS = (2, 110)
+LARGE_POOL = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -33,11 +43,11 @@ class DedupConfig:
     # keeps its shape). With thumbnails the verifier searches crops of up to copy_max_crop per side,
     # and the shape may differ as much as such a crop makes it. 0 disables.
     near_shape_tolerance: float = 0.05
-    near_tables: int = 10
-    # Bits per band are 64 / near_bands: 3 bands of ~21 bits suit pools up to ~10M distinct hashes;
-    # random candidates grow as n^2 / 2^bits, so 1B wants 2 bands of 32 bits and ~110 tables for the
-    # same recall at distance 6 (README, "Dedup at scale").
-    near_bands: int = 3
+    # The pHash search: near_tables random permutations of the 64 bits, each cut into near_bands bands; a
+    # pair is a candidate where some band is equal. 0 (the default): chosen by the pool's size
+    # (:meth:`for_rows`). Set both to choose yourself.
+    near_tables: int = 0
+    near_bands: int = 0
     # Verify near-copy candidates by aligned thumbnails (curate.dedup.copies; bench/dedup_real.py).
     verify: bool = True
     copy_neighbours: int = 6
@@ -58,7 +68,21 @@ class DedupConfig:
     # rows (README, "Dedup at scale"), so it is the default.
     partition_rows: int = 250_000
 
+    def __post_init__(self):
+        if not 0 <= self.near_bands <= 64:
+            raise ValueError(f"near_bands must be 1 to 64 (0: chosen by the pool's size), not {self.near_bands}")
+        if self.near_tables < 0:
+            raise ValueError(f"near_tables must be 1 or more (0: chosen by the pool's size), not {self.near_tables}")
+
+    def for_rows(self, rows: int) -> DedupConfig:
+        """This config with ``near_bands`` and ``near_tables`` that are 0 chosen for a pool of ``rows`` rows:
+        ``SMALL_POOL_BANDS`` below ``LARGE_POOL`` rows, else ``LARGE_POOL_BANDS``."""
+        bands, tables = LARGE_POOL_BANDS if rows >= LARGE_POOL else SMALL_POOL_BANDS
+        return replace(self, near_bands=self.near_bands or bands, near_tables=self.near_tables or tables)
+
     def near_config(self) -> NearConfig:
+        if not (self.near_bands and self.near_tables):
+            raise ValueError("near_bands / near_tables not chosen yet: DedupConfig.for_rows(rows) first")
         return NearConfig(k=self.near_k, bands=self.near_bands, tables=self.near_tables, seed=self.seed)
 
     def copy_config(self) -> CopyConfig:
@@ -104,6 +128,7 @@ def deduplicate(
     Returns uid, dup_of (keeper uid or null), dup_kind.
     """
     n = table.num_rows
+    cfg = cfg.for_rows(n)
     uids = np.asarray(table.column(schema.UID).to_pylist(), dtype=object)
     links = Links(n)
     names = table.column_names

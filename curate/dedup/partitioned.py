@@ -266,6 +266,7 @@ def deduplicate_partitioned(
     receives the partition count, link and linked-row counts and seconds per phase. ``thumbs``: the
     rows' thumbnails spilled (:func:`curate.dedup.thumbstore.spilled_thumbs`), where ``data`` has none."""
     source = data if isinstance(data, Source) else Source(data)
+    cfg = cfg.for_rows(source.num_rows)
     parts = partitions(source.num_rows, cfg.partition_rows)
     stats = {} if stats is None else stats
     stats.update(partitions=parts, seconds={})

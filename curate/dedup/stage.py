@@ -90,6 +90,8 @@ def run_dedup(
     settings and the rankings: a rerun with the same ones does nothing.
     """
     build_dir = storage.normalise(build_dir)
+    # The pHash search chosen by the pool's size here, once, so the key says what the task will use.
+    cfg = cfg.for_rows(_pool_rows(build_dir, quality, prefer))
     key = _key(build_dir, cfg, quality, prefer, decontaminate)
     fp = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
     unit = runner.Unit("dedup", fp, outputs=(DEDUP, SUMMARY), args=(key, cfg, quality, prefer, decontaminate))
@@ -105,6 +107,18 @@ def run_dedup(
         for name, n in summary.contaminated.items():
             log.info(f"decontamination: {n} pool samples copy images of {name}")
     return summary
+
+
+def _pool_rows(build_dir: str, quality, prefer) -> int:
+    """The annotation table's rows: the rankings' length (they are aligned with it), else the footers of the
+    annotation files :func:`_annotations_state` fingerprints."""
+    for ranking in (quality, prefer):
+        if ranking is not None:
+            return len(ranking)
+    from curate.dedup.source import Source
+
+    ann = storage.join(build_dir, "annotations")
+    return Source([storage.join(ann, n) for n in storage.listdir(ann) if n.endswith(".parquet")]).num_rows
 
 
 def _decide_unit(build_dir: str, unit: runner.Unit) -> dict:
