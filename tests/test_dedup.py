@@ -123,6 +123,58 @@ def test_links_reject_unknown_kinds():
     assert out["keeper"].all()
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_union_find_components_are_scipys_and_keepers_follow_the_rule(monkeypatch, seed):
+    """The NumPy union-find (``clusters.Forest``) against scipy's connected components, on graphs with long
+    chains, stars and random links spread over kinds, in chunks smaller than a kind's links; and the keeper
+    and kind of every row against the rule itself: the best-ranked row of its component, and the first
+    kind whose links (with the stronger ones') join it to that keeper."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    from curate.dedup import clusters
+    from curate.dedup.clusters import KINDS, Forest, keepers
+
+    monkeypatch.setattr(Forest, "CHUNK", 97)
+    rng = np.random.default_rng(seed)
+    n = 3_000
+    chain = rng.permutation(n)[:800]
+    pairs = [(chain[:-1], chain[1:]), (np.zeros(300, np.int64), rng.integers(0, n, 300))]
+    pairs += [tuple(rng.integers(0, n, (2, 700)))]
+    links = Links(n)
+    for k, (i, j) in enumerate(pairs):
+        cut = rng.integers(0, len(KINDS), len(i))
+        for c in range(len(KINDS)):
+            if k < 2 or c != 3:  # one kind without links in some graphs
+                links.add(KINDS[c], i[cut == c], j[cut == c])
+
+    def scipy_min_labels(kinds):
+        i = np.concatenate([links.by_kind[k][0] for k in kinds if k in links.by_kind])
+        j = np.concatenate([links.by_kind[k][1] for k in kinds if k in links.by_kind])
+        labels = connected_components(sp.coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)), directed=False)[1]
+        smallest = np.full(labels.max() + 1, n)
+        np.minimum.at(smallest, labels, np.arange(n))
+        return smallest[labels]
+
+    assert np.array_equal(links.components(KINDS), scipy_min_labels(KINDS))
+    quality = np.round(rng.random(n), 1)  # ties, broken by uid
+    uids = np.array([f"u{(k * 7919) % n:05d}" for k in range(n)], dtype=object)
+    out = keepers(links, uids, quality)
+    full = scipy_min_labels(KINDS)
+    order = clusters.preference_order(uids, quality, None)
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    prefixes = [scipy_min_labels(KINDS[: m + 1]) for m in range(len(KINDS))]
+    assert len(np.unique(full)) < n - 500  # the graph has many non-trivial components
+    for comp in np.unique(full):
+        members = np.flatnonzero(full == comp)
+        best = members[np.argmin(rank[members])]
+        assert (out["cluster"][members] == best).all() and out["keeper"][members].sum() == 1
+        for row in members[members != best]:
+            first = next(k for k, lab in zip(KINDS, prefixes, strict=True) if lab[row] == lab[best])
+            assert out["dup_kind"][row] == first
+
+
 def test_decontamination_finds_exact_and_resized_copies_of_eval_images(tmp_path):
     import io
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.csgraph import connected_components
 
 from curate.dedup.near import unique_ints
 
@@ -52,36 +50,77 @@ class Links:
 
     def compact(self) -> tuple[np.ndarray, Links]:
         """(nodes, links between positions in ``nodes``): the rows that have a link, sorted, and the same
-        links over them. Unlinked rows are singletons, so the components of the rest are unchanged."""
-        ends = [a for i, j in self.by_kind.values() for a in (i, j)]
+        links over them. Unlinked rows are singletons, so the components of the rest are unchanged. This
+        Links is emptied as the other fills, a kind at a time, and positions are int32 where they fit:
+        the two are never held whole at once (at 1B rows, ~190M links)."""
+        ends = [unique_ints(np.concatenate([i, j])) for i, j in self.by_kind.values()]
         nodes = unique_ints(np.concatenate(ends)) if ends else np.empty(0, np.int64)
+        del ends
         small = Links(len(nodes))
-        for kind, (i, j) in self.by_kind.items():
-            small.by_kind[kind] = (np.searchsorted(nodes, i), np.searchsorted(nodes, j))
+        small_type = _index_type(len(nodes))
+        for kind in list(self.by_kind):
+            i, j = self.by_kind.pop(kind)
+            small.by_kind[kind] = (
+                np.searchsorted(nodes, i).astype(small_type),
+                np.searchsorted(nodes, j).astype(small_type),
+            )
         return nodes, small
 
     def components(self, kinds: tuple[str, ...]) -> np.ndarray:
-        i = [self.by_kind[k][0] for k in kinds if k in self.by_kind]
-        j = [self.by_kind[k][1] for k in kinds if k in self.by_kind]
-        if not i:
-            return np.arange(self.n)
-        i, j = np.concatenate(i), np.concatenate(j)
-        graph = sp.coo_matrix((np.ones(i.size, np.int8), (i, j)), shape=(self.n, self.n))
-        return connected_components(graph, directed=False)[1]
+        """Each row's component under the links of ``kinds``, as a row of it (the smallest)."""
+        forest = Forest(self.n)
+        for k in kinds:
+            if k in self.by_kind:
+                forest.union(*self.by_kind[k])
+        return forest.roots()
 
 
-def rank_order(uids: np.ndarray, quality: np.ndarray | None, prefer: np.ndarray | None) -> np.ndarray:
-    """Position of each row in keeper preference: 0 is the best row overall."""
+def _index_type(n: int) -> type:
+    return np.int32 if n < np.iinfo(np.int32).max else np.int64
+
+
+class Forest:
+    """Union-find over rows ``0..n-1`` in NumPy: each row's parent is itself or a smaller row, so a root is
+    its tree's smallest row. ``union`` hooks the larger of two roots under the smaller, for every pair at
+    once, until each pair shares a root; ``roots`` halves every path until each row points at its root.
+    One int32 a row where scipy's ``connected_components`` built a sparse graph of every link (~30 B a
+    link) and was run once for every prefix of the kinds."""
+
+    CHUNK = 1 << 22  # pairs joined at a time: what they hold besides the parents is ~20 B a pair
+
+    def __init__(self, n: int):
+        self.parent = np.arange(n, dtype=_index_type(n))
+
+    def roots(self) -> np.ndarray:
+        p = self.parent
+        while True:
+            up = p[p]
+            if np.array_equal(up, p):
+                self.parent = p
+                return p
+            p = up
+
+    def union(self, i: np.ndarray, j: np.ndarray) -> None:
+        for a in range(0, len(i), self.CHUNK):
+            si, sj = i[a : a + self.CHUNK], j[a : a + self.CHUNK]
+            while len(si):
+                p = self.roots()
+                ri, rj = p[si], p[sj]
+                apart = ri != rj
+                si, sj, ri, rj = si[apart], sj[apart], ri[apart], rj[apart]
+                # A root may be hooked by several pairs at once: it takes the smallest, the rest retry.
+                np.minimum.at(p, np.maximum(ri, rj), np.minimum(ri, rj))
+
+
+def preference_order(uids: np.ndarray, quality: np.ndarray | None, prefer: np.ndarray | None) -> np.ndarray:
+    """The rows in keeper preference, best first: ``(prefer desc, quality desc, uid asc)``."""
     keys = [np.asarray(uids)]
     if quality is not None:
         q = np.nan_to_num(np.asarray(quality, np.float64), nan=-np.inf)
         keys.append(-q)
     if prefer is not None:
         keys.append(~np.asarray(prefer, bool))
-    order = np.lexsort(keys)  # the last key is primary
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order))
-    return rank
+    return np.lexsort(keys)  # the last key is primary
 
 
 def resolve(
@@ -99,31 +138,46 @@ def resolve(
 
 
 def keepers(
-    links: Links, uids: np.ndarray, quality: np.ndarray | None = None, prefer: np.ndarray | None = None
+    links: Links,
+    uids: np.ndarray,
+    quality: np.ndarray | None = None,
+    prefer: np.ndarray | None = None,
+    kind_codes: bool = False,
 ) -> dict[str, np.ndarray]:
     """:func:`resolve` without ``dup_of``; ``uids`` may be anything that sorts as the uids do (their
-    ranks, say), so a caller with many rows needs no Python string per row."""
-    labels = links.components(KINDS)
-    rank = rank_order(uids, quality, prefer)
-    # The keeper of each component: its member with the lowest rank.
-    order = np.lexsort((rank, labels))
-    first = np.ones(len(order), bool)
-    first[1:] = labels[order][1:] != labels[order][:-1]
-    keeper_of_label = np.empty(labels.max() + 1 if len(labels) else 0, np.int64)
-    keeper_of_label[labels[order[first]]] = order[first]
-    keeper_row = keeper_of_label[labels]
-    keeper = keeper_row == np.arange(len(labels))
-
-    kind = np.full(len(labels), None, dtype=object)
-    pending = ~keeper
-    used: list[str] = []
+    ranks, say), so a caller with many rows needs no Python string per row. ``kind_codes``: ``dup_kind``
+    as int8 positions in :data:`KINDS` (-1: none) instead of strings."""
+    n = links.n
+    forest = Forest(n)
     for k in KINDS:
+        if k in links.by_kind:
+            forest.union(*links.by_kind[k])
+    root = forest.roots()
+    del forest
+    order = preference_order(uids, quality, prefer)
+    rank = np.empty(n, _index_type(n))
+    rank[order] = np.arange(n, dtype=rank.dtype)
+    # The keeper of each component: its member with the lowest rank.
+    best = np.full(n, n, rank.dtype)
+    np.minimum.at(best, root, rank)
+    del rank
+    keeper_row = order[best[root]]
+    del order, best, root
+    keeper = keeper_row == np.arange(n)
+
+    kind = np.full(n, -1, np.int8)
+    pending = ~keeper
+    joined_by = Forest(n)
+    for code, k in enumerate(KINDS):
         if k not in links.by_kind or not pending.any():
             continue
-        used.append(k)
-        # The strongest kinds that already join a row to its keeper name the link.
-        lab = links.components(tuple(used))
-        joined = pending & (lab == lab[keeper_row])
-        kind[joined] = k
+        # The strongest kinds that already join a row to its keeper name the link: the links are added a
+        # kind at a time, so after kind k the forest's components are those of the kinds up to k.
+        joined_by.union(*links.by_kind[k])
+        p = joined_by.roots()
+        joined = pending & (p == p[keeper_row])
+        kind[joined] = code
         pending &= ~joined
+    if not kind_codes:
+        kind = np.array([None, *KINDS], dtype=object)[kind + 1]
     return {"cluster": keeper_row, "keeper": keeper, "dup_kind": kind}

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from curate.core import nodefiles, schema, scratch
 from curate.core.nodefiles import NodeFile
-from curate.dedup.clusters import Links, keepers
+from curate.dedup.clusters import KINDS, Links, keepers
 from curate.dedup.copies import job_map
 from curate.dedup.decide import DedupConfig, _group_ids, normalise_caption, verified_links
 from curate.dedup.near import _masks, _pairs_in_runs, aspect_differs, log_aspect
@@ -285,33 +285,43 @@ def deduplicate_partitioned(
     nodes, small = links.compact()
     stats.update(links=sum(len(i) for i, _ in small.by_kind.values()), linked_rows=len(nodes))
     del links
-    uids = _take_rows(source, schema.UID, nodes)
+    uids = _take_rows(source, schema.UID, nodes).cast(pa.string())
     # Keepers are ranked by uid last: the uid's rank among the linked rows (Arrow compares UTF-8 bytes,
     # which orders as Python compares the strings) ranks them alike without a Python string per row.
-    uid_rank = pc.rank(uids, sort_keys="ascending", tiebreaker="first").to_numpy().astype(np.int64)
+    uid_rank = pc.rank(uids, sort_keys="ascending", tiebreaker="first").to_numpy()
     q = None if quality is None else np.asarray(quality)[nodes]
     pr = None if prefer is None else np.asarray(prefer)[nodes]
-    decided = keepers(small, uid_rank, q, pr)
-    dup_of = uids.cast(pa.string()).take(pa.array(decided["cluster"], mask=decided["keeper"]))
-    kind = pa.array(decided["dup_kind"], pa.string())
+    decided = keepers(small, uid_rank, q, pr, kind_codes=True)
+    del small, uid_rank, q, pr
     clock("resolve")
-    result = _write(source, nodes, dup_of, kind, out)
+    result = _write(source, nodes, uids, decided, out)
     clock("write")
     log.info(f"dedup in {parts} partitions: {len(nodes):,} linked rows; seconds {stats['seconds']}")
     return result
 
 
-def _write(source: Source, nodes: np.ndarray, dup_of: pa.Array, kind: pa.Array, out: str | None) -> pa.Table | None:
-    """uid, dup_of, dup_kind for every row, a batch at a time: null except at linked rows."""
+def _write(source: Source, nodes: np.ndarray, uids: pa.Array, decided: dict, out: str | None) -> pa.Table | None:
+    """uid, dup_of, dup_kind for every row, a batch at a time: null except at linked rows. ``uids``: the
+    linked rows' (``nodes``); ``decided``: :func:`keepers`' with kind codes. Each batch's keeper uids and
+    kinds are taken as it is written, so no column of them is held whole."""
     writer, batches = None, []
+    names = pa.array([None, *KINDS], pa.string())
+    cluster, keeper, kind = decided["cluster"], decided["keeper"], decided["dup_kind"]
     for r0, b in source.batches([schema.UID]):
         lo, hi = np.searchsorted(nodes, [r0, r0 + b.num_rows])
         at = np.zeros(b.num_rows, np.int64)
         linked = np.zeros(b.num_rows, bool)
         at[nodes[lo:hi] - r0], linked[nodes[lo:hi] - r0] = np.arange(lo, hi), True
-        idx = pa.array(at, mask=~linked)
+        duplicate, keeper_at = np.zeros(b.num_rows, bool), np.zeros(b.num_rows, np.int64)
+        duplicate[linked], keeper_at[linked] = ~keeper[at[linked]], cluster[at[linked]]
+        codes = np.zeros(b.num_rows, np.int8)
+        codes[linked] = kind[at[linked]] + 1
         batch = pa.record_batch(
-            {schema.UID: b.column(0), schema.DUP_OF: dup_of.take(idx), schema.DUP_KIND: kind.take(idx)}
+            {
+                schema.UID: b.column(0),
+                schema.DUP_OF: uids.take(pa.array(keeper_at, mask=~duplicate)),
+                schema.DUP_KIND: names.take(pa.array(codes)),
+            }
         )
         if out is None:
             batches.append(batch)
