@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from pipelines.adaptive import until_decided
-from pipelines.decide import METRIC, decide, plan_comparisons
-from pipelines.simulate import Simulator, gap_noise_sd
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's code, not the one the venv's editable install points at
+from pipelines.adaptive import until_decided  # noqa: E402
+from pipelines.decide import METRIC, decide, plan_comparisons  # noqa: E402
+from pipelines.simulate import Simulator, gap_noise_sd  # noqa: E402
 
 PAIR = plan_comparisons(["v"], ["a", "b"], [1])
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -30,9 +31,14 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from curate.dedup import DedupConfig
-from curate.dedup.near import NearConfig, brute_force_pairs, distinct, near_pairs, recall_bound
-from synthweb.hashpool import chunks
+# This checkout's code, in this process, its children and their Ray workers: not the one the venv's editable
+# install points at (from a worktree of another commit, that would be measured instead, and the Ray workers
+# of a child unpickled its settings into the other commit's classes).
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from curate.dedup import DedupConfig  # noqa: E402
+from curate.dedup.near import NearConfig, brute_force_pairs, distinct, near_pairs, recall_bound  # noqa: E402
+from synthweb.hashpool import chunks  # noqa: E402
 
 
 def write_pool(n: int, work: Path) -> tuple[Path, Path]:
@@ -84,8 +90,6 @@ def ray_child(pool: str, out: str, cfg: DedupConfig) -> None:
     """The partitioned path as a build's dedup task runs it: a Ray task of one CPU in a Ray of every core,
     its jobs (the bands' partitions) fanned out to Ray tasks. Seconds from the task's start to its result
     (Ray's start-up apart); peak RSS of the task's worker (its jobs' workers not counted)."""
-    import os
-
     import ray
 
     from curate.core import raypool
@@ -112,7 +116,8 @@ def ray_child(pool: str, out: str, cfg: DedupConfig) -> None:
 def run_engine(engine: str, pool: Path, out: Path, cfg: DedupConfig) -> dict:
     cmd = [sys.executable, __file__, "--child", engine, "--pool", str(pool), "--decisions", str(out)]
     cmd += ["--partition-rows", str(cfg.partition_rows), "--k", str(cfg.near_k)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if res.returncode:
         return {"error": (res.stderr or res.stdout)[-2000:], "returncode": res.returncode}
     return json.loads(res.stdout.strip().splitlines()[-1])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,9 +26,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.annotate import AnnotateConfig, annotate, read_annotations
-from curate.dedup import DedupConfig, deduplicate
-from synthweb import DEFAULT_MIX, WebConfig, WebServer, build
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's code, not the one the venv's editable install points at
+from curate.annotate import AnnotateConfig, annotate, read_annotations  # noqa: E402
+from curate.dedup import DedupConfig, deduplicate  # noqa: E402
+from synthweb import DEFAULT_MIX, WebConfig, WebServer, build  # noqa: E402
 
 # Kinds that need no download to tell apart (and private_address must never be fetched).
 SKIP = {"private_address", "slow"}

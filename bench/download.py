@@ -27,10 +27,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from synthweb import WebConfig, WebServer, build
-from synthweb.build import DEFAULT_MIX
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's code, not the one the venv's editable install points at
+from synthweb import WebConfig, WebServer, build  # noqa: E402
+from synthweb.build import DEFAULT_MIX  # noqa: E402
+
 PY = sys.executable
 
 PLAIN = """

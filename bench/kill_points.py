@@ -33,12 +33,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from curate.core.failpoints import ENV
-from curate.core.manifest import MANIFEST, TIERS
-from curate.core.tarstream import index_tar
-from synthweb import WebConfig, WebServer, build
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's code, not the one the venv's editable install points at
+from curate.core.failpoints import ENV  # noqa: E402
+from curate.core.manifest import MANIFEST, TIERS  # noqa: E402
+from curate.core.tarstream import index_tar  # noqa: E402
+from synthweb import WebConfig, WebServer, build  # noqa: E402
+
 CONFIG = """
 [download]
 image_size = 64
