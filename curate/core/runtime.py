@@ -273,8 +273,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
 
 
 # A Ray of our own: its raylet connects to its object store's socket as the store's thread opens it, and
-# where it lost that race it retried after Ray's default 1,000 ms (one start in five or six took 1 s
-# longer). Every 20 ms instead, as many times more: the same 10 s before it gives up.
+# where it lost that race it retried after Ray's default 1,000 ms (2 of 12 starts timed took 1 s longer).
+# Every 20 ms instead, as many times more: the same 10 s before it gives up.
 SOCKET_RETRIES = {"raylet_client_connect_timeout_milliseconds": 20, "raylet_client_num_connect_attempts": 500}
 
 

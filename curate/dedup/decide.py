@@ -23,10 +23,10 @@ from curate.dedup.thumbstore import spilled_thumbs
 
 # The pHash search's (bands, tables) by pool size, where the config leaves them 0. A pair of random hashes
 # is a candidate in a band of b bits with probability 2^-b, so a mask's random candidates grow as n^2 / 2^b
-# while its sort grows as n. Measured per mask on random hashes (bench/near_bands.py): ~0.14 us a row and
-# ~75 ns a candidate, so 3 bands of ~21 bits x 10 tables (30 masks) cost less below ~50M rows and 2 bands of
-# 32 bits x 110 tables (220 masks; the same recall at 6 bits, 0.93) above: at 1B rows ~150 core-hours
-# against ~9 (README, "Dedup at scale").
+# while its sort grows as n. Measured per mask on random hashes (bench/near_bands.py): ~64 ns a row and ~49
+# ns a candidate, so 3 bands of ~21 bits x 10 tables (30 masks) cost less below ~43M rows and 2 bands of 32
+# bits x 110 tables (220 masks; the same recall at 6 bits, 0.93) above: at 1B rows ~83 CPU-hours against
+# ~5 (README, "Dedup at scale").
 SMALL_POOL_BANDS = (3, 10)
 LARGE_POOL_BANDS = (2, 110)
 LARGE_POOL = 50_000_000

@@ -13,10 +13,10 @@ What stays in memory: one batch or one partition at a time, the duplicate links 
 link as found, two int32 positions once compacted) and, for the rows that have a link, their uid and
 rank. The connected components and keepers are decided over the linked rows only (:meth:`Links.compact`,
 :class:`~curate.dedup.clusters.Forest`); the final table is written batch by batch, each batch taking
-its keepers' uids and kinds as it goes. The thumbnail neighbour search and verification (:mod:`curate.dedup.copies`) read the
-thumbnails and search vectors from scratch files a block at a time (:mod:`curate.dedup.thumbstore`);
-the candidate pairs are spilled as they are found and read back a range of rows at a time
-(:mod:`curate.dedup.neighbours`). Semantic dedup takes the embeddings as one array.
+its keepers' uids and kinds as it goes. The thumbnail neighbour search and verification
+(:mod:`curate.dedup.copies`) read the thumbnails and search vectors from scratch files a block at a time
+(:mod:`curate.dedup.thumbstore`); the candidate pairs are spilled as they are found and read back a range
+of rows at a time (:mod:`curate.dedup.neighbours`). Semantic dedup takes the embeddings as one array.
 """
 
 from __future__ import annotations
