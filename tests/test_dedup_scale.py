@@ -254,3 +254,18 @@ def test_the_phash_search_is_chosen_by_the_pool_size(monkeypatch):
     for bad in ({"near_bands": 65}, {"near_tables": -1}):
         with pytest.raises(InputError, match=r"\[dedup\] near_"):
             from_dict(DedupConfig, bad, section="dedup")
+
+
+def test_the_pool_size_the_stage_chooses_by_is_the_annotation_tables(tmp_path):
+    """``run_dedup`` chooses by the annotation table's rows: the rankings' length where given (they are
+    aligned with it), else the annotation files' footers (the files its key fingerprints)."""
+    from curate.dedup.stage import _pool_rows
+
+    (tmp_path / "annotations" / "embeddings").mkdir(parents=True)
+    for name, n in (("00000", 30), ("00001", 20)):
+        pq.write_table(
+            pa.table({"uid": [f"{name}-{k}" for k in range(n)]}), tmp_path / "annotations" / f"{name}.parquet"
+        )
+    assert _pool_rows(str(tmp_path), None, None) == 50
+    assert _pool_rows(str(tmp_path), np.zeros(7), None) == 7 == _pool_rows(str(tmp_path), None, np.ones(7, bool))
+    assert _pool_rows(str(tmp_path / "elsewhere"), None, None) == 0  # nothing annotated: the small-pool search
