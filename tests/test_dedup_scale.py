@@ -269,3 +269,19 @@ def test_the_pool_size_the_stage_chooses_by_is_the_annotation_tables(tmp_path):
     assert _pool_rows(str(tmp_path), None, None) == 50
     assert _pool_rows(str(tmp_path), np.zeros(7), None) == 7 == _pool_rows(str(tmp_path), None, np.ones(7, bool))
     assert _pool_rows(str(tmp_path / "elsewhere"), None, None) == 0  # nothing annotated: the small-pool search
+
+
+def test_a_large_pool_is_told_which_search_it_gets(caplog):
+    import logging
+
+    from curate.dedup.decide import LARGE_POOL
+    from curate.dedup.stage import _search_for
+
+    with caplog.at_level(logging.INFO, logger="curate.dedup.stage"):
+        assert _search_for(DedupConfig(), LARGE_POOL - 1).near_bands == 3
+        assert not caplog.records  # a pool as before: nothing to say
+        assert _search_for(DedupConfig(), LARGE_POOL).near_tables == 110
+        assert "2 bands x 110 tables" in caplog.text and f"{LARGE_POOL:,} rows" in caplog.text
+        caplog.clear()
+        assert _search_for(DedupConfig(near_bands=3, near_tables=10), LARGE_POOL).near_bands == 3  # asked for
+        assert not caplog.records

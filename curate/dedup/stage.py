@@ -28,6 +28,7 @@ from curate.core import runner, schema, scratch, storage
 from curate.core.errors import InputError
 from curate.core.runtime import ray_running
 from curate.dedup import DedupConfig, deduplicate
+from curate.dedup.decide import LARGE_POOL
 from curate.dedup.decontaminate import eval_hashes, find_contaminated, set_name
 from curate.dedup.thumbstore import spilled_thumbs
 
@@ -91,7 +92,7 @@ def run_dedup(
     """
     build_dir = storage.normalise(build_dir)
     # The pHash search chosen by the pool's size here, once, so the key says what the task will use.
-    cfg = cfg.for_rows(_pool_rows(build_dir, quality, prefer))
+    cfg = _search_for(cfg, _pool_rows(build_dir, quality, prefer))
     key = _key(build_dir, cfg, quality, prefer, decontaminate)
     fp = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
     unit = runner.Unit("dedup", fp, outputs=(DEDUP, SUMMARY), args=(key, cfg, quality, prefer, decontaminate))
@@ -107,6 +108,18 @@ def run_dedup(
         for name, n in summary.contaminated.items():
             log.info(f"decontamination: {n} pool samples copy images of {name}")
     return summary
+
+
+def _search_for(cfg: DedupConfig, rows: int) -> DedupConfig:
+    """``cfg`` with its pHash search chosen for ``rows`` rows (:meth:`DedupConfig.for_rows`); says so where a
+    large pool gets the large pools' search."""
+    chosen = cfg.for_rows(rows)
+    if rows >= LARGE_POOL and not (cfg.near_bands and cfg.near_tables):
+        log.info(
+            f"dedup: {rows:,} rows, so the pHash search uses {chosen.near_bands} bands x {chosen.near_tables} "
+            "tables (at this size 3 x 10 makes far more random candidates; [dedup] near_bands, near_tables)"
+        )
+    return chosen
 
 
 def _pool_rows(build_dir: str, quality, prefer) -> int:
