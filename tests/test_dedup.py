@@ -156,7 +156,10 @@ def test_union_find_components_are_scipys_and_keepers_follow_the_rule(monkeypatc
         np.minimum.at(smallest, labels, np.arange(n))
         return smallest[labels]
 
-    assert np.array_equal(links.components(KINDS), scipy_min_labels(KINDS))
+    forest = Forest(n)
+    for i, j in links.by_kind.values():
+        forest.union(i, j)
+    assert np.array_equal(forest.roots(), scipy_min_labels(KINDS))  # a root is its component's smallest row
     quality = np.round(rng.random(n), 1)  # ties, broken by uid
     uids = np.array([f"u{(k * 7919) % n:05d}" for k in range(n)], dtype=object)
     out = keepers(links, uids, quality)

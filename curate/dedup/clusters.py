@@ -66,14 +66,6 @@ class Links:
             )
         return nodes, small
 
-    def components(self, kinds: tuple[str, ...]) -> np.ndarray:
-        """Each row's component under the links of ``kinds``, as a row of it (the smallest)."""
-        forest = Forest(self.n)
-        for k in kinds:
-            if k in self.by_kind:
-                forest.union(*self.by_kind[k])
-        return forest.roots()
-
 
 def _index_type(n: int) -> type:
     return np.int32 if n < np.iinfo(np.int32).max else np.int64

@@ -39,14 +39,18 @@ SUMMARY = "dedup.json"
 CONTAMINATION = "contamination"
 
 
+def _stored_annotations(build_dir: str) -> list[str]:
+    """The annotation files in the build directory, whatever raw shards it has."""
+    ann = storage.join(build_dir, "annotations")
+    return [storage.join(ann, name) for name in storage.listdir(ann) if name.endswith(".parquet")]
+
+
 def _annotations_state(build_dir: str) -> str:
     """A fingerprint of the finished annotation units: dedup is redone when they change."""
     h = hashlib.sha256()
-    ann = storage.join(build_dir, "annotations")
-    for name in storage.listdir(ann):
-        if name.endswith(".parquet"):
-            size, version = storage.stamp(storage.join(ann, name))
-            h.update(f"{name}:{size}:{version}".encode())
+    for path in _stored_annotations(build_dir):
+        size, version = storage.stamp(path)
+        h.update(f"{storage.name(path)}:{size}:{version}".encode())
     return h.hexdigest()[:16]
 
 
@@ -130,8 +134,7 @@ def _pool_rows(build_dir: str, quality, prefer) -> int:
             return len(ranking)
     from curate.dedup.source import Source
 
-    ann = storage.join(build_dir, "annotations")
-    return Source([storage.join(ann, n) for n in storage.listdir(ann) if n.endswith(".parquet")]).num_rows
+    return Source(_stored_annotations(build_dir)).num_rows
 
 
 def _decide_unit(build_dir: str, unit: runner.Unit) -> dict:
